@@ -1,0 +1,187 @@
+"""Layer deletion on every family in `depthprune_nb.testing.FAMILIES`.
+
+For each family and for an adjacent and a non-adjacent pair of layers, the pruned model must
+(a) compute what the original model computes with those layers skipped,
+(b) generate greedily the same with and without the KV cache, and
+(c) save and reload with no missing or unexpected weights, giving the same logits and generations.
+"""
+import os
+import pytest, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from depthprune_nb.config import ConfigError
+from depthprune_nb.parts import FieldError, locate
+from depthprune_nb.surgery import delete_layers, temporarily_deleted, plan_deletion, SURGERY_RULES, Rule
+from depthprune_nb.testing import FAMILIES, save_tiny_model
+
+N_LAYERS = 6
+PAIRS = {"adjacent": [1, 2], "apart": [1, 3]}  # alternating patterns hide stale per-layer lists from adjacent pairs
+TEXT = ("The tower is 324 metres tall, about the same height as an 81-storey building. "
+        "Its base is square, measuring 125 metres on each side.")
+ATOL = 1e-5
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    "A saved tiny model per family, written once per session."
+    made = {}
+    def get(family):
+        if family not in made:
+            made[family] = save_tiny_model(tmp_path_factory.mktemp(family), family=family,
+                                           num_layers=N_LAYERS, init_std=0.1)
+        return made[family]
+    return get
+
+def load(path, **kw): return AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+
+def input_ids(path):
+    ids = AutoTokenizer.from_pretrained(path)(TEXT, return_tensors="pt").input_ids
+    assert ids.shape[1] > 16, "the prompt must be longer than the sliding windows (8) of the tiny models"
+    return ids
+
+def greedy(model, ids, use_cache):
+    return model.generate(ids[:, :12], max_new_tokens=8, do_sample=False, use_cache=use_cache,
+                          min_new_tokens=8).tolist()
+
+@torch.no_grad()
+def logits(model, ids): return model(ids, use_cache=False).logits
+
+@torch.no_grad()
+def logits_skipping(model, ids, skip):
+    "Logits of the *unmodified* model with the layers in `skip` turned into pass-throughs."
+    def passthrough(module, args, kwargs, output):
+        h = args[0] if args else kwargs["hidden_states"]
+        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+    layers = locate(model).layers
+    handles = [layers[i].register_forward_hook(passthrough, with_kwargs=True) for i in skip]
+    try: return logits(model, ids)
+    finally:
+        for h in handles: h.remove()
+
+def assert_close(got, want, what):
+    err = (got - want).abs().max().item()
+    assert err <= ATOL, f"{what}: max |diff| = {err:.3g} > {ATOL}"
+
+@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_delete_layers(family, pair, checkpoint, tmp_path):
+    path, skip = checkpoint(family), PAIRS[pair]
+    model, ids = load(path), input_ids(path)
+    full, expected = logits(model, ids), logits_skipping(model, ids, skip)
+    assert (full - expected).abs().max() > 1e-3, "deleting layers should change the logits (test too weak?)"
+
+    assert delete_layers(model, skip) is model
+    parts = locate(model)
+    assert parts.num_layers == N_LAYERS - 2
+    # (a) the pruned model computes the kept layers, exactly as the original model did
+    pruned = logits(model, ids)
+    assert_close(pruned, expected, f"{family} {skip}: pruned logits vs original with layers skipped")
+    # (b) KV cache and no cache agree
+    gen = greedy(model, ids, True)
+    assert gen == greedy(model, ids, False), f"{family} {skip}: generate(use_cache=True) != use_cache=False"
+    # (c) save -> reload: every weight found, nothing left over, same outputs
+    model.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    reloaded.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], \
+        f"{family} {skip}: reload loading info {info}"
+    assert locate(reloaded).num_layers == N_LAYERS - 2
+    assert_close(logits(reloaded, ids), pruned, f"{family} {skip}: reloaded logits vs pruned")
+    assert greedy(reloaded, ids, True) == gen, f"{family} {skip}: reloaded generation differs"
+
+def _snapshot(model):
+    cfg = model.config.to_dict()
+    return cfg, {k: v.clone() for k, v in model.state_dict().items()}
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_temporarily_deleted_restores_exactly(family, checkpoint):
+    path = checkpoint(family)
+    model, ids = load(path), input_ids(path)
+    before, (cfg, state) = logits(model, ids), _snapshot(model)
+    layer_objs = list(locate(model).layers)
+    with temporarily_deleted(model, [1, 3]) as m:
+        inside = logits(m, ids)
+        assert locate(m).num_layers == N_LAYERS - 2
+    assert torch.equal(logits(model, ids), before), f"{family}: logits not restored bit for bit"
+    cfg2, state2 = _snapshot(model)
+    assert cfg2 == cfg, f"{family}: config not restored"
+    assert state2.keys() == state.keys() and all(torch.equal(state[k], state2[k]) for k in state), \
+        f"{family}: weights not restored"
+    assert all(a is b for a, b in zip(locate(model).layers, layer_objs))
+    # the temporary deletion is the same surgery as the permanent one
+    assert_close(inside, logits(delete_layers(model, [1, 3]), ids), f"{family}: temporary vs permanent deletion")
+
+def test_temporarily_deleted_restores_on_error(checkpoint):
+    model = load(checkpoint("gemma3_text"))
+    cfg, state = _snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with temporarily_deleted(model, [0, 1]): raise RuntimeError("boom")
+    assert _snapshot(model)[0] == cfg and len(model.model.layers) == N_LAYERS
+
+@pytest.mark.parametrize("bad, msg", [
+    ([6], "valid indices are 0..5"), ([-1], "out of range"), ([2, 2], "repeats layer(s) [2]"),
+    (list(range(6)), "would delete all 6"), ([], "deletes nothing"), (["1"], "integer"), (2, "list of layer indices"),
+])
+def test_bad_layers_leave_model_untouched(bad, msg, checkpoint):
+    model = load(checkpoint("qwen2"))
+    cfg, state = _snapshot(model)
+    with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")) as e:
+        delete_layers(model, bad)
+    assert "delete_layers_index" in str(e.value)
+    assert _snapshot(model)[0] == cfg and len(model.model.layers) == N_LAYERS
+
+def test_count_field_must_agree(checkpoint):
+    model = load(checkpoint("llama"))
+    parts = locate(model)
+    model.config.num_hidden_layers = 5
+    with pytest.raises(FieldError, match="must agree"): delete_layers(model, [1], parts)
+    assert len(model.model.layers) == N_LAYERS
+
+def test_failure_while_applying_rolls_back(checkpoint, monkeypatch):
+    "If an edit fails half-way through, the edits already made are undone."
+    model = load(checkpoint("gemma2"))
+    cfg, state = _snapshot(model)
+    class Boom:
+        name = "boom"
+        def apply(self): raise RuntimeError("boom")
+        def undo(self): pass
+    monkeypatch.setattr("depthprune_nb.surgery.SURGERY_RULES", SURGERY_RULES + [Rule("boom", lambda d: [Boom()], "test")])
+    with pytest.raises(RuntimeError, match="boom"): delete_layers(model, [1, 3])
+    assert _snapshot(model)[0] == cfg and len(model.model.layers) == N_LAYERS
+    assert [l.self_attn.layer_idx for l in model.model.layers] == list(range(N_LAYERS))
+
+def test_moe_layout_follows_the_modules(checkpoint):
+    "Qwen2-MoE layers 0 and 3 are dense; DeepSeek-V3 layers 0 and 1."
+    q = delete_layers(load(checkpoint("qwen2_moe")), [1, 2])      # kept old 0,3,4,5 -> dense at new 0,1
+    assert (q.config.mlp_only_layers, q.config.decoder_sparse_step) == ([0, 1], 1)
+    d = delete_layers(load(checkpoint("deepseek_v3")), [0, 3])    # kept old 1,2,4,5 -> one dense layer left
+    assert d.config.first_k_dense_replace == 1
+
+def test_gpt_neo_and_qwen2_layouts(checkpoint):
+    neo = delete_layers(load(checkpoint("gpt_neo")), [1, 3])      # global,local x3 -> kept g,g,g,l
+    assert neo.config.attention_types == [[["global"], 3], [["local"], 1]]
+    q2 = delete_layers(load(checkpoint("qwen2")), [1, 4])         # 3 full then 3 sliding -> 2 full, 2 sliding
+    assert q2.config.max_window_layers == 2
+    assert q2.config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 2
+
+def _cpu_disk_map(n):
+    dm = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dm.update({f"model.layers.{i}": ("disk" if i >= n // 2 else "cpu") for i in range(n)})
+    return dm
+
+@pytest.mark.parametrize("device_map", ["auto", "cpu+disk"])
+def test_device_map(device_map, checkpoint, tmp_path):
+    "Models dispatched by accelerate (hooks on each layer, some weights offloaded to disk) survive deletion."
+    path = checkpoint("llama")
+    ids, skip = input_ids(path), [1, 4]
+    want = logits(delete_layers(load(path), skip), ids)
+    dm = "auto" if device_map == "auto" else _cpu_disk_map(N_LAYERS)
+    model = load(path, device_map=dm, offload_folder=str(tmp_path / "offload"))
+    delete_layers(model, skip)
+    assert_close(logits(model, ids), want, f"device_map={device_map}: pruned logits")
+    if isinstance(getattr(model, "hf_device_map", None), dict) and device_map != "auto":
+        assert "model.layers.4" not in model.hf_device_map and model.hf_device_map["model.layers.3"] == "disk"
+    assert greedy(model, ids, True) == greedy(model, ids, False)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_close(logits(reloaded.eval(), ids), want, f"device_map={device_map}: reloaded logits")
