@@ -1,1 +1,9 @@
 __version__ = "0.1.0"
+
+# The public API, importable from the top level as the reference tutorial's code reads.
+from .config import Config, ConfigError, LayerImportanceConfig, LayerImportancePruneConfig
+from .data import get_wikitext_dataset
+from .parts import FieldError, ModelParts, locate
+from .search import PruneResult, angular_distance_proxy, perplexity, reference_search
+from .surgery import delete_layers, temporarily_deleted
+from .pruner import ModelPruner, layer_importance, save_pruned
