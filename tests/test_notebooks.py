@@ -23,7 +23,8 @@ def tutorial_env(tmp_path_factory):
     base = tmp_path_factory.mktemp("tutorials")
     return {"DEPTHPRUNE_MODEL": str(save_tiny_model(base / "tiny-opt", family="opt", num_layers=6)),
             "DEPTHPRUNE_TEXT_FILE": str(TEXT), "DEPTHPRUNE_NSAMPLES": "16", "DEPTHPRUNE_SEQLEN": "256",
-            "DEPTHPRUNE_SAVE_DIR": str(base / "saved"), "DEPTHPRUNE_QUICK": "1"}
+            "DEPTHPRUNE_SAVE_DIR": str(base / "saved"), "DEPTHPRUNE_DEMO_DIR": str(base / "demo"),
+            "DEPTHPRUNE_QUICK": "1"}
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
