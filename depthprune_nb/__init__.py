@@ -6,4 +6,6 @@ from .data import get_wikitext_dataset
 from .parts import FieldError, ModelParts, locate
 from .search import PruneResult, angular_distance_proxy, perplexity, reference_search
 from .surgery import delete_layers, temporarily_deleted
+from .engine import approx_search, fast_search
 from .pruner import ModelPruner, layer_importance, save_pruned
+from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
