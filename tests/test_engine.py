@@ -59,6 +59,8 @@ def test_fast_equals_reference_on_every_family(family, tmp_path_factory):
             "early abort, chunk 1": dict(early_abort=True, chunk_size=1),
             "mix mode, chunk 3, streams batched": dict(save_gpu_memory=True, device="cpu", chunk_size=3, call_tokens=10**6),
         }
+        if n == 2:  # no room for kept start states; logits one position at a time
+            variants["early abort, 1-byte memory budget"] = dict(early_abort=True, chunk_size=1, memory_budget=1)
         for name, kw in variants.items():
             r = fast_search(model, data, n, progress=False, **kw)
             assert_same(r, ref, f"{family} n={n} {name}")
@@ -136,6 +138,11 @@ def test_early_abort_stops_hopeless_windows_and_keeps_the_choice(trained, n):
     r = fast_search(model, data, n, early_abort=True, chunk_size=1, progress=False)
     assert_same(r, ref, f"trained llama early abort n={n}")
     assert r.lower_bound_starts, f"nothing was stopped early: {ref.ppl_by_start}"
+    full = fast_search(model, data, n, chunk_size=1, progress=False)
+    assert r.stats["prefix_states_kept"] and r.stats["layer_passes"] < full.stats["layer_passes"], (r.stats, full.stats)
+    slow = fast_search(model, data, n, early_abort=True, chunk_size=1, memory_budget=1, progress=False)
+    assert_same(slow, ref, f"trained llama early abort n={n}, no kept states")
+    assert not slow.stats["prefix_states_kept"] and slow.lower_bound_starts == r.lower_bound_starts
     assert set(r.stats["stopped_after_chunk"]) == set(r.lower_bound_starts)
     assert ">=" in str(r)
 
