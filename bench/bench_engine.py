@@ -118,7 +118,7 @@ def llama32(quick:bool):
         "fast, early abort": lambda: fast_search(model, data, n, early_abort=True, progress=False),
     })
     print("\nOn random weights every window scores about the same (near-ties), so early abort can stop almost "
-          "nothing here and pays for re-running the unpruned prefix; see part C for a model with structure.")
+          "nothing here; see part C for a model with structure.")
 
 
 def opt125m(quick:bool):
