@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from depthprune_nb import engine
 from depthprune_nb.engine import approx_search, fast_search
 from depthprune_nb.parts import locate
-from depthprune_nb.search import reference_search
+from depthprune_nb.search import PruneResult, reference_search
 from depthprune_nb.testing import FAMILIES, save_tiny_model
 
 L, SEQLEN, NSAMPLES = 4, 16, 3
@@ -151,10 +151,16 @@ def test_approx_survivors_are_exact_and_cheaper(trained):
     model, data = trained
     exact = fast_search(model, data, 1, progress=False)
     a = approx_search(model, data, 1, keep_exact=2, first_samples=2, progress=False)
-    survivors = set(a.ppl_by_start) - set(a.stats["estimated_starts"])
+    survivors = set(a.ppl_by_start) - set(a.estimated_starts)
+    assert a.estimated_starts == a.stats["estimated_starts"] and not a.lower_bound_starts
     assert len(survivors) == 2 and a.best_start in survivors
+    rows = {int(l.split()[0]): l for l in str(a).splitlines()[2:-1]}
+    for s in a.ppl_by_start:  # estimates are marked in the table, exact rows are not
+        assert ("(estimate)" in rows[s] and "~" in rows[s]) == (s in a.estimated_starts), rows[s]
+    assert PruneResult.from_json(a.to_json()).estimated_starts == a.estimated_starts
     for s in survivors: assert math.isclose(a.ppl_by_start[s], exact.ppl_by_start[s], rel_tol=1e-5)
     assert a.best_ppl <= exact.best_ppl * 1.005, (a.best_start, exact.best_start)
     assert a.stats["layer_passes"] < exact.stats["layer_passes"] and a.stats["possible_gap_rel"] >= 0
     full = approx_search(model, data, 1, keep_exact=len(exact.ppl_by_start), progress=False)  # nothing dropped: exact
     assert_same(full, exact, "approx keeping every window")
+    assert full.estimated_starts == []
