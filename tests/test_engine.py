@@ -158,6 +158,14 @@ def test_approx_survivors_are_exact_and_cheaper(trained):
     for s in a.ppl_by_start:  # estimates are marked in the table, exact rows are not
         assert ("(estimate)" in rows[s] and "~" in rows[s]) == (s in a.estimated_starts), rows[s]
     assert PruneResult.from_json(a.to_json()).estimated_starts == a.estimated_starts
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ax = a.plot()  # estimates drawn as hollow circles with their own legend entry, never as exact points
+    hollow = [c for c in ax.collections if "estimate" in c.get_label()]
+    assert len(hollow) == 1 and sorted(hollow[0].get_offsets()[:, 0]) == a.estimated_starts
+    assert tuple(hollow[0].get_facecolors()[0]) == (1.0, 1.0, 1.0, 1.0)
+    assert any("estimate" in t.get_text() for t in ax.get_legend().get_texts())
+    plt.close("all")
     for s in survivors: assert math.isclose(a.ppl_by_start[s], exact.ppl_by_start[s], rel_tol=1e-5)
     assert a.best_ppl <= exact.best_ppl * 1.005, (a.best_start, exact.best_start)
     assert a.stats["layer_passes"] < exact.stats["layer_passes"] and a.stats["possible_gap_rel"] >= 0
