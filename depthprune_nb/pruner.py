@@ -15,6 +15,7 @@ from .parts import ModelParts, locate
 from .search import (PruneResult, check_data, reference_search, candidate_starts, perplexity,
                                   layers_offloaded, params_after_deleting)
 from .surgery import delete_layers, temporarily_deleted
+from .gguf import serializable, gguf_source
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,11 @@ def save_pruned(model:nn.Module,          # the pruned model
     "Save a pruned model (safetensors), its tokenizer and the search result to `save_dir`."
     save_dir = check_save_dir(save_dir, source_dir, overwrite)
     save_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(save_dir, safe_serialization=True)
+    if gguf_source(model) is not None:
+        log.info("the model was loaded from GGUF and dequantized: writing an ordinary %s safetensors checkpoint "
+                 "(write_pruned_gguf / --save_gguf writes a GGUF)", model.dtype)
+        if result is not None: result.stats.update(source_gguf=Path(gguf_source(model)).name, saved_as=f"safetensors, dequantized to {model.dtype}")
+    with serializable(model): model.save_pretrained(save_dir, safe_serialization=True)
     if tokenizer is not None: tokenizer.save_pretrained(save_dir)
     if result is not None: result.to_json(save_dir / "prune_result.json")
     return save_dir
