@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, LayerImportancePruneConfig
-from .data import get_wikitext_dataset, load_tokenizer
+from .data import get_wikitext_dataset, load_tokenizer, check_remote_code, remote_code_refusal
 from .parts import locate
 from .search import default_device
 from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
@@ -42,6 +42,8 @@ def build_parser()->argparse.ArgumentParser:
     a("--result_json", default=None, help="also write the result JSON here")
     a("--prompt", default=None, help="print a short greedy generation of the pruned model from this prompt")
     a("--quiet", action="store_true", help="no progress bars")
+    a("--trust_remote_code", action="store_true", help="run the model's own Python code (auto_map) if it ships some; "
+      "read that code first (off by default: models transformers knows never need it)")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -52,15 +54,21 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     if args.save_gpu_memory: d["save_gpu_memory"] = True
     return LayerImportancePruneConfig.from_dict(d)
 
-def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False):
+def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,
+               trust_remote_code:bool=False):
     "Load a causal LM the way the chosen mode needs it, with a clear error when it cannot be had."
     from transformers import AutoModelForCausalLM
+    check_remote_code(model_dir, trust_remote_code) # before transformers imports anything of the folder
     dt = dtype if dtype == "auto" else getattr(torch, dtype)
-    kw = dict(dtype=dt, trust_remote_code=True)
+    kw = dict(dtype=dt, trust_remote_code=trust_remote_code, weights_only=True)
     if multi_gpu: kw["device_map"] = "auto"
     try: model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     except Exception as e:
-        raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. "
+        refusal = remote_code_refusal(e, model_dir)
+        if refusal is not None: raise refusal from None
+        damaged = ("the weights could not be parsed: a truncated or edited .safetensors file? Copy or download it again. "
+                   if "safetensor" in type(e).__name__.lower() else "")
+        raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. {damaged}"
                       "Pass a local folder holding config.json and the weights (and a tokenizer).") from e
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
     return model.eval()
@@ -77,8 +85,9 @@ def run(args)->dict:
     local_src = args.model_dir if Path(args.model_dir).exists() else None
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
-    model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory)
-    tokenizer = load_tokenizer(args.model_dir)
+    trust = getattr(args, "trust_remote_code", False)
+    model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory, trust)
+    tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data = get_wikitext_dataset(args.model_dir, parts.input_device, default_seqlen(model, args.seqlen),
                                 text_file=args.text_file, tokenizer=tokenizer, nsamples=args.nsamples,
