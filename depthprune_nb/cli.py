@@ -38,7 +38,7 @@ def build_parser()->argparse.ArgumentParser:
     a("--engine", default="fast", choices=list(ENGINES), help="search engine (fast and reference are exact)")
     a("--early_abort", action="store_true", help="stop hopeless windows early (same choice; their PPL becomes a lower bound)")
     a("--save_dir", default=None, help="folder for the pruned model, tokenizer and prune_result.json")
-    a("--overwrite", action="store_true", help="allow replacing a model already in --save_dir")
+    a("--overwrite", action="store_true", help="let a non-empty --save_dir be used: its checkpoint files are replaced, other files kept")
     a("--result_json", default=None, help="also write the result JSON here")
     a("--prompt", default=None, help="print a short greedy generation of the pruned model from this prompt")
     a("--quiet", action="store_true", help="no progress bars")
