@@ -9,3 +9,10 @@ from .surgery import delete_layers, temporarily_deleted
 from .engine import approx_search, fast_search
 from .pruner import ModelPruner, layer_importance, save_pruned
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+
+
+def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, not with the package
+    if name in ("explore", "PruneExplorer"):
+        from . import explorer
+        return getattr(explorer, name)
+    raise AttributeError(f"module 'depthprune_nb' has no attribute {name!r}")

@@ -23,8 +23,9 @@ __all__ = ['log', 'ENGINES', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', '
            'explicit_result', 'ModelPruner', 'is_checkpoint_file', 'SaveDirError', 'check_save_dir', 'save_pruned']
 
 # %% ../nbs/04_pruner.ipynb #e5c0de00
-import os, shutil, uuid
+import os, shutil, uuid, warnings
 from fnmatch import fnmatch
+from .search import layer_range
 
 # %% ../nbs/04_pruner.ipynb #98968cf8
 ENGINES = ("fast", "reference", "approx")
@@ -116,7 +117,7 @@ class ModelPruner:
         result.params_after = sum(p.numel() for p in model.parameters())
         result.num_layers_after = self.locate(model).num_layers
         self.result = result
-        log.info("deleted layers %s: PPL %.4f -> %.4f, %d -> %d layers (prune ratio %.2f%%)", result.deleted_layers,
+        log.info("deleted %s: PPL %.4f -> %.4f, %d -> %d layers (prune ratio %.2f%%)", layer_range(result.deleted_layers, named=True),
                  result.baseline_ppl, result.best_ppl, result.num_layers_before, result.num_layers_after, 100 * result.prune_ratio)
         return model
 
@@ -135,9 +136,9 @@ def is_checkpoint_file(name:str)->bool:
 
 class SaveDirError(FileExistsError):
     "A refused save folder; `reason` says why without the advice, for frontends that offer their own way out."
-    def __init__(self, reason:str, advice:str=""):
+    def __init__(self, reason:str, advice:str="", overwrite_helps:bool=False):
         super().__init__(reason + advice)
-        self.reason = reason
+        self.reason, self.overwrite_helps = reason, overwrite_helps
 
 # %% ../nbs/04_pruner.ipynb #e5c0de01
 def _few(names:list, k:int=4)->str: return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
@@ -167,7 +168,7 @@ def check_save_dir(save_dir:str|Path,             # where the pruned model will 
         what = ("already holds a model saved by depthprune_nb (prune_result.json)" if RESULT_FILE in names else
                 f"already holds a model ({', '.join(model)})" if model else f"is not empty ({_few(names)})")
         raise SaveDirError(f"save_dir={str(save_dir)!r} {what}", "; choose a new folder, or pass overwrite=True "
-                           "(--overwrite) to replace its checkpoint files (other files are kept)")
+                           "(--overwrite) to replace its checkpoint files (other files are kept)", overwrite_helps=True)
     return save_dir
 
 # %% ../nbs/04_pruner.ipynb #e5c0de02
@@ -184,7 +185,9 @@ def _shard_bars(show:bool):
     if off: hf_logging.disable_progress_bar()
     try: yield
     finally:
-        if off: hf_logging.enable_progress_bar()
+        if off:
+            with warnings.catch_warnings(): # huggingface_hub warns when its env variable keeps its own bars off
+                warnings.simplefilter("ignore"); hf_logging.enable_progress_bar()
 
 def _move_into(tmp:Path, save_dir:Path)->None:
     "Move a complete save from `tmp` into `save_dir`, then drop checkpoint files of an earlier save that it lacks."

@@ -135,3 +135,65 @@ def test_no_pickle_in_the_package():
         assert not re.search(r"\bimport pickle\b|\bpickle\.load|\bdill\b|\bcloudpickle\b", text), p.name
         for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in m.group(1), f"{p.name}: torch.load without weights_only=True"
+
+
+# Nothing the user owns is lost: save folders.
+
+def snapshot(d:Path)->dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["parent", "child", "same"])
+def test_the_source_folder_its_parents_and_children_are_refused(tiny_llama, where):
+    save = {"parent": tiny_llama.parent, "child": tiny_llama / "pruned", "same": tiny_llama}[where]
+    before = snapshot(tiny_llama.parent)
+    r = depthprune("--model_dir", tiny_llama, "--save_dir", save, "--overwrite", "--quiet")
+    assert r.returncode == 2 and "loaded from" in r.stderr, r.stderr
+    assert snapshot(tiny_llama.parent) == before
+
+
+def test_a_folder_with_the_users_files_is_refused_without_overwrite(tiny_llama, tmp_path):
+    d = tmp_path / "mine"; d.mkdir(); (d / "thesis.tex").write_text("years of work")
+    r = depthprune("--model_dir", tiny_llama, "--save_dir", d, "--quiet")
+    assert r.returncode == 2 and "is not empty (thesis.tex)" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert snapshot(d) == {"thesis.tex": b"years of work"}
+
+
+def test_overwrite_replaces_checkpoint_files_only_and_drops_stale_shards(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from depthprune_nb import PruneResult, save_pruned
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama)
+    d = tmp_path / "out"
+    r = PruneResult(1, 10.0, {0: 12.0}, [0], 4, 3, 100, 60)
+    save_pruned(model, d, tok, r)
+    # an earlier, larger save left two shards and their index; the user added notes and a sub-folder
+    for f in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"):
+        (d / f).write_bytes(b"stale")
+    (d / "notes.md").write_text("mine"); (d / "plots").mkdir(); (d / "plots" / "a.png").write_bytes(b"png")
+    with pytest.raises(FileExistsError, match="already holds a model saved by depthprune_nb"): save_pruned(model, d, tok, r)
+    save_pruned(model, d, tok, r, overwrite=True)
+    names = sorted(p.name for p in d.iterdir())
+    assert "notes.md" in names and "plots" in names and (d / "plots" / "a.png").read_bytes() == b"png"
+    assert not [n for n in names if n.startswith("model-") or n.endswith(".index.json")], names
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    re, info = AutoModelForCausalLM.from_pretrained(d, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_a_failed_save_leaves_the_earlier_model_as_it_was(tiny_llama, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+    from depthprune_nb import save_pruned
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    d = tmp_path / "out"
+    save_pruned(model, d)
+    before = snapshot(d)
+    real = type(model).save_pretrained
+    def half_then_fail(self, path, **kw):
+        real(self, path, **kw)
+        (Path(path) / "model.safetensors").write_bytes(b"half a file")
+        raise OSError("No space left on device")
+    monkeypatch.setattr(type(model), "save_pretrained", half_then_fail)
+    for target in (d, tmp_path / "new"):
+        with pytest.raises(OSError, match="No space left"): save_pruned(model, target, overwrite=True)
+    assert snapshot(d) == before and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
