@@ -9,6 +9,7 @@ from .surgery import delete_layers, temporarily_deleted
 from .engine import approx_search, fast_search
 from .pruner import ModelPruner, layer_importance, save_pruned
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+from .search import layer_range
 
 
 def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, not with the package
