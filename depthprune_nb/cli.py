@@ -18,7 +18,8 @@ from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'run', 'main', 'tiny_model_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'check_loading_info', 'run', 'main',
+           'tiny_model_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_m
     dt = dtype if dtype == "auto" else getattr(torch, dtype)
     kw = dict(dtype=dt, trust_remote_code=trust_remote_code, weights_only=True)
     if multi_gpu: kw["device_map"] = "auto"
-    try: model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+    try: model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kw)
     except Exception as e:
         refusal = remote_code_refusal(e, model_dir)
         if refusal is not None: raise refusal from None
@@ -70,6 +71,7 @@ def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_m
                    if "safetensor" in type(e).__name__.lower() else "")
         raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. {damaged}"
                       "Pass a local folder holding config.json and the weights (and a tokenizer).") from e
+    check_loading_info(info, model_dir)
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
     return model.eval()
 
@@ -77,6 +79,21 @@ def default_seqlen(model, asked:int|None)->int:
     "The requested window length, or min(2048, the model's positions)."
     if asked is not None: return asked
     return min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
+
+# %% ../nbs/08_cli.ipynb #b2c0de03
+def check_loading_info(info:dict,  # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
+                       model_dir,  # where the model came from, for the message
+                      ):
+    "Refuse weights that do not match config.json: transformers would fill the gaps with random weights, only warning."
+    missing, mismatched = info.get("missing_keys") or [], info.get("mismatched_keys") or []
+    if missing or mismatched:
+        bad = sorted(missing) + [k if isinstance(k, str) else k[0] for k in mismatched]
+        raise OSError(f"the weights in model_dir={str(model_dir)!r} do not match its config.json: {len(missing)} tensor(s) "
+                      f"missing, {len(mismatched)} of the wrong shape (e.g. {', '.join(bad[:3])}); loading would fill "
+                      "them with random values. Was config.json (e.g. its layer count) or a weights file edited or replaced?")
+    if info.get("unexpected_keys"):
+        log.warning("model_dir=%r holds %d tensor(s) the model does not use (e.g. %s)", str(model_dir),
+                    len(info["unexpected_keys"]), ", ".join(sorted(info["unexpected_keys"])[:3]))
 
 # %% ../nbs/08_cli.ipynb #cb0e5290
 def run(args)->dict:

@@ -122,7 +122,7 @@ def test_truncated_safetensors_in_a_pruned_save_gives_a_clear_error(tiny_llama, 
     before["model.safetensors"] = w.read_bytes()
     r = depthprune("--model_dir", d, "--quiet")
     assert r.returncode == 2, r.stderr
-    assert "could not load a causal LM" in r.stderr and str(d) in r.stderr, r.stderr
+    assert "could not load a causal LM" in r.stderr and str(d) in r.stderr and "truncated" in r.stderr, r.stderr
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before, "a failed load changed the model folder"
 
 
@@ -197,3 +197,17 @@ def test_a_failed_save_leaves_the_earlier_model_as_it_was(tiny_llama, tmp_path, 
         with pytest.raises(OSError, match="No space left"): save_pruned(model, target, overwrite=True)
     assert snapshot(d) == before and not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_config_edited_to_more_layers_than_the_weights_hold_is_refused(tiny_llama, tmp_path):
+    "transformers would fill the missing layer with random weights and only log a warning."
+    import shutil
+    d = tmp_path / "edited"
+    shutil.copytree(tiny_llama, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["num_hidden_layers"] += 1
+    (d / "config.json").write_text(json.dumps(cfg))
+    before = snapshot(d)
+    r = depthprune("--model_dir", d, "--quiet")
+    assert r.returncode == 2 and "do not match its config.json" in r.stderr and "missing" in r.stderr, r.stderr
+    assert snapshot(d) == before
