@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, LayerImportancePruneConfig
-from .data import get_wikitext_dataset, load_tokenizer
+from .data import get_wikitext_dataset, load_tokenizer, check_remote_code, remote_code_refusal
 from .parts import locate
 from .search import default_device
 from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
@@ -19,8 +19,8 @@ from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'load_gguf_model', 'run', 'main',
-           'tiny_model_main', 'gguf_path_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'check_loading_info',
+           'load_gguf_model', 'run', 'main', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -42,10 +42,12 @@ def build_parser()->argparse.ArgumentParser:
     a("--engine", default="fast", choices=list(ENGINES), help="search engine (fast and reference are exact)")
     a("--early_abort", action="store_true", help="stop hopeless windows early (same choice; their PPL becomes a lower bound)")
     a("--save_dir", default=None, help="folder for the pruned model, tokenizer and prune_result.json")
-    a("--overwrite", action="store_true", help="allow replacing a model already in --save_dir")
+    a("--overwrite", action="store_true", help="let a non-empty --save_dir be used: its checkpoint files are replaced, other files kept")
     a("--result_json", default=None, help="also write the result JSON here")
     a("--prompt", default=None, help="print a short greedy generation of the pruned model from this prompt")
     a("--quiet", action="store_true", help="no progress bars")
+    a("--trust_remote_code", action="store_true", help="run the model's own Python code (auto_map) if it ships some; "
+      "read that code first (off by default: models transformers knows never need it)")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -56,16 +58,23 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     if args.save_gpu_memory: d["save_gpu_memory"] = True
     return LayerImportancePruneConfig.from_dict(d)
 
-def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False):
+def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,
+               trust_remote_code:bool=False):
     "Load a causal LM the way the chosen mode needs it, with a clear error when it cannot be had."
     from transformers import AutoModelForCausalLM
+    check_remote_code(model_dir, trust_remote_code) # before transformers imports anything of the folder
     dt = dtype if dtype == "auto" else getattr(torch, dtype)
-    kw = dict(dtype=dt, trust_remote_code=True)
+    kw = dict(dtype=dt, trust_remote_code=trust_remote_code, weights_only=True)
     if multi_gpu: kw["device_map"] = "auto"
-    try: model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+    try: model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kw)
     except Exception as e:
-        raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. "
+        refusal = remote_code_refusal(e, model_dir)
+        if refusal is not None: raise refusal from None
+        damaged = ("the weights could not be parsed: a truncated or edited .safetensors file? Copy or download it again. "
+                   if "safetensor" in type(e).__name__.lower() else "")
+        raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. {damaged}"
                       "Pass a local folder holding config.json and the weights (and a tokenizer).") from e
+    check_loading_info(info, model_dir)
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
     return model.eval()
 
@@ -73,6 +82,21 @@ def default_seqlen(model, asked:int|None)->int:
     "The requested window length, or min(2048, the model's positions)."
     if asked is not None: return asked
     return min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
+
+# %% ../nbs/08_cli.ipynb #b2c0de03
+def check_loading_info(info:dict,  # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
+                       model_dir,  # where the model came from, for the message
+                      ):
+    "Refuse weights that do not match config.json: transformers would fill the gaps with random weights, only warning."
+    missing, mismatched = info.get("missing_keys") or [], info.get("mismatched_keys") or []
+    if missing or mismatched:
+        bad = sorted(missing) + [k if isinstance(k, str) else k[0] for k in mismatched]
+        raise OSError(f"the weights in model_dir={str(model_dir)!r} do not match its config.json: {len(missing)} tensor(s) "
+                      f"missing, {len(mismatched)} of the wrong shape (e.g. {', '.join(bad[:3])}); loading would fill "
+                      "them with random values. Was config.json (e.g. its layer count) or a weights file edited or replaced?")
+    if info.get("unexpected_keys"):
+        log.warning("model_dir=%r holds %d tensor(s) the model does not use (e.g. %s)", str(model_dir),
+                    len(info["unexpected_keys"]), ", ".join(sorted(info["unexpected_keys"])[:3]))
 
 # %% ../nbs/08_cli.ipynb #f0f8d2b8
 def load_gguf_model(args,                     # parsed `depthprune` arguments (`model_dir`, `gguf_file`, `dtype`, `multi_gpu`)
@@ -97,10 +121,11 @@ def run(args)->dict:
     local_src = (gsrc[0] if gsrc else args.model_dir) if Path(args.model_dir).exists() else None
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
+    trust = getattr(args, "trust_remote_code", False)
     if gsrc: model, tokenizer = load_gguf_model(args, cfg.save_gpu_memory)
     else:
-        model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory)
-        tokenizer = load_tokenizer(args.model_dir)
+        model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory, trust)
+        tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data = get_wikitext_dataset(args.model_dir, parts.input_device, default_seqlen(model, args.seqlen),
                                 text_file=args.text_file, tokenizer=tokenizer, nsamples=args.nsamples,
