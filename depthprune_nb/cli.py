@@ -118,7 +118,8 @@ def run(args)->dict:
     cfg = algo_config_from_args(args)
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
-    local_src = (gsrc[0] if gsrc else args.model_dir) if Path(args.model_dir).exists() else None
+    # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
+    local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
     trust = getattr(args, "trust_remote_code", False)
