@@ -1,0 +1,100 @@
+"Bad input is refused before the search starts, with an error that names the value and what is valid; the model is untouched."
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from depthprune_nb import Config, LayerImportancePruneConfig, ModelPruner
+from depthprune_nb.config import ConfigError
+from depthprune_nb.pruner import layer_importance
+from depthprune_nb.testing import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory):
+    "A family with per-layer config lists (`layer_types`), 4 layers."
+    path = save_tiny_model(tmp_path_factory.mktemp("m") / "g", family="gemma2", num_layers=4)
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def windows(model, n=3, T=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, model.config.vocab_size, (1, T), generator=g) for _ in range(n)]
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, model.config.to_dict(),
+            [m.training for m in model.modules()], len(model.model.layers))
+
+
+def assert_untouched(model, snap):
+    sd, cfg, training, L = snap
+    now = model.state_dict()
+    assert sd.keys() == now.keys() and all(torch.equal(sd[k], now[k]) for k in sd), "weights changed"
+    assert model.config.to_dict() == cfg, "config changed"
+    assert [m.training for m in model.modules()] == training, "training flags changed"
+    assert len(model.model.layers) == L, "layers changed"
+
+
+def prune(model, data, n=1, **kw):
+    return ModelPruner(Config(algo_config=LayerImportancePruneConfig(delete_layer_num=n)), progress=False, **kw).pruning_model(model, data)
+
+
+def test_token_ids_outside_the_vocabulary(gemma2):
+    V, snap = gemma2.get_input_embeddings().weight.shape[0], snapshot(gemma2)
+    for bad, shown in ((V, V), (V + 7, V + 7), (-1, -1)):
+        data = windows(gemma2)
+        data[2][0, 5] = bad
+        for engine in ("fast", "reference", "approx"):
+            with pytest.raises(ConfigError, match=rf"data window 2 holds token id {shown}.*valid ids are 0\.\.{V - 1}"):
+                prune(gemma2, data, engine=engine)
+    assert_untouched(gemma2, snap)
+
+
+def test_float_windows(gemma2):
+    snap = snapshot(gemma2)
+    data = windows(gemma2); data[1] = data[1].float()
+    with pytest.raises(ConfigError, match=r"data window 1 has dtype torch.float32.*torch.long or torch.int32"):
+        prune(gemma2, data)
+    assert_untouched(gemma2, snap)
+
+
+def test_windows_on_a_device_without_the_model(gemma2):
+    snap = snapshot(gemma2)
+    data = windows(gemma2); data[0] = data[0].to("meta")
+    with pytest.raises(ConfigError, match=r"data window 0 is on device meta; valid: \['cpu'\]"):
+        prune(gemma2, data)
+    assert_untouched(gemma2, snap)
+
+
+def test_model_in_training_mode_is_refused_and_left_in_training_mode(gemma2):
+    gemma2.train()
+    try:
+        snap = snapshot(gemma2)
+        for engine in ("fast", "reference"):
+            with pytest.raises(ConfigError, match=r"training mode.*Call model.eval\(\) first"):
+                prune(gemma2, windows(gemma2), engine=engine)
+        assert_untouched(gemma2, snap)
+        assert gemma2.training
+    finally:
+        gemma2.eval()
+
+
+@pytest.mark.parametrize("n", [4, 5, 0, -1])
+def test_delete_layer_num_that_leaves_no_layer(gemma2, n):
+    snap = snapshot(gemma2)
+    with pytest.raises(ConfigError, match=rf"delete_layer_num={n}.*" + ("between 1 and 3" if n >= 1 else ">= 1")):
+        prune(gemma2, windows(gemma2), n=n)
+    if n >= 1:
+        with pytest.raises(ConfigError, match=rf"delete_layer_num={n} is invalid for a model with 4 decoder layers: it must be between 1 and 3"):
+            layer_importance(gemma2, windows(gemma2), n, progress=False)
+    assert_untouched(gemma2, snap)
+    assert gemma2.config.layer_types == snap[1]["layer_types"] and len(gemma2.config.layer_types) == 4
+
+
+def test_good_input_still_prunes(gemma2):
+    model = copy.deepcopy(gemma2)
+    data = windows(model); data[0] = data[0].int()
+    prune(model, data, n=1)
+    assert len(model.model.layers) == 3 and len(model.config.layer_types) == 3
