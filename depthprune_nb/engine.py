@@ -334,6 +334,12 @@ def result(self:_Engine, table:dict, baseline:float, lower:list, proxy, stats:di
                        params_after_deleting(self.parts, range(best, best + n)), lower_bound_starts=lower,
                        proxy_by_start=proxy, stats=stats, model_name=getattr(self.model, "name_or_path", "") or "")
 
+# %% ../nbs/03a_engine.ipynb #08e3571c
+def _gathered(eng:_Engine, nlls:dict, base:list, proxy:dict)->tuple:
+    "The one place per-sample NLLs meet other processes': in a distributed search (`depthprune_nb.distributed`) every rank's are gathered, in sample order."
+    from depthprune_nb import distributed
+    return distributed.gather_nlls(nlls, base, proxy, eng.N) if distributed.active() else (nlls, base, proxy)
+
 # %% ../nbs/03a_engine.ipynb #09bf4d51
 def _best_so_far(nlls:dict, N:int)->str:
     "Progress-bar text: the window with the lowest partial NLL so far."
@@ -353,6 +359,7 @@ def _full_table(eng:_Engine)->tuple:
         for s in eng.starts: nlls[s] += got[s]
         eng.bar.set_postfix(best=_best_so_far(nlls, eng.N))
     eng.bar.close()
+    nlls, base, proxy = _gathered(eng, nlls, base, proxy)
     return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, {}
 
 # %% ../nbs/03a_engine.ipynb #7396bcdc
