@@ -9,3 +9,5 @@ from .surgery import delete_layers, temporarily_deleted
 from .engine import approx_search, fast_search
 from .pruner import ModelPruner, layer_importance, save_pruned
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+from .plan import plan_search
+from .distributed import distributed_search
