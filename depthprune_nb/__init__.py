@@ -11,3 +11,4 @@ from .pruner import ModelPruner, layer_importance, save_pruned
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
 from .plan import plan_search
 from .distributed import distributed_search
+from .checkpoint import SearchCheckpoint

@@ -19,8 +19,8 @@ from . import distributed
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'run', 'main', 'search_data',
-           'config_for_plan', 'plan_from_args', 'tiny_model_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'run', 'main', 'checkpoint_kwargs',
+           'search_data', 'config_for_plan', 'plan_from_args', 'tiny_model_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -47,6 +47,8 @@ def build_parser()->argparse.ArgumentParser:
     a("--plan", action="store_true", help="print the search's cost (passes, FLOPs, memory, time) from config.json alone and exit")
     a("--tflops", type=float, default=None, help="--plan: effective TFLOP/s of one process, for the time estimate")
     a("--world_size", type=int, default=None, help="--plan: processes sharing the samples (default: $WORLD_SIZE or 1)")
+    a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk")
+    a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -82,6 +84,7 @@ def run(args)->dict:
     if distributed.init_from_env(): distributed.check_supported(args.engine, args.early_abort, args.nsamples)
     main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
+    extra = checkpoint_kwargs(args)
     local_src = args.model_dir if Path(args.model_dir).exists() else None
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
@@ -91,7 +94,7 @@ def run(args)->dict:
     data = get_wikitext_dataset(args.model_dir, parts.input_device, default_seqlen(model, args.seqlen),
                                 text_file=args.text_file, tokenizer=tokenizer, nsamples=args.nsamples,
                                 progress=not args.quiet)
-    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank)
+    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
     with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine)
     res = pruner.result
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
@@ -115,10 +118,23 @@ def main(argv:list|None=None)->int:
     quiet = args.quiet or os.environ.get("RANK", "0") != "0" # under torchrun, rank 0 alone reports
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try: run(args)
+    except KeyboardInterrupt:
+        print("depthprune: interrupted" + (" (progress saved: add --resume to continue)" if args.checkpoint_dir else ""), file=sys.stderr)
+        return 130
     except (ConfigError, FileExistsError, FileNotFoundError, OSError, ConnectionError) as e:
         print(f"depthprune: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/08_cli.ipynb #a1b93b01
+def checkpoint_kwargs(args)->dict:
+    "The engine argument for `--checkpoint_dir`/`--resume`, after refusing combinations that cannot work."
+    if args.resume and not args.checkpoint_dir: raise ConfigError("--resume needs --checkpoint_dir: the folder the search saved to")
+    if not args.checkpoint_dir: return {}
+    if args.engine != "fast" or args.early_abort:
+        raise ConfigError("--checkpoint_dir works with the exact fast engine only (--engine fast without --early_abort)")
+    from depthprune_nb.checkpoint import SearchCheckpoint
+    return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
 
 # %% ../nbs/08_cli.ipynb #4f528397
 @contextlib.contextmanager

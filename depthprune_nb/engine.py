@@ -174,6 +174,7 @@ class _Engine:
         self.moves_per_sweep_max = self.peak_state_bytes = self._moves = 0
         self.setup_weight_moves = self.probe_layer_passes = self.stash_bytes = 0
         self.t0 = time.perf_counter()
+        self.checkpoint = None # a `SearchCheckpoint` when the search saves its progress
 
     def chunks(self, idx:list)->list:
         "`idx` cut into sample chunks."
@@ -353,11 +354,21 @@ def _full_table(eng:_Engine)->tuple:
     nlls, base, proxy = {s: [] for s in eng.starts}, [], {s: 0.0 for s in eng.starts}
     chunks = eng.chunks(list(range(eng.N)))
     eng.bar = tqdm(total=eng.L * len(chunks), desc="exact search", disable=not eng.progress)
-    for idx in chunks:
-        got, b = eng.sweep(idx, eng.starts, baseline=True, proxy=proxy)
-        base += b
-        for s in eng.starts: nlls[s] += got[s]
-        eng.bar.set_postfix(best=_best_so_far(nlls, eng.N))
+    ck, done = eng.checkpoint, 0
+    state = ck.begin(eng) if ck is not None else None                     # resume: the chunks already scored
+    if state: nlls, base, proxy, done = state["nlls"], state["base"], state["proxy"], state["chunks_done"]
+    eng.bar.update(eng.L * done)
+    try:
+        for c, idx in enumerate(chunks[done:], start=done):
+            got, b = eng.sweep(idx, eng.starts, baseline=True, proxy=proxy)
+            base += b
+            for s in eng.starts: nlls[s] += got[s]
+            done = c + 1
+            if ck is not None: ck.save(done, len(chunks), nlls, base, proxy)
+            eng.bar.set_postfix(best=_best_so_far(nlls, eng.N))
+    except KeyboardInterrupt:                                              # Ctrl-C: keep what is done, say how to go on
+        if ck is not None: ck.save(done, len(chunks), nlls, base, proxy, force=True); ck.interrupted(done, len(chunks))
+        raise
     eng.bar.close()
     nlls, base, proxy = _gathered(eng, nlls, base, proxy)
     return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, {}
@@ -428,11 +439,15 @@ def fast_search(model:nn.Module,        # a causal LM
                 memory_budget:int|None=None, # bytes of activations to hold (on the device in mix mode); half the free memory if None
                 call_tokens:int|None=None, # tokens per batched layer call; None: one stream per call on CPU, 32768 on accelerators
                 progress:bool=True,     # show a tqdm bar
+                checkpoint=None,        # a `SearchCheckpoint` (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
                )->PruneResult:
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
                   name="fast_early_abort" if early_abort else "fast_exact",
                   cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8)
+    if checkpoint is not None and early_abort:
+        raise ValueError("checkpoint= works with the exact full table only: early abort's runs are short; drop one of them")
+    eng.checkpoint = checkpoint
     if eng.device.type == "cuda": torch.cuda.reset_peak_memory_stats(eng.device)
     with eng.placement():
         eng.learn_outputs()
