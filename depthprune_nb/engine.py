@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'LayerCall', 'layers_replaced', 'norm_input_replaced', 'probe_layer_calls', 'head_logits', 'weights_on_host',
-           'fast_search', 'approx_search']
+           'nonfinite_samples', 'fast_search', 'approx_search']
 
 # %% ../nbs/03a_engine.ipynb #9c338fc3
 @dataclass
@@ -341,6 +341,19 @@ def _gathered(eng:_Engine, nlls:dict, base:list, proxy:dict)->tuple:
     from depthprune_nb import distributed
     return distributed.gather_nlls(nlls, base, proxy, eng.N) if distributed.active() else (nlls, base, proxy)
 
+def nonfinite_samples(nlls:dict, # window start -> per-sample NLLs, in sample order
+                      base:list, # the unpruned model's per-sample NLLs
+                      n:int,     # layers per window
+                     )->dict:    # "baseline" or window start -> indices of samples with a NaN or infinite NLL
+    "Which window and sample each NaN/inf loss came from; logged as a warning, so a broken table is never silent."
+    bad = {k: [i for i, x in enumerate(v) if not math.isfinite(x)] for k, v in [("baseline", base), *nlls.items()]}
+    bad = {k: v for k, v in bad.items() if v}
+    for k, v in bad.items():
+        where = "the unpruned model" if k == "baseline" else f"window start {k} (layers {k}..{k + n - 1} deleted)"
+        log.warning(f"non-finite loss (NaN or inf) for {where} on {len(v)} sample(s) {v[:10]}: check the dtype "
+                    "(fp16 overflow?), the weights and these windows")
+    return bad
+
 # %% ../nbs/03a_engine.ipynb #09bf4d51
 def _best_so_far(nlls:dict, N:int)->str:
     "Progress-bar text: the window with the lowest partial NLL so far."
@@ -371,7 +384,8 @@ def _full_table(eng:_Engine)->tuple:
         raise
     eng.bar.close()
     nlls, base, proxy = _gathered(eng, nlls, base, proxy)
-    return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, {}
+    bad = nonfinite_samples(nlls, base, eng.n)
+    return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, dict(nonfinite_samples=bad)
 
 # %% ../nbs/03a_engine.ipynb #7396bcdc
 def _lower_bound(nlls:list, N:int)->float:
@@ -424,7 +438,7 @@ def _early_abort(eng:_Engine)->tuple:
         if len(nlls[s]) == N or math.isnan(sum(nlls[s])): table[s] = ppl_from_nlls(nlls[s])
         else: table[s] = _lower_bound(nlls[s], N); lower.append(s)
     extra = dict(first_scored=first, stopped_after_chunk={s: k for s, k in stopped.items() if s in lower},
-                 prefix_states_kept=use_stash)
+                 prefix_states_kept=use_stash, nonfinite_samples=nonfinite_samples(nlls, base, eng.n))
     return table, ppl_from_nlls(base), lower, proxy, extra
 
 # %% ../nbs/03a_engine.ipynb #efe750e7
@@ -513,7 +527,7 @@ def approx_search(model:nn.Module,        # a causal LM
     dropped = [s for s in eng.starts if len(nlls[s]) < N]
     best = best_window({s: table[s] for s in live})
     st = eng.stats(rounds=rounds, estimated_starts=dropped, samples_by_start={s: len(v) for s, v in nlls.items()},
-                   possible_gap_rel=_possible_gap(nlls, best, dropped))
+                   possible_gap_rel=_possible_gap(nlls, best, dropped), nonfinite_samples=nonfinite_samples(nlls, base, eng.n))
     eng.log_cost(st)
     res = eng.result({s: table[s] for s in live}, ppl_from_nlls(base), [], None, st)
     res.ppl_by_start, res.estimated_starts = {s: table[s] for s in eng.starts}, dropped

@@ -98,3 +98,23 @@ def test_good_input_still_prunes(gemma2):
     data = windows(model); data[0] = data[0].int()
     prune(model, data, n=1)
     assert len(model.model.layers) == 3 and len(model.config.layer_types) == 3
+
+
+def test_nan_losses_name_their_window_and_samples(tmp_path, caplog):
+    "A NaN input-embedding row poisons the samples that use its token: the warning names them; the search then fails clearly."
+    from depthprune_nb.engine import fast_search
+    model = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path / "l", family="llama", num_layers=4)).eval()
+    assert not model.config.tie_word_embeddings  # a tied head would make every sample's loss NaN
+    V = model.get_input_embeddings().weight.shape[0]
+    with torch.no_grad(): model.get_input_embeddings().weight[V - 1] = float("nan")
+    data = [d.clamp(max=V - 2) for d in windows(model, n=5)]
+    for i in (1, 3): data[i][0, 4] = V - 1
+    snap = snapshot(model)
+    with caplog.at_level("WARNING", logger="depthprune_nb.engine"), \
+         pytest.raises(RuntimeError, match="every candidate window gave a non-finite perplexity"):
+        fast_search(model, data, 1, progress=False)
+    msgs = [r.getMessage() for r in caplog.records if "non-finite loss" in r.getMessage()]
+    assert any("the unpruned model on 2 sample(s) [1, 3]" in m for m in msgs), msgs
+    assert any("window start 2 (layers 2..2 deleted) on 2 sample(s) [1, 3]" in m for m in msgs), msgs
+    sd, cfg, training, L = snap
+    assert all(torch.equal(v, sd[k]) or torch.isnan(v).any() for k, v in model.state_dict().items()) and len(model.model.layers) == L
