@@ -175,6 +175,7 @@ class _Engine:
         self.setup_weight_moves = self.probe_layer_passes = self.stash_bytes = 0
         self.t0 = time.perf_counter()
         self.checkpoint = None # a `SearchCheckpoint` when the search saves its progress
+        self.fits, self.oom_retries = None, 0 # samples per sweep that fit after an out-of-memory error
 
     def chunks(self, idx:list)->list:
         "`idx` cut into sample chunks."
@@ -341,6 +342,28 @@ def _gathered(eng:_Engine, nlls:dict, base:list, proxy:dict)->tuple:
     from depthprune_nb import distributed
     return distributed.gather_nlls(nlls, base, proxy, eng.N) if distributed.active() else (nlls, base, proxy)
 
+def _sweep_fitting(eng:_Engine, idx:list, windows:list, proxy:dict|None=None, **kw)->tuple:
+    "`eng.sweep`, cut into smaller sample chunks after an accelerator out-of-memory error (and said so); the same NLLs."
+    if eng.fits is not None and len(idx) > eng.fits:   # an earlier chunk of this size ran out of memory
+        step = eng.fits
+        parts = [_sweep_fitting(eng, idx[a:a + step], windows, proxy, **kw) for a in range(0, len(idx), step)]
+        return ({w: [x for g, _ in parts for x in g[w]] for w in parts[0][0]},
+                None if parts[0][1] is None else [x for _, b in parts for x in b])
+    mine = None if proxy is None else {s: 0.0 for s in proxy}     # added to `proxy` only if the sweep completes
+    try: got, b = eng.sweep(idx, windows, proxy=mine, **kw)
+    except torch.OutOfMemoryError as e:
+        eng._calls = eng._h0 = None
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        if len(idx) == 1:
+            raise torch.OutOfMemoryError(f"out of memory on {eng.device} with a single sample of {eng.seqlen} tokens: use "
+                                         "shorter windows (seqlen), save_gpu_memory=True (--save_gpu_memory) or more devices") from e
+        eng.fits = (len(idx) + 1) // 2; eng.oom_retries += 1
+        log.warning(f"out of memory on {eng.device} with a chunk of {len(idx)} samples: retrying in chunks of {eng.fits}")
+        return _sweep_fitting(eng, idx, windows, proxy, **kw)
+    if proxy is not None:
+        for s in mine: proxy[s] += mine[s]
+    return got, b
+
 def nonfinite_samples(nlls:dict, # window start -> per-sample NLLs, in sample order
                       base:list, # the unpruned model's per-sample NLLs
                       n:int,     # layers per window
@@ -373,7 +396,7 @@ def _full_table(eng:_Engine)->tuple:
     eng.bar.update(eng.L * done)
     try:
         for c, idx in enumerate(chunks[done:], start=done):
-            got, b = eng.sweep(idx, eng.starts, baseline=True, proxy=proxy)
+            got, b = _sweep_fitting(eng, idx, eng.starts, baseline=True, proxy=proxy)
             base += b
             for s in eng.starts: nlls[s] += got[s]
             done = c + 1
@@ -385,7 +408,7 @@ def _full_table(eng:_Engine)->tuple:
     eng.bar.close()
     nlls, base, proxy = _gathered(eng, nlls, base, proxy)
     bad = nonfinite_samples(nlls, base, eng.n)
-    return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, dict(nonfinite_samples=bad)
+    return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, dict(nonfinite_samples=bad, oom_retries=eng.oom_retries)
 
 # %% ../nbs/03a_engine.ipynb #7396bcdc
 def _lower_bound(nlls:list, N:int)->float:

@@ -118,3 +118,27 @@ def test_nan_losses_name_their_window_and_samples(tmp_path, caplog):
     assert any("window start 2 (layers 2..2 deleted) on 2 sample(s) [1, 3]" in m for m in msgs), msgs
     sd, cfg, training, L = snap
     assert all(torch.equal(v, sd[k]) or torch.isnan(v).any() for k, v in model.state_dict().items()) and len(model.model.layers) == L
+
+
+def test_out_of_memory_is_retried_with_smaller_chunks(gemma2, monkeypatch, caplog):
+    "A simulated accelerator OOM on chunks over 2 samples: the chunk is split, the table is unchanged, the user is told."
+    from depthprune_nb import engine
+    data = windows(gemma2, n=7)
+    whole = engine.fast_search(gemma2, data, 1, chunk_size=7, progress=False)
+    sweep, sizes = engine._Engine.sweep, []
+    def tight(self, idx, *a, **kw):
+        sizes.append(len(idx))
+        if len(idx) > 2: raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return sweep(self, idx, *a, **kw)
+    monkeypatch.setattr(engine._Engine, "sweep", tight)
+    with caplog.at_level("WARNING", logger="depthprune_nb.engine"):
+        res = engine.fast_search(gemma2, data, 1, chunk_size=7, progress=False)
+    assert sizes == [7, 4, 2, 2, 2, 1], sizes        # 7 fails, 4 fails, then pieces of 2 (and the odd one)
+    assert res.stats["oom_retries"] == 2 and any("retrying in chunks of 2" in r.getMessage() for r in caplog.records)
+    for s, v in whole.ppl_by_start.items(): assert abs(res.ppl_by_start[s] / v - 1) < 1e-6
+    assert abs(res.baseline_ppl / whole.baseline_ppl - 1) < 1e-6 and res.deleted_layers == whole.deleted_layers
+    for s, v in whole.proxy_by_start.items(): assert abs(res.proxy_by_start[s] - v) < 1e-6   # no half-counted proxy
+    def none_fit(self, idx, *a, **kw): raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    monkeypatch.setattr(engine._Engine, "sweep", none_fit)
+    with pytest.raises(torch.OutOfMemoryError, match="with a single sample of 16 tokens: use shorter windows"):
+        engine.fast_search(gemma2, data, 1, chunk_size=2, progress=False)
