@@ -18,3 +18,6 @@ def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, 
         from . import explorer
         return getattr(explorer, name)
     raise AttributeError(f"module 'depthprune_nb' has no attribute {name!r}")
+from .plan import plan_search
+from .distributed import distributed_search
+from .checkpoint import SearchCheckpoint

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #f64d7cd5
 from __future__ import annotations
-import argparse, json, logging, sys, time
+import argparse, contextlib, json, logging, os, sys, time
 from pathlib import Path
 
 import torch
@@ -15,12 +15,14 @@ from .parts import locate
 from .search import default_device
 from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
 from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
+from . import distributed
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'check_loading_info',
-           'load_gguf_model', 'run', 'main', 'tiny_model_main', 'gguf_path_main']
+           'load_gguf_model', 'run', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan', 'plan_from_args',
+           'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -48,6 +50,11 @@ def build_parser()->argparse.ArgumentParser:
     a("--quiet", action="store_true", help="no progress bars")
     a("--trust_remote_code", action="store_true", help="run the model's own Python code (auto_map) if it ships some; "
       "read that code first (off by default: models transformers knows never need it)")
+    a("--plan", action="store_true", help="print the search's cost (passes, FLOPs, memory, time) from config.json alone and exit")
+    a("--tflops", type=float, default=None, help="--plan: effective TFLOP/s of one process, for the time estimate")
+    a("--world_size", type=int, default=None, help="--plan: processes sharing the samples (default: $WORLD_SIZE or 1)")
+    a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk")
+    a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -115,11 +122,15 @@ def load_gguf_model(args,                     # parsed `depthprune` arguments (`
 # %% ../nbs/08_cli.ipynb #cb0e5290
 def run(args)->dict:
     "Load, search, prune and save as `args` say; returns the result as a dict."
+    if args.plan: return plan_from_args(args)
+    if distributed.init_from_env(): distributed.check_supported(args.engine, args.early_abort, args.nsamples)
+    main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
     local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
+    extra = checkpoint_kwargs(args)
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
     trust = getattr(args, "trust_remote_code", False)
@@ -131,9 +142,11 @@ def run(args)->dict:
     data = get_wikitext_dataset(args.model_dir, parts.input_device, default_seqlen(model, args.seqlen),
                                 text_file=args.text_file, tokenizer=tokenizer, nsamples=args.nsamples,
                                 progress=not args.quiet)
-    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet)
-    model = pruner.pruning_model(model, data)
+    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
+    with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine)
     res = pruner.result
+    if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
+    if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
     print(f"total time {time.perf_counter() - t0:.1f} s")
     if args.result_json: res.to_json(args.result_json)
@@ -149,17 +162,65 @@ def run(args)->dict:
         ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(parts.input_device)
         gen = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         print("generation:", tokenizer.decode(gen[0], skip_special_tokens=True))
+    distributed.finish()
     return res.to_dict()
 
 def main(argv:list|None=None)->int:
     "Entry point of the `depthprune` console script."
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    quiet = args.quiet or os.environ.get("RANK", "0") != "0" # under torchrun, rank 0 alone reports
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try: run(args)
+    except KeyboardInterrupt:
+        print("depthprune: interrupted" + (" (progress saved: add --resume to continue)" if args.checkpoint_dir else ""), file=sys.stderr)
+        return 130
     except (ConfigError, FileExistsError, FileNotFoundError, OSError, ConnectionError) as e:
         print(f"depthprune: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/08_cli.ipynb #a1b93b01
+def checkpoint_kwargs(args)->dict:
+    "The engine argument for `--checkpoint_dir`/`--resume`, after refusing combinations that cannot work."
+    if args.resume and not args.checkpoint_dir: raise ConfigError("--resume needs --checkpoint_dir: the folder the search saved to")
+    if not args.checkpoint_dir: return {}
+    if args.engine != "fast" or args.early_abort:
+        raise ConfigError("--checkpoint_dir works with the exact fast engine only (--engine fast without --early_abort)")
+    from depthprune_nb.checkpoint import SearchCheckpoint
+    return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
+
+# %% ../nbs/08_cli.ipynb #4f528397
+@contextlib.contextmanager
+def search_data(data:list, cfg:LayerImportancePruneConfig, args):
+    "The windows this process searches: all of them, or under `torchrun` its share, with the NLLs gathered at the end."
+    if distributed.world_size() == 1 or cfg.delete_layers_index is not None: yield data; return
+    mine = distributed.shard(data, args.engine, args.early_abort)
+    with distributed.sharded_search(len(data)): yield mine
+
+# %% ../nbs/08_cli.ipynb #4cbc8850
+def config_for_plan(model_dir:str)->dict:
+    "The model's config as a dict: from the local folder's config.json, or (a Hub id) `AutoConfig` alone."
+    from depthprune_nb.plan import read_config
+    if Path(model_dir).exists(): return read_config(model_dir)
+    from transformers import AutoConfig
+    try: return AutoConfig.from_pretrained(model_dir).to_dict()
+    except Exception as e:
+        raise OSError(f"could not read a config for model_dir={model_dir!r}: {type(e).__name__}: {e}. "
+                      "Pass a local folder holding config.json") from e
+
+def plan_from_args(args)->dict:
+    "`--plan`: print the cost of the search the flags describe, from the config alone."
+    from depthprune_nb.plan import plan_search
+    if args.nsamples is None: raise ConfigError("--plan needs --nsamples: the number of calibration windows to plan for")
+    cfg, conf = algo_config_from_args(args), config_for_plan(args.model_dir)
+    seqlen = args.seqlen or min(2048, conf.get("max_position_embeddings") or 2048)
+    stored = str(conf.get("dtype") or conf.get("torch_dtype") or "")
+    fp32 = args.dtype == "float32" or (args.dtype == "auto" and stored == "float32")
+    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    p = plan_search(conf, cfg.delete_layer_num, args.nsamples, seqlen, engine=args.engine,
+                    save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2)
+    print(p)
+    return p.to_dict()
 
 # %% ../nbs/08_cli.ipynb #0f052ef8
 def tiny_model_main(argv:list|None=None)->int:
@@ -173,6 +234,10 @@ def tiny_model_main(argv:list|None=None)->int:
     args = p.parse_args(argv)
     print(save_tiny_model(args.save_dir, family=args.family, num_layers=args.num_layers))
     return 0
+
+# %% ../nbs/08_cli.ipynb #ee7d62a9
+#| eval: false
+if __name__ == "__main__": raise SystemExit(main())  # `python -m depthprune_nb.cli`, and `torchrun -m depthprune_nb.cli`
 
 # %% ../nbs/08_cli.ipynb #82f6a787
 def gguf_path_main(argv:list|None=None)->int:

@@ -46,24 +46,58 @@ def ppl_from_nlls(nlls:list[float], # per-window mean NLLs
     return math.exp(m) if m < 700 else math.inf
 
 # %% ../nbs/03_search.ipynb #aef52c66
+def _check_dtypes(data):
+    bad = [(i, d.dtype) for i, d in enumerate(data) if d.dtype not in (torch.long, torch.int)]
+    if bad: raise ConfigError(f"data window {bad[0][0]} has dtype {bad[0][1]} ({len(bad)} such windows): data windows "
+                              "must hold integer token ids (torch.long or torch.int32), e.g. from get_wikitext_dataset(...)")
+
+def _check_devices(data, model):
+    "Windows must hold data (not `meta`) and live on the CPU or on a device the model uses; they are moved as needed."
+    ok = {torch.device("cpu")} | ({p.device for p in model.parameters()} if model is not None else set())
+    for i, d in enumerate(data):
+        if d.device.type == "meta" or (model is not None and d.device not in ok):
+            raise ConfigError(f"data window {i} is on device {d.device}; valid: {sorted(map(str, ok))} "
+                              "(the CPU or a device holding the model's weights)")
+
+def _check_token_range(data, model):
+    "Every token id must index a row of the input embedding."
+    V = model.get_input_embeddings().weight.shape[0]
+    lo = torch.stack([d.min().cpu() for d in data]); hi = torch.stack([d.max().cpu() for d in data])
+    i = int(torch.argmax((lo < 0).int() + (hi >= V).int()))
+    if lo[i] < 0 or hi[i] >= V:
+        v = int(lo[i]) if lo[i] < 0 else int(hi[i])
+        raise ConfigError(f"data window {i} holds token id {v}, outside the model's vocabulary: valid ids are "
+                          f"0..{V - 1} (the input embedding has {V} rows); was the data made with another model's tokenizer?")
+
+def _check_eval_mode(model):
+    training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
+    if training:
+        raise ConfigError(f"the model is in training mode ({len(training)} modules with training=True, e.g. "
+                          f"{training[:3]}): dropout would make the search random. Call model.eval() first")
+
 def check_data(data:list,                  # calibration windows, each `LongTensor[1, seqlen]`
-               model:nn.Module|None=None,  # if given, `seqlen` is checked against its positions
+               model:nn.Module|None=None,  # if given, also checked: positions, vocabulary, devices, eval mode
               )->int:
-    "Validate calibration windows and return their common `seqlen`."
+    "Validate calibration windows (and the model they will run on) and return their common `seqlen`."
     if data is None or len(data) == 0:
         raise ConfigError("data is empty: pass at least one calibration window, e.g. get_wikitext_dataset(...)")
+    if not all(isinstance(d, torch.Tensor) for d in data):
+        raise ConfigError(f"data windows must be tensors of token ids; got {type(next(d for d in data if not isinstance(d, torch.Tensor))).__name__}")
     shapes = {tuple(d.shape) for d in data}
     bad = [tuple(d.shape) for d in data if d.dim() != 2 or d.shape[0] != 1]
     if bad: raise ConfigError(f"each data window must be a LongTensor of shape [1, seqlen]; got shapes {sorted(set(bad))[:5]}")
     if len(shapes) > 1: raise ConfigError(f"data windows have unequal lengths {sorted(s[1] for s in shapes)}: all must share one seqlen")
-    if any(d.dtype not in (torch.long, torch.int) for d in data):
-        raise ConfigError(f"data windows must hold integer token ids, got {data[0].dtype}")
+    _check_dtypes(data)
     seqlen = data[0].shape[1]
     if seqlen < 2: raise ConfigError(f"seqlen={seqlen} is too short: a window needs at least 2 tokens")
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) if model is not None else None
+    _check_devices(data, model)
+    if model is None: return seqlen
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and seqlen > limit:
         raise ConfigError(f"seqlen={seqlen} is larger than the model's max_position_embeddings={limit}: "
                           f"cut shorter windows (seqlen <= {limit})")
+    _check_token_range(data, model)
+    _check_eval_mode(model)
     return seqlen
 
 # %% ../nbs/03_search.ipynb #b7953d77
