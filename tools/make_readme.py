@@ -31,7 +31,8 @@ def render(nb_path=ROOT / "nbs" / "index.ipynb")->str:
     out = []
     for cell in json.loads(Path(nb_path).read_text(encoding="utf-8"))["cells"]:
         src = _src(cell)
-        if cell["cell_type"] == "markdown": out.append(src.strip())
+        if cell["cell_type"] == "markdown": # images are relative to nbs/ on the site, to the root in README.md
+            out.append(re.sub(r"\]\((images/[^)]+)\)", r"](nbs/\1)", src.strip()))
         elif cell["cell_type"] == "code" and not _is_hidden(src):
             code = "\n".join(l for l in src.splitlines() if not l.startswith("#|")).strip()
             if code: out.append(f"```python\n{code}\n```")
