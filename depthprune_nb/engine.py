@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 
+from .config import ConfigError, COMPUTE_DTYPES
 from .parts import ModelParts, locate
 from .search import (PruneResult, window_nll, ppl_from_nlls, check_data, best_window, candidate_starts,
                                   params_after_deleting, default_device, _is_dispatched, _angular)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'LayerCall', 'layers_replaced', 'norm_input_replaced', 'probe_layer_calls', 'head_logits', 'weights_on_host',
-           'fast_search', 'approx_search']
+           'fast_search', 'approx_search', 'low_precision', 'weights_cast', 'to_rescore', 'mixed_precision']
 
 # %% ../nbs/03a_engine.ipynb #9c338fc3
 @dataclass
@@ -147,7 +148,7 @@ def weights_on_host(parts:ModelParts, # the model's parts
 class _Engine:
     "One search's shared state: the model's parts, where things compute, chunking, and what it cost."
     def __init__(self, model, data, n, parts=None, save_gpu_memory=False, device=None, chunk_size=None,
-                 memory_budget=None, call_tokens=None, progress=True, name="fast", cap=8):
+                 memory_budget=None, call_tokens=None, progress=True, name="fast", cap=8, head_batch=None):
         self.model, self.data, self.n = model, data, n
         self.parts = parts = parts or locate(model)
         self.seqlen = check_data(data, model)
@@ -173,6 +174,7 @@ class _Engine:
         self.layer_passes = self.head_passes = self.weight_moves = self.sweeps = 0
         self.moves_per_sweep_max = self.peak_state_bytes = self._moves = 0
         self.setup_weight_moves = self.probe_layer_passes = self.stash_bytes = 0
+        self.head_batch, self.head_calls = head_batch, 0
         self.t0 = time.perf_counter()
 
     def chunks(self, idx:list)->list:
@@ -241,19 +243,34 @@ def run_layer(self:_Engine, j:int, ids:torch.Tensor, streams:dict)->dict:
 
 # %% ../nbs/03a_engine.ipynb #f3d6eb6a
 @patch
-def head_nlls(self:_Engine, ids:torch.Tensor, h:torch.Tensor)->list:
-    "Per-sample mean NLL from states `h` entering the final norm: the model's own head, in position chunks."
-    m, T = ids.shape
+def head_plan(self:_Engine, m:int, T:int)->tuple:
+    "(streams per head call, positions per call) for streams of `m` samples of `T` tokens, within the logits budget."
     V = self.model.get_output_embeddings().weight.shape[0]
-    t = max(1, min(T - 1, min(self.budget // 4, 1 << 30) // (m * V * 4) - 1))
-    sums = [0.0] * m
-    for s in range(0, T - 1, t):
-        e = min(s + t, T - 1)
-        logits = head_logits(self.parts, ids[:, s:e + 1], h[:, s:e + 1], self.out_lens)
-        for r in range(m): sums[r] += window_nll(logits[r], ids[r, s:e + 1]) * (e - s)
-        del logits
-    self.head_passes += m
-    return [x / (T - 1) for x in sums]
+    rows = max(1, min(self.budget // 4, 1 << 30) // (V * 4)) # logits positions one call may hold (float32)
+    t = max(1, min(T - 1, rows // m - 1))
+    k = max(1, rows // (m * T)) if t == T - 1 else 1
+    return (min(k, self.head_batch) if self.head_batch else k), t
+
+@patch
+def head_nlls(self:_Engine, ids:torch.Tensor, states:list)->list:
+    "Per-sample mean NLLs of each stream in `states` (`[m, T, H]`, entering the final norm): the model's own head, batched."
+    m, T = ids.shape
+    k, t = self.head_plan(m, T)
+    out = []
+    for a in range(0, len(states), k):
+        group = states[a:a + k]
+        h = torch.cat(group) if len(group) > 1 else group[0]
+        gids = ids.repeat(len(group), 1) if len(group) > 1 else ids
+        sums = [0.0] * gids.shape[0]
+        for s in range(0, T - 1, t):
+            e = min(s + t, T - 1)
+            logits = head_logits(self.parts, gids[:, s:e + 1], h[:, s:e + 1], self.out_lens)
+            for r in range(len(sums)): sums[r] += window_nll(logits[r], gids[r, s:e + 1]) * (e - s)
+            del logits
+        self.head_calls += math.ceil((T - 1) / t)
+        out += [[x / (T - 1) for x in sums[i * m:(i + 1) * m]] for i in range(len(group))]
+    self.head_passes += m * len(states)
+    return out
 
 # %% ../nbs/03a_engine.ipynb #6641e248
 @patch
@@ -295,8 +312,9 @@ def sweep(self:_Engine,
         self.park(live, entering)
         if self.bar is not None: self.bar.update(1)
     self.moves_per_sweep_max = max(self.moves_per_sweep_max, self._moves)
-    base_nlls = self.head_nlls(ids, live.pop("base")) if baseline else None
-    nlls = {w: self.head_nlls(ids, live.pop(w)) for w in sorted(windows)}
+    keys = (["base"] if baseline else []) + sorted(windows)
+    got = dict(zip(keys, self.head_nlls(ids, [live.pop(w) for w in keys])))
+    base_nlls, nlls = got.pop("base", None), got
     self._calls = self._h0 = None
     return nlls, base_nlls
 
@@ -306,7 +324,7 @@ def stats(self:_Engine, **extra)->dict:
     "Cost figures of the search, with the brute force's for comparison."
     L, n, N, W = self.L, self.n, self.N, len(self.starts)
     d = dict(engine=self.name, layer_passes=self.layer_passes, brute_force_layer_passes=L * N + W * (L - n) * N,
-             head_passes=self.head_passes, brute_force_head_passes=(W + 1) * N,
+             head_passes=self.head_passes, brute_force_head_passes=(W + 1) * N, head_calls=self.head_calls,
              probe_layer_passes=self.probe_layer_passes, weight_moves=self.weight_moves,
              setup_weight_moves=self.setup_weight_moves, weight_moves_per_chunk_max=self.moves_per_sweep_max,
              sweeps=self.sweeps, chunk_size=self.chunk, num_chunks=math.ceil(N / self.chunk),
@@ -421,11 +439,17 @@ def fast_search(model:nn.Module,        # a causal LM
                 memory_budget:int|None=None, # bytes of activations to hold (on the device in mix mode); half the free memory if None
                 call_tokens:int|None=None, # tokens per batched layer call; None: one stream per call on CPU, 32768 on accelerators
                 progress:bool=True,     # show a tqdm bar
+                head_batch:int|None=None, # streams per head call; None: as many as a quarter of `memory_budget` holds
+                compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; None: the model's
                )->PruneResult:
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
+    kw = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, chunk_size=chunk_size,
+              memory_budget=memory_budget, call_tokens=call_tokens, progress=progress, head_batch=head_batch)
+    low = low_precision(model, compute_dtype, parts, save_gpu_memory, device)
+    if low is not None: return mixed_precision(lambda: fast_search(model, data, n, early_abort=early_abort, **kw), low, model, data, n, **kw)
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
                   name="fast_early_abort" if early_abort else "fast_exact",
-                  cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8)
+                  cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8, head_batch=head_batch)
     if eng.device.type == "cuda": torch.cuda.reset_peak_memory_stats(eng.device)
     with eng.placement():
         eng.learn_outputs()
@@ -461,12 +485,19 @@ def approx_search(model:nn.Module,        # a causal LM
                   memory_budget:int|None=None, # as in `fast_search`
                   call_tokens:int|None=None, # as in `fast_search`
                   progress:bool=True,     # show a tqdm bar
+                  head_batch:int|None=None, # as in `fast_search`
+                  compute_dtype:str|None=None, # as in `fast_search`: the survivors within the margin are confirmed
                  )->PruneResult:
     "Successive halving over samples, then the last `keep_exact` windows exactly; reports how far its pick could be from the best."
     if isinstance(keep_exact, bool) or not isinstance(keep_exact, int) or keep_exact < 1:
         raise ValueError(f"keep_exact={keep_exact!r} must be a positive number of windows")
+    kw = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, chunk_size=chunk_size,
+              memory_budget=memory_budget, call_tokens=call_tokens, progress=progress, head_batch=head_batch)
+    low = low_precision(model, compute_dtype, parts, save_gpu_memory, device)
+    if low is not None: return mixed_precision(lambda: approx_search(model, data, n, keep_exact=keep_exact,
+                                               first_samples=first_samples, **kw), low, model, data, n, **kw)
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
-                  name="approx_halving")
+                  name="approx_halving", head_batch=head_batch)
     N = eng.N
     k = max(1, min(N, first_samples or N // 64))
     nlls, base, live, done, rounds = {s: [] for s in eng.starts}, [], list(eng.starts), 0, []
@@ -496,3 +527,113 @@ def approx_search(model:nn.Module,        # a causal LM
     res = eng.result({s: table[s] for s in live}, ppl_from_nlls(base), [], None, st)
     res.ppl_by_start, res.estimated_starts = {s: table[s] for s in eng.starts}, dropped
     return res
+
+# %% ../nbs/03a_engine.ipynb #0a94439d
+def _own_dtype(model:nn.Module, parts:ModelParts)->torch.dtype:
+    "The dtype the model computes in: its decoder layers' floating parameters'."
+    return next((p.dtype for p in parts.layers.parameters() if p.is_floating_point()), next(model.parameters()).dtype)
+
+def low_precision(model:nn.Module,        # a causal LM
+                  compute_dtype,          # None, a name in `COMPUTE_DTYPES`, or a `torch.dtype`
+                  parts:ModelParts|None=None, # located parts; detected if None
+                  save_gpu_memory:bool=False, # mix mode: the compute device is `device`, not where the model is
+                  device=None,            # compute device for `save_gpu_memory`
+                 )->torch.dtype|None:     # the dtype to search in, or None for the model's own
+    "Validate `compute_dtype`; float16 for bfloat16 where the device lacks it; None when it is the model's own dtype."
+    if compute_dtype is None: return None
+    name = str(compute_dtype).replace("torch.", "")
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(f"compute_dtype={compute_dtype!r} is invalid: valid values are None (the model's own dtype) "
+                          f"and {', '.join(repr(d) for d in COMPUTE_DTYPES)}")
+    parts = parts or locate(model)
+    low, own = getattr(torch, name), _own_dtype(model, parts)
+    dev = torch.device(device or default_device()) if save_gpu_memory else parts.input_device
+    if low == torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.info("this GPU has no bfloat16 support: computing the table in float16"); low = torch.float16
+    if low == own: return None
+    if torch.finfo(low).bits >= torch.finfo(own).bits:
+        raise ConfigError(f"compute_dtype={name!r} is not a lower precision than the model's own {str(own)[6:]}: "
+                          "use None (the model's dtype), or a lower one for a float32 model")
+    return low
+
+@contextlib.contextmanager
+def weights_cast(model:nn.Module, # a causal LM
+                 dtype:torch.dtype, # the dtype to compute in
+                ):
+    "Every floating parameter's data swapped for a copy in `dtype`; the original tensors put back on exit, even after an error."
+    saved = []
+    try:
+        for name, p in model.named_parameters():
+            if not p.is_floating_point() or p.dtype == dtype: continue
+            if p.device.type == "meta": raise ConfigError(f"compute_dtype needs the weights in memory; {name} is offloaded")
+            saved.append((p, p.data))
+            p.data = p.data.to(dtype)
+        yield
+    finally:
+        for p, d in saved: p.data = d
+
+# %% ../nbs/03a_engine.ipynb #0124c846
+def _rel_err(low:float, exact:float)->float|None:
+    "Relative disagreement of a low-precision PPL with the exact one; None when either is not finite."
+    return abs(low / exact - 1) if math.isfinite(low) and math.isfinite(exact) and exact > 0 else None
+
+def to_rescore(low:dict,      # window start -> low-precision PPL (or lower bound)
+               exact:dict,    # window start -> PPL confirmed in the model's own precision
+               margin:float,  # relative error assumed for unconfirmed windows
+               skip=(),       # starts never rescored (estimates of the approximate search)
+              )->list:
+    "Unconfirmed windows that could still beat the best confirmed one: low PPL within `margin` of it, or not finite."
+    best = min((v for v in exact.values() if math.isfinite(v)), default=math.inf)
+    return sorted(s for s, v in low.items() if s not in exact and s not in skip and not v > best * (1 + margin))
+
+# %% ../nbs/03a_engine.ipynb #8d651760
+def _confirm(eng:_Engine, low:PruneResult)->tuple:
+    "Rescore the contenders of `low` in the model's own precision, widening the margin as disagreement is measured."
+    N, skip = eng.N, set(low.estimated_starts)
+    comparable = set(low.ppl_by_start) - set(low.lower_bound_starts) - skip # full low-precision scores
+    exact, base, margin, todo, rounds = {}, None, 0.0, [low.best_start], []
+    while todo:
+        nlls, b = {s: [] for s in todo}, []
+        for idx in eng.chunks(list(range(N))):
+            got, bb = eng.sweep(idx, todo, baseline=base is None)
+            b += bb or []
+            for s in todo: nlls[s] += got[s]
+        if base is None: base = ppl_from_nlls(b)
+        exact.update({s: ppl_from_nlls(v) for s, v in nlls.items()})
+        errs = [e for e in [_rel_err(low.baseline_ppl, base)] + [_rel_err(low.ppl_by_start[s], exact[s])
+                for s in todo if s in comparable] if e is not None]
+        margin = max([margin] + [2 * e for e in errs])
+        rounds.append(dict(rescored=list(todo), max_rel_err=max(errs, default=None), margin_rel=margin))
+        todo = to_rescore(low.ppl_by_start, exact, margin, skip)
+        if eng.bar is not None: eng.bar.set_postfix(confirmed=len(exact), margin=f"{margin:.2e}")
+    return exact, base, margin, rounds
+
+def mixed_precision(search,              # `search()` runs the search (in whatever dtype the weights are)
+                    low:torch.dtype,     # the low precision, from `low_precision`
+                    model:nn.Module, data:list, n:int, # as for the search
+                    parts=None, progress=True, **engine_kw, # as for the search
+                   )->PruneResult:
+    "`search` in `low` precision, then its contenders rescored in the model's own; the pick is the best rescored window."
+    t0, parts = time.perf_counter(), parts or locate(model)
+    with weights_cast(model, low): lo = search()
+    eng = _Engine(model, data, n, parts, progress=progress, name="confirm", **engine_kw)
+    eng.bar = tqdm(total=None, desc=f"confirming in {str(_own_dtype(model, parts))[6:]}", disable=not progress)
+    with eng.placement():
+        eng.learn_outputs()
+        exact, base, margin, rounds = _confirm(eng, lo)
+    eng.bar.close()
+    best, L = best_window(exact), eng.L
+    table = {**lo.ppl_by_start, **exact}
+    conf = dict(rounds=rounds, margin_rel=margin, rescored=sorted(exact), layer_passes=eng.layer_passes,
+                head_passes=eng.head_passes, wall_s=time.perf_counter() - eng.t0)
+    st = dict(lo.stats, engine=f"{lo.stats['engine']}_{str(low)[6:]}+confirm", compute_dtype=str(low)[6:],
+              low_precision_layer_passes=lo.stats["layer_passes"], low_precision_wall_s=lo.stats["wall_s"], confirm=conf,
+              layer_passes=lo.stats["layer_passes"] + eng.layer_passes, head_passes=lo.stats["head_passes"] + eng.head_passes,
+              wall_s=time.perf_counter() - t0)
+    log.info(f"confirmed {len(exact)} of {len(table)} windows in {str(_own_dtype(model, parts))[6:]} "
+             f"(margin {margin:.2e}) in {conf['wall_s']:.1f} s; low-precision table {lo.stats['wall_s']:.1f} s")
+    return PruneResult(n, base, table, list(range(best, best + n)), L, L - n, lo.params_before,
+                       params_after_deleting(parts, range(best, best + n)),
+                       lower_bound_starts=[s for s in lo.lower_bound_starts if s not in exact],
+                       estimated_starts=lo.estimated_starts, proxy_by_start=lo.proxy_by_start, stats=st,
+                       model_name=lo.model_name, low_precision_starts=[s for s in table if s not in exact])

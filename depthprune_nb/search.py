@@ -105,12 +105,14 @@ class PruneResult:
     proxy_by_start:dict|None=None        # angular distance between the states entering layers i and i+n
     stats:dict=field(default_factory=dict) # cost figures of the search: layer passes, wall time, memory, ...
     model_name:str=""                    # name or path of the model, for tables and plots
+    low_precision_starts:list=field(default_factory=list) # starts whose PPL is a low-precision estimate, not confirmed in the model's own dtype
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
         self.deleted_layers = [int(i) for i in self.deleted_layers]
         self.lower_bound_starts = sorted(int(i) for i in self.lower_bound_starts)
         self.estimated_starts = sorted(int(i) for i in self.estimated_starts)
+        self.low_precision_starts = sorted(int(i) for i in self.low_precision_starts)
 
     @property
     def best_start(self)->int: return self.deleted_layers[0]
@@ -138,16 +140,20 @@ def _fmt_ppl(v:float)->str: return f"{v:.4f}" if math.isfinite(v) else str(v)
 
 def _table(self:PruneResult)->str:
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
+    lowp = set(self.low_precision_starts)
     head = f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers; baseline PPL {_fmt_ppl(self.baseline_ppl)}"
     rows = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}"]
     for s, v in sorted(self.ppl_by_start.items()):
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
         mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
+        if s in lowp: mark += "  (low precision)"
         prefix = ">=" if s in lb else "~" if s in est else ""
         rows.append(f"{s:>5}  {str([s, s + n - 1]) if n > 1 else str([s]):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
     rows.append(f"deleted layers {self.deleted_layers}: PPL {_fmt_ppl(self.best_ppl)}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
+    if lowp: rows.append(f"(low precision): computed in {self.stats.get('compute_dtype', 'low precision')}, not confirmed; "
+                         f"every other row in the model's own precision")
     return "\n".join(rows)
 
 PruneResult.__str__ = _table
