@@ -26,10 +26,11 @@ __all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'p
 # %% ../nbs/03_search.ipynb #5cc4c88c
 def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
                ids:torch.Tensor,    # `[1, T]` (or `[T]`) token ids of that window
-               chunk:int=1024,      # positions per float32 chunk
+               chunk:int|None=None, # positions per float32 chunk; None: about 2**20 logits (4 MB, cache-sized)
               )->float:
     "Mean next-token cross-entropy of one window over its `T-1` shifted positions, in float32."
     logits, ids = logits.reshape(-1, logits.shape[-1]), ids.reshape(-1).to(logits.device)
+    chunk = chunk or max(1, (1 << 20) // logits.shape[-1])
     if logits.shape[0] != ids.shape[0]:
         raise ValueError(f"logits cover {logits.shape[0]} positions but ids has {ids.shape[0]}")
     total = torch.zeros((), dtype=torch.float64, device=logits.device)
