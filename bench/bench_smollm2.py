@@ -105,8 +105,8 @@ def one_n(model, data, n, ref_samples, skip):
         near = [s for s in ranked[:6] if s in errs]
         print(f"\n{name}: bf16 search {st['low_precision_wall_s']:.1f} s, fp32 confirmation {c['wall_s']:.1f} s "
               f"({c['layer_passes']:,} layer passes, {c['head_passes']} head passes); rescored {c['rescored']} in "
-              f"{len(c['rounds'])} round(s); margin {c['margin_rel']:.2e} from measured disagreements "
-              f"{', '.join('-' if x['max_rel_err'] is None else format(x['max_rel_err'], '.2e') for x in c['rounds'])}; "
+              f"{len(c['rounds'])} round(s); margin {c['margin_rel']:.2e} (floor {c['margin_floor']:.2e}; measured disagreements "
+              f"{', '.join('-' if x['max_rel_err'] is None else format(x['max_rel_err'], '.2e') for x in c['rounds'])}); "
               f"bf16 vs fp32 on the unconfirmed rows: max {max(errs.values(), default=0):.2e}"
               + (f", on the six best fp32 windows among them {max(errs[s] for s in near):.2e}" if near else ""))
     if "mixed (bf16 table, fp32 confirmation)" in res:
