@@ -445,7 +445,7 @@ def fast_search(model:nn.Module,        # a causal LM
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     kw = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, chunk_size=chunk_size,
               memory_budget=memory_budget, call_tokens=call_tokens, progress=progress, head_batch=head_batch)
-    low = low_precision(model, compute_dtype, parts, save_gpu_memory, device)
+    low = None if compute_dtype is None else low_precision(model, compute_dtype, parts, save_gpu_memory, device)
     if low is not None: return mixed_precision(lambda: fast_search(model, data, n, early_abort=early_abort, **kw), low, model, data, n, **kw)
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
                   name="fast_early_abort" if early_abort else "fast_exact",
@@ -493,7 +493,7 @@ def approx_search(model:nn.Module,        # a causal LM
         raise ValueError(f"keep_exact={keep_exact!r} must be a positive number of windows")
     kw = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, chunk_size=chunk_size,
               memory_budget=memory_budget, call_tokens=call_tokens, progress=progress, head_batch=head_batch)
-    low = low_precision(model, compute_dtype, parts, save_gpu_memory, device)
+    low = None if compute_dtype is None else low_precision(model, compute_dtype, parts, save_gpu_memory, device)
     if low is not None: return mixed_precision(lambda: approx_search(model, data, n, keep_exact=keep_exact,
                                                first_samples=first_samples, **kw), low, model, data, n, **kw)
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
