@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, LayerImportancePruneConfig
+from .config import ConfigError, LayerImportancePruneConfig, COMPUTE_DTYPES
 from .data import get_wikitext_dataset, load_tokenizer, check_remote_code, remote_code_refusal
 from .parts import locate
 from .search import default_device
@@ -55,6 +55,8 @@ def build_parser()->argparse.ArgumentParser:
     a("--world_size", type=int, default=None, help="--plan: processes sharing the samples (default: $WORLD_SIZE or 1)")
     a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk")
     a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
+    a("--compute_dtype", default=None, choices=list(COMPUTE_DTYPES),
+      help="search in this lower precision, then confirm the contenders in the model's own (default: the model's dtype)")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -63,6 +65,7 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     d = LayerImportancePruneConfig.from_json(args.config).to_dict() if args.config else {}
     if args.delete_layer_num is not None: d["delete_layer_num"] = args.delete_layer_num
     if args.save_gpu_memory: d["save_gpu_memory"] = True
+    if getattr(args, "compute_dtype", None): d["compute_dtype"] = args.compute_dtype
     return LayerImportancePruneConfig.from_dict(d)
 
 def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,

@@ -9,13 +9,15 @@ from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LayerImportanceConfig', 'ConfigError', 'LayerImportancePruneConfig', 'Config', 'as_algo_config']
+__all__ = ['COMPUTE_DTYPES', 'LayerImportanceConfig', 'ConfigError', 'LayerImportancePruneConfig', 'Config', 'as_algo_config']
 
 # %% ../nbs/01_config.ipynb #702ce146
 class ConfigError(ValueError):
     "A configuration value is invalid; the message names the field, the value and what is valid."
 
 # %% ../nbs/01_config.ipynb #da92d0a5
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32") # valid `compute_dtype` names
+
 @dataclass
 class LayerImportancePruneConfig:
     "What to delete and where to find it; empty field paths are detected from the model."
@@ -25,6 +27,7 @@ class LayerImportancePruneConfig:
     layer_num_field:str=""                     # config field holding the layer count, e.g. "num_hidden_layers"; "" = detect
     save_gpu_memory:bool=False                 # keep weights on CPU and move one layer at a time to the accelerator
     delete_layers_index:list[int]|None=None    # delete exactly these layers (0-based) and skip the search
+    compute_dtype:str|None=None                # "bfloat16"/"float16": search in low precision, contenders confirmed in the model's own; None = the model's dtype
 
     def __post_init__(self): self.validate()
 
@@ -52,6 +55,9 @@ class LayerImportancePruneConfig:
             if not idx: raise ConfigError("delete_layers_index=[] is invalid: give at least one layer, or None to search")
             if min(idx) < 0: raise ConfigError(f"delete_layers_index={idx!r} is invalid: indices are 0-based and must be >= 0")
             self.delete_layers_index = idx
+        if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"compute_dtype={self.compute_dtype!r} is invalid: valid values are None (the model's own "
+                              f"dtype) and {', '.join(repr(d) for d in COMPUTE_DTYPES)}")
         return self
 
     @classmethod

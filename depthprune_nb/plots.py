@@ -60,8 +60,12 @@ def plot(self:PruneResult,
     fin = _finite(self.ppl_by_start)
     xs = [s for s in starts if s in fin]
     ax.plot(xs, [fin[s] for s in xs], "-", color="C0", lw=1.2, zorder=1)
-    exact = [s for s in xs if s not in lb and s not in est]
+    lowp = set(self.low_precision_starts)
+    exact = [s for s in xs if s not in lb and s not in est and s not in lowp]
     ax.scatter(exact, [fin[s] for s in exact], color="C0", s=22, zorder=2, label="PPL with the window deleted")
+    unconf = [s for s in xs if s in lowp and s not in lb and s not in est]
+    if unconf: ax.scatter(unconf, [fin[s] for s in unconf], marker="s", facecolors="white", edgecolors="C0", s=22,
+                          zorder=3, label=f"{self.stats.get('compute_dtype', 'low precision')}, not confirmed")
     low = [s for s in xs if s in lb]
     if low: ax.scatter(low, [fin[s] for s in low], marker="^", facecolors="white", edgecolors="C1", s=40,
                        zorder=3, label="lower bound (search stopped early)")

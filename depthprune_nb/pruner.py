@@ -40,6 +40,7 @@ def layer_importance(model:nn.Module,         # a causal LM
                      early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
                      device=None,             # accelerator for `save_gpu_memory`; the default device if None
                      progress:bool=True,      # show progress bars
+                     compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own
                      **engine_kwargs,         # passed on to the engine (chunk sizes, memory budget, ...)
                     )->PruneResult:
     "PPL after deleting every window of `delete_layer_num` consecutive layers; the model is not changed."
@@ -48,8 +49,12 @@ def layer_importance(model:nn.Module,         # a causal LM
     candidate_starts(parts.num_layers, delete_layer_num)
     check_data(data, model)
     common = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, progress=progress)
-    if engine == "reference": return reference_search(model, data, delete_layer_num, **common)
     from depthprune_nb import engine as fast
+    if engine == "reference":
+        low = fast.low_precision(model, compute_dtype, parts, save_gpu_memory, device)
+        run = lambda: reference_search(model, data, delete_layer_num, **common)
+        return run() if low is None else fast.mixed_precision(run, low, model, data, delete_layer_num, **common)
+    common["compute_dtype"] = compute_dtype
     if engine == "approx": return fast.approx_search(model, data, delete_layer_num, **common, **engine_kwargs)
     return fast.fast_search(model, data, delete_layer_num, early_abort=early_abort, **common, **engine_kwargs)
 
@@ -105,8 +110,10 @@ class ModelPruner:
         if c.delete_layers_index is not None:
             layers = check_layer_indices(c.delete_layers_index, parts.num_layers)
             return explicit_result(model, data, layers, parts, c.save_gpu_memory, self.device)
+        kw = dict(self.engine_kwargs)
+        kw.setdefault("compute_dtype", c.compute_dtype)
         return layer_importance(model, data, c.delete_layer_num, parts, c.save_gpu_memory, self.engine,
-                                self.early_abort, self.device, self.progress, **self.engine_kwargs)
+                                self.early_abort, self.device, self.progress, **kw)
 
     def pruning_model(self,
                       model:nn.Module, # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`

@@ -26,10 +26,11 @@ __all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'p
 # %% ../nbs/03_search.ipynb #5cc4c88c
 def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
                ids:torch.Tensor,    # `[1, T]` (or `[T]`) token ids of that window
-               chunk:int=1024,      # positions per float32 chunk
+               chunk:int|None=None, # positions per float32 chunk; None: about 2**20 logits (4 MB, cache-sized)
               )->float:
     "Mean next-token cross-entropy of one window over its `T-1` shifted positions, in float32."
     logits, ids = logits.reshape(-1, logits.shape[-1]), ids.reshape(-1).to(logits.device)
+    chunk = chunk or max(1, (1 << 20) // logits.shape[-1])
     if logits.shape[0] != ids.shape[0]:
         raise ValueError(f"logits cover {logits.shape[0]} positions but ids has {ids.shape[0]}")
     total = torch.zeros((), dtype=torch.float64, device=logits.device)
@@ -139,12 +140,14 @@ class PruneResult:
     proxy_by_start:dict|None=None        # angular distance between the states entering layers i and i+n
     stats:dict=field(default_factory=dict) # cost figures of the search: layer passes, wall time, memory, ...
     model_name:str=""                    # name or path of the model, for tables and plots
+    low_precision_starts:list=field(default_factory=list) # starts whose PPL is a low-precision estimate, not confirmed in the model's own dtype
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
         self.deleted_layers = [int(i) for i in self.deleted_layers]
         self.lower_bound_starts = sorted(int(i) for i in self.lower_bound_starts)
         self.estimated_starts = sorted(int(i) for i in self.estimated_starts)
+        self.low_precision_starts = sorted(int(i) for i in self.low_precision_starts)
 
     @property
     def best_start(self)->int: return self.deleted_layers[0]
@@ -188,16 +191,20 @@ def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
 
 def _table(self:PruneResult)->str:
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
+    lowp = set(self.low_precision_starts)
     head = f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers; baseline PPL {_fmt_ppl(self.baseline_ppl)}"
     rows = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}"]
     for s, v in sorted(self.ppl_by_start.items()):
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
         mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
+        if s in lowp: mark += "  (low precision)"
         prefix = ">=" if s in lb else "~" if s in est else ""
         rows.append(f"{s:>5}  {layer_range(range(s, s + n)):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
     rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {_fmt_ppl(self.best_ppl)}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
+    if lowp: rows.append(f"(low precision): computed in {self.stats.get('compute_dtype', 'low precision')}, not confirmed; "
+                         f"every other row in the model's own precision")
     return "\n".join(rows)
 
 PruneResult.__str__ = _table
