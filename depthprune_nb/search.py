@@ -19,9 +19,9 @@ from .parts import ModelParts, locate
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'PruneResult', 'best_window',
-           'candidate_starts', 'default_device', 'layers_offloaded', 'params_after_deleting', 'reference_search',
-           'captured_stream', 'angular_distance_proxy']
+__all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'PruneResult', 'layer_range',
+           'best_window', 'candidate_starts', 'default_device', 'layers_offloaded', 'params_after_deleting',
+           'reference_search', 'captured_stream', 'angular_distance_proxy']
 
 # %% ../nbs/03_search.ipynb #5cc4c88c
 def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
@@ -163,12 +163,28 @@ class PruneResult:
         return s
     @classmethod
     def from_json(cls, src:str|Path): # a path to a JSON file, or the JSON text itself
-        "Read a result written by `to_json`."
+        "Read a result written by `to_json`; a broken file raises `ValueError` naming it."
         p = Path(src) if not str(src).lstrip().startswith("{") else None
-        return cls(**json.loads(p.read_text() if p is not None else src))
+        where = f"result file {str(p)!r}" if p is not None else "the result JSON text"
+        try: d = json.loads(p.read_bytes().decode("utf-8") if p is not None else src)
+        except ValueError as e: raise ValueError(f"{where} is not valid JSON (truncated or edited?): {e}") from None
+        if not isinstance(d, dict): raise ValueError(f"{where} holds a JSON {type(d).__name__}, not a result object")
+        try: return cls(**d)
+        except (TypeError, ValueError, AttributeError) as e: raise ValueError(f"{where} is not a PruneResult: {e}") from None
 
 # %% ../nbs/03_search.ipynb #932583a0
 def _fmt_ppl(v:float)->str: return f"{v:.4f}" if math.isfinite(v) else str(v)
+
+def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
+                named:bool=False, # prefix "layer " or "layers "
+               )->str:
+    "Layers as one writes them: consecutive runs as '5–6' (en dash), runs separated by ', ' ('3, 7–8')."
+    ls, runs = sorted(int(i) for i in layers), []
+    for i in ls:
+        if runs and i == runs[-1][1] + 1: runs[-1][1] = i
+        else: runs.append([i, i])
+    text = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs) or "none"
+    return f"layer{'s' if len(ls) != 1 else ''} {text}" if named else text
 
 def _table(self:PruneResult)->str:
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
@@ -178,8 +194,8 @@ def _table(self:PruneResult)->str:
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
         mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
         prefix = ">=" if s in lb else "~" if s in est else ""
-        rows.append(f"{s:>5}  {str([s, s + n - 1]) if n > 1 else str([s]):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
-    rows.append(f"deleted layers {self.deleted_layers}: PPL {_fmt_ppl(self.best_ppl)}; "
+        rows.append(f"{s:>5}  {layer_range(range(s, s + n)):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
+    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {_fmt_ppl(self.best_ppl)}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
     return "\n".join(rows)
