@@ -38,9 +38,8 @@ def is_main()->bool:
     return rank() == 0
 
 def finish():
-    "Leave the process group (after a barrier, so no rank exits while another still talks to it)."
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier(); dist.destroy_process_group()
+    "Leave the process group. No barrier: the last exchange was the search's, and a rank that fails while saving must not hold the others."
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 # %% ../nbs/03e_distributed.ipynb #718cf052
 def shard_bounds(N:int, rank:int, world:int)->tuple[int, int]:
