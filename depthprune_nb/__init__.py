@@ -11,6 +11,9 @@ from .pruner import ModelPruner, layer_importance, save_pruned
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
 from .search import layer_range
 from .gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
+from .plan import plan_search
+from .distributed import distributed_search
+from .checkpoint import SearchCheckpoint
 
 
 def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, not with the package
@@ -18,6 +21,3 @@ def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, 
         from . import explorer
         return getattr(explorer, name)
     raise AttributeError(f"module 'depthprune_nb' has no attribute {name!r}")
-from .plan import plan_search
-from .distributed import distributed_search
-from .checkpoint import SearchCheckpoint

@@ -126,7 +126,7 @@ def load_gguf_model(args,                     # parsed `depthprune` arguments (`
 def run(args)->dict:
     "Load, search, prune and save as `args` say; returns the result as a dict."
     if args.plan: return plan_from_args(args)
-    if distributed.init_from_env(): distributed.check_supported(args.engine, args.early_abort, args.nsamples)
+    if distributed.init_from_env(): distributed.check_supported(args.engine)
     main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
@@ -195,10 +195,9 @@ def checkpoint_kwargs(args)->dict:
 # %% ../nbs/08_cli.ipynb #4f528397
 @contextlib.contextmanager
 def search_data(data:list, cfg:LayerImportancePruneConfig, args):
-    "The windows this process searches: all of them, or under `torchrun` its share, with the NLLs gathered at the end."
+    "The windows to search; under `torchrun`, in a context where the engine shares every sample chunk out between ranks."
     if distributed.world_size() == 1 or cfg.delete_layers_index is not None: yield data; return
-    mine = distributed.shard(data, args.engine, args.early_abort)
-    with distributed.sharded_search(len(data)): yield mine
+    with distributed.sharded_search(len(data)): yield data
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:

@@ -179,6 +179,8 @@ class _Engine:
         self.t0 = time.perf_counter()
         self.checkpoint = None # a `SearchCheckpoint` when the search saves its progress
         self.fits, self.oom_retries = None, 0 # samples per sweep that fit after an out-of-memory error
+        from depthprune_nb import distributed
+        if distributed.active(): distributed.share_sweeps(self) # under torchrun: each rank sweeps its part of every chunk
 
     def chunks(self, idx:list)->list:
         "`idx` cut into sample chunks."
@@ -356,11 +358,6 @@ def result(self:_Engine, table:dict, baseline:float, lower:list, proxy, stats:di
                        proxy_by_start=proxy, stats=stats, model_name=getattr(self.model, "name_or_path", "") or "")
 
 # %% ../nbs/03a_engine.ipynb #08e3571c
-def _gathered(eng:_Engine, nlls:dict, base:list, proxy:dict)->tuple:
-    "The one place per-sample NLLs meet other processes': in a distributed search (`depthprune_nb.distributed`) every rank's are gathered, in sample order."
-    from depthprune_nb import distributed
-    return distributed.gather_nlls(nlls, base, proxy, eng.N) if distributed.active() else (nlls, base, proxy)
-
 def _sweep_fitting(eng:_Engine, idx:list, windows:list, proxy:dict|None=None, **kw)->tuple:
     "`eng.sweep`, cut into smaller sample chunks after an accelerator out-of-memory error (and said so); the same NLLs."
     if eng.fits is not None and len(idx) > eng.fits:   # an earlier chunk of this size ran out of memory
@@ -425,7 +422,6 @@ def _full_table(eng:_Engine)->tuple:
         if ck is not None: ck.save(done, len(chunks), nlls, base, proxy, force=True); ck.interrupted(done, len(chunks))
         raise
     eng.bar.close()
-    nlls, base, proxy = _gathered(eng, nlls, base, proxy)
     bad = nonfinite_samples(nlls, base, eng.n)
     return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, dict(nonfinite_samples=bad, oom_retries=eng.oom_retries)
 

@@ -1,4 +1,4 @@
-"`torchrun -m depthprune_nb.cli`: two processes (gloo, loopback) and two 'nodes' give the one-process table."
+"torch.distributed: two processes (gloo, loopback) and two 'nodes' give the one-process result, for every search mode."
 import json, os, socket, subprocess, sys
 from pathlib import Path
 
@@ -49,26 +49,12 @@ def same_table(one, many):
 
 
 @needs_text
-def test_two_processes_give_the_one_process_table(setup, tmp_path):
-    args, one, _ = setup
-    out, save = tmp_path / "two.json", tmp_path / "pruned"
-    r = subprocess.run(torchrun("--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-                                args=[*args, "--result_json", out, "--save_dir", save]),
-                       capture_output=True, text=True, timeout=300, env=env())
-    assert r.returncode == 0, r.stderr[-3000:]
-    two = json.loads(out.read_text())
-    same_table(one, two)
-    assert two["stats"]["world_size"] == 2 and two["stats"]["passes_are_per_rank"]
-    assert r.stdout.count("<- best") == 1, "rank 0 alone prints the table"
-    assert (save / "model.safetensors").exists() and (save / "prune_result.json").exists()
-
-
-@needs_text
 def test_two_nodes_give_the_one_process_table(setup, tmp_path):
+    "Two torchrun invocations (--nnodes=2) meeting at 127.0.0.1 run `depthprune`: the one-process table; rank 0 alone reports and saves."
     args, one, _ = setup
-    port, out = free_port(), tmp_path / "nodes.json"
+    port, out, save = free_port(), tmp_path / "nodes.json", tmp_path / "pruned"
     procs = [subprocess.Popen(torchrun("--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-                                       f"--master_port={port}", args=[*args, "--result_json", out]),
+                                       f"--master_port={port}", args=[*args, "--result_json", out, "--save_dir", save]),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()) for r in (0, 1)]
     try:
         outs = [p.communicate(timeout=300) for p in procs]
@@ -76,13 +62,35 @@ def test_two_nodes_give_the_one_process_table(setup, tmp_path):
         for p in procs:
             if p.poll() is None: p.kill()
     for p, (o, e) in zip(procs, outs): assert p.returncode == 0, e[-3000:]
-    same_table(one, json.loads(out.read_text()))
-    assert "<- best" in outs[0][0] and "<- best" not in outs[1][0]
+    many = json.loads(out.read_text())
+    same_table(one, many)
+    assert many["stats"]["world_size"] == 2 and many["stats"]["passes_are_per_rank"]
+    assert "<- best" in outs[0][0] and "<- best" not in outs[1][0], "rank 0 alone prints the table"
+    assert (save / "model.safetensors").exists() and (save / "prune_result.json").exists()
 
 
-@needs_text
-def test_what_does_not_run_distributed_is_refused(setup):
-    args, _, _ = setup
-    r = subprocess.run(torchrun("--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-                                args=[*args, "--early_abort"]), capture_output=True, text=True, timeout=300, env=env())
-    assert r.returncode != 0 and "--early_abort does not run on several processes yet" in r.stderr
+def test_exact_early_abort_and_approx_on_two_processes(tmp_path):
+    "Every mode gives the one-process table, pick, lower bounds and estimates; each rank does about half the layer passes."
+    import torch
+    from depthprune_nb.testing import save_tiny_model
+    sys.path.insert(0, str(Path(__file__).parent))
+    from distributed_job import search_all, train
+    model = save_tiny_model(tmp_path / "llama", family="llama", num_layers=6)
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try: train(str(model)); one = json.loads(json.dumps(search_all(str(model))))  # the same JSON round trip
+    finally: torch.set_num_threads(threads)
+    out = tmp_path / "two.json"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                        f"--master_port={free_port()}", str(Path(__file__).parent / "distributed_job.py"), str(model), str(out)],
+                       capture_output=True, text=True, timeout=300, env=env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads(out.read_text())
+    print({m: (one[m]["pick"], one[m]["lower"], one[m]["estimated"], one[m]["layer_passes"], two[m]["layer_passes"]) for m in one})
+    assert one["early_abort"]["lower"], "the test model should let early abort stop some window"
+    for mode in ("exact", "early_abort", "approx"):
+        a, b = one[mode], two[mode]
+        assert a["table"].keys() == b["table"].keys()
+        for k in a["table"]: assert abs(b["table"][k] / a["table"][k] - 1) <= 1e-6, (mode, k, a["table"][k], b["table"][k])
+        assert abs(b["baseline"] / a["baseline"] - 1) <= 1e-6, mode
+        assert (a["pick"], a["lower"], a["estimated"]) == (b["pick"], b["lower"], b["estimated"]), mode
+        assert b["layer_passes"] <= a["layer_passes"] // 2 + a["layer_passes"] // 8, (mode, a["layer_passes"], b["layer_passes"])
