@@ -9,13 +9,15 @@ from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LayerImportanceConfig', 'ConfigError', 'LayerImportancePruneConfig', 'Config', 'as_algo_config']
+__all__ = ['METHODS', 'LayerImportanceConfig', 'ConfigError', 'LayerImportancePruneConfig', 'Config', 'as_algo_config']
 
 # %% ../nbs/01_config.ipynb #702ce146
 class ConfigError(ValueError):
     "A configuration value is invalid; the message names the field, the value and what is valid."
 
 # %% ../nbs/01_config.ipynb #da92d0a5
+METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see `layer_importance`
+
 @dataclass
 class LayerImportancePruneConfig:
     "What to delete and where to find it; empty field paths are detected from the model."
@@ -25,6 +27,7 @@ class LayerImportancePruneConfig:
     layer_num_field:str=""                     # config field holding the layer count, e.g. "num_hidden_layers"; "" = detect
     save_gpu_memory:bool=False                 # keep weights on CPU and move one layer at a time to the accelerator
     delete_layers_index:list[int]|None=None    # delete exactly these layers (0-based) and skip the search
+    method:str="ppl_window"                    # the criterion that chooses the layers; one of `METHODS`
 
     def __post_init__(self): self.validate()
 
@@ -52,6 +55,8 @@ class LayerImportancePruneConfig:
             if not idx: raise ConfigError("delete_layers_index=[] is invalid: give at least one layer, or None to search")
             if min(idx) < 0: raise ConfigError(f"delete_layers_index={idx!r} is invalid: indices are 0-based and must be >= 0")
             self.delete_layers_index = idx
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r} is not known; valid methods: {list(METHODS)}")
         return self
 
     @classmethod
