@@ -2,10 +2,13 @@ __version__ = "0.1.0"
 
 # The public API, importable from the top level as the reference tutorial's code reads.
 from .config import Config, ConfigError, LayerImportanceConfig, LayerImportancePruneConfig
-from .data import get_wikitext_dataset
+from .data import get_wikitext_dataset, get_calib_eval_datasets, split_windows
 from .parts import FieldError, ModelParts, locate
-from .search import PruneResult, angular_distance_proxy, perplexity, reference_search
+from .search import PruneResult, angular_distance_proxy, perplexity, reference_search, evaluate_result
 from .surgery import delete_layers, temporarily_deleted
 from .engine import approx_search, fast_search
 from .pruner import ModelPruner, layer_importance, save_pruned
+from .angular import angular_search
+from .block_influence import block_influence, block_influence_search
+from .sleb import sleb_search
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot

@@ -14,11 +14,14 @@ from .data import get_wikitext_dataset, load_tokenizer
 from .parts import locate
 from .search import default_device
 from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
+from .config import METHODS
+from .data import get_calib_eval_datasets
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'run', 'main', 'tiny_model_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'default_seqlen', 'run', 'main',
+           'tiny_model_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -42,6 +45,14 @@ def build_parser()->argparse.ArgumentParser:
     a("--result_json", default=None, help="also write the result JSON here")
     a("--prompt", default=None, help="print a short greedy generation of the pruned model from this prompt")
     a("--quiet", action="store_true", help="no progress bars")
+    a("--calib_split", default="train", help="WikiText-2 split to choose the layers on (Hub; default train)")
+    a("--eval_split", default="test", help="WikiText-2 split to judge the pick on (Hub; default test)")
+    a("--calib_text_file", default=None, help="local text to choose the layers on (instead of --text_file / the Hub)")
+    a("--eval_text_file", default=None, help="local text to judge the pick on (instead of --text_file / the Hub)")
+    a("--eval_nsamples", type=int, default=None, help="evaluation windows (default: all of --eval_split or "
+      "--eval_text_file; from one --text_file, as many as --nsamples from its end); 0: no evaluation, as the reference")
+    a("--method", default=None, choices=list(METHODS), help="criterion that chooses the layers (default ppl_window, "
+      "the exact window search)")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -50,6 +61,7 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     d = LayerImportancePruneConfig.from_json(args.config).to_dict() if args.config else {}
     if args.delete_layer_num is not None: d["delete_layer_num"] = args.delete_layer_num
     if args.save_gpu_memory: d["save_gpu_memory"] = True
+    if args.method is not None: d["method"] = args.method
     return LayerImportancePruneConfig.from_dict(d)
 
 def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False):
@@ -64,6 +76,14 @@ def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_m
                       "Pass a local folder holding config.json and the weights (and a tokenizer).") from e
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
     return model.eval()
+
+def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
+    "(calibration windows, evaluation windows or None) as the flags say; see the section on data below."
+    if args.eval_nsamples == 0: # the reference's way: one dataset, no evaluation
+        return get_wikitext_dataset(args.model_dir, dev, seqlen, split=args.calib_split, text_file=args.calib_text_file or
+                                    args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet), None
+    return get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
+                                   args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples)
 
 def default_seqlen(model, asked:int|None)->int:
     "The requested window length, or min(2048, the model's positions)."
@@ -80,11 +100,9 @@ def run(args)->dict:
     model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory)
     tokenizer = load_tokenizer(args.model_dir)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
-    data = get_wikitext_dataset(args.model_dir, parts.input_device, default_seqlen(model, args.seqlen),
-                                text_file=args.text_file, tokenizer=tokenizer, nsamples=args.nsamples,
-                                progress=not args.quiet)
+    data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
     pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet)
-    model = pruner.pruning_model(model, data)
+    model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
     print(res)
     print(f"total time {time.perf_counter() - t0:.1f} s")

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'PruneResult', 'best_window',
            'candidate_starts', 'default_device', 'layers_offloaded', 'params_after_deleting', 'reference_search',
            'captured_stream', 'angular_distance_proxy', 'runner_up_window', 'fill_runner_up', 'ppl_deleting',
-           'evaluate_result']
+           'evaluate_result', 'criterion_result']
 
 # %% ../nbs/03_search.ipynb #5cc4c88c
 def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
@@ -353,3 +353,27 @@ def evaluate_result(result:PruneResult,         # what a search chose (layers in
             result.eval_runner_up_ppl = ppl_deleting(model, eval_data, result.runner_up_layers, parts)
     result.stats.update(eval_windows=len(eval_data), eval_wall_s=time.perf_counter() - t0)
     return result
+
+# %% ../nbs/03_search.ipynb #16eb2fa1
+def criterion_result(model:nn.Module,      # the causal LM (unchanged)
+                     data:list,            # calibration windows
+                     n:int,                # layers deleted
+                     parts:ModelParts,     # located parts
+                     method:str,           # the criterion's name
+                     deleted:list,         # the criterion's pick
+                     runner_up:list|None,  # its second choice
+                     scores:dict|None,     # its score per candidate
+                     stats:dict,           # the criterion's own cost
+                     proxy_by_start:dict|None=None, # window start -> angular distance, for window criteria
+                    )->PruneResult:
+    "A `PruneResult` for a criterion that chose without measuring PPL; the calibration PPLs are measured here."
+    t0, L, N, deleted = time.perf_counter(), parts.num_layers, len(data), sorted(deleted)
+    runner_up = None if runner_up is None else sorted(runner_up)
+    base, pick = ppl_deleting(model, data, [], parts), ppl_deleting(model, data, deleted, parts)
+    ru = None if runner_up is None else ppl_deleting(model, data, runner_up, parts)
+    stats = dict(stats, report_layer_passes=N * (2 * L - n + (L - n if runner_up else 0)),
+                 report_head_passes=N * (3 if runner_up else 2), report_wall_s=time.perf_counter() - t0)
+    return PruneResult(n, base, {deleted[0]: pick}, deleted, L, L - n, sum(p.numel() for p in model.parameters()),
+                       params_after_deleting(parts, deleted), proxy_by_start=proxy_by_start, stats=stats,
+                       model_name=getattr(model, "name_or_path", "") or "", method=method,
+                       runner_up_layers=runner_up, runner_up_ppl=ru, scores=scores)
