@@ -14,7 +14,7 @@ from .search import (PruneResult, candidate_starts, check_data, params_after_del
 from .surgery import temporarily_deleted
 
 # %% auto #0
-__all__ = ['sleb_rounds', 'sleb_search']
+__all__ = ['sleb_rounds', 'sleb_search', 'sleb_prefix']
 
 # %% ../nbs/03d_sleb.ipynb #584bf457
 def _engine(name:str):
@@ -25,12 +25,13 @@ def sleb_rounds(model:nn.Module, data:list, n:int, parts:ModelParts, engine:str=
     "Greedy removal: per round, the single-layer PPL table (original numbering) and the layer removed."
     L, removed, rounds = parts.num_layers, [], []
     for r in range(n):
-        kept = [i for i in range(L) if i not in removed]
+        t0, kept = time.perf_counter(), [i for i in range(L) if i not in removed]
         with temporarily_deleted(model, removed, parts) if removed else contextlib.nullcontext():
             res = _engine(engine)(model, data, 1, parts=parts, **kw)
         table = {kept[s]: v for s, v in res.ppl_by_start.items()}
         rounds.append(dict(removed=kept[res.best_start], ppl=res.best_ppl, before=res.baseline_ppl, table=table,
-                           layer_passes=res.stats.get("layer_passes", 0), head_passes=res.stats.get("head_passes", 0)))
+                           layer_passes=res.stats.get("layer_passes", 0), head_passes=res.stats.get("head_passes", 0),
+                           wall_s=time.perf_counter() - t0))
         removed.append(kept[res.best_start])
     return rounds
 
@@ -52,11 +53,13 @@ def sleb_search(model:nn.Module,            # a causal LM
     rounds = sleb_rounds(model, data, n, parts, engine, progress=progress, **engine_kwargs)
     order, last = [r["removed"] for r in rounds], rounds[-1]
     second = runner_up_window(last["table"], last["removed"])
-    stats = dict(engine=f"sleb_{engine}", layer_passes=sum(r["layer_passes"] for r in rounds),
+    stats = dict(engine=f"sleb_{engine}", calib_windows=N, layer_passes=sum(r["layer_passes"] for r in rounds),
                  head_passes=sum(r["head_passes"] for r in rounds),
                  brute_force_layer_passes=sum((L - r) * (L - r - 1) * N for r in range(n)),
                  brute_force_head_passes=sum((L - r) * N for r in range(n)), wall_s=time.perf_counter() - t0,
                  removal_order=order, round_ppl=[r["ppl"] for r in rounds],
+                 round_layer_passes=[r["layer_passes"] for r in rounds], round_head_passes=[r["head_passes"] for r in rounds],
+                 round_wall_s=[r["wall_s"] for r in rounds],
                  round_tables=[[[i, v] for i, v in sorted(r["table"].items())] for r in rounds])
     deleted = sorted(order)
     return PruneResult(n, rounds[0]["before"], {deleted[0]: last["ppl"]}, deleted, L, L - n,
@@ -64,3 +67,28 @@ def sleb_search(model:nn.Module,            # a causal LM
                        model_name=getattr(model, "name_or_path", "") or "", method="sleb",
                        runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
                        runner_up_ppl=None if second is None else last["table"][second], scores=rounds[0]["table"])
+
+# %% ../nbs/03d_sleb.ipynb #d0b520f4
+def sleb_prefix(result:PruneResult,         # a `sleb_search` result for some n
+                k:int,                      # rounds to keep, 1..n
+                model:nn.Module,            # the model it was computed on (unpruned), for parameter counts
+                parts:ModelParts|None=None, # located parts; detected if None
+               )->PruneResult:
+    "The `sleb_search` result for `k` layers, read from a run for more: its first `k` rounds."
+    st, L, N = result.stats, result.num_layers_before, result.stats["calib_windows"]
+    if not 1 <= k <= result.delete_layer_num: raise ValueError(f"k={k} must be between 1 and {result.delete_layer_num}")
+    parts = parts or locate(model)
+    order, table = st["removal_order"][:k], dict((int(i), v) for i, v in st["round_tables"][k - 1])
+    second, deleted = runner_up_window(table, order[-1]), sorted(order)
+    keep = lambda name: st[name][:k]
+    stats = dict(st, layer_passes=sum(keep("round_layer_passes")), head_passes=sum(keep("round_head_passes")),
+                 wall_s=sum(keep("round_wall_s")), removal_order=order, round_ppl=keep("round_ppl"),
+                 round_layer_passes=keep("round_layer_passes"), round_head_passes=keep("round_head_passes"),
+                 round_wall_s=keep("round_wall_s"), round_tables=keep("round_tables"),
+                 brute_force_layer_passes=sum((L - r) * (L - r - 1) * N for r in range(k)),
+                 brute_force_head_passes=sum((L - r) * N for r in range(k)))
+    return PruneResult(k, result.baseline_ppl, {deleted[0]: st["round_ppl"][k - 1]}, deleted, L, L - k,
+                       result.params_before, params_after_deleting(parts, deleted), stats=stats,
+                       model_name=result.model_name, method="sleb",
+                       runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
+                       runner_up_ppl=None if second is None else table[second], scores=result.scores)
