@@ -11,4 +11,5 @@ from .pruner import ModelPruner, layer_importance, save_pruned
 from .angular import angular_search
 from .block_influence import block_influence, block_influence_search
 from .sleb import sleb_search
+from .heal import heal  # needs `pip install peft` only when called
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot

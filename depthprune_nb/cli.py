@@ -20,8 +20,8 @@ from .data import get_calib_eval_datasets
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'default_seqlen', 'run', 'main',
-           'tiny_model_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'default_seqlen', 'run',
+           'heal_from_args', 'main', 'tiny_model_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -53,6 +53,8 @@ def build_parser()->argparse.ArgumentParser:
       "--eval_text_file; from one --text_file, as many as --nsamples from its end); 0: no evaluation, as the reference")
     a("--method", default=None, choices=list(METHODS), help="criterion that chooses the layers (default ppl_window, "
       "the exact window search)")
+    a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "
+      "windows and merge the adapters (needs `pip install peft`); 0: no healing")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -104,6 +106,7 @@ def run(args)->dict:
     pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet)
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
+    if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
     print(res)
     print(f"total time {time.perf_counter() - t0:.1f} s")
     if args.result_json: res.to_json(args.result_json)
@@ -116,12 +119,24 @@ def run(args)->dict:
         print("generation:", tokenizer.decode(gen[0], skip_special_tokens=True))
     return res.to_dict()
 
+def heal_from_args(args, model, data:list, eval_data:list|None, res):
+    "Heal the pruned model on the calibration windows; record the cost and the evaluation PPL after in `res.stats`."
+    from depthprune_nb.heal import heal
+    from depthprune_nb.search import perplexity
+    model, info = heal(model, data, steps=args.heal_steps, progress=not args.quiet)
+    res.stats["heal"] = {k: v for k, v in info.items() if k != "losses"}
+    if eval_data is not None: res.stats["heal"]["eval_ppl_after"] = perplexity(model, eval_data)
+    print(f"healed {args.heal_steps} steps in {info['wall_s']:.1f} s: training loss {info['first_loss']:.3f} -> "
+          f"{info['last_loss']:.3f}" + ("" if eval_data is None else f"; evaluation PPL {res.eval_ppl:.4f} -> "
+          f"{res.stats['heal']['eval_ppl_after']:.4f}"))
+    return model
+
 def main(argv:list|None=None)->int:
     "Entry point of the `depthprune` console script."
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try: run(args)
-    except (ConfigError, FileExistsError, FileNotFoundError, OSError, ConnectionError) as e:
+    except (ConfigError, FileExistsError, FileNotFoundError, OSError, ConnectionError, ImportError) as e:
         print(f"depthprune: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -251,3 +251,48 @@ def test_cli_method_and_two_text_files(opt_dir, tmp_path):
     assert res["method"] == "block_influence" and res["stats"]["eval_windows"] == 2 and len(res["deleted_layers"]) == 2
     r = depthprune("--model_dir", opt_dir, "--method", "bi", "--quiet")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+# --- healing ---------------------------------------------------------------------------------------
+
+needs_peft = pytest.mark.skipif(__import__("importlib").util.find_spec("peft") is None, reason="peft is not installed (pip install peft)")
+
+
+def test_heal_without_peft_says_how_to_get_it(monkeypatch, llama_dir):
+    from depthprune_nb.heal import heal
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    with pytest.raises(ImportError, match="pip install peft"): heal(load(llama_dir), windows(2), steps=1)
+
+
+@needs_peft
+def test_heal_trains_on_calibration_windows_and_is_judged_on_others(llama_dir, tmp_path):
+    from depthprune_nb.heal import heal
+    from depthprune_nb.surgery import delete_layers
+    stream = torch.randint(0, 200, (1, 32 * 10), generator=torch.Generator().manual_seed(1))
+    calib, held = split_windows(cut_windows(stream, 32, progress=False), nsamples=6)
+    start = lambda w: (w.data_ptr() - stream.data_ptr()) // stream.element_size()
+    assert max(start(w) for w in calib) + 32 <= min(start(w) for w in held), "training and evaluation windows overlap"
+    model = delete_layers(load(llama_dir), [2, 3])
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))
+    model, info = heal(model, calib, steps=12, lr=1e-2, progress=False)
+    hook.remove()
+    assert len(seen) == 12 and all(any(torch.equal(s, c) for c in calib) for s in seen)   # only calibration windows
+    assert not any(any(torch.equal(s, h) for h in held) for s in seen)
+    assert info["last_loss"] < info["first_loss"]
+    assert not any("lora" in n for n, _ in model.named_parameters()) and not model.training
+    after = perplexity(model, held)
+    model.save_pretrained(tmp_path / "h")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "h").eval()
+    assert abs(perplexity(back, held) / after - 1) < 1e-5 and back.config.depthprune_healed["steps"] == 12
+
+
+@needs_peft
+@needs_text
+def test_cli_heal_steps(opt_dir, tmp_path):
+    r = depthprune("--model_dir", opt_dir, "--text_file", TEXT, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
+                   "--heal_steps", 3, "--quiet", "--result_json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert "healed 3 steps" in r.stdout
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["stats"]["heal"]["steps"] == 3 and res["stats"]["heal"]["eval_ppl_after"] > 0

@@ -24,25 +24,28 @@ ROOT = HERE.parents[1]
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text_file", default=str(ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"))
-    p.add_argument("--ns", type=int, nargs="+", default=[2, 4], help="layers removed (picks of the exact window search)")
+    p.add_argument("--ns", type=int, nargs="+", default=[0, 2, 4],
+                   help="layers removed (picks of the exact window search); 0: the unpruned model, the control")
     p.add_argument("--method", default="ppl_window", help="whose picks to heal, from smollm2.json")
     p.add_argument("--train_windows", type=int, default=32, help="training windows, from the start of the text")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "heal_smollm2.json"))
+    p.add_argument("--append", action="store_true", help="keep the rows already in --out")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from compare_criteria import GGUF_DIR, GGUF_NAME, load_smollm2  # same model, same loader
     comp = json.loads((HERE / "smollm2.json").read_text())
     meta, picks = comp["meta"], {r["n"]: r["deleted_layers"] for r in comp["rows"] if r["method"] == a.method}
-    rows, t_start = [], time.perf_counter()
+    picks[0] = []  # the control: the same fine-tune on the unpruned model
+    rows, t_start = json.loads(Path(a.out).read_text())["rows"] if a.append else [], time.perf_counter()
     for n in a.ns:
         model, tok = load_smollm2(GGUF_DIR, GGUF_NAME)
         train, held = get_calib_eval_datasets(None, "cpu", meta["seqlen"], text_file=a.text_file, tokenizer=tok,
                                               nsamples=a.train_windows, eval_nsamples=meta["eval_windows"])
         unpruned = perplexity(model, held)
-        delete_layers(model, picks[n])
+        if picks[n]: delete_layers(model, picks[n])
         before = perplexity(model, held)
         model, info = heal(model, train, steps=a.steps, lr=a.lr, progress=False)
         after = perplexity(model, held)
