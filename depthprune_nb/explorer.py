@@ -10,11 +10,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import ipywidgets as widgets
 
-from .search import PruneResult
+from .search import PruneResult, layer_range
 from .plots import plot_heatmap
 from .parts import locate
 from .surgery import delete_layers
-from .pruner import check_save_dir, save_pruned
+from .pruner import check_save_dir, save_pruned, SaveDirError, _local_source
 
 # %% auto #0
 __all__ = ['result_html', 'prune_and_save', 'PruneExplorer', 'in_jupyter', 'explore']
@@ -25,14 +25,14 @@ def result_html(result:PruneResult, # the result to show
     "An HTML table of `result`: PPL of every window, the chosen one in bold, and the layer and parameter counts."
     n, lb, rows = result.delete_layer_num, set(result.lower_bound_starts), []
     for s, v in sorted(result.ppl_by_start.items()):
-        layers = f"{s}" if n == 1 else f"{s}–{s + n - 1}"
+        layers = layer_range(range(s, s + n))
         rel = f"{(v / result.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
         ppl = ("≥" if s in lb else "") + (f"{v:.4f}" if math.isfinite(v) else str(v))
         row = f"<td>{layers}</td><td style='text-align:right'>{ppl}</td><td style='text-align:right'>{rel}</td>"
         rows.append(f"<tr style='font-weight:bold'>{row}</tr>" if s == result.best_start else f"<tr>{row}</tr>")
     name = html.escape(result.model_name or "model")
     return (f"<p><b>{name}</b>: deleting {n} of {result.num_layers_before} layers; baseline PPL "
-            f"{result.baseline_ppl:.4f}. Chosen: layers {result.deleted_layers}, PPL {result.best_ppl:.4f}; "
+            f"{result.baseline_ppl:.4f}. Chosen: {layer_range(result.deleted_layers, named=True)}, PPL {result.best_ppl:.4f}; "
             f"{result.params_before:,} → {result.params_after:,} parameters (prune ratio {result.prune_ratio:.2%}).</p>"
             "<table><tr><th>deleted layers</th><th>PPL</th><th>vs baseline</th></tr>" + "".join(rows) + "</table>")
 
@@ -45,17 +45,18 @@ def _png(result:PruneResult)->bytes:
 
 def prune_and_save(model,              # the unpruned model, pruned in place
                    result:PruneResult, # which layers to delete (`result.deleted_layers`)
-                   save_dir:str|Path,  # folder to save into; must not hold a model already
+                   save_dir:str|Path,  # folder to save into; empty or new unless `overwrite`
                    tokenizer=None,     # saved alongside if given
+                   overwrite:bool=False, # let a non-empty `save_dir` be used: its checkpoint files are replaced
                   )->Path:
     "Delete `result.deleted_layers` from `model` in place and save model, tokenizer and result to `save_dir`."
-    save_dir = check_save_dir(save_dir)  # checked before the model is touched
+    save_dir = check_save_dir(save_dir, _local_source(model), overwrite)  # checked before the model is touched
     L = locate(model).num_layers
     if L != result.num_layers_before:
         raise ValueError(f"the model has {L} decoder layers but the result is for a model with "
                          f"{result.num_layers_before}: was it pruned already?")
     delete_layers(model, result.deleted_layers)
-    return save_pruned(model, save_dir, tokenizer, result)
+    return save_pruned(model, save_dir, tokenizer, result, overwrite=overwrite)
 
 # %% ../nbs/06_explorer.ipynb #d1529042
 class PruneExplorer:
@@ -66,6 +67,7 @@ class PruneExplorer:
                  tokenizer=None,          # saved with the model if given
                  save_dir:str|Path="pruned_model", # default folder for the button
                  n:int|None=None,         # the `n` shown first; the smallest if None
+                 overwrite:bool=False,    # start with the "overwrite" box ticked
                 ):
         if not results: raise ValueError("results is empty: run a search first, e.g. {n: layer_importance(model, data, n)}")
         self.results, self.model, self.tokenizer, self.saved = dict(sorted(results.items())), model, tokenizer, None
@@ -73,13 +75,15 @@ class PruneExplorer:
                                               description="delete n", continuous_update=False)
         self.table, self.image = widgets.HTML(), widgets.Image(format="png")
         self.folder = widgets.Text(value=str(save_dir), description="save to")
+        self.overwrite = widgets.Checkbox(value=overwrite, description="overwrite", indent=False,
+                                          tooltip="replace the checkpoint files in a non-empty folder (other files are kept)")
         self.button = widgets.Button(description="Prune and save", button_style="warning", disabled=model is None,
                                      tooltip="delete the chosen layers from the model in place and save it")
         self.status = widgets.HTML("" if model is not None else "<i>no model given: pruning disabled</i>")
         self.slider.observe(lambda change: self.show(), names="value")
         self.button.on_click(lambda _: self.prune())
         self.widget = widgets.VBox([self.slider, widgets.HBox([self.image, self.table]),
-                                    widgets.HBox([self.folder, self.button]), self.status])
+                                    widgets.HBox([self.folder, self.overwrite, self.button]), self.status])
         self.show()
 
     @property
@@ -89,16 +93,23 @@ class PruneExplorer:
         "Redraw the table and plot for the `n` on the slider."
         self.table.value, self.image.value = result_html(self.result), _png(self.result)
 
+    def _refusal(self, e:Exception)->str:
+        "Why nothing was pruned, with the way out this widget offers."
+        if not isinstance(e, SaveDirError): return html.escape(str(e))
+        way = ('tick "overwrite" to replace its checkpoint files (other files are kept), or type a new folder name'
+               if e.overwrite_helps else "type another folder name")
+        return f"{html.escape(e.reason)}: {way}."
+
     def prune(self)->Path|None:
         "What the button does: prune the model with the shown result and save it to the folder in the text box."
         try:
-            self.saved = prune_and_save(self.model, self.result, self.folder.value, self.tokenizer)
+            self.saved = prune_and_save(self.model, self.result, self.folder.value, self.tokenizer, self.overwrite.value)
         except Exception as e:
-            self.status.value = f"<span style='color:#b00'>not pruned: {html.escape(str(e))}</span>"
+            self.status.value = f"<span style='color:#b00'>not pruned: {self._refusal(e)}</span>"
             return None
-        self.slider.disabled = self.button.disabled = True
-        self.status.value = (f"deleted layers {self.result.deleted_layers}; saved to <code>{html.escape(str(self.saved))}</code>. "
-                             "The model is pruned in place: reload it to try another n.")
+        self.slider.disabled = self.button.disabled = self.overwrite.disabled = True
+        self.status.value = (f"deleted {layer_range(self.result.deleted_layers, named=True)}; saved to "
+                             f"<code>{html.escape(str(self.saved))}</code>. The model is pruned in place: reload it to try another n.")
         return self.saved
 
     def _ipython_display_(self):
@@ -120,10 +131,11 @@ def explore(results:dict,      # n -> `PruneResult`, all for the same model
             save_dir:str|Path="pruned_model", # default folder for the button
             n:int|None=None,   # the `n` shown first (and in the static view); the smallest if None
             widget:bool|None=None, # force the widget (True) or the static view (False); automatic if None
+            overwrite:bool=False, # start with the widget's "overwrite" box ticked
            ):
     "The `PruneExplorer` widget in Jupyter; elsewhere a static figure (heatmap and curve) and the printed table."
     if widget if widget is not None else in_jupyter():
-        return PruneExplorer(results, model, tokenizer, save_dir, n)
+        return PruneExplorer(results, model, tokenizer, save_dir, n, overwrite)
     r = results[n if n is not None else min(results)]
     print(r)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw=dict(width_ratios=[1.2, 1]))

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
 from fastcore.basics import patch
 
-from .search import PruneResult, angular_distance_proxy
+from .search import PruneResult, angular_distance_proxy, layer_range
 from .pruner import layer_importance
 
 # %% auto #0
@@ -43,7 +43,7 @@ def _use_log(values, baseline:float|None=None, log_above:float=10.0)->bool:
     return bool(v) and max(v) / min(v) > log_above
 
 def _window_label(start:int, n:int)->str:
-    return f"layer {start}" if n == 1 else f"layers {start}-{start + n - 1}"
+    return layer_range(range(start, start + n), named=True)
 
 # %% ../nbs/05_plots.ipynb #32f4f276
 @patch
@@ -78,7 +78,7 @@ def plot(self:PruneResult,
         top = ax.get_ylim()[1]
         ax.scatter(inf, [top] * len(inf), marker="x", color="k", clip_on=False, zorder=4, label="infinite / NaN")
     ax.set_xticks(starts)
-    ax.set_xlabel(f"window start (first of the {n} deleted layer{'s' if n > 1 else ''})")
+    ax.set_xlabel(f"window start (first of the {n} deleted layers)" if n > 1 else "window start (the deleted layer)")
     ax.set_ylabel("perplexity")
     ax.set_title(title if title is not None else
                  f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers")
@@ -174,7 +174,7 @@ def plot_proxy(result:PruneResult, # a result with `proxy_by_start` filled in
     ax2.plot(starts, [result.proxy_by_start[s] for s in starts], "s--", color="C2", ms=4, lw=1,
              label="angular distance (proxy)")
     ax2.scatter([agree["proxy_best"]], [result.proxy_by_start[agree["proxy_best"]]], marker="D", s=70,
-                facecolors="none", edgecolors="C2", lw=2, zorder=5, label=f"proxy's choice: start {agree['proxy_best']}")
+                facecolors="none", edgecolors="C2", lw=2, zorder=5, label=f"proxy's choice: {_window_label(agree['proxy_best'], result.delete_layer_num)}")
     ax2.set_ylabel("angular distance (proxy)", color="C2")
     h1, l1 = ax.get_legend_handles_labels(); h2, l2 = ax2.get_legend_handles_labels()
     ax.get_legend().remove()

@@ -17,12 +17,18 @@ from .search import (PruneResult, check_data, reference_search, candidate_starts
 from .search import evaluate_result, fill_runner_up
 from .config import METHODS
 from .surgery import delete_layers, temporarily_deleted
+from .gguf import serializable, gguf_source
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ENGINES', 'MODEL_FILES', 'layer_importance', 'check_layer_indices', 'explicit_result', 'ModelPruner',
-           'check_save_dir', 'save_pruned']
+__all__ = ['log', 'ENGINES', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'layer_importance', 'check_layer_indices',
+           'explicit_result', 'ModelPruner', 'is_checkpoint_file', 'SaveDirError', 'check_save_dir', 'save_pruned']
+
+# %% ../nbs/04_pruner.ipynb #e5c0de00
+import os, shutil, uuid, warnings
+from fnmatch import fnmatch
+from .search import layer_range
 
 # %% ../nbs/04_pruner.ipynb #98968cf8
 ENGINES = ("fast", "reference", "approx")
@@ -143,39 +149,109 @@ class ModelPruner:
         result.params_after = sum(p.numel() for p in model.parameters())
         result.num_layers_after = self.locate(model).num_layers
         self.result = result
-        log.info("deleted layers %s: PPL %.4f -> %.4f, %d -> %d layers (prune ratio %.2f%%)", result.deleted_layers,
+        log.info("deleted %s: PPL %.4f -> %.4f, %d -> %d layers (prune ratio %.2f%%)", layer_range(result.deleted_layers, named=True),
                  result.baseline_ppl, result.best_ppl, result.num_layers_before, result.num_layers_after, 100 * result.prune_ratio)
         return model
 
 # %% ../nbs/04_pruner.ipynb #bfda200a
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+RESULT_FILE = "prune_result.json" # every save with a result writes it: it marks a folder as ours
+CHECKPOINT_FILES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
+                    "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer*.json", "tokenizer.model",
+                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                    "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json",
+                    "configuration_*.py", "modeling_*.py", "tokenization_*.py", RESULT_FILE) # what `overwrite` may replace
+
+def is_checkpoint_file(name:str)->bool:
+    "True for the file names a saved checkpoint consists of (`CHECKPOINT_FILES` patterns)."
+    return any(fnmatch(name, pat) for pat in CHECKPOINT_FILES)
+
+class SaveDirError(FileExistsError):
+    "A refused save folder; `reason` says why without the advice, for frontends that offer their own way out."
+    def __init__(self, reason:str, advice:str="", overwrite_helps:bool=False):
+        super().__init__(reason + advice)
+        self.reason, self.overwrite_helps = reason, overwrite_helps
+
+# %% ../nbs/04_pruner.ipynb #e5c0de01
+def _few(names:list, k:int=4)->str: return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+def _check_source(save_dir:Path, source_dir)->None:
+    "Refuse the source model's folder, a folder above it and a folder inside it."
+    if source_dir is None or not Path(source_dir).exists(): return
+    d, s = save_dir.resolve(), Path(source_dir).resolve()
+    where = ("is the folder the model was loaded from" if d == s else
+             f"contains the folder the model was loaded from ({str(source_dir)!r})" if d in s.parents else
+             f"is inside the folder the model was loaded from ({str(source_dir)!r})" if s in d.parents else None)
+    if where: raise SaveDirError(f"save_dir={str(save_dir)!r} {where}; saving there would destroy the original "
+                                 "or mix the pruned copy into it", ": choose a folder outside it")
 
 def check_save_dir(save_dir:str|Path,             # where the pruned model will go
                    source_dir:str|Path|None=None, # the folder the model was loaded from, if local
-                   overwrite:bool=False,          # allow replacing a model already in `save_dir`
+                   overwrite:bool=False,          # allow replacing the checkpoint files of a non-empty `save_dir`
                   )->Path:
-    "Refuse a save folder that would overwrite the source model, or another model unless `overwrite`."
+    "Refuse the source model's folder (or one above or inside it) always, and a non-empty folder unless `overwrite`."
     save_dir = Path(save_dir)
-    if source_dir is not None and Path(source_dir).exists() and save_dir.resolve() == Path(source_dir).resolve():
-        raise FileExistsError(f"save_dir={str(save_dir)!r} is the folder the model was loaded from; "
-                              "saving there would destroy the original: choose another folder")
-    found = [f for f in MODEL_FILES if (save_dir / f).exists()]
-    if found and not overwrite:
-        raise FileExistsError(f"save_dir={str(save_dir)!r} already holds a model ({', '.join(found)}); "
-                              "choose an empty folder, or pass overwrite=True (--overwrite) to replace it")
+    _check_source(save_dir, source_dir)
+    if save_dir.exists() and not save_dir.is_dir():
+        raise SaveDirError(f"save_dir={str(save_dir)!r} is a file, not a folder", ": choose another name")
+    names = sorted(p.name for p in save_dir.iterdir()) if save_dir.is_dir() else []
+    if names and not overwrite:
+        model = [f for f in MODEL_FILES if f in names]
+        what = ("already holds a model saved by depthprune_nb (prune_result.json)" if RESULT_FILE in names else
+                f"already holds a model ({', '.join(model)})" if model else f"is not empty ({_few(names)})")
+        raise SaveDirError(f"save_dir={str(save_dir)!r} {what}", "; choose a new folder, or pass overwrite=True "
+                           "(--overwrite) to replace its checkpoint files (other files are kept)", overwrite_helps=True)
     return save_dir
+
+# %% ../nbs/04_pruner.ipynb #e5c0de02
+def _local_source(model)->Path|None:
+    "The local folder `model` was loaded from, if any."
+    p = getattr(model, "name_or_path", "") or ""
+    return Path(p) if p and Path(p).is_dir() else None
+
+@contextlib.contextmanager
+def _shard_bars(show:bool):
+    "Switch transformers' progress bars (\"Writing model shards\") off unless `show`; restore them after."
+    from transformers.utils import logging as hf_logging
+    off = not show and hf_logging.is_progress_bar_enabled()
+    if off: hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if off:
+            with warnings.catch_warnings(): # huggingface_hub warns when its env variable keeps its own bars off
+                warnings.simplefilter("ignore"); hf_logging.enable_progress_bar()
+
+def _move_into(tmp:Path, save_dir:Path)->None:
+    "Move a complete save from `tmp` into `save_dir`, then drop checkpoint files of an earlier save that it lacks."
+    new = {p.name for p in tmp.iterdir()}
+    for name in sorted(new): os.replace(tmp / name, save_dir / name)
+    for p in save_dir.iterdir():
+        if p.is_file() and p.name not in new and is_checkpoint_file(p.name): p.unlink()
 
 def save_pruned(model:nn.Module,          # the pruned model
                 save_dir:str|Path,        # the folder to write
                 tokenizer=None,           # saved beside the model if given
                 result:PruneResult|None=None, # written as `prune_result.json` if given
-                source_dir:str|Path|None=None, # the original model's folder, never overwritten
-                overwrite:bool=False,     # allow replacing another model in `save_dir`
+                source_dir:str|Path|None=None, # the original model's folder, never written; `model.name_or_path` if None
+                overwrite:bool=False,     # allow replacing the checkpoint files of a non-empty `save_dir`
+                progress:bool=False,      # show transformers' "Writing model shards" bar
                )->Path:
-    "Save a pruned model (safetensors), its tokenizer and the search result to `save_dir`."
+    "Save a pruned model (safetensors), its tokenizer and the search result to `save_dir`, all or nothing."
+    source_dir = source_dir if source_dir is not None else _local_source(model)
     save_dir = check_save_dir(save_dir, source_dir, overwrite)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(save_dir, safe_serialization=True)
-    if tokenizer is not None: tokenizer.save_pretrained(save_dir)
-    if result is not None: result.to_json(save_dir / "prune_result.json")
+    save_dir.parent.mkdir(parents=True, exist_ok=True)
+    if gguf_source(model) is not None:
+        log.info("the model was loaded from GGUF and dequantized: writing an ordinary %s safetensors checkpoint "
+                 "(write_pruned_gguf / --save_gguf writes a GGUF)", model.dtype)
+        if result is not None: result.stats.update(source_gguf=Path(gguf_source(model)).name, saved_as=f"safetensors, dequantized to {model.dtype}")
+    tmp = save_dir.parent / f".{save_dir.name}.partial-{uuid.uuid4().hex[:8]}" # same filesystem: moves are renames
+    tmp.mkdir()
+    try:
+        with _shard_bars(progress), serializable(model): model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None: tokenizer.save_pretrained(tmp)
+        if result is not None: result.to_json(tmp / RESULT_FILE)
+        if save_dir.is_dir(): _move_into(tmp, save_dir)
+        else: tmp.rename(save_dir)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return save_dir

@@ -19,10 +19,10 @@ from .parts import ModelParts, locate
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'PruneResult', 'best_window',
-           'candidate_starts', 'default_device', 'layers_offloaded', 'params_after_deleting', 'reference_search',
-           'captured_stream', 'angular_distance_proxy', 'runner_up_window', 'fill_runner_up', 'ppl_deleting',
-           'evaluate_result', 'criterion_result']
+__all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'PruneResult', 'layer_range',
+           'best_window', 'candidate_starts', 'default_device', 'layers_offloaded', 'params_after_deleting',
+           'reference_search', 'captured_stream', 'angular_distance_proxy', 'runner_up_window', 'fill_runner_up',
+           'ppl_deleting', 'evaluate_result', 'criterion_result']
 
 # %% ../nbs/03_search.ipynb #5cc4c88c
 def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
@@ -47,24 +47,58 @@ def ppl_from_nlls(nlls:list[float], # per-window mean NLLs
     return math.exp(m) if m < 700 else math.inf
 
 # %% ../nbs/03_search.ipynb #aef52c66
+def _check_dtypes(data):
+    bad = [(i, d.dtype) for i, d in enumerate(data) if d.dtype not in (torch.long, torch.int)]
+    if bad: raise ConfigError(f"data window {bad[0][0]} has dtype {bad[0][1]} ({len(bad)} such windows): data windows "
+                              "must hold integer token ids (torch.long or torch.int32), e.g. from get_wikitext_dataset(...)")
+
+def _check_devices(data, model):
+    "Windows must hold data (not `meta`) and live on the CPU or on a device the model uses; they are moved as needed."
+    ok = {torch.device("cpu")} | ({p.device for p in model.parameters()} if model is not None else set())
+    for i, d in enumerate(data):
+        if d.device.type == "meta" or (model is not None and d.device not in ok):
+            raise ConfigError(f"data window {i} is on device {d.device}; valid: {sorted(map(str, ok))} "
+                              "(the CPU or a device holding the model's weights)")
+
+def _check_token_range(data, model):
+    "Every token id must index a row of the input embedding."
+    V = model.get_input_embeddings().weight.shape[0]
+    lo = torch.stack([d.min().cpu() for d in data]); hi = torch.stack([d.max().cpu() for d in data])
+    i = int(torch.argmax((lo < 0).int() + (hi >= V).int()))
+    if lo[i] < 0 or hi[i] >= V:
+        v = int(lo[i]) if lo[i] < 0 else int(hi[i])
+        raise ConfigError(f"data window {i} holds token id {v}, outside the model's vocabulary: valid ids are "
+                          f"0..{V - 1} (the input embedding has {V} rows); was the data made with another model's tokenizer?")
+
+def _check_eval_mode(model):
+    training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
+    if training:
+        raise ConfigError(f"the model is in training mode ({len(training)} modules with training=True, e.g. "
+                          f"{training[:3]}): dropout would make the search random. Call model.eval() first")
+
 def check_data(data:list,                  # calibration windows, each `LongTensor[1, seqlen]`
-               model:nn.Module|None=None,  # if given, `seqlen` is checked against its positions
+               model:nn.Module|None=None,  # if given, also checked: positions, vocabulary, devices, eval mode
               )->int:
-    "Validate calibration windows and return their common `seqlen`."
+    "Validate calibration windows (and the model they will run on) and return their common `seqlen`."
     if data is None or len(data) == 0:
         raise ConfigError("data is empty: pass at least one calibration window, e.g. get_wikitext_dataset(...)")
+    if not all(isinstance(d, torch.Tensor) for d in data):
+        raise ConfigError(f"data windows must be tensors of token ids; got {type(next(d for d in data if not isinstance(d, torch.Tensor))).__name__}")
     shapes = {tuple(d.shape) for d in data}
     bad = [tuple(d.shape) for d in data if d.dim() != 2 or d.shape[0] != 1]
     if bad: raise ConfigError(f"each data window must be a LongTensor of shape [1, seqlen]; got shapes {sorted(set(bad))[:5]}")
     if len(shapes) > 1: raise ConfigError(f"data windows have unequal lengths {sorted(s[1] for s in shapes)}: all must share one seqlen")
-    if any(d.dtype not in (torch.long, torch.int) for d in data):
-        raise ConfigError(f"data windows must hold integer token ids, got {data[0].dtype}")
+    _check_dtypes(data)
     seqlen = data[0].shape[1]
     if seqlen < 2: raise ConfigError(f"seqlen={seqlen} is too short: a window needs at least 2 tokens")
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) if model is not None else None
+    _check_devices(data, model)
+    if model is None: return seqlen
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and seqlen > limit:
         raise ConfigError(f"seqlen={seqlen} is larger than the model's max_position_embeddings={limit}: "
                           f"cut shorter windows (seqlen <= {limit})")
+    _check_token_range(data, model)
+    _check_eval_mode(model)
     return seqlen
 
 # %% ../nbs/03_search.ipynb #b7953d77
@@ -148,12 +182,28 @@ class PruneResult:
         return s
     @classmethod
     def from_json(cls, src:str|Path): # a path to a JSON file, or the JSON text itself
-        "Read a result written by `to_json`."
+        "Read a result written by `to_json`; a broken file raises `ValueError` naming it."
         p = Path(src) if not str(src).lstrip().startswith("{") else None
-        return cls(**json.loads(p.read_text() if p is not None else src))
+        where = f"result file {str(p)!r}" if p is not None else "the result JSON text"
+        try: d = json.loads(p.read_bytes().decode("utf-8") if p is not None else src)
+        except ValueError as e: raise ValueError(f"{where} is not valid JSON (truncated or edited?): {e}") from None
+        if not isinstance(d, dict): raise ValueError(f"{where} holds a JSON {type(d).__name__}, not a result object")
+        try: return cls(**d)
+        except (TypeError, ValueError, AttributeError) as e: raise ValueError(f"{where} is not a PruneResult: {e}") from None
 
 # %% ../nbs/03_search.ipynb #932583a0
 def _fmt_ppl(v:float)->str: return f"{v:.4f}" if math.isfinite(v) else str(v)
+
+def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
+                named:bool=False, # prefix "layer " or "layers "
+               )->str:
+    "Layers as one writes them: consecutive runs as '5–6' (en dash), runs separated by ', ' ('3, 7–8')."
+    ls, runs = sorted(int(i) for i in layers), []
+    for i in ls:
+        if runs and i == runs[-1][1] + 1: runs[-1][1] = i
+        else: runs.append([i, i])
+    text = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs) or "none"
+    return f"layer{'s' if len(ls) != 1 else ''} {text}" if named else text
 
 def _table(self:PruneResult)->str:
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
@@ -163,8 +213,9 @@ def _table(self:PruneResult)->str:
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
         mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
         prefix = ">=" if s in lb else "~" if s in est else ""
-        rows.append(f"{s:>5}  {str([s, s + n - 1]) if n > 1 else str([s]):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
-    rows.append(f"deleted layers {self.deleted_layers}: PPL {_fmt_ppl(self.best_ppl)}; "
+        shown = self.deleted_layers if s == self.best_start else range(s, s + n) # a criterion's pick need not be a window
+        rows.append(f"{s:>5}  {layer_range(shown):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
+    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {_fmt_ppl(self.best_ppl)}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
     rows += _summary_lines(self)
@@ -176,7 +227,8 @@ def _summary_lines(self:PruneResult)->list:
     "Lines after the table: the criterion, its runner-up, and the evaluation windows' verdict."
     rows = [] if self.method == "ppl_window" else [f"method: {self.method}"]
     if self.runner_up_layers is not None and self.runner_up_ppl is not None:
-        rows.append(f"runner-up {self.runner_up_layers}: PPL {_fmt_ppl(self.runner_up_ppl)} ({_pct(self.gap)} vs the pick)")
+        rows.append(f"runner-up: {layer_range(self.runner_up_layers, named=True)}: PPL {_fmt_ppl(self.runner_up_ppl)} "
+                    f"({_pct(self.gap)} vs the pick)")
     if self.eval_ppl is not None:
         ru = "" if self.eval_runner_up_ppl is None else \
              f", runner-up {_fmt_ppl(self.eval_runner_up_ppl)} (gap {_pct(self.eval_gap)})"

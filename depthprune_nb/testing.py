@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['TINY', 'FAMILIES', 'train_tokenizer', 'tiny_config', 'save_tiny_model']
+__all__ = ['TINY', 'FAMILIES', 'train_tokenizer', 'tiny_config', 'save_tiny_model', 'save_tiny_gguf']
 
 # %% ../nbs/09_testing.ipynb #7c9d0f90
 _CORPUS = """The tower is 324 metres tall, about the same height as an 81-storey building.
@@ -144,4 +144,59 @@ def save_tiny_model(path:str|Path|None=None, # folder to write; a fresh temporar
     if init_std: _redraw(model, init_std, seed)
     model.to(dtype).eval().save_pretrained(path)
     tok.save_pretrained(path)
+    return path
+
+# %% ../nbs/09_testing.ipynb #e5dcfa5d
+def _llama_cpp_order(w, n_head:int):
+    "Rows of a query/key projection in llama.cpp's order (the inverse of what transformers does on load)."
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+def _add_tokenizer(writer, tok):
+    "The tokenizer as GGUF metadata: GPT-2-style vocabulary, token types, merges, special ids."
+    import json
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens, special = sorted(vocab, key=vocab.get), set(tok.all_special_tokens)
+    writer.add_tokenizer_model("gpt2"); writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens]) # 3: control, 1: normal
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    writer.add_bos_token_id(tok.bos_token_id); writer.add_eos_token_id(tok.eos_token_id)
+    writer.add_unk_token_id(tok.unk_token_id); writer.add_pad_token_id(tok.pad_token_id)
+    writer.add_add_bos_token(False)
+
+def save_tiny_gguf(path:str|Path,          # the `.gguf` file to write
+                   num_layers:int=4,       # decoder blocks
+                   quantize:str|None="Q8_0", # GGML type for the matrices ("Q8_0", "Q4_0", ...); None keeps F32
+                   seed:int=0,             # seed for the random weights
+                   init_std:float=0.2,     # std of the random matrices (sharper than the default init)
+                  )->Path:
+    "Write a random tiny Llama with a local tokenizer as a GGUF file that `transformers` can load."
+    import gguf
+    path = Path(path)
+    tok = train_tokenizer()
+    cfg = tiny_config("llama", num_layers, vocab_size=len(tok), tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    _redraw(model, init_std, seed)
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(num_layers); w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size); w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads); w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_rope_freq_base(float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps); w.add_vocab_size(cfg.vocab_size)
+    _add_tokenizer(w, tok)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, num_layers)
+    qtype = getattr(gguf.GGMLQuantizationType, quantize) if quantize else None
+    for hf_name, t in model.state_dict().items():
+        a = t.float().numpy()
+        if hf_name.endswith("q_proj.weight"): a = _llama_cpp_order(a, cfg.num_attention_heads)
+        if hf_name.endswith("k_proj.weight"): a = _llama_cpp_order(a, cfg.num_key_value_heads)
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if qtype is not None and a.ndim == 2:
+            w.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype,
+                         raw_shape=gguf.quants.quant_shape_to_byte_shape(a.shape, qtype))
+        else: w.add_tensor(name, a)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     return path

@@ -296,3 +296,20 @@ def test_cli_heal_steps(opt_dir, tmp_path):
     assert "healed 3 steps" in r.stdout
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["stats"]["heal"]["steps"] == 3 and res["stats"]["heal"]["eval_ppl_after"] > 0
+
+
+def test_a_pruned_model_stays_in_eval_mode_and_can_be_searched_again(llama_dir):
+    "Surgery builds a new layer list; it must keep the model's mode, or the next search refuses a 'training' model."
+    from depthprune_nb.surgery import delete_layers
+    model = delete_layers(load(llama_dir), [1])
+    assert not any(m.training for m in model.modules())
+    assert len(layer_importance(model, windows(2), 1, progress=False).deleted_layers) == 1
+
+
+def test_cli_refuses_to_copy_source_gguf_blocks_after_healing(tmp_path):
+    "The GGUF writer copies the kept blocks' bytes from the source; after healing they are not the model's weights."
+    from depthprune_nb.testing import save_tiny_gguf
+    src = save_tiny_gguf(tmp_path / "tiny.gguf")
+    r = depthprune("--model_dir", src, "--save_gguf", tmp_path / "out.gguf", "--heal_steps", 2, "--quiet")
+    assert r.returncode == 2 and "--heal_steps changes their weights" in r.stderr, r.stderr
+    assert not (tmp_path / "out.gguf").exists()

