@@ -16,13 +16,15 @@ from .search import default_device
 from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
 from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
 from . import distributed
+from .config import METHODS
+from .data import get_calib_eval_datasets
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'default_seqlen', 'check_loading_info',
-           'load_gguf_model', 'run', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan', 'plan_from_args',
-           'tiny_model_main', 'gguf_path_main']
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'default_seqlen', 'check_loading_info',
+           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan',
+           'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -57,6 +59,16 @@ def build_parser()->argparse.ArgumentParser:
     a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
     a("--compute_dtype", default=None, choices=list(COMPUTE_DTYPES),
       help="search in this lower precision, then confirm the contenders in the model's own (default: the model's dtype)")
+    a("--calib_split", default="train", help="WikiText-2 split to choose the layers on (Hub; default train)")
+    a("--eval_split", default="test", help="WikiText-2 split to judge the pick on (Hub; default test)")
+    a("--calib_text_file", default=None, help="local text to choose the layers on (instead of --text_file / the Hub)")
+    a("--eval_text_file", default=None, help="local text to judge the pick on (instead of --text_file / the Hub)")
+    a("--eval_nsamples", type=int, default=None, help="evaluation windows (default: all of --eval_split or "
+      "--eval_text_file; from one --text_file, as many as --nsamples from its end); 0: no evaluation, as the reference")
+    a("--method", default=None, choices=list(METHODS), help="criterion that chooses the layers (default ppl_window, "
+      "the exact window search)")
+    a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "
+      "windows and merge the adapters (needs `pip install peft`); 0: no healing")
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -66,6 +78,7 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     if args.delete_layer_num is not None: d["delete_layer_num"] = args.delete_layer_num
     if args.save_gpu_memory: d["save_gpu_memory"] = True
     if getattr(args, "compute_dtype", None): d["compute_dtype"] = args.compute_dtype
+    if args.method is not None: d["method"] = args.method
     return LayerImportancePruneConfig.from_dict(d)
 
 def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,
@@ -87,6 +100,14 @@ def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_m
     check_loading_info(info, model_dir)
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
     return model.eval()
+
+def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
+    "(calibration windows, evaluation windows or None) as the flags say; see 'Which data chooses, which data judges'."
+    if args.eval_nsamples == 0: # the reference's way: one dataset, no evaluation
+        return get_wikitext_dataset(args.model_dir, dev, seqlen, split=args.calib_split, text_file=args.calib_text_file or
+                                    args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet), None
+    return get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
+                                   args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples)
 
 def default_seqlen(model, asked:int|None)->int:
     "The requested window length, or min(2048, the model's positions)."
@@ -131,6 +152,9 @@ def run(args)->dict:
     cfg = algo_config_from_args(args)
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
+    if args.save_gguf and args.heal_steps:
+        raise ConfigError("--save_gguf copies the kept blocks' bytes from the source GGUF, but --heal_steps changes their "
+                          "weights: the file would silently lose the fine-tune. Save the healed model with --save_dir")
     # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
     local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
     extra = checkpoint_kwargs(args)
@@ -142,12 +166,11 @@ def run(args)->dict:
         model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory, trust)
         tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
-    data = get_wikitext_dataset(args.model_dir, parts.input_device, default_seqlen(model, args.seqlen),
-                                text_file=args.text_file, tokenizer=tokenizer, nsamples=args.nsamples,
-                                progress=not args.quiet)
+    data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
     pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
-    with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine)
+    with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine, eval_data=eval_data)
     res = pruner.result
+    if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
     if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
@@ -168,6 +191,18 @@ def run(args)->dict:
     distributed.finish()
     return res.to_dict()
 
+def heal_from_args(args, model, data:list, eval_data:list|None, res):
+    "Heal the pruned model on the calibration windows; record the cost and the evaluation PPL after in `res.stats`."
+    from depthprune_nb.heal import heal
+    from depthprune_nb.search import perplexity
+    model, info = heal(model, data, steps=args.heal_steps, progress=not args.quiet)
+    res.stats["heal"] = {k: v for k, v in info.items() if k != "losses"}
+    if eval_data is not None: res.stats["heal"]["eval_ppl_after"] = perplexity(model, eval_data)
+    print(f"healed {args.heal_steps} steps in {info['wall_s']:.1f} s: training loss {info['first_loss']:.3f} -> "
+          f"{info['last_loss']:.3f}" + ("" if eval_data is None else f"; evaluation PPL {res.eval_ppl:.4f} -> "
+          f"{res.stats['heal']['eval_ppl_after']:.4f}"))
+    return model
+
 def main(argv:list|None=None)->int:
     "Entry point of the `depthprune` console script."
     args = build_parser().parse_args(argv)
@@ -177,7 +212,7 @@ def main(argv:list|None=None)->int:
     except KeyboardInterrupt:
         print("depthprune: interrupted" + (" (progress saved: add --resume to continue)" if args.checkpoint_dir else ""), file=sys.stderr)
         return 130
-    except (ConfigError, FileExistsError, FileNotFoundError, OSError, ConnectionError) as e:
+    except (ConfigError, FileExistsError, FileNotFoundError, OSError, ConnectionError, ImportError) as e:
         print(f"depthprune: error: {e}", file=sys.stderr)
         return 2
     return 0

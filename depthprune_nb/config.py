@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMPUTE_DTYPES', 'LayerImportanceConfig', 'ConfigError', 'LayerImportancePruneConfig', 'Config', 'as_algo_config']
+__all__ = ['COMPUTE_DTYPES', 'METHODS', 'LayerImportanceConfig', 'ConfigError', 'LayerImportancePruneConfig', 'Config',
+           'as_algo_config']
 
 # %% ../nbs/01_config.ipynb #702ce146
 class ConfigError(ValueError):
@@ -17,6 +18,7 @@ class ConfigError(ValueError):
 
 # %% ../nbs/01_config.ipynb #da92d0a5
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32") # valid `compute_dtype` names
+METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see `layer_importance`
 
 @dataclass
 class LayerImportancePruneConfig:
@@ -28,6 +30,7 @@ class LayerImportancePruneConfig:
     save_gpu_memory:bool=False                 # keep weights on CPU and move one layer at a time to the accelerator
     delete_layers_index:list[int]|None=None    # delete exactly these layers (0-based) and skip the search
     compute_dtype:str|None=None                # "bfloat16"/"float16": search in low precision, contenders confirmed in the model's own; None = the model's dtype
+    method:str="ppl_window"                    # the criterion that chooses the layers; one of `METHODS`
 
     def __post_init__(self): self.validate()
 
@@ -58,6 +61,8 @@ class LayerImportancePruneConfig:
         if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype={self.compute_dtype!r} is invalid: valid values are None (the model's own "
                               f"dtype) and {', '.join(repr(d) for d in COMPUTE_DTYPES)}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r} is not known; valid methods: {list(METHODS)}")
         return self
 
     @classmethod

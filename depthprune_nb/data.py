@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'CODE_CONFIGS', 'wikitext_text', 'RemoteCodeError', 'remote_code_files', 'check_remote_code',
-           'remote_code_refusal', 'load_tokenizer', 'cut_windows', 'get_wikitext_dataset']
+           'remote_code_refusal', 'load_tokenizer', 'cut_windows', 'get_wikitext_dataset', 'split_windows',
+           'get_calib_eval_datasets']
 
 # %% ../nbs/00_data.ipynb #62721479
 def wikitext_text(split:str="test",        # "test", "validation" or "train"
@@ -149,3 +150,59 @@ def get_wikitext_dataset(model_dir:str|Path,   # model folder or Hub id whose to
     ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids
     log.info("tokenized %d characters into %d tokens", len(text), ids.shape[1])
     return cut_windows(ids, seqlen, nsamples, dev, progress)
+
+# %% ../nbs/00_data.ipynb #6d4bac3f
+def _count(name:str, v)->int|None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise ConfigError(f"{name}={v!r} is invalid: it must be an integer >= 1, or None for the default")
+    return v
+
+def split_windows(windows:list,                # the windows of one text, in text order (from `cut_windows`)
+                  nsamples:int|None=None,      # calibration windows, taken from the start
+                  eval_nsamples:int|None=None, # evaluation windows, taken from the end
+                 )->tuple:                     # (calibration windows, evaluation windows)
+    "Calibration windows from the start of one text and evaluation windows from its end: disjoint by construction."
+    T, c, e = len(windows), _count("nsamples", nsamples), _count("eval_nsamples", eval_nsamples)
+    if c is None and e is None: e = T // 2
+    if c is None: c = T - e
+    if e is None: e = min(c, T - c)
+    if c < 1 or e < 1 or c + e > T:
+        raise ConfigError(f"the text has {T} windows: it cannot give {c} calibration and {e} evaluation windows "
+                          "that do not overlap; use fewer or shorter windows (nsamples, eval_nsamples, seqlen), "
+                          "or a separate evaluation text")
+    return windows[:c], windows[T - e:]
+
+# %% ../nbs/00_data.ipynb #14778ee2
+def _windows_of(source:tuple, model_dir, tokenizer, seqlen:int, cache:dict)->list:
+    "All `[1, seqlen]` windows of one source (`('file', path)` or `('hub', split)`), on the CPU, tokenized once."
+    if source not in cache:
+        kind, where = source
+        text = wikitext_text(where, None) if kind == "hub" else wikitext_text(text_file=where)
+        ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids
+        log.info("tokenized %d characters of %s into %d tokens", len(text), where, ids.shape[1])
+        cache[source] = cut_windows(ids, seqlen, progress=False)
+    return cache[source]
+
+def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose tokenizer is used
+                            dev=None,             # device the windows are put on
+                            seqlen:int=2048,      # tokens per window
+                            calib_split:str="train", # WikiText-2 split to calibrate on (Hub)
+                            eval_split:str="test",   # WikiText-2 split to evaluate on (Hub)
+                            text_file:str|Path|None=None, # one local text for both: split by `split_windows`
+                            calib_text_file:str|Path|None=None, # a local text to calibrate on
+                            eval_text_file:str|Path|None=None,  # a local text to evaluate on
+                            tokenizer=None,       # a tokenizer to use instead of loading one from `model_dir`
+                            nsamples:int|None=None,      # calibration windows
+                            eval_nsamples:int|None=None, # evaluation windows
+                           )->tuple:              # (calibration windows, evaluation windows)
+    "Calibration and evaluation windows that share no token: separate texts, or the two ends of one text."
+    calib_src = ("file", str(calib_text_file or text_file)) if (calib_text_file or text_file) else ("hub", calib_split)
+    eval_src = ("file", str(eval_text_file or text_file)) if (eval_text_file or text_file) else ("hub", eval_split)
+    tokenizer, cache = tokenizer or load_tokenizer(model_dir), {}
+    if calib_src == eval_src:
+        calib, held = split_windows(_windows_of(calib_src, model_dir, tokenizer, seqlen, cache), nsamples, eval_nsamples)
+    else:
+        calib = _windows_of(calib_src, model_dir, tokenizer, seqlen, cache)[:_count("nsamples", nsamples)]
+        held = _windows_of(eval_src, model_dir, tokenizer, seqlen, cache)[:_count("eval_nsamples", eval_nsamples)]
+    log.info("%d calibration windows from %s, %d evaluation windows from %s", len(calib), calib_src[1], len(held), eval_src[1])
+    return [w.to(dev) for w in calib], [w.to(dev) for w in held]

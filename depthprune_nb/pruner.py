@@ -14,6 +14,8 @@ from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_con
 from .parts import ModelParts, locate
 from .search import (PruneResult, check_data, reference_search, candidate_starts, perplexity,
                                   layers_offloaded, params_after_deleting)
+from .search import evaluate_result, fill_runner_up
+from .config import METHODS
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
 
@@ -41,22 +43,52 @@ def layer_importance(model:nn.Module,         # a causal LM
                      device=None,             # accelerator for `save_gpu_memory`; the default device if None
                      progress:bool=True,      # show progress bars
                      compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own
+                     eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
+                     method:str="ppl_window", # the criterion, one of `METHODS` (see below)
                      **engine_kwargs,         # passed on to the engine (chunk sizes, memory budget, ...)
                     )->PruneResult:
-    "PPL after deleting every window of `delete_layer_num` consecutive layers; the model is not changed."
+    "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
+    if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
     parts = parts or locate(model)
     candidate_starts(parts.num_layers, delete_layer_num)
     check_data(data, model)
+    if eval_data is not None: check_data(eval_data, model)
     common = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, progress=progress)
     from depthprune_nb import engine as fast
-    if engine == "reference":
+    if method != "ppl_window":
+        if compute_dtype is not None and method != "sleb":
+            raise ConfigError(f"compute_dtype={compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
+                              f"or 'sleb'), not to method={method!r}, which runs one forward pass: leave it None")
+        if compute_dtype is not None: engine_kwargs = dict(engine_kwargs, compute_dtype=compute_dtype)
+        res = _by_criterion(model, data, delete_layer_num, method, engine, early_abort, common, engine_kwargs)
+    elif engine == "reference":
         low = fast.low_precision(model, compute_dtype, parts, save_gpu_memory, device)
         run = lambda: reference_search(model, data, delete_layer_num, **common)
-        return run() if low is None else fast.mixed_precision(run, low, model, data, delete_layer_num, **common)
-    common["compute_dtype"] = compute_dtype
-    if engine == "approx": return fast.approx_search(model, data, delete_layer_num, **common, **engine_kwargs)
-    return fast.fast_search(model, data, delete_layer_num, early_abort=early_abort, **common, **engine_kwargs)
+        res = fill_runner_up(run() if low is None else fast.mixed_precision(run, low, model, data, delete_layer_num, **common))
+    else:
+        kw = dict(common, compute_dtype=compute_dtype, **engine_kwargs)
+        if engine == "approx": res = fast.approx_search(model, data, delete_layer_num, **kw)
+        else: res = fast.fast_search(model, data, delete_layer_num, early_abort=early_abort, **kw)
+        fill_runner_up(res)
+    if eval_data is not None: evaluate_result(res, model, eval_data, parts, save_gpu_memory, device)
+    return res
+
+def _by_criterion(model, data, n, method, engine, early_abort, common, engine_kwargs)->PruneResult:
+    "The criteria other than the window search, each from its own module."
+    parts, offload = common["parts"], common["save_gpu_memory"]
+    if method == "sleb":
+        from depthprune_nb.sleb import sleb_search
+        kw = dict(engine_kwargs, early_abort=early_abort) if engine == "fast" else engine_kwargs
+        return sleb_search(model, data, n, parts, engine, common["progress"], save_gpu_memory=offload,
+                           device=common["device"], **kw)
+    with layers_offloaded(parts, common["device"]) if offload else contextlib.nullcontext():
+        if method == "block_influence":
+            from depthprune_nb.block_influence import block_influence_search
+            return block_influence_search(model, data, n, parts)
+        from depthprune_nb.angular import angular_search
+        return angular_search(model, data, n, parts, last_token=method == "angular")
+
 
 # %% ../nbs/04_pruner.ipynb #35408ce3
 def check_layer_indices(layers:list, num_layers:int, field:str="delete_layers_index")->list[int]:
@@ -81,7 +113,7 @@ def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=
     return PruneResult(len(layers), base, {layers[0]: after}, layers, L, L - len(layers),
                        sum(p.numel() for p in model.parameters()), params_after_deleting(parts, layers),
                        stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
-                       model_name=getattr(model, "name_or_path", "") or "")
+                       model_name=getattr(model, "name_or_path", "") or "", method="explicit")
 
 # %% ../nbs/04_pruner.ipynb #6ca25872
 class ModelPruner:
@@ -103,24 +135,28 @@ class ModelPruner:
         c = as_algo_config(self.config)
         return locate(model, c.model_decoder_layers, c.layer_norm_field, c.layer_num_field)
 
-    def search(self, model, data)->PruneResult:
+    def search(self, model, data, eval_data:list|None=None)->PruneResult:
         "Which layers to delete, and the table behind the choice; the model is not changed."
         c, parts = as_algo_config(self.config), self.locate(model)
         check_data(data, model)
         if c.delete_layers_index is not None:
             layers = check_layer_indices(c.delete_layers_index, parts.num_layers)
-            return explicit_result(model, data, layers, parts, c.save_gpu_memory, self.device)
+            res = explicit_result(model, data, layers, parts, c.save_gpu_memory, self.device)
+            if eval_data is not None: evaluate_result(res, model, eval_data, parts, c.save_gpu_memory, self.device)
+            return res
         kw = dict(self.engine_kwargs)
         kw.setdefault("compute_dtype", c.compute_dtype)
         return layer_importance(model, data, c.delete_layer_num, parts, c.save_gpu_memory, self.engine,
-                                self.early_abort, self.device, self.progress, **kw)
+                                self.early_abort, self.device, self.progress, eval_data=eval_data, method=c.method, **kw)
+
 
     def pruning_model(self,
                       model:nn.Module, # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`
                       data:list,       # calibration windows from `get_wikitext_dataset`
+                      eval_data:list|None=None, # evaluation windows, disjoint from `data` (`get_calib_eval_datasets`)
                      )->nn.Module:     # the same model object, pruned in place
         "Search, then delete the chosen layers in place; the result is kept in `self.result`."
-        result = self.search(model, data)
+        result = self.search(model, data, eval_data)
         delete_layers(model, result.deleted_layers, self.locate(model))
         result.params_after = sum(p.numel() for p in model.parameters())
         result.num_layers_after = self.locate(model).num_layers

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'PruneResult', 'layer_range',
            'best_window', 'candidate_starts', 'default_device', 'layers_offloaded', 'params_after_deleting',
-           'reference_search', 'captured_stream', 'angular_distance_proxy']
+           'reference_search', 'captured_stream', 'angular_distance_proxy', 'runner_up_window', 'fill_runner_up',
+           'ppl_deleting', 'evaluate_result', 'criterion_result']
 
 # %% ../nbs/03_search.ipynb #5cc4c88c
 def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
@@ -123,6 +124,7 @@ def perplexity(model:nn.Module, data:list, device=None)->float:
 
 # %% ../nbs/03_search.ipynb #d504ab70
 def _int_keys(d): return None if d is None else {int(k): float(v) for k, v in d.items()}
+def _rel(a:float, b:float)->float: return a / b - 1 if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
 
 @dataclass
 class PruneResult:
@@ -141,6 +143,13 @@ class PruneResult:
     stats:dict=field(default_factory=dict) # cost figures of the search: layer passes, wall time, memory, ...
     model_name:str=""                    # name or path of the model, for tables and plots
     low_precision_starts:list=field(default_factory=list) # starts whose PPL is a low-precision estimate, not confirmed in the model's own dtype
+    method:str="ppl_window"              # the criterion that chose the layers (`layer_importance(method=...)`)
+    runner_up_layers:list|None=None      # the criterion's second choice
+    runner_up_ppl:float|None=None        # calibration PPL with `runner_up_layers` deleted
+    eval_baseline_ppl:float|None=None    # PPL of the unpruned model on the evaluation windows (None: no evaluation data)
+    eval_ppl:float|None=None             # evaluation PPL with `deleted_layers` deleted
+    eval_runner_up_ppl:float|None=None   # evaluation PPL with `runner_up_layers` deleted
+    scores:dict|None=None                # the criterion's score per candidate (window start or layer); lowest is deleted first
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
@@ -148,6 +157,8 @@ class PruneResult:
         self.lower_bound_starts = sorted(int(i) for i in self.lower_bound_starts)
         self.estimated_starts = sorted(int(i) for i in self.estimated_starts)
         self.low_precision_starts = sorted(int(i) for i in self.low_precision_starts)
+        if self.runner_up_layers is not None: self.runner_up_layers = [int(i) for i in self.runner_up_layers]
+        self.scores = _int_keys(self.scores)
 
     @property
     def best_start(self)->int: return self.deleted_layers[0]
@@ -155,6 +166,14 @@ class PruneResult:
     def best_ppl(self)->float: return self.ppl_by_start[self.best_start]
     @property
     def prune_ratio(self)->float: return 1 - self.params_after / self.params_before
+    @property
+    def gap(self)->float|None:
+        "How much worse the runner-up is on the calibration windows: `runner_up_ppl / best_ppl - 1`."
+        return None if self.runner_up_ppl is None else _rel(self.runner_up_ppl, self.best_ppl)
+    @property
+    def eval_gap(self)->float|None:
+        "The same on the evaluation windows; negative means the runner-up would have been the better choice."
+        return None if self.eval_runner_up_ppl is None or self.eval_ppl is None else _rel(self.eval_runner_up_ppl, self.eval_ppl)
 
     def to_dict(self)->dict: return asdict(self)
     def to_json(self, path:str|Path|None=None)->str:
@@ -199,13 +218,30 @@ def _table(self:PruneResult)->str:
         mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
         if s in lowp: mark += "  (low precision)"
         prefix = ">=" if s in lb else "~" if s in est else ""
-        rows.append(f"{s:>5}  {layer_range(range(s, s + n)):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
+        shown = self.deleted_layers if s == self.best_start else range(s, s + n) # a criterion's pick need not be a window
+        rows.append(f"{s:>5}  {layer_range(shown):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
     rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {_fmt_ppl(self.best_ppl)}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
     if lowp: rows.append(f"(low precision): computed in {self.stats.get('compute_dtype', 'low precision')}, not confirmed; "
                          f"every other row in the model's own precision")
+    rows += _summary_lines(self)
     return "\n".join(rows)
+
+def _pct(x:float|None)->str: return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2%}"
+
+def _summary_lines(self:PruneResult)->list:
+    "Lines after the table: the criterion, its runner-up, and the evaluation windows' verdict."
+    rows = [] if self.method == "ppl_window" else [f"method: {self.method}"]
+    if self.runner_up_layers is not None and self.runner_up_ppl is not None:
+        rows.append(f"runner-up: {layer_range(self.runner_up_layers, named=True)}: PPL {_fmt_ppl(self.runner_up_ppl)} "
+                    f"({_pct(self.gap)} vs the pick)")
+    if self.eval_ppl is not None:
+        ru = "" if self.eval_runner_up_ppl is None else \
+             f", runner-up {_fmt_ppl(self.eval_runner_up_ppl)} (gap {_pct(self.eval_gap)})"
+        rows.append(f"evaluation windows (not used to choose): baseline PPL {_fmt_ppl(self.eval_baseline_ppl)}, "
+                    f"pick {_fmt_ppl(self.eval_ppl)} ({_pct(_rel(self.eval_ppl, self.eval_baseline_ppl))}){ru}")
+    return rows
 
 PruneResult.__str__ = _table
 PruneResult._repr_pretty_ = lambda self, p, cycle: p.text(_table(self))
@@ -315,13 +351,88 @@ def _angular(a, b):
     return (torch.arccos(cos) / math.pi).mean().item()
 
 @torch.inference_mode()
-def angular_distance_proxy(model:nn.Module, data:list, n:int, parts:ModelParts|None=None)->dict:
+def angular_distance_proxy(model:nn.Module, data:list, n:int, parts:ModelParts|None=None,
+                           token:int|None=None, # one position (e.g. -1, the last token) instead of the mean over all
+                          )->dict:
     "Window start -> mean angular distance between the states entering layers `start` and `start+n`."
     parts = parts or locate(model)
     starts, L = candidate_starts(parts.num_layers, n), parts.num_layers
     total = {s: 0.0 for s in starts}
+    pick = (lambda h: h) if token is None else (lambda h: h[:, token])
     for ids in data:
         with captured_stream(parts) as states:
             model(ids.to(parts.input_device), use_cache=False)
-        for s in starts: total[s] += _angular(states[s], states[s + n]) / len(data)
+        for s in starts: total[s] += _angular(pick(states[s]), pick(states[s + n])) / len(data)
     return total
+
+# %% ../nbs/03_search.ipynb #ddfe632e
+def runner_up_window(ppl_by_start:dict, # window start -> PPL
+                     best:int,          # the chosen start
+                     inexact:list=(),   # starts whose PPL is only a bound or an estimate: used only when nothing else is left
+                    )->int|None:
+    "The second choice of a PPL table: the lowest finite PPL other than `best`, earliest on ties; None if there is none."
+    others = [s for s in sorted(ppl_by_start) if s != best and math.isfinite(ppl_by_start[s])]
+    exact = [s for s in others if s not in set(inexact)]
+    pool = exact or others
+    return min(pool, key=lambda s: ppl_by_start[s]) if pool else None
+
+def fill_runner_up(result:PruneResult)->PruneResult:
+    "Set the runner-up of a consecutive-window PPL search from its own table (no extra measurement)."
+    s = runner_up_window(result.ppl_by_start, result.best_start, result.lower_bound_starts + result.estimated_starts)
+    if s is not None:
+        result.runner_up_layers = list(range(s, s + result.delete_layer_num))
+        result.runner_up_ppl = result.ppl_by_start[s]
+    return result
+
+# %% ../nbs/03_search.ipynb #573a7fb3
+def ppl_deleting(model:nn.Module,            # a causal LM
+                 data:list,                  # windows, `LongTensor[1, seqlen]`
+                 layers:list,                # layers to delete while measuring, in the model's current numbering; [] for none
+                 parts:ModelParts|None=None, # located parts; detected if None
+                )->float:
+    "Perplexity of `model` on `data` with `layers` deleted for the measurement only; the model is restored after."
+    from depthprune_nb.surgery import temporarily_deleted
+    if not len(layers): return perplexity(model, data)
+    with temporarily_deleted(model, list(layers), parts): return perplexity(model, data)
+
+def evaluate_result(result:PruneResult,         # what a search chose (layers in the model's current numbering)
+                    model:nn.Module,            # the same model, not yet pruned
+                    eval_data:list,             # evaluation windows, disjoint from the calibration windows
+                    parts:ModelParts|None=None, # located parts; detected if None
+                    save_gpu_memory:bool=False, # keep layers on CPU, move each to the accelerator per call
+                    device=None,                # compute device for `save_gpu_memory`
+                   )->PruneResult:               # `result`, its `eval_*` fields filled
+    "PPL on `eval_data` of the unpruned model, the pick and the runner-up; three forwards per evaluation window."
+    check_data(eval_data, model)
+    parts, t0 = parts or locate(model), time.perf_counter()
+    with layers_offloaded(parts, device) if save_gpu_memory else contextlib.nullcontext():
+        result.eval_baseline_ppl = ppl_deleting(model, eval_data, [], parts)
+        result.eval_ppl = ppl_deleting(model, eval_data, result.deleted_layers, parts)
+        if result.runner_up_layers is not None:
+            result.eval_runner_up_ppl = ppl_deleting(model, eval_data, result.runner_up_layers, parts)
+    result.stats.update(eval_windows=len(eval_data), eval_wall_s=time.perf_counter() - t0)
+    return result
+
+# %% ../nbs/03_search.ipynb #16eb2fa1
+def criterion_result(model:nn.Module,      # the causal LM (unchanged)
+                     data:list,            # calibration windows
+                     n:int,                # layers deleted
+                     parts:ModelParts,     # located parts
+                     method:str,           # the criterion's name
+                     deleted:list,         # the criterion's pick
+                     runner_up:list|None,  # its second choice
+                     scores:dict|None,     # its score per candidate
+                     stats:dict,           # the criterion's own cost
+                     proxy_by_start:dict|None=None, # window start -> angular distance, for window criteria
+                    )->PruneResult:
+    "A `PruneResult` for a criterion that chose without measuring PPL; the calibration PPLs are measured here."
+    t0, L, N, deleted = time.perf_counter(), parts.num_layers, len(data), sorted(deleted)
+    runner_up = None if runner_up is None else sorted(runner_up)
+    base, pick = ppl_deleting(model, data, [], parts), ppl_deleting(model, data, deleted, parts)
+    ru = None if runner_up is None else ppl_deleting(model, data, runner_up, parts)
+    stats = dict(stats, report_layer_passes=N * (2 * L - n + (L - n if runner_up else 0)),
+                 report_head_passes=N * (3 if runner_up else 2), report_wall_s=time.perf_counter() - t0)
+    return PruneResult(n, base, {deleted[0]: pick}, deleted, L, L - n, sum(p.numel() for p in model.parameters()),
+                       params_after_deleting(parts, deleted), proxy_by_start=proxy_by_start, stats=stats,
+                       model_name=getattr(model, "name_or_path", "") or "", method=method,
+                       runner_up_layers=runner_up, runner_up_ppl=ru, scores=scores)

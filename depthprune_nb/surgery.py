@@ -143,7 +143,9 @@ def _rsplit_path(root, path:str):
 
 def new_layer_list(d:Deletion)->list:
     owner, name = _rsplit_path(d.model, d.parts.layers_path)
-    return [Edit(owner, name, nn.ModuleList(d.layers), d.parts.layers_path)]
+    layers = nn.ModuleList(d.layers)
+    layers.training = getattr(owner, name).training  # a new ModuleList starts in training mode; keep the model's mode
+    return [Edit(owner, name, layers, d.parts.layers_path)]
 
 def layer_count(d:Deletion)->list:
     name = d.parts.num_field.rpartition(".")[2]
