@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 # %% ../nbs/01_config.ipynb #da92d0a5
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32") # valid `compute_dtype` names
-METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see `layer_importance`
+METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see layer_importance
 
 @dataclass
 class LayerImportancePruneConfig:
@@ -108,7 +108,7 @@ class Config:
     def to_dict(self)->dict: return {"algo_config": None if self.algo_config is None else self.algo_config.to_dict()}
 
 # %% ../nbs/01_config.ipynb #1d53ec29
-def as_algo_config(config:Config|LayerImportancePruneConfig|dict, # what the user passed to `ModelPruner`
+def as_algo_config(config:Config|LayerImportancePruneConfig|dict, # what the user passed to ModelPruner
                   )->LayerImportancePruneConfig:
     "The validated algorithm config inside whatever the user passed."
     if isinstance(config, dict): config = Config.from_dict(config)

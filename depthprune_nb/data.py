@@ -157,7 +157,7 @@ def _count(name:str, v)->int|None:
         raise ConfigError(f"{name}={v!r} is invalid: it must be an integer >= 1, or None for the default")
     return v
 
-def split_windows(windows:list,                # the windows of one text, in text order (from `cut_windows`)
+def split_windows(windows:list,                # the windows of one text, in text order (from cut_windows)
                   nsamples:int|None=None,      # calibration windows, taken from the start
                   eval_nsamples:int|None=None, # evaluation windows, taken from the end
                  )->tuple:                     # (calibration windows, evaluation windows)
@@ -188,7 +188,7 @@ def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose
                             seqlen:int=2048,      # tokens per window
                             calib_split:str="train", # WikiText-2 split to calibrate on (Hub)
                             eval_split:str="test",   # WikiText-2 split to evaluate on (Hub)
-                            text_file:str|Path|None=None, # one local text for both: split by `split_windows`
+                            text_file:str|Path|None=None, # one local text for both: split by split_windows
                             calib_text_file:str|Path|None=None, # a local text to calibrate on
                             eval_text_file:str|Path|None=None,  # a local text to evaluate on
                             tokenizer=None,       # a tokenizer to use instead of loading one from `model_dir`

@@ -155,7 +155,7 @@ def train_demo_model(save_dir:str|Path,                # folder to write the mod
     return run
 
 # %% ../nbs/07_demo.ipynb #10e703e2
-def load_demo_model(path:str|Path, # a folder written by `train_demo_model`
+def load_demo_model(path:str|Path, # a folder written by train_demo_model
                    ):
     "The model (in eval mode), its tokenizer and its `DemoRun` record."
     path = Path(path)
@@ -168,8 +168,8 @@ def load_demo_model(path:str|Path, # a folder written by `train_demo_model`
 _NOT_SETTINGS = ("threads", "max_minutes", "text_file")  # the text is compared by its digest
 
 def demo_model(save_dir:str|Path,            # folder of the demo model
-               text_file:str|Path|None=None, # training text, as for `train_demo_model`
-               **kwargs,                     # further `train_demo_model` arguments
+               text_file:str|Path|None=None, # training text, as for train_demo_model
+               **kwargs,                     # further train_demo_model arguments
               ):
     "Load the demo model from `save_dir` if it was trained with these settings, else train it; returns (model, tokenizer, `DemoRun`)."
     path = Path(save_dir) / "demo_run.json"

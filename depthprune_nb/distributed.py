@@ -97,7 +97,7 @@ def distributed_search(model:nn.Module, # a causal LM, the same weights on every
                        data:list,       # all calibration windows, the same list on every rank
                        n:int,           # layers per window (`delete_layer_num`)
                        engine:str="fast", # "fast" (exact, or early abort with `early_abort=True`) or "approx"
-                       **kwargs,        # passed on to `fast_search` / `approx_search`
+                       **kwargs,        # passed on to fast_search / approx_search
                       )->PruneResult:
     "The one-process search's result on every rank, each rank sweeping its share of every sample chunk."
     from depthprune_nb.engine import fast_search, approx_search

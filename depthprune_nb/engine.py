@@ -14,7 +14,7 @@ from fastcore.basics import patch
 
 from .config import ConfigError, COMPUTE_DTYPES
 from .parts import ModelParts, locate
-from .search import (PruneResult, window_nll, ppl_from_nlls, check_data, best_window, candidate_starts,
+from .search import (PruneResult, model_label, window_nll, ppl_from_nlls, check_data, best_window, candidate_starts,
                                   params_after_deleting, default_device, _is_dispatched, _angular)
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def probe_layer_calls(parts:ModelParts,   # the model's parts
 def head_logits(parts:ModelParts,   # the model's parts
                 ids:torch.Tensor,   # `[B, t]` token ids of the positions (the head needs only their shape)
                 state:torch.Tensor, # `[B, t, H]` hidden states entering the final norm
-                out_lens:dict,      # layer class -> tuple length, from `probe_layer_calls`
+                out_lens:dict,      # layer class -> tuple length, from probe_layer_calls
                )->torch.Tensor:
     "Logits of the model's own head on `state`: its forward with pass-through layers and `state` injected before the final norm."
     def skip(j, layer, orig, *args, **kwargs): return _passthrough(_split_call(args, kwargs)[0], out_lens[type(layer)])
@@ -355,7 +355,7 @@ def result(self:_Engine, table:dict, baseline:float, lower:list, proxy, stats:di
     return PruneResult(n, baseline, table, list(range(best, best + n)), L, L - n,
                        sum(p.numel() for p in self.model.parameters()),
                        params_after_deleting(self.parts, range(best, best + n)), lower_bound_starts=lower,
-                       proxy_by_start=proxy, stats=stats, model_name=getattr(self.model, "name_or_path", "") or "")
+                       proxy_by_start=proxy, stats=stats, model_name=model_label(self.model))
 
 # %% ../nbs/03a_engine.ipynb #08e3571c
 def _sweep_fitting(eng:_Engine, idx:list, windows:list, proxy:dict|None=None, **kw)->tuple:
@@ -491,7 +491,7 @@ def fast_search(model:nn.Module,        # a causal LM
                 memory_budget:int|None=None, # bytes of activations to hold (on the device in mix mode); half the free memory if None
                 call_tokens:int|None=None, # tokens per batched layer call; None: one stream per call on CPU, 32768 on accelerators
                 progress:bool=True,     # show a tqdm bar
-                checkpoint=None,        # a `SearchCheckpoint` (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
+                checkpoint=None,        # a SearchCheckpoint (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
                 head_batch:int|None=None, # streams per head call; None: as many as a quarter of `memory_budget` holds
                 compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; None: the model's
                )->PruneResult:
@@ -535,16 +535,16 @@ def approx_search(model:nn.Module,        # a causal LM
                   data:list,              # calibration windows, `LongTensor[1, seqlen]`
                   n:int,                  # layers per window (`delete_layer_num`)
                   parts:ModelParts|None=None, # located parts; detected if None
-                  save_gpu_memory:bool=False, # mix mode, as in `fast_search`
+                  save_gpu_memory:bool=False, # mix mode, as in fast_search
                   device=None,            # compute device for `save_gpu_memory`
                   keep_exact:int=3,       # windows scored exactly on every sample at the end
                   first_samples:int|None=None, # samples in the first round; `max(1, len(data) // 64)` if None
-                  chunk_size:int|None=None, # as in `fast_search`
-                  memory_budget:int|None=None, # as in `fast_search`
-                  call_tokens:int|None=None, # as in `fast_search`
+                  chunk_size:int|None=None, # as in fast_search
+                  memory_budget:int|None=None, # as in fast_search
+                  call_tokens:int|None=None, # as in fast_search
                   progress:bool=True,     # show a tqdm bar
-                  head_batch:int|None=None, # as in `fast_search`
-                  compute_dtype:str|None=None, # as in `fast_search`: the survivors within the margin are confirmed
+                  head_batch:int|None=None, # as in fast_search
+                  compute_dtype:str|None=None, # as in fast_search: the survivors within the margin are confirmed
                  )->PruneResult:
     "Successive halving over samples, then the last `keep_exact` windows exactly; reports how far its pick could be from the best."
     if isinstance(keep_exact, bool) or not isinstance(keep_exact, int) or keep_exact < 1:
@@ -666,8 +666,8 @@ def _confirm(eng:_Engine, low:PruneResult, floor:float)->tuple:
         if eng.bar is not None: eng.bar.set_postfix(confirmed=len(exact), margin=f"{margin:.2e}")
     return exact, base, margin, rounds
 
-def mixed_precision(search,              # `search()` runs the search (in whatever dtype the weights are)
-                    low:torch.dtype,     # the low precision, from `low_precision`
+def mixed_precision(search,              # search() runs the search (in whatever dtype the weights are)
+                    low:torch.dtype,     # the low precision, from low_precision
                     model:nn.Module, data:list, n:int, # as for the search
                     parts=None, progress=True, **engine_kw, # as for the search
                    )->PruneResult:

@@ -62,7 +62,7 @@ def prune_and_save(model,              # the unpruned model, pruned in place
 class PruneExplorer:
     "Slider over computed `n`, table and plot of that result, and a button that prunes the model and saves it."
     def __init__(self,
-                 results:dict,            # n -> `PruneResult`, all for the same model
+                 results:dict,            # n -> PruneResult, all for the same model
                  model=None,              # the unpruned model; without it the button is disabled
                  tokenizer=None,          # saved with the model if given
                  save_dir:str|Path="pruned_model", # default folder for the button
@@ -125,7 +125,7 @@ def in_jupyter()->bool:
     except ImportError: return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
-def explore(results:dict,      # n -> `PruneResult`, all for the same model
+def explore(results:dict,      # n -> PruneResult, all for the same model
             model=None,        # the unpruned model, for the prune button
             tokenizer=None,    # saved with the model if given
             save_dir:str|Path="pruned_model", # default folder for the button

@@ -70,7 +70,7 @@ def _moe_layers(d, L:int)->int:
     step = d.get("interleave_moe_layer_step") or d.get("decoder_sparse_step") or 1
     return len([i for i in range(L) if i not in set(d.get("mlp_only_layers") or []) and (i + 1) % step == 0])
 
-def model_shape(cfg, # anything `read_config` takes
+def model_shape(cfg, # anything read_config takes
                )->ModelShape:
     "The layer and head dimensions of a model, from its config alone."
     d = read_config(cfg)

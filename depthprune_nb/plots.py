@@ -24,7 +24,7 @@ def sweep(model,              # a causal LM
           ns,                 # window sizes to search, e.g. `range(1, 7)`
           proxy:bool=True,    # also compute `proxy_by_start` (one extra forward pass per window per n)
           progress:bool=False, # show progress bars
-          **kwargs,           # passed on to `layer_importance` (engine, save_gpu_memory, ...)
+          **kwargs,           # passed on to layer_importance (engine, save_gpu_memory, ...)
          )->dict:             # n -> `PruneResult`
     "`layer_importance` for each `n` in `ns`, with the angular-distance proxy filled in."
     out = {}
@@ -75,7 +75,7 @@ def plot(self:PruneResult,
     ax.axhline(self.baseline_ppl, color="grey", ls="--", lw=1, label=f"baseline {self.baseline_ppl:.4g}")
     b = self.best_start
     ax.scatter([b], [self.ppl_by_start[b]], marker="*", s=220, color="C3", zorder=4,
-               label=f"chosen: {_window_label(b, n)} ({self.ppl_by_start[b]:.4g})")
+               label=f"chosen: {layer_range(self.deleted_layers, named=True)} ({self.ppl_by_start[b]:.4g})")
     if log if log is not None else _use_log(fin.values(), self.baseline_ppl, log_above): ax.set_yscale("log")
     inf = [s for s in starts if s not in fin]
     if inf:
@@ -93,7 +93,7 @@ def plot(self:PruneResult,
 # %% ../nbs/05_plots.ipynb #af242c07
 def _short(v:float)->str: return f"{v / 1000:.3g}k" if v >= 1000 else f"{v:.3g}"
 
-def ppl_grid(results:dict, # n -> `PruneResult` for that n, all from the same model
+def ppl_grid(results:dict, # n -> PruneResult for that n, all from the same model
             )->tuple[list, list, np.ndarray]:
     "Rows `n`, columns `start` and the PPL matrix (NaN where a start has no window of that size)."
     ns = sorted(results)
@@ -108,7 +108,7 @@ def ppl_grid(results:dict, # n -> `PruneResult` for that n, all from the same mo
     return ns, starts, grid
 
 # %% ../nbs/05_plots.ipynb #e954e165
-def plot_heatmap(results:dict,        # n -> `PruneResult` for that n, all from the same model
+def plot_heatmap(results:dict,        # n -> PruneResult for that n, all from the same model
                  ax=None,             # matplotlib Axes to draw on; a new figure if None
                  annotate:bool|None=None, # write values in cells; automatic (small grids) if None
                  title:str|None=None, # the Axes title; a default if None
@@ -167,7 +167,7 @@ def rank_agreement(result:PruneResult, # a result with `proxy_by_start` filled i
 
 # %% ../nbs/05_plots.ipynb #c26c82cb
 def plot_proxy(result:PruneResult, # a result with `proxy_by_start` filled in
-               figsize=(11, 3.8),  # figure size in inches
+               figsize=(9, 3.6),   # figure size in inches (narrow enough that its text stays legible at page width)
               ):
     "The proxy beside the perplexity over window starts, and their rank agreement; returns the Figure."
     agree = rank_agreement(result)

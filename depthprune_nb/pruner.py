@@ -14,7 +14,7 @@ from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_con
 from .parts import ModelParts, locate
 from .search import (PruneResult, check_data, reference_search, candidate_starts, perplexity,
                                   layers_offloaded, params_after_deleting)
-from .search import evaluate_result, fill_runner_up
+from .search import evaluate_result, fill_runner_up, model_label
 from .config import METHODS
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
@@ -113,13 +113,13 @@ def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=
     return PruneResult(len(layers), base, {layers[0]: after}, layers, L, L - len(layers),
                        sum(p.numel() for p in model.parameters()), params_after_deleting(parts, layers),
                        stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
-                       model_name=getattr(model, "name_or_path", "") or "", method="explicit")
+                       model_name=model_label(model), method="explicit")
 
 # %% ../nbs/04_pruner.ipynb #6ca25872
 class ModelPruner:
     "Find and delete the least important consecutive decoder layers of a causal LM."
     def __init__(self,
-                 config:Config|LayerImportancePruneConfig|dict, # the pruning config (the tutorial's `Config`)
+                 config:Config|LayerImportancePruneConfig|dict, # the pruning config (the tutorial's Config)
                  engine:str="fast",     # search engine: "fast" (exact), "reference" or "approx"
                  early_abort:bool=False, # let the fast engine stop hopeless windows early
                  device=None,           # accelerator for `save_gpu_memory`
@@ -152,8 +152,8 @@ class ModelPruner:
 
     def pruning_model(self,
                       model:nn.Module, # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`
-                      data:list,       # calibration windows from `get_wikitext_dataset`
-                      eval_data:list|None=None, # evaluation windows, disjoint from `data` (`get_calib_eval_datasets`)
+                      data:list,       # calibration windows from get_wikitext_dataset
+                      eval_data:list|None=None, # evaluation windows, disjoint from `data` (get_calib_eval_datasets)
                      )->nn.Module:     # the same model object, pruned in place
         "Search, then delete the chosen layers in place; the result is kept in `self.result`."
         result = self.search(model, data, eval_data)

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'PruneResult', 'layer_range',
-           'best_window', 'candidate_starts', 'default_device', 'layers_offloaded', 'params_after_deleting',
-           'reference_search', 'captured_stream', 'angular_distance_proxy', 'runner_up_window', 'fill_runner_up',
-           'ppl_deleting', 'evaluate_result', 'criterion_result']
+           'best_window', 'candidate_starts', 'default_device', 'layers_offloaded', 'model_label',
+           'params_after_deleting', 'reference_search', 'captured_stream', 'angular_distance_proxy', 'runner_up_window',
+           'fill_runner_up', 'ppl_deleting', 'evaluate_result', 'criterion_result']
 
 # %% ../nbs/03_search.ipynb #5cc4c88c
 def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
@@ -274,7 +274,7 @@ def _is_dispatched(model)->bool:
 
 @contextlib.contextmanager
 def layers_offloaded(parts:ModelParts, # the model's parts
-                     device=None,      # the compute device; `default_device()` if None
+                     device=None,      # the compute device; default_device() if None
                     ):
     "Keep decoder layers on CPU and move each to `device` only for its own forward; restore placement on exit."
     model, device = parts.model, torch.device(device or default_device())
@@ -298,6 +298,11 @@ def layers_offloaded(parts:ModelParts, # the model's parts
         model.to(home)
 
 # %% ../nbs/03_search.ipynb #f19d20fe
+def model_label(model)->str:
+    "The model's name for tables and plots: a local folder or file by its last part (no temporary paths), a Hub id as it is."
+    name = str(getattr(model, "name_or_path", "") or "")
+    return Path(name).name if name and (Path(name).exists() or Path(name).is_absolute()) else name
+
 def params_after_deleting(parts:ModelParts, layers:list)->int:
     "Parameter count of the model once `layers` are deleted (shared parameters counted once)."
     gone = {id(p) for i in layers for p in parts.layers[i].parameters()}
@@ -330,7 +335,7 @@ def reference_search(model:nn.Module,        # a causal LM
                        stats=dict(engine="reference", layer_passes=L * len(data) + len(starts) * (L - n) * len(data),
                                   head_passes=(len(starts) + 1) * len(data), wall_s=time.perf_counter() - t0,
                                   weight_moves=(moves or {}).get("weight_moves", 0)),
-                       model_name=getattr(model, "name_or_path", "") or "")
+                       model_name=model_label(model))
 
 # %% ../nbs/03_search.ipynb #03596f2a
 def _hidden_arg(args, kwargs):
@@ -434,5 +439,5 @@ def criterion_result(model:nn.Module,      # the causal LM (unchanged)
                  report_head_passes=N * (3 if runner_up else 2), report_wall_s=time.perf_counter() - t0)
     return PruneResult(n, base, {deleted[0]: pick}, deleted, L, L - n, sum(p.numel() for p in model.parameters()),
                        params_after_deleting(parts, deleted), proxy_by_start=proxy_by_start, stats=stats,
-                       model_name=getattr(model, "name_or_path", "") or "", method=method,
+                       model_name=model_label(model), method=method,
                        runner_up_layers=runner_up, runner_up_ppl=ru, scores=scores)

@@ -9,7 +9,7 @@ import contextlib, time
 from torch import nn
 
 from .parts import ModelParts, locate
-from .search import (PruneResult, candidate_starts, check_data, params_after_deleting, reference_search,
+from .search import (PruneResult, model_label, candidate_starts, check_data, params_after_deleting, reference_search,
                      runner_up_window)
 from .surgery import temporarily_deleted
 
@@ -64,12 +64,12 @@ def sleb_search(model:nn.Module,            # a causal LM
     deleted = sorted(order)
     return PruneResult(n, rounds[0]["before"], {deleted[0]: last["ppl"]}, deleted, L, L - n,
                        sum(p.numel() for p in model.parameters()), params_after_deleting(parts, deleted), stats=stats,
-                       model_name=getattr(model, "name_or_path", "") or "", method="sleb",
+                       model_name=model_label(model), method="sleb",
                        runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
                        runner_up_ppl=None if second is None else last["table"][second], scores=rounds[0]["table"])
 
 # %% ../nbs/03d_sleb.ipynb #d0b520f4
-def sleb_prefix(result:PruneResult,         # a `sleb_search` result for some n
+def sleb_prefix(result:PruneResult,         # a sleb_search result for some n
                 k:int,                      # rounds to keep, 1..n
                 model:nn.Module,            # the model it was computed on (unpruned), for parameter counts
                 parts:ModelParts|None=None, # located parts; detected if None
