@@ -25,7 +25,7 @@ def sweep(model,              # a causal LM
           proxy:bool=True,    # also compute `proxy_by_start` (one extra forward pass per window per n)
           progress:bool=False, # show progress bars
           **kwargs,           # passed on to layer_importance (engine, save_gpu_memory, ...)
-         )->dict:             # n -> `PruneResult`
+         )->dict:             # n -> PruneResult
     "`layer_importance` for each `n` in `ns`, with the angular-distance proxy filled in."
     out = {}
     for n in ns:
