@@ -79,3 +79,6 @@ for nb in sorted(proc.rglob("*.ipynb")):
 if bad: sys.exit("docs build check failed:\n  " + "\n  ".join(bad))
 print(f"docs site built: {pages} pages in {site}")
 PY
+
+# Dead anchors, markdown links left raw inside rendered signatures, headings that repeat the entry below.
+python tools/check_site.py _proc/_docs
