@@ -19,6 +19,7 @@ from depthprune_nb.engine import approx_search, fast_search, low_precision, weig
 from depthprune_nb.pruner import ModelPruner, layer_importance
 from depthprune_nb.search import PruneResult
 from depthprune_nb.testing import FAMILIES, save_tiny_model
+from test_engine import _trained_llama  # the same briefly trained tiny Llama as the engine tests
 
 L, SEQLEN, NSAMPLES = 4, 16, 3
 TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
@@ -103,21 +104,6 @@ def test_a_failed_search_leaves_the_model_as_it_was(tmp_path_factory, monkeypatc
         fast_search(model, data, 1, compute_dtype="bfloat16", progress=False)
     assert_unchanged(model, before, "after a failed search")
     assert [p for p in model.parameters()] == params  # the same Parameter objects
-
-
-def _trained_llama(tmp_path_factory, steps=60):
-    "A tiny Llama trained for a few seconds on arithmetic sequences: layers that matter unequally."
-    model = tiny(tmp_path_factory, "llama", num_layers=6).train()
-    g = torch.Generator().manual_seed(0)
-    def batch(b):
-        start, stride = torch.randint(0, 64, (b, 1), generator=g), torch.randint(1, 6, (b, 1), generator=g)
-        return (start + stride * torch.arange(24)) % 64 + 10
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        x = batch(16)
-        loss = model(x, labels=x).loss
-        opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval(), [batch(1) for _ in range(8)]
 
 
 @pytest.fixture(scope="module")
