@@ -143,7 +143,7 @@ def opt125m(quick:bool):
         t0 = time.perf_counter()
         for j, layer in enumerate(parts.layers): h = calls[j](layer, h)
         t_layers = time.perf_counter() - t0
-        from depthprune_nb.search import window_nll
+        from depthprune_nb.ppl import window_nll
         t0 = time.perf_counter()
         window_nll(head_logits(parts, ids, h, out_lens)[0], ids[0])
         t_head = time.perf_counter() - t0

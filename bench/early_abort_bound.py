@@ -15,7 +15,7 @@ import argparse, json, math, sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from depthprune_nb.search import PruneResult  # noqa: E402
+from depthprune_nb.result import PruneResult  # noqa: E402
 
 
 def bound(res:PruneResult, head_layers:float)->dict:

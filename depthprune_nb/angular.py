@@ -4,16 +4,37 @@
 
 # %% ../nbs/03b_angular.ipynb #886e4cb3
 from __future__ import annotations
-import time
+import math, time
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .parts import ModelParts, locate
-from .search import (PruneResult, angular_distance_proxy, best_window, candidate_starts, check_data,
-                     criterion_result, runner_up_window)
+from .parts import ModelParts, captured_stream, locate
+from .result import PruneResult, best_window, candidate_starts, criterion_result, criterion_setup, runner_up_window
 
 # %% auto #0
-__all__ = ['angular_search']
+__all__ = ['angular_distance_proxy', 'angular_search']
+
+# %% ../nbs/03b_angular.ipynb #0c0061d8
+def _angular(a, b):
+    cos = F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).clamp(-1, 1)
+    return (torch.arccos(cos) / math.pi).mean().item()
+
+@torch.inference_mode()
+def angular_distance_proxy(model:nn.Module, data:list, n:int, parts:ModelParts|None=None,
+                           token:int|None=None, # one position (e.g. -1, the last token) instead of the mean over all
+                          )->dict:
+    "Window start -> mean angular distance between the states entering layers `start` and `start+n`."
+    parts = parts or locate(model)
+    starts, L = candidate_starts(parts.num_layers, n), parts.num_layers
+    total = {s: 0.0 for s in starts}
+    pick = (lambda h: h) if token is None else (lambda h: h[:, token])
+    for ids in data:
+        with captured_stream(parts) as states:
+            model(ids.to(parts.input_device), use_cache=False)
+        for s in starts: total[s] += _angular(pick(states[s]), pick(states[s + n])) / len(data)
+    return total
 
 # %% ../nbs/03b_angular.ipynb #4ed71a63
 def angular_search(model:nn.Module,            # a causal LM
@@ -23,10 +44,7 @@ def angular_search(model:nn.Module,            # a causal LM
                    last_token:bool=True,       # the paper's last-token distance; False averages over all tokens
                   )->PruneResult:
     "Delete the `n` consecutive layers across which the hidden state turns least (Gromov et al. 2024)."
-    parts = parts or locate(model)
-    check_data(data, model)
-    L, N = parts.num_layers, len(data)
-    candidate_starts(L, n)
+    parts, L, N = criterion_setup(model, data, n, parts)
     t0 = time.perf_counter()
     dist = angular_distance_proxy(model, data, n, parts, token=-1 if last_token else None)
     best, wall = best_window(dist), time.perf_counter() - t0

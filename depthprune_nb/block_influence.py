@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .parts import ModelParts, locate
-from .search import PruneResult, captured_stream, candidate_starts, check_data, criterion_result
+from .parts import captured_stream
+from .result import PruneResult, criterion_result, criterion_setup
 
 # %% auto #0
 __all__ = ['block_influence', 'lowest', 'block_influence_search']
@@ -44,10 +45,7 @@ def block_influence_search(model:nn.Module,            # a causal LM
                            parts:ModelParts|None=None, # located parts; detected if None
                           )->PruneResult:
     "Delete the `n` layers with the lowest Block Influence (ShortGPT, Men et al. 2024)."
-    parts = parts or locate(model)
-    check_data(data, model)
-    L, N = parts.num_layers, len(data)
-    candidate_starts(L, n)
+    parts, L, N = criterion_setup(model, data, n, parts)
     t0 = time.perf_counter()
     bi = block_influence(model, data, parts)
     wall = time.perf_counter() - t0

@@ -194,7 +194,7 @@ def run(args)->dict:
 def heal_from_args(args, model, data:list, eval_data:list|None, res):
     "Heal the pruned model on the calibration windows; record the cost and the evaluation PPL after in `res.stats`."
     from depthprune_nb.heal import heal
-    from depthprune_nb.search import perplexity
+    from depthprune_nb.ppl import perplexity
     model, info = heal(model, data, steps=args.heal_steps, progress=not args.quiet)
     res.stats["heal"] = {k: v for k, v in info.items() if k != "losses"}
     if eval_data is not None: res.stats["heal"]["eval_ppl_after"] = perplexity(model, eval_data)

@@ -13,7 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM, AutoModelForCausalLM, AutoTo
 from tqdm.auto import tqdm
 
 from .testing import train_tokenizer
-from .search import perplexity
+from .ppl import perplexity
 from .data import wikitext_text, cut_windows
 
 log = logging.getLogger(__name__)

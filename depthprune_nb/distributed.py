@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ConfigError
-from .search import PruneResult
+from .result import PruneResult
 
 # %% auto #0
 __all__ = ['launched', 'init_from_env', 'rank', 'world_size', 'is_main', 'finish', 'shard_bounds', 'check_supported',

@@ -14,8 +14,10 @@ from fastcore.basics import patch
 
 from .config import ConfigError, COMPUTE_DTYPES
 from .parts import ModelParts, locate
-from .search import (PruneResult, model_label, window_nll, ppl_from_nlls, check_data, best_window, candidate_starts,
-                                  params_after_deleting, default_device, _is_dispatched, _angular)
+from .ppl import window_nll, ppl_from_nlls, check_data
+from .result import PruneResult, model_label, best_window, candidate_starts, params_after_deleting
+from .search import default_device, _is_dispatched
+from .angular import _angular
 
 log = logging.getLogger(__name__)
 

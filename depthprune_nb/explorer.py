@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import ipywidgets as widgets
 
-from .search import PruneResult, layer_range
+from .result import PruneResult, layer_range
 from .plots import plot_heatmap
 from .parts import locate
 from .surgery import delete_layers

@@ -4,6 +4,7 @@
 
 # %% ../nbs/02_parts.ipynb #9301ba96
 from __future__ import annotations
+import contextlib
 from dataclasses import dataclass
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ from .config import ConfigError
 
 # %% auto #0
 __all__ = ['KNOWN_LAYOUTS', 'LAYER_COUNT_FIELDS', 'TEXT_CONFIG_FIELDS', 'FieldError', 'get_module', 'detect_layout', 'ModelParts',
-           'locate']
+           'locate', 'captured_stream']
 
 # %% ../nbs/02_parts.ipynb #0c040981
 class FieldError(ConfigError):
@@ -159,3 +160,17 @@ def locate(model:nn.Module,    # a causal LM, e.g. from `AutoModelForCausalLM.fr
     get_module(model, norm_path, "layer_norm_field")
     num_field = _find_num_field(model.config, len(layers), num_field)
     return ModelParts(model, layers_path, norm_path, num_field)
+
+# %% ../nbs/02_parts.ipynb #426308a3
+def _hidden_arg(args, kwargs):
+    return args[0] if args else kwargs.get("hidden_states")
+
+@contextlib.contextmanager
+def captured_stream(parts:ModelParts)->list:
+    "Record the hidden states entering each decoder layer and the final norm (L+1 entries per forward)."
+    states, mods = [], list(parts.layers) + [parts.norm]
+    def grab(m, args, kwargs): states.append(_hidden_arg(args, kwargs).detach())
+    handles = [m.register_forward_pre_hook(grab, with_kwargs=True) for m in mods]
+    try: yield states
+    finally:
+        for h in handles: h.remove()

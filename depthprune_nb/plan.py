@@ -190,7 +190,7 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
     "The cost of a search before running it: passes, FLOPs, memory, weight moves and time, beside the brute force."
     s = model_shape(config_or_path)
     L = s.layers
-    from depthprune_nb.search import candidate_starts
+    from depthprune_nb.result import candidate_starts
     W = len(candidate_starts(L, n))
     for k, v in dict(nsamples=nsamples, seqlen=seqlen, world_size=world_size).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ConfigError(f"{k}={v!r} must be a positive integer")

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
 from fastcore.basics import patch
 
-from .search import PruneResult, angular_distance_proxy, layer_range
+from .result import PruneResult, layer_range
+from .angular import angular_distance_proxy
 from .pruner import layer_importance
 
 # %% auto #0

@@ -12,9 +12,9 @@ from torch import nn
 
 from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_config
 from .parts import ModelParts, locate
-from .search import (PruneResult, check_data, reference_search, candidate_starts, perplexity,
-                                  layers_offloaded, params_after_deleting)
-from .search import evaluate_result, fill_runner_up, model_label
+from .ppl import check_data, perplexity
+from .result import PruneResult, candidate_starts, params_after_deleting, fill_runner_up, model_label
+from .search import reference_search, layers_offloaded, evaluate_result
 from .config import METHODS
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
@@ -28,7 +28,7 @@ __all__ = ['log', 'ENGINES', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', '
 # %% ../nbs/04_pruner.ipynb #e5c0de00
 import os, shutil, uuid, warnings
 from fnmatch import fnmatch
-from .search import layer_range
+from .result import layer_range
 
 # %% ../nbs/04_pruner.ipynb #98968cf8
 ENGINES = ("fast", "reference", "approx")

@@ -9,8 +9,8 @@ import contextlib, time
 from torch import nn
 
 from .parts import ModelParts, locate
-from .search import (PruneResult, model_label, candidate_starts, check_data, params_after_deleting, reference_search,
-                     runner_up_window)
+from .result import PruneResult, model_label, params_after_deleting, runner_up_window, criterion_setup
+from .search import reference_search
 from .surgery import temporarily_deleted
 
 # %% auto #0
@@ -36,6 +36,23 @@ def sleb_rounds(model:nn.Module, data:list, n:int, parts:ModelParts, engine:str=
     return rounds
 
 # %% ../nbs/03d_sleb.ipynb #42f998cf
+_ROUND_LISTS = ("removal_order", "round_ppl", "round_layer_passes", "round_head_passes", "round_wall_s", "round_tables")
+
+def _sleb_result(st:dict, k:int, baseline:float, L:int, params_before:int, parts:ModelParts, model_name:str,
+                 scores:dict)->PruneResult:
+    "The result of the first `k` rounds recorded in `st` (the per-round lists `sleb_search` keeps in its stats)."
+    N, keep = st["calib_windows"], {name: st[name][:k] for name in _ROUND_LISTS}
+    order, table = keep["removal_order"], {int(i): v for i, v in keep["round_tables"][-1]}
+    second, deleted = runner_up_window(table, order[-1]), sorted(order)
+    stats = dict(st, **keep, layer_passes=sum(keep["round_layer_passes"]), head_passes=sum(keep["round_head_passes"]),
+                 brute_force_layer_passes=sum((L - r) * (L - r - 1) * N for r in range(k)),
+                 brute_force_head_passes=sum((L - r) * N for r in range(k)))
+    if k < len(st["removal_order"]): stats["wall_s"] = sum(keep["round_wall_s"])
+    return PruneResult(k, baseline, {deleted[0]: keep["round_ppl"][-1]}, deleted, L, L - k, params_before,
+                       params_after_deleting(parts, deleted), stats=stats, model_name=model_name, method="sleb",
+                       runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
+                       runner_up_ppl=None if second is None else table[second], scores=scores)
+
 def sleb_search(model:nn.Module,            # a causal LM
                 data:list,                  # calibration windows, `LongTensor[1, seqlen]`
                 n:int,                      # layers to delete, one per round
@@ -45,28 +62,16 @@ def sleb_search(model:nn.Module,            # a causal LM
                 **engine_kwargs,            # passed on to the engine
                )->PruneResult:
     "SLEB (Song et al. 2024): `n` greedy rounds, each removing the layer whose removal gives the lowest calibration PPL."
-    parts = parts or locate(model)
-    check_data(data, model)
-    L, N = parts.num_layers, len(data)
-    candidate_starts(L, n)
+    parts, L, N = criterion_setup(model, data, n, parts)
     t0 = time.perf_counter()
     rounds = sleb_rounds(model, data, n, parts, engine, progress=progress, **engine_kwargs)
-    order, last = [r["removed"] for r in rounds], rounds[-1]
-    second = runner_up_window(last["table"], last["removed"])
-    stats = dict(engine=f"sleb_{engine}", calib_windows=N, layer_passes=sum(r["layer_passes"] for r in rounds),
-                 head_passes=sum(r["head_passes"] for r in rounds),
-                 brute_force_layer_passes=sum((L - r) * (L - r - 1) * N for r in range(n)),
-                 brute_force_head_passes=sum((L - r) * N for r in range(n)), wall_s=time.perf_counter() - t0,
-                 removal_order=order, round_ppl=[r["ppl"] for r in rounds],
-                 round_layer_passes=[r["layer_passes"] for r in rounds], round_head_passes=[r["head_passes"] for r in rounds],
-                 round_wall_s=[r["wall_s"] for r in rounds],
-                 round_tables=[[[i, v] for i, v in sorted(r["table"].items())] for r in rounds])
-    deleted = sorted(order)
-    return PruneResult(n, rounds[0]["before"], {deleted[0]: last["ppl"]}, deleted, L, L - n,
-                       sum(p.numel() for p in model.parameters()), params_after_deleting(parts, deleted), stats=stats,
-                       model_name=model_label(model), method="sleb",
-                       runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
-                       runner_up_ppl=None if second is None else last["table"][second], scores=rounds[0]["table"])
+    st = dict(engine=f"sleb_{engine}", calib_windows=N, wall_s=time.perf_counter() - t0,
+              removal_order=[r["removed"] for r in rounds], round_ppl=[r["ppl"] for r in rounds],
+              round_layer_passes=[r["layer_passes"] for r in rounds], round_head_passes=[r["head_passes"] for r in rounds],
+              round_wall_s=[r["wall_s"] for r in rounds],
+              round_tables=[[[i, v] for i, v in sorted(r["table"].items())] for r in rounds])
+    return _sleb_result(st, n, rounds[0]["before"], L, sum(p.numel() for p in model.parameters()), parts,
+                        model_label(model), rounds[0]["table"])
 
 # %% ../nbs/03d_sleb.ipynb #d0b520f4
 def sleb_prefix(result:PruneResult,         # a sleb_search result for some n
@@ -75,20 +80,6 @@ def sleb_prefix(result:PruneResult,         # a sleb_search result for some n
                 parts:ModelParts|None=None, # located parts; detected if None
                )->PruneResult:
     "The `sleb_search` result for `k` layers, read from a run for more: its first `k` rounds."
-    st, L, N = result.stats, result.num_layers_before, result.stats["calib_windows"]
     if not 1 <= k <= result.delete_layer_num: raise ValueError(f"k={k} must be between 1 and {result.delete_layer_num}")
-    parts = parts or locate(model)
-    order, table = st["removal_order"][:k], dict((int(i), v) for i, v in st["round_tables"][k - 1])
-    second, deleted = runner_up_window(table, order[-1]), sorted(order)
-    keep = lambda name: st[name][:k]
-    stats = dict(st, layer_passes=sum(keep("round_layer_passes")), head_passes=sum(keep("round_head_passes")),
-                 wall_s=sum(keep("round_wall_s")), removal_order=order, round_ppl=keep("round_ppl"),
-                 round_layer_passes=keep("round_layer_passes"), round_head_passes=keep("round_head_passes"),
-                 round_wall_s=keep("round_wall_s"), round_tables=keep("round_tables"),
-                 brute_force_layer_passes=sum((L - r) * (L - r - 1) * N for r in range(k)),
-                 brute_force_head_passes=sum((L - r) * N for r in range(k)))
-    return PruneResult(k, result.baseline_ppl, {deleted[0]: st["round_ppl"][k - 1]}, deleted, L, L - k,
-                       result.params_before, params_after_deleting(parts, deleted), stats=stats,
-                       model_name=result.model_name, method="sleb",
-                       runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
-                       runner_up_ppl=None if second is None else table[second], scores=result.scores)
+    return _sleb_result(result.stats, k, result.baseline_ppl, result.num_layers_before, result.params_before,
+                        parts or locate(model), result.model_name, result.scores)

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 from depthprune_nb.config import ConfigError, LayerImportancePruneConfig
 from depthprune_nb.data import cut_windows, get_calib_eval_datasets, split_windows
 from depthprune_nb.pruner import ModelPruner, layer_importance, save_pruned
-from depthprune_nb.search import PruneResult, perplexity
+from depthprune_nb.ppl import perplexity
+from depthprune_nb.result import PruneResult
 from depthprune_nb.surgery import temporarily_deleted
 from depthprune_nb.testing import save_tiny_model
 
@@ -71,7 +72,8 @@ def test_angular_picks_the_planted_identity_block(method, family, llama_dir, opt
 
 def test_angular_last_token_uses_only_the_last_position(llama_dir):
     "Planting an identity that only the last position sees is impossible, so check the definition directly."
-    from depthprune_nb.search import captured_stream, locate, _angular
+    from depthprune_nb.parts import captured_stream, locate
+    from depthprune_nb.angular import _angular
     model, data = load(llama_dir), windows(2)
     res = layer_importance(model, data, 2, method="angular", progress=False)
     parts, want = locate(model), {s: 0.0 for s in range(5)}

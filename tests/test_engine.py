@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 from depthprune_nb import engine
 from depthprune_nb.engine import approx_search, fast_search
 from depthprune_nb.parts import locate
-from depthprune_nb.search import PruneResult, reference_search
+from depthprune_nb.result import PruneResult
+from depthprune_nb.search import reference_search
 from depthprune_nb.testing import FAMILIES, save_tiny_model
 
 L, SEQLEN, NSAMPLES = 4, 16, 3

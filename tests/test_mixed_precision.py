@@ -17,7 +17,7 @@ from depthprune_nb import engine
 from depthprune_nb.config import ConfigError, LayerImportancePruneConfig
 from depthprune_nb.engine import approx_search, fast_search, low_precision, weights_cast
 from depthprune_nb.pruner import ModelPruner, layer_importance
-from depthprune_nb.search import PruneResult
+from depthprune_nb.result import PruneResult
 from depthprune_nb.testing import FAMILIES, save_tiny_model
 from test_engine import _trained_llama  # the same briefly trained tiny Llama as the engine tests
 
