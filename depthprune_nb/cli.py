@@ -181,7 +181,7 @@ def run(args)->dict:
         print(f"saved the pruned model, tokenizer and prune_result.json to {out}"
               + (" (dequantized from GGUF: float safetensors)" if gguf_source(model) else ""))
     if args.save_gguf:
-        g = write_pruned_gguf(gguf_source(model), args.save_gguf, res.deleted_layers, args.overwrite)
+        g = write_pruned_gguf(gguf_source(model), args.save_gguf, res.deleted_layers, args.overwrite, model=model)
         print(f"wrote the pruned GGUF {g} ({Path(gguf_source(model)).stat().st_size:,} -> {g.stat().st_size:,} bytes, "
               "kept blocks copied in their own quantization)")
     if args.prompt:

@@ -126,7 +126,8 @@ def cut_windows(ids:torch.Tensor,     # `[1, N]` or `[N]` token ids of the whole
     ids = ids.reshape(1, -1)
     total = ids.shape[1] // seqlen
     if total == 0:
-        raise ConfigError(f"the text has only {ids.shape[1]} tokens, fewer than one window of seqlen={seqlen}")
+        raise ConfigError(f"the text has only {ids.shape[1]} tokens, fewer than one window of seqlen={seqlen}: "
+                          "pass more text or a smaller seqlen")
     if nsamples is not None:
         if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 1:
             raise ConfigError(f"nsamples={nsamples!r} is invalid: it must be an integer >= 1, or None for all {total} windows")

@@ -13,13 +13,14 @@ import gguf
 
 from .config import ConfigError
 from .data import check_remote_code, remote_code_refusal, load_tokenizer
+from .parts import locate
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'GGUF_MAGIC', 'PRUNABLE_GGUF_ARCHS', 'GGUFError', 'is_gguf_file', 'resolve_gguf', 'find_gguf',
            'smollm2_gguf_path', 'read_gguf', 'load_model_and_tokenizer', 'gguf_source', 'is_gguf_quantized',
-           'serializable', 'gguf_layout', 'check_save_gguf', 'write_pruned_gguf']
+           'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'write_pruned_gguf']
 
 # %% ../nbs/10_gguf.ipynb #cf24d44c
 class GGUFError(ConfigError):
@@ -219,11 +220,33 @@ def check_save_gguf(dst:str|Path,         # the GGUF file to write
         raise FileExistsError(f"save_gguf={str(dst)!r} already exists; choose another name or pass overwrite=True (--overwrite)")
     return dst
 
+# %% ../nbs/10_gguf.ipynb #7c3a9e11
+def check_gguf_model(model,              # the pruned model the GGUF file is meant to hold
+                     src:Path,           # the source GGUF file
+                     dst:Path,           # the GGUF file to write
+                     block_count:int,    # the source file's block count
+                     deleted:set,        # the blocks to drop, in the source file's numbering
+                    ):
+    "Refuse a `model` that the pruned copy of `src` would not hold: a healed one, or one with another layer count."
+    healed = getattr(getattr(model, "config", None), "depthprune_healed", None)
+    if healed:
+        steps = healed.get("steps", "?") if isinstance(healed, dict) else "?"
+        raise ConfigError(f"model was healed ({steps} LoRA steps; config.depthprune_healed), so its kept blocks are no "
+                          f"longer the bytes of {src.name}: save_gguf={str(dst)!r} would copy those bytes and silently "
+                          "lose the fine-tune. Save the healed model with save_pruned(model, save_dir) (--save_dir on "
+                          "the command line) instead; llama.cpp's convert_hf_to_gguf.py makes a GGUF of that folder")
+    have, want = locate(model).num_layers, block_count - len(deleted)
+    if have != want:
+        raise ConfigError(f"model has {have} decoder layers, but {src.name} has block_count={block_count} and "
+                          f"deleted_layers={sorted(deleted)} leaves {want}: pass the pruned model the file is meant to "
+                          "hold, and the layers deleted from it in the source file's numbering")
+
 # %% ../nbs/10_gguf.ipynb #18914ddc
 def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the search ran on)
                       dst:str|Path,        # the GGUF file to write
                       deleted_layers:list, # decoder layers to drop, in the source file's numbering
                       overwrite:bool=False,# allow replacing an existing `dst`
+                      model=None,          # the pruned model the file is meant to hold: checked by `check_gguf_model` if given
                      )->Path:
     "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte, metadata updated."
     from depthprune_nb.pruner import check_layer_indices
@@ -231,6 +254,7 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
     reader = read_gguf(src)
     layout = gguf_layout(reader)
     deleted = set(check_layer_indices(list(deleted_layers), layout["block_count"], "deleted_layers"))
+    if model is not None: check_gguf_model(model, src, dst, layout["block_count"], deleted)
     new_idx = {old: new for new, old in enumerate(i for i in range(layout["block_count"]) if i not in deleted)}
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent); os.close(fd)

@@ -4,12 +4,15 @@
 
 # %% ../nbs/04a_heal.ipynb #e82561e8
 from __future__ import annotations
-import logging, time
+import logging, os, time
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import ConfigError
+from .data import cut_windows
 from .parts import ModelParts, locate
 from .search import check_data
 
@@ -24,21 +27,53 @@ def lora_targets(parts:ModelParts)->list:
     return sorted({name.rpartition(".")[2] for layer in parts.layers
                    for name, m in layer.named_modules() if isinstance(m, nn.Linear)})
 
+# %% ../nbs/04a_heal.ipynb #5b1e7c25
+def _names_file(s:str)->bool:
+    "True if `s` is the name of an existing file (what a text almost never is, and a mistaken file name always is)."
+    if "\n" in s or len(s) > 4096: return False
+    try: return Path(s).is_file()
+    except (OSError, ValueError): return False
+
+# %% ../nbs/04a_heal.ipynb #5b1e7c21
+def _training_windows(data, tokenizer, seqlen:int|None, model:nn.Module)->list:
+    "`data` as `[1, seqlen]` windows: windows as given; text (a `str`, or the file an `os.PathLike` names) tokenized and cut."
+    if not isinstance(data, (str, os.PathLike)):
+        got = data[0].shape[-1] if isinstance(data, (list, tuple)) and data and isinstance(data[0], torch.Tensor) else None
+        if seqlen is not None and got is not None and got != seqlen:
+            raise ConfigError(f"seqlen={seqlen!r} does not match the windows given ({got} tokens each): seqlen is for "
+                              "cutting text; leave it out when passing windows")
+        return data
+    if isinstance(data, os.PathLike):
+        if not Path(data).is_file(): raise FileNotFoundError(f"data={str(data)!r} is a path, but not of an existing file")
+        data = Path(data).read_text(encoding="utf-8")
+    elif _names_file(data):
+        raise ConfigError(f"data={data!r} is a str, which heal trains on as text, but it names an existing file: pass "
+                          f"Path({data!r}) to train on the file's contents")
+    if tokenizer is None:
+        raise ConfigError(f"data is text ({len(data):,} characters) but tokenizer=None: pass tokenizer=<the model's tokenizer> "
+                          "(e.g. from load_model_and_tokenizer), or pass token windows (a list of LongTensor[1, seqlen])")
+    if seqlen is None: seqlen = min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
+    ids = tokenizer(data, return_tensors="pt", verbose=False).input_ids
+    return cut_windows(ids, seqlen, progress=False)
+
 # %% ../nbs/04a_heal.ipynb #fa65e2e9
 def heal(model:nn.Module,            # a (pruned) causal LM
-         windows:list,               # training windows, `LongTensor[1, seqlen]`: calibration text, never evaluation text
-         steps:int=50,               # optimizer steps, one window each (cycling through `windows`)
+         data,                       # what to train on: token windows `[1, seqlen]`, text (`str`), or a text file (`Path`); calibration text, never evaluation text
+         steps:int=50,               # optimizer steps, one window each (cycling through the windows)
          lr:float=3e-4,              # AdamW learning rate for the adapters
          rank:int=8,                 # LoRA rank
          alpha:int=16,               # LoRA scaling numerator (`lora_alpha`)
          parts:ModelParts|None=None, # located parts; detected if None
          seed:int=0,                 # seed for the adapters' initialization
          progress:bool=True,         # show a tqdm bar
+         tokenizer=None,             # tokenizes `data` when it is text; required then, unused for windows
+         seqlen:int|None=None,       # tokens per window cut from text; None: the model's positions, at most 2048 (the CLI's default)
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
-    "LoRA fine-tune on `windows`, adapters merged into the weights; the model comes back in eval mode."
+    "LoRA fine-tune on `data`, adapters merged into the weights; the model comes back in eval mode."
     try: from peft import LoraConfig, get_peft_model
     except ImportError as e: raise ImportError("heal() needs peft, an optional dependency: pip install peft") from e
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise ValueError(f"steps={steps!r} must be an integer >= 1")
+    windows = _training_windows(data, tokenizer, seqlen, model)
     check_data(windows, model)
     parts = parts or locate(model)
     grad = {n: p.requires_grad for n, p in model.named_parameters()}

@@ -1,11 +1,7 @@
 "The `depthprune` console script end to end, as the README tells a newcomer to run it."
 import json, subprocess, sys
-from pathlib import Path
 
 import pytest
-
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
-needs_text = pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
 
 
 def depthprune(*args):
@@ -19,10 +15,9 @@ def tiny_opt(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("models") / "opt", family="opt", num_layers=6)
 
 
-@needs_text
-def test_prunes_saves_and_the_saved_model_generates(tiny_opt, tmp_path):
+def test_prunes_saves_and_the_saved_model_generates(tiny_opt, tmp_path, wikitext):
     out = tmp_path / "out"
-    r = depthprune("--model_dir", tiny_opt, "--text_file", TEXT, "--delete_layer_num", 2, "--save_dir", out,
+    r = depthprune("--model_dir", tiny_opt, "--text_file", wikitext, "--delete_layer_num", 2, "--save_dir", out,
                    "--nsamples", 24, "--quiet", "--prompt", "The tower is")
     assert r.returncode == 0, r.stderr
     assert "<- best" in r.stdout and "prune ratio" in r.stdout and "generation:" in r.stdout
@@ -41,14 +36,13 @@ def test_prunes_saves_and_the_saved_model_generates(tiny_opt, tmp_path):
     assert a.shape[1] == ids.shape[1] + 8 and torch.equal(a, b)
 
 
-@needs_text
-def test_json_config_and_explicit_layers(tiny_opt, tmp_path):
+def test_json_config_and_explicit_layers(tiny_opt, tmp_path, wikitext):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"delete_layer_num": 1, "model_decoder_layers": "model.decoder.layers",
                                "layer_norm_field": "model.decoder.final_layer_norm",
                                "layer_num_field": "num_hidden_layers", "save_gpu_memory": True,
                                "delete_layers_index": [0, 5]}))
-    r = depthprune("--model_dir", tiny_opt, "--text_file", TEXT, "--config", cfg, "--nsamples", 4,
+    r = depthprune("--model_dir", tiny_opt, "--text_file", wikitext, "--config", cfg, "--nsamples", 4,
                    "--result_json", tmp_path / "r.json", "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r.json").read_text())["deleted_layers"] == [0, 5]

