@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError
 from .data import cut_windows
 from .parts import ModelParts, locate
-from .search import check_data
+from .ppl import check_data
 
 log = logging.getLogger(__name__)
 
