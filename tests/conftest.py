@@ -5,6 +5,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,9 @@ def wikitext()->Path:
     "The local WikiText-2 test text (../shared/data beside the checkout); a test that asks for it is skipped where it is absent."
     if not WIKITEXT.exists(): pytest.skip(f"WikiText-2 test text not found at {WIKITEXT}")
     return WIKITEXT
+
+
+def depthprune(*args, env:dict|None=None, timeout:int=900)->subprocess.CompletedProcess:
+    "Run the command line (`depthprune_nb.cli.main`) in a fresh Python, as a user's shell would; output captured as text."
+    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})

@@ -2,11 +2,7 @@
 import json, subprocess, sys
 
 import pytest
-
-
-def depthprune(*args):
-    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+from conftest import depthprune
 
 
 @pytest.fixture(scope="module")

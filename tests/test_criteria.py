@@ -12,6 +12,7 @@ from depthprune_nb.ppl import perplexity
 from depthprune_nb.result import PruneResult
 from depthprune_nb.surgery import temporarily_deleted
 from depthprune_nb.testing import save_tiny_model
+from conftest import depthprune
 
 METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb")
 
@@ -217,10 +218,6 @@ def test_real_text_split_shares_no_window(tmp_path, wikitext):
 
 
 # --- the command line ------------------------------------------------------------------------------
-
-def depthprune(*args):
-    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
 
 
 def test_cli_defaults_to_the_honest_split_and_eval_0_is_the_reference(opt_dir, tmp_path, wikitext):

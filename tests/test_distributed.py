@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+from conftest import WIKITEXT as TEXT
 needs_text = pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--delete_layer_num", "2", "--nsamples", "6", "--seqlen", "48", "--quiet"]

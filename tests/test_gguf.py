@@ -6,11 +6,7 @@ import torch
 
 from depthprune_nb.gguf import read_gguf, load_model_and_tokenizer, write_pruned_gguf, smollm2_gguf_path, GGUFError
 from depthprune_nb.testing import save_tiny_gguf
-
-
-def depthprune(*args):
-    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
-                          capture_output=True, text=True, timeout=900)
+from conftest import depthprune
 
 
 def logits_and_generation(model, ids):
@@ -84,7 +80,6 @@ def test_unknown_architecture_is_refused(tmp_path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(GGUFError, match="gemma2"): write_pruned_gguf(tmp_path / "g.gguf", tmp_path / "o.gguf", [1])
     assert not (tmp_path / "o.gguf").exists()
-
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("peft") is None, reason="peft is not installed (pip install peft)")

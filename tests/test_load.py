@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from depthprune_nb.engine import fast_search
 from depthprune_nb.testing import save_tiny_model
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+from conftest import WIKITEXT as TEXT
 RUNS = int(os.environ.get("DEPTHPRUNE_LOAD_RUNS", "10"))           # 50 for the full check
 WINDOWS = int(os.environ.get("DEPTHPRUNE_LOAD_WINDOWS", "160"))    # 1000 or more for the full check
 

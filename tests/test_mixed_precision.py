@@ -22,7 +22,7 @@ from depthprune_nb.testing import FAMILIES, save_tiny_model
 from test_engine import _trained_llama  # the same briefly trained tiny Llama as the engine tests
 
 L, SEQLEN, NSAMPLES = 4, 16, 3
-TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+from conftest import WIKITEXT as TEXT
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ import nbdev.test as nbt  # imported as a module so pytest does not collect `tes
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
-TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+from conftest import WIKITEXT as TEXT
 NOTEBOOKS = sorted(p for p in NBS.rglob("*.ipynb")
                    if not any(part.startswith(("_", ".")) for part in p.relative_to(NBS).parts))
 

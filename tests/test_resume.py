@@ -101,7 +101,7 @@ def test_a_damaged_checkpoint_is_refused(setup, tmp_path):
         with pytest.raises(ConfigError, match=msg): resume(model, data[:4], tmp_path)
 
 
-TEXT = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+from conftest import WIKITEXT as TEXT
 
 
 @pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")

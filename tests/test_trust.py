@@ -4,13 +4,8 @@ from pathlib import Path
 
 import pytest
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+from conftest import WIKITEXT as TEXT, depthprune
 needs_text = pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
-
-
-def depthprune(*args, env=None):
-    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+from conftest import WIKITEXT as TEXT
 
 
 @pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
