@@ -35,13 +35,13 @@ def main(argv=None):
     p.add_argument("--append", action="store_true", help="keep the rows already in --out")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from compare_criteria import GGUF_DIR, GGUF_NAME, load_smollm2  # same model, same loader
+    from compare_criteria import load_smollm2  # same model, same loader
     comp = json.loads((HERE / "smollm2.json").read_text())
     meta, picks = comp["meta"], {r["n"]: r["deleted_layers"] for r in comp["rows"] if r["method"] == a.method}
     picks[0] = []  # the control: the same fine-tune on the unpruned model
     rows, t_start = json.loads(Path(a.out).read_text())["rows"] if a.append else [], time.perf_counter()
     for n in a.ns:
-        model, tok = load_smollm2(GGUF_DIR, GGUF_NAME)
+        model, tok = load_smollm2()
         train, held = get_calib_eval_datasets(None, "cpu", meta["seqlen"], text_file=a.text_file, tokenizer=tok,
                                               nsamples=a.train_windows, eval_nsamples=meta["eval_windows"])
         unpruned = perplexity(model, held)
