@@ -27,7 +27,7 @@ from depthprune_nb.data import get_calib_eval_datasets
 from depthprune_nb.gguf import load_model_and_tokenizer, smollm2_gguf_path
 from depthprune_nb.parts import locate
 from depthprune_nb.pruner import layer_importance
-from depthprune_nb.search import ppl_deleting
+from depthprune_nb.ppl import ppl_deleting
 from depthprune_nb.sleb import sleb_prefix
 
 HERE = Path(__file__).resolve().parent

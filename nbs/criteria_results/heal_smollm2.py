@@ -14,7 +14,7 @@ import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
 from depthprune_nb.heal import heal
-from depthprune_nb.search import perplexity
+from depthprune_nb.ppl import perplexity
 from depthprune_nb.surgery import delete_layers
 
 HERE = Path(__file__).resolve().parent
