@@ -246,7 +246,7 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
                       dst:str|Path,        # the GGUF file to write
                       deleted_layers:list, # decoder layers to drop, in the source file's numbering
                       overwrite:bool=False,# allow replacing an existing `dst`
-                      model=None,          # the pruned model the file is meant to hold: checked by `check_gguf_model` if given
+                      model=None,          # the pruned model the file is meant to hold: checked by check_gguf_model if given
                      )->Path:
     "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte, metadata updated."
     from depthprune_nb.pruner import check_layer_indices
