@@ -255,7 +255,8 @@ def plan_from_args(args)->dict:
     fp32 = args.dtype == "float32" or (args.dtype == "auto" and stored == "float32")
     world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     p = plan_search(conf, cfg.delete_layer_num, args.nsamples, seqlen, engine=args.engine,
-                    save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2)
+                    save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2,
+                    method=cfg.method)
     print(p)
     return p.to_dict()
 

@@ -8,11 +8,11 @@ import json, math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, METHODS
 
 # %% auto #0
-__all__ = ['UNGATED', 'read_config', 'ModelShape', 'model_shape', 'layer_flops', 'head_flops', 'layer_bytes', 'pass_counts',
-           'Plan', 'plan_search', 'call_count', 'fit_rate']
+__all__ = ['UNGATED', 'ONE_PASS', 'read_config', 'ModelShape', 'model_shape', 'layer_flops', 'head_flops', 'layer_bytes',
+           'pass_counts', 'criterion_passes', 'report_passes', 'Plan', 'plan_search', 'call_count', 'fit_rate']
 
 # %% ../nbs/03f_plan.ipynb #ce28c820
 _FIELDS = dict(
@@ -127,6 +127,23 @@ def pass_counts(L:int, n:int, N:int, engine:str="fast", keep_exact:int=3)->dict:
         if final: return dict(layer_passes=lp, head_passes=hp)
         live, k = max(keep_exact, math.ceil(live / 2)), 2 * k
 
+ONE_PASS = ("angular", "angular_all", "block_influence") # criteria that choose from one plain forward per window
+
+def criterion_passes(L:int, n:int, N:int, method:str="ppl_window", engine:str="fast")->dict:
+    "Layer and head passes of the choice `method` makes over `N` windows (a one-pass criterion's PPL report not included)."
+    if method == "ppl_window": return pass_counts(L, n, N, engine)
+    if method in ONE_PASS: return dict(layer_passes=L * N, head_passes=N)
+    if method == "sleb":  # round r: an exact one-layer search over the L - r layers still there
+        rounds = [pass_counts(L - r, 1, N, engine) for r in range(n)]
+        return {k: sum(r[k] for r in rounds) for k in ("layer_passes", "head_passes")}
+    raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
+
+def report_passes(L:int, n:int, N:int, method:str)->dict:
+    "Passes a one-pass criterion spends after choosing: calibration PPL of the unpruned model, its pick and its runner-up."
+    if method not in ONE_PASS: return dict(layer_passes=0, head_passes=0)
+    runner_up = method != "block_influence" or n < L - 1
+    return dict(layer_passes=N * (2 * L - n + (L - n if runner_up else 0)), head_passes=N * (3 if runner_up else 2))
+
 # %% ../nbs/03f_plan.ipynb #49cd21b9
 @dataclass
 class Plan:
@@ -134,7 +151,7 @@ class Plan:
     model_type:str; num_layers:int; n:int; nsamples:int; seqlen:int; engine:str
     world_size:int           # ranks sharing the samples
     samples_per_rank:int     # the largest rank's share
-    windows:int              # candidate windows, L - n + 1
+    windows:int              # candidates the criterion scores (windows L - n + 1; layers L for block_influence and sleb's first round)
     chunk_size:int           # samples per layer-major sweep
     layer_passes:int         # per rank: one decoder layer on one window
     head_passes:int          # per rank: the head on one window
@@ -153,6 +170,9 @@ class Plan:
     est_s:float|None         # estimated time at `tflops`
     brute_force_est_s:float|None
     notes:list=field(default_factory=list)
+    method:str="ppl_window"  # the criterion (`layer_importance(method=...)`)
+    report_layer_passes:int=0 # per rank: a one-pass criterion's calibration PPL report, after its choice (in flops and time)
+    report_head_passes:int=0
 
     def to_dict(self)->dict: return asdict(self)
 
@@ -173,8 +193,28 @@ def _seconds(flops, calls, moved, tflops, call_overhead_s, h2d_gbps):
     return flops / (tflops * 1e12) + calls * call_overhead_s + moved / (h2d_gbps * 1e9)
 
 # %% ../nbs/03f_plan.ipynb #33696001
+def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, chunk_size, budget, act:int)->dict:
+    "Passes, report passes, calls, sample chunk, weight moves (mix mode) and peak activations of the planned criterion."
+    rep = report_passes(L, n, Nr, method)
+    if method in ONE_PASS:  # one plain forward per window, its L + 1 hidden states held by captured_stream
+        mine = criterion_passes(L, n, Nr, method)
+        lp, hp = mine["layer_passes"] + rep["layer_passes"], mine["head_passes"] + rep["head_passes"]
+        held = (L + 1) * T * s.hidden * act + min(1 << 30, T * s.vocab * 4) + T * max(s.inter, s.experts_per_tok * s.moe_inter) * 2 * act
+        return dict(mine=mine, report=rep, calls=lp + hp, chunk=1, moves=lp, act=held)
+    rounds = [(L, n)] if method == "ppl_window" else [(L - r, 1) for r in range(n)]  # sleb: one 1-layer search per round
+    out = dict(mine=criterion_passes(L, n, Nr, method, engine), report=rep, calls=0.0, chunk=None, moves=0, act=0)
+    for Lr, nr in rounds:
+        W = Lr - nr + 1
+        chunk = _chunk(Nr, chunk_size, budget, (W + nr + 3) * T * s.hidden * act)
+        c = pass_counts(Lr, nr, Nr, engine)
+        out["calls"] += (c["layer_passes"] + c["head_passes"]) / (1 if engine == "reference" else chunk)
+        out["moves"] += c["layer_passes"] if engine == "reference" else math.ceil(Nr / chunk) * Lr
+        out["act"] = max(out["act"], _activation_bytes(s, W, nr, chunk, T, act))
+        out["chunk"] = out["chunk"] or chunk
+    return out
+
 def plan_search(config_or_path,            # model folder, config.json path, dict or `PretrainedConfig`: no weights read
-                n:int,                     # layers per window (`delete_layer_num`)
+                n:int,                     # layers to delete (`delete_layer_num`)
                 nsamples:int,              # calibration windows
                 seqlen:int,                # tokens per window
                 engine:str="fast",         # "fast", "reference" or "approx"
@@ -185,7 +225,8 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
                 chunk_size:int|None=None,  # samples per sweep; the engine's default (at most 8) if None
                 call_overhead_s:float=0.0, # fixed cost of one layer or head call (matters only for tiny models)
                 h2d_gbps:float=25.0,       # host -> device bandwidth in mix mode, GB/s
-                memory_budget:int|None=None, # bytes of activations a rank may hold (the engine's `memory_budget`)
+                memory_budget:int|None=None, # bytes of activations a rank may hold (the engine's memory_budget)
+                method:str="ppl_window",   # the criterion: "ppl_window", "angular", "angular_all", "block_influence" or "sleb"
                )->Plan:
     "The cost of a search before running it: passes, FLOPs, memory, weight moves and time, beside the brute force."
     s = model_shape(config_or_path)
@@ -194,26 +235,38 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
     W = len(candidate_starts(L, n))
     for k, v in dict(nsamples=nsamples, seqlen=seqlen, world_size=world_size).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ConfigError(f"{k}={v!r} must be a positive integer")
-    Nr = math.ceil(nsamples / world_size)
-    chunk = _chunk(Nr, chunk_size, memory_budget, (W + n + 3) * seqlen * s.hidden * dtype_bytes)
-    mine, brute = pass_counts(L, n, Nr, engine), pass_counts(L, n, Nr, "reference")
+    if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
+    if engine not in ("fast", "reference", "approx"): pass_counts(L, n, 1, engine)  # the engine's own error
+    Nr = nsamples if method in ONE_PASS else math.ceil(nsamples / world_size)
+    c = _costs(s, L, n, Nr, seqlen, method, engine, chunk_size, memory_budget, dtype_bytes)
+    mine, rep = c["mine"], c["report"]
+    brute = criterion_passes(L, n, Nr, "sleb" if method == "sleb" else "ppl_window", "reference")
     lf, hf = layer_flops(s, seqlen), head_flops(s, seqlen)
-    flops = lambda c: c["layer_passes"] * lf + c["head_passes"] * hf
+    flops = lambda p: p["layer_passes"] * lf + p["head_passes"] * hf
     lb = layer_bytes(s, dtype_bytes)
     bmoves = brute["layer_passes"] if save_gpu_memory else 0     # layers_offloaded: every layer call moves its layer
-    moves = (bmoves if engine == "reference" else math.ceil(Nr / chunk) * L) if save_gpu_memory else 0
-    calls = (mine["layer_passes"] + mine["head_passes"]) / (1 if engine == "reference" else chunk)
+    moves = c["moves"] if save_gpu_memory else 0
     bcalls = brute["layer_passes"] + brute["head_passes"]
     notes = []
-    if engine == "approx": notes.append("approx: passes follow approx_search's default schedule with average windows")
-    if nsamples % world_size: notes.append(f"{nsamples} samples do not split evenly over {world_size} ranks")
-    return Plan(s.model_type, L, n, nsamples, seqlen, engine, world_size, Nr, W, chunk,
-                mine["layer_passes"], mine["head_passes"], flops(mine),
+    if engine == "approx" and method in ("ppl_window", "sleb"): notes.append("approx: passes follow approx_search's default schedule with average windows")
+    if method in ONE_PASS:
+        notes.append(f"{method}: one forward per window to choose, then {rep['layer_passes']:,} layer and {rep['head_passes']:,} "
+                     "head passes to report the calibration PPL of the unpruned model, the pick and its runner-up (in FLOPs and time)")
+        if world_size > 1: notes.append(f"{method} does not share windows over ranks: each rank runs all {nsamples}")
+    if method == "sleb": notes.append(f"sleb: {n} rounds, each an exact one-layer search over the layers left; brute force: "
+                                      "each round with the reference engine")
+    if method != "sleb" and method != "ppl_window": notes.append(f"brute force: the reference's window search for n={n}")
+    if nsamples % world_size and method not in ONE_PASS: notes.append(f"{nsamples} samples do not split evenly over {world_size} ranks")
+    cand = L if method in ("block_influence", "sleb") else W
+    total = dict(layer_passes=mine["layer_passes"] + rep["layer_passes"], head_passes=mine["head_passes"] + rep["head_passes"])
+    return Plan(s.model_type, L, n, nsamples, seqlen, engine, world_size, Nr, cand, c["chunk"],
+                mine["layer_passes"], mine["head_passes"], flops(total),
                 brute["layer_passes"], brute["head_passes"], flops(brute),
-                int(L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)), _activation_bytes(s, W, n, chunk, seqlen, dtype_bytes),
+                int(L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)), c["act"],
                 save_gpu_memory, moves, bmoves, moves * lb, bmoves * lb, tflops,
-                _seconds(flops(mine), calls, moves * lb, tflops, call_overhead_s, h2d_gbps),
-                _seconds(flops(brute), bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes)
+                _seconds(flops(total), c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
+                _seconds(flops(brute), bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes,
+                method, rep["layer_passes"], rep["head_passes"])
 
 # %% ../nbs/03f_plan.ipynb #5641dd2f
 def _si(x:float, unit:str="")->str:
@@ -226,12 +279,15 @@ def _dur(s:float|None)->str:
     return f"{s:.3g} s" if s < 120 else f"{s / 60:.3g} min" if s < 7200 else f"{s / 3600:.3g} h"
 
 def _plan_table(self:Plan)->str:
-    rows = [f"plan: {self.model_type}, {self.num_layers} layers, delete {self.n} ({self.windows} windows); "
+    by = f"delete {self.n} ({self.windows} windows)" if self.method == "ppl_window" else \
+         f"delete {self.n} by {self.method} ({self.windows} candidates{' in round 1' if self.method == 'sleb' else ''})"
+    rows = [f"plan: {self.model_type}, {self.num_layers} layers, {by}; "
             f"{self.nsamples} samples x {self.seqlen} tokens over {self.world_size} rank(s) "
             f"({self.samples_per_rank} per rank, chunks of {self.chunk_size})",
-            f"{'per rank':<26}{self.engine:>16}{'brute force':>16}",
+            f"{'per rank':<26}{self.engine if self.method == 'ppl_window' else self.method:>16}{'brute force':>16}",
             f"{'layer passes':<26}{self.layer_passes:>16,}{self.brute_force_layer_passes:>16,}",
             f"{'head passes':<26}{self.head_passes:>16,}{self.brute_force_head_passes:>16,}",
+            *([f"{'+ PPL report passes':<26}{self.report_layer_passes:>16,}{'':>16}"] if self.report_layer_passes else []),
             f"{'FLOPs':<26}{_si(self.flops):>16}{_si(self.brute_force_flops):>16}"]
     if self.mix_mode:
         rows.append(f"{'weight moves (mix mode)':<26}{self.weight_moves:>16,}{self.brute_force_weight_moves:>16,}")
@@ -247,7 +303,7 @@ Plan._repr_pretty_ = lambda self, p, cycle: p.text(_plan_table(self))
 # %% ../nbs/03f_plan.ipynb #f3cddbdd
 def call_count(p:Plan)->float:
     "Layer and head calls of the planned search: the fast engine calls once per sample chunk, the brute force once per sample."
-    return (p.layer_passes + p.head_passes) / (1 if p.engine == "reference" else p.chunk_size)
+    return (p.layer_passes + p.head_passes) / (1 if p.engine == "reference" else p.chunk_size)  # the window search's
 
 def fit_rate(runs:list, # (plan, measured seconds) pairs from short runs on the machine to calibrate
             )->tuple:   # (effective TFLOP/s, {engine: seconds per call})

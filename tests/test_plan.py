@@ -66,3 +66,41 @@ def test_cli_plan_reads_config_json_alone(tiny, tmp_path, capsys, monkeypatch):
     assert "20 per rank" in out and "layer passes" in out and "brute force" in out and "time at 0.05 TFLOP/s" in out
     assert cli.main(["--model_dir", str(only), "--plan", "--delete_layer_num", "5", "--nsamples", "4"]) == 2
     assert "delete_layer_num=5 is invalid for a model with 5 decoder layers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["angular", "angular_all", "block_influence", "sleb"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_every_criterion_passes_equal_its_run(tiny, method, n):
+    from depthprune_nb.pruner import layer_importance
+    path, model, data = tiny
+    st = layer_importance(model, data, n, method=method, progress=False).stats
+    p = plan_search(path, n, len(data), 24, method=method)
+    assert (p.layer_passes, p.head_passes) == (st["layer_passes"], st["head_passes"])
+    assert (p.report_layer_passes, p.report_head_passes) == (st.get("report_layer_passes", 0), st.get("report_head_passes", 0))
+
+
+def test_sleb_brute_force_is_its_rounds_with_the_reference_engine(tiny):
+    from depthprune_nb.pruner import layer_importance
+    path, model, data = tiny
+    st = layer_importance(model, data, 2, method="sleb", engine="reference", progress=False).stats
+    p = plan_search(path, 2, len(data), 24, method="sleb")
+    assert (p.brute_force_layer_passes, p.brute_force_head_passes) == (st["layer_passes"], st["head_passes"])
+
+
+def test_one_pass_criteria_are_not_shared_over_ranks_and_sleb_is():
+    cfg = dict(model_type="llama", num_hidden_layers=8, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=100)
+    bi1, bi4 = (plan_search(cfg, 2, 64, 128, world_size=w, method="block_influence") for w in (1, 4))
+    assert bi4.layer_passes == bi1.layer_passes and any("each rank runs all 64" in x for x in bi4.notes)
+    s1, s4 = (plan_search(cfg, 2, 64, 128, world_size=w, method="sleb") for w in (1, 4))
+    assert s4.layer_passes * 4 == s1.layer_passes
+    with pytest.raises(ValueError, match="valid methods"): plan_search(cfg, 2, 64, 128, method="magic")
+
+
+def test_cli_plan_follows_method(tiny, tmp_path, capsys):
+    from depthprune_nb import cli
+    only = tmp_path / "only-config"; only.mkdir()
+    shutil.copy(tiny[0] / "config.json", only / "config.json")
+    assert cli.main(["--model_dir", str(only), "--plan", "--delete_layer_num", "2", "--nsamples", "8", "--seqlen", "32",
+                     "--method", "sleb"]) == 0
+    out = capsys.readouterr().out
+    assert "delete 2 by sleb" in out and "2 rounds" in out
