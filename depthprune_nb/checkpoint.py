@@ -16,8 +16,9 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORMAT', 'weights_digest', 'data_digest', 'search_fingerprint', 'write_atomic', 'read_checkpoint',
-           'SearchCheckpoint']
+__all__ = ['log', 'FORMAT', 'KINDS', 'weights_digest', 'data_digest', 'model_fingerprint', 'search_fingerprint', 'state_path',
+           'write_atomic', 'write_state', 'read_checkpoint', 'check_kind', 'open_state', 'SearchCheckpoint',
+           'checkpoint_refusal']
 
 # %% ../nbs/03g_checkpoint.ipynb #058fcd0f
 def weights_digest(model:nn.Module)->str:
@@ -42,18 +43,32 @@ def _config_text(model)->str:
     for k in ("transformers_version", "_name_or_path", "name_or_path"): d.pop(k, None)
     return json.dumps(d, sort_keys=True, default=str)
 
+def model_fingerprint(model:nn.Module, # the model as the search runs it
+                      data:list,       # its calibration windows
+                     )->dict:
+    "The model (config, weights digest), the data (digest, count, length) and this process's rank: what every search depends on."
+    from depthprune_nb import distributed
+    return dict(model_config=hashlib.sha256(_config_text(model).encode()).hexdigest(), weights=weights_digest(model),
+                data=data_digest(data), samples=len(data), seqlen=int(data[0].shape[-1]),
+                rank=distributed.rank(), world_size=distributed.world_size())
+
 def search_fingerprint(eng)->dict:
     "What makes two searches the same search: model, weights, data, n, engine, criterion, chunking and this rank's place."
-    from depthprune_nb import distributed
-    return dict(model_config=hashlib.sha256(_config_text(eng.model).encode()).hexdigest(),
-                weights=weights_digest(eng.model), data=data_digest(eng.data), samples=eng.N, seqlen=eng.seqlen,
-                n=eng.n, engine=eng.name, criterion="perplexity: exp(mean per-window NLL)", chunk_size=eng.chunk,
-                rank=distributed.rank(), world_size=distributed.world_size())
+    return dict(model_fingerprint(eng.model, eng.data), n=eng.n, engine=eng.name,
+                criterion="perplexity: exp(mean per-window NLL)", chunk_size=eng.chunk)
 
 # %% ../nbs/03g_checkpoint.ipynb #a38d98a4
 FORMAT = "depthprune search checkpoint"
 
 def _digest(payload:dict)->str: return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+def state_path(folder:Path, # the checkpoint folder
+               stem:str,    # the kind of state: "search_state" or "sleb_state"
+              )->Path:
+    "The state file in `folder`: `stem`.json, or under torchrun one per rank, `stem`.rank{r}of{w}.json."
+    from depthprune_nb import distributed
+    r, w = distributed.rank(), distributed.world_size()
+    return Path(folder) / (f"{stem}.json" if w == 1 else f"{stem}.rank{r}of{w}.json")
 
 def write_atomic(path:Path, text:str):
     "Write `text` to `path` so that a crash leaves the old file or the new one, never half of one: temp file, fsync, rename, fsync the folder."
@@ -65,6 +80,11 @@ def write_atomic(path:Path, text:str):
     fd = os.open(path.parent, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
+
+def write_state(path:Path, fingerprint:dict, state:dict):
+    "Save `state` with the `fingerprint` of its search, as a checksummed checkpoint file, atomically."
+    payload = dict(fingerprint=fingerprint, state=state)
+    write_atomic(path, json.dumps(dict(format=FORMAT, version=1, sha256=_digest(payload), payload=payload)))
 
 def read_checkpoint(path:Path)->dict:
     "The payload of a checkpoint file, after checking it is one, whole and unedited."
@@ -78,6 +98,40 @@ def read_checkpoint(path:Path)->dict:
                           "delete it to start the search over")
     return doc["payload"]
 
+# %% ../nbs/03g_checkpoint.ipynb #2a401cc4
+KINDS = {"search_state": "the window search (method 'ppl_window')", "sleb_state": "SLEB (method 'sleb')"}
+
+def _mismatch(saved:dict, now:dict)->list:
+    return [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+def check_kind(folder:Path, # the checkpoint folder
+               stem:str,    # this search's kind of state, a key of KINDS
+              ):
+    "Refuse a folder that holds another kind of search's checkpoint."
+    for other, what in KINDS.items():
+        if other != stem and any(Path(folder).glob(f"{other}*.json")):
+            raise ConfigError(f"the checkpoint folder {str(folder)!r} holds a checkpoint of {what}, but this search is "
+                              f"{KINDS[stem]}: choose another checkpoint folder (--checkpoint_dir)")
+
+def open_state(path:Path,        # the state file
+               fingerprint:dict, # this search's fingerprint
+               resume:bool,      # continue the search saved there; False refuses to overwrite one
+              )->dict|None:      # the saved state, or None: start from the beginning
+    "The state saved at `path` to resume from, refusing to overwrite one without `resume` and a different search's."
+    path = Path(path)
+    if not path.exists():
+        if resume: log.info("no checkpoint at %s: starting the search from the beginning", path)
+        return None
+    if not resume:
+        raise ConfigError(f"{str(path)!r} holds the checkpoint of a search: pass resume=True (--resume) to continue "
+                          "it, or delete it (or choose another checkpoint folder) to start over")
+    payload = read_checkpoint(path)
+    bad = _mismatch(payload.get("fingerprint", {}), fingerprint)
+    if bad:
+        raise ConfigError(f"the checkpoint {str(path)!r} is of a different search: {', '.join(bad)} changed. Resume "
+                          "with the same model, data and flags, or delete the checkpoint to start over")
+    return payload["state"]
+
 # %% ../nbs/03g_checkpoint.ipynb #a5a9ba3e
 class SearchCheckpoint:
     "Per-sample NLLs of the sample chunks done so far, saved atomically to `folder` as JSON, and read back to resume."
@@ -90,32 +144,17 @@ class SearchCheckpoint:
         self.fingerprint, self.saves = None, 0
 
     @property
-    def path(self)->Path:
-        from depthprune_nb import distributed
-        r, w = distributed.rank(), distributed.world_size()
-        return self.folder / ("search_state.json" if w == 1 else f"search_state.rank{r}of{w}.json")
+    def path(self)->Path: return state_path(self.folder, "search_state")
 
 # %% ../nbs/03g_checkpoint.ipynb #619f8742
-def _mismatch(saved:dict, now:dict)->list:
-    return [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
-
 @patch
 def begin(self:SearchCheckpoint, eng)->dict|None:
     "Fingerprint this search; return the saved state to resume from (None: start), refusing a different search's."
     self.fingerprint = search_fingerprint(eng)
     self.folder.mkdir(parents=True, exist_ok=True)
-    if not self.path.exists():
-        if self.resume: log.info("no checkpoint at %s: starting the search from the beginning", self.path)
-        return None
-    if not self.resume:
-        raise ConfigError(f"{str(self.path)!r} holds the checkpoint of a search: pass resume=True (--resume) to continue "
-                          "it, or delete it (or choose another checkpoint folder) to start over")
-    payload = read_checkpoint(self.path)
-    bad = _mismatch(payload.get("fingerprint", {}), self.fingerprint)
-    if bad:
-        raise ConfigError(f"the checkpoint {str(self.path)!r} is of a different search: {', '.join(bad)} changed. Resume "
-                          "with the same model, data and flags, or delete the checkpoint to start over")
-    st = payload["state"]
+    check_kind(self.folder, "search_state")
+    st = open_state(self.path, self.fingerprint, self.resume)
+    if st is None: return None
     log.info("resuming from %s: %d of %d sample chunks done", self.path, st["chunks_done"], st["chunks"])
     return dict(chunks_done=st["chunks_done"], base=st["base"], nlls={int(k): v for k, v in st["nlls"].items()},
                 proxy={int(k): v for k, v in st["proxy"].items()})
@@ -124,10 +163,9 @@ def begin(self:SearchCheckpoint, eng)->dict|None:
 def save(self:SearchCheckpoint, chunks_done:int, chunks:int, nlls:dict, base:list, proxy:dict, force:bool=False):
     "Save the state after `chunks_done` of `chunks` sample chunks (every `every` chunks, at the last, or if `force`)."
     if not (force or chunks_done == chunks or chunks_done % self.every == 0): return
-    payload = dict(fingerprint=self.fingerprint, state=dict(chunks_done=chunks_done, chunks=chunks, base=base,
-                                                            nlls={str(k): v for k, v in nlls.items()},
-                                                            proxy={str(k): v for k, v in proxy.items()}))
-    write_atomic(self.path, json.dumps(dict(format=FORMAT, version=1, sha256=_digest(payload), payload=payload)))
+    write_state(self.path, self.fingerprint, dict(chunks_done=chunks_done, chunks=chunks, base=base,
+                                                  nlls={str(k): v for k, v in nlls.items()},
+                                                  proxy={str(k): v for k, v in proxy.items()}))
     self.saves += 1
 
 # %% ../nbs/03g_checkpoint.ipynb #ee0467d7
@@ -136,3 +174,23 @@ def interrupted(self:SearchCheckpoint, done:int, chunks:int):
     "Say where the search stopped and how to go on (Ctrl-C)."
     log.warning(f"search interrupted after {done} of {chunks} sample chunks; progress saved to {self.path}. "
                 "Run the same command with --resume (or resume=True) to continue from there")
+
+# %% ../nbs/03g_checkpoint.ipynb #7b15d020
+def checkpoint_refusal(method:str="ppl_window", # the criterion
+                       engine:str="fast",       # the search engine
+                       early_abort:bool=False,  # the fast engine's early abort
+                       compute_dtype=None,      # a lower precision to compute the table in
+                      )->str|None:              # why these settings cannot be checkpointed; None when they can
+    "Why a search with these settings cannot save and resume its progress, or None when it can."
+    where = "checkpoint= (--checkpoint_dir)"
+    if method not in ("ppl_window", "sleb"):
+        return (f"{where} saves the perplexity searches, method 'ppl_window' or 'sleb'; method={method!r} runs one "
+                "forward pass, with nothing to resume: drop the checkpoint")
+    if engine != "fast" or early_abort:
+        return (f"{where} works with the exact fast engine only (engine 'fast' without early abort), not engine={engine!r}"
+                + (" with early_abort=True" if early_abort else "") + ": the reference engine is a cross-check, the "
+                "approximate mode and early abort are short by design")
+    if compute_dtype is not None:
+        return (f"{where} saves a search in the model's own dtype, so compute_dtype={compute_dtype!r} (--compute_dtype) "
+                "leaves nothing to resume: drop one of them")
+    return None

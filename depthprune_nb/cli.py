@@ -18,6 +18,7 @@ from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write
 from . import distributed
 from .config import METHODS
 from .data import get_calib_eval_datasets
+from .checkpoint import SearchCheckpoint, checkpoint_refusal
 
 log = logging.getLogger("depthprune_nb")
 
@@ -55,7 +56,7 @@ def build_parser()->argparse.ArgumentParser:
     a("--plan", action="store_true", help="print the search's cost (passes, FLOPs, memory, time) from config.json alone and exit")
     a("--tflops", type=float, default=None, help="--plan: effective TFLOP/s of one process, for the time estimate")
     a("--world_size", type=int, default=None, help="--plan: processes sharing the samples (default: $WORLD_SIZE or 1)")
-    a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk")
+    a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk (--method ppl_window or sleb)")
     a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
     a("--compute_dtype", default=None, choices=list(COMPUTE_DTYPES),
       help="search in this lower precision, then confirm the contenders in the model's own (default: the model's dtype)")
@@ -222,9 +223,9 @@ def checkpoint_kwargs(args)->dict:
     "The engine argument for `--checkpoint_dir`/`--resume`, after refusing combinations that cannot work."
     if args.resume and not args.checkpoint_dir: raise ConfigError("--resume needs --checkpoint_dir: the folder the search saved to")
     if not args.checkpoint_dir: return {}
-    if args.engine != "fast" or args.early_abort:
-        raise ConfigError("--checkpoint_dir works with the exact fast engine only (--engine fast without --early_abort)")
-    from depthprune_nb.checkpoint import SearchCheckpoint
+    cfg = algo_config_from_args(args)
+    why = checkpoint_refusal(cfg.method, args.engine, args.early_abort, cfg.compute_dtype)
+    if why: raise ConfigError(why)
     return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
 
 # %% ../nbs/08_cli.ipynb #4f528397

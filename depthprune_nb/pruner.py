@@ -18,6 +18,7 @@ from .search import reference_search, layers_offloaded, evaluate_result
 from .config import METHODS
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
+from .checkpoint import checkpoint_refusal
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,14 @@ def layer_importance(model:nn.Module,         # a causal LM
                      compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own
                      eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
                      method:str="ppl_window", # the criterion, one of `METHODS` (see below)
-                     **engine_kwargs,         # passed on to the engine (chunk sizes, memory budget, ...)
+                     **engine_kwargs,         # passed on to the engine (chunk sizes, memory budget, a checkpoint, ...)
                     )->PruneResult:
     "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
     if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
+    if engine_kwargs.get("checkpoint") is not None:
+        why = checkpoint_refusal(method, engine, early_abort)
+        if why: raise ConfigError(why)
     parts = parts or locate(model)
     candidate_starts(parts.num_layers, delete_layer_num)
     check_data(data, model)

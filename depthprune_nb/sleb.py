@@ -4,35 +4,49 @@
 
 # %% ../nbs/03d_sleb.ipynb #d3e42869
 from __future__ import annotations
-import contextlib, time
+import contextlib, logging, time
+from pathlib import Path
 
 from torch import nn
 
+from .checkpoint import SearchCheckpoint, checkpoint_refusal, check_kind, model_fingerprint
+from .checkpoint import open_state, state_path, write_state
+from .config import ConfigError
 from .parts import ModelParts, locate
 from .result import PruneResult, model_label, params_after_deleting, runner_up_window, criterion_setup
 from .search import reference_search
 from .surgery import temporarily_deleted
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['sleb_rounds', 'sleb_search', 'sleb_prefix']
+__all__ = ['log', 'sleb_rounds', 'sleb_search', 'sleb_prefix', 'sleb_fingerprint']
 
 # %% ../nbs/03d_sleb.ipynb #584bf457
 def _engine(name:str):
     from depthprune_nb import engine
     return {"fast": engine.fast_search, "reference": reference_search, "approx": engine.approx_search}[name]
 
-def sleb_rounds(model:nn.Module, data:list, n:int, parts:ModelParts, engine:str="fast", **kw)->list:
-    "Greedy removal: per round, the single-layer PPL table (original numbering) and the layer removed."
-    L, removed, rounds = parts.num_layers, [], []
-    for r in range(n):
+def sleb_rounds(model:nn.Module, data:list, n:int, parts:ModelParts, engine:str="fast",
+                checkpoint:SearchCheckpoint|None=None, **kw)->list:
+    "Greedy removal: per round, the single-layer PPL table (original numbering) and the layer removed; a `checkpoint` saves each."
+    L = parts.num_layers
+    rounds = [] if checkpoint is None else _saved_rounds(checkpoint, model, data, kw)[:n] # see "Resuming after a crash"
+    removed = [r["removed"] for r in rounds]
+    for r in range(len(rounds), n):
         t0, kept = time.perf_counter(), [i for i in range(L) if i not in removed]
+        ck = None if checkpoint is None else _round_checkpoint(checkpoint, r)
         with temporarily_deleted(model, removed, parts) if removed else contextlib.nullcontext():
-            res = _engine(engine)(model, data, 1, parts=parts, **kw)
+            try: res = _engine(engine)(model, data, 1, parts=parts, **kw, **({} if ck is None else dict(checkpoint=ck)))
+            except KeyboardInterrupt:
+                if ck is not None: _interrupted(checkpoint, r, n)
+                raise
         table = {kept[s]: v for s, v in res.ppl_by_start.items()}
         rounds.append(dict(removed=kept[res.best_start], ppl=res.best_ppl, before=res.baseline_ppl, table=table,
                            layer_passes=res.stats.get("layer_passes", 0), head_passes=res.stats.get("head_passes", 0),
-                           wall_s=time.perf_counter() - t0))
+                           wall_s=time.perf_counter() - t0, resumed=False))
         removed.append(kept[res.best_start])
+        if checkpoint is not None: _save_rounds(checkpoint, rounds)
     return rounds
 
 # %% ../nbs/03d_sleb.ipynb #42f998cf
@@ -59,17 +73,22 @@ def sleb_search(model:nn.Module,            # a causal LM
                 parts:ModelParts|None=None, # located parts; detected if None
                 engine:str="fast",          # the engine that scores each round: "fast" (exact), "reference", "approx"
                 progress:bool=True,         # show progress bars
+                checkpoint:SearchCheckpoint|None=None, # save each finished round, and the round in progress by sample chunk; resume from there
                 **engine_kwargs,            # passed on to the engine
                )->PruneResult:
     "SLEB (Song et al. 2024): `n` greedy rounds, each removing the layer whose removal gives the lowest calibration PPL."
     parts, L, N = criterion_setup(model, data, n, parts)
+    if checkpoint is not None:
+        why = checkpoint_refusal("sleb", engine, engine_kwargs.get("early_abort", False), engine_kwargs.get("compute_dtype"))
+        if why: raise ConfigError(why)
     t0 = time.perf_counter()
-    rounds = sleb_rounds(model, data, n, parts, engine, progress=progress, **engine_kwargs)
+    rounds = sleb_rounds(model, data, n, parts, engine, checkpoint, progress=progress, **engine_kwargs)
     st = dict(engine=f"sleb_{engine}", calib_windows=N, wall_s=time.perf_counter() - t0,
               removal_order=[r["removed"] for r in rounds], round_ppl=[r["ppl"] for r in rounds],
               round_layer_passes=[r["layer_passes"] for r in rounds], round_head_passes=[r["head_passes"] for r in rounds],
               round_wall_s=[r["wall_s"] for r in rounds],
               round_tables=[[[i, v] for i, v in sorted(r["table"].items())] for r in rounds])
+    if checkpoint is not None: st["rounds_resumed"] = sum(r["resumed"] for r in rounds)
     return _sleb_result(st, n, rounds[0]["before"], L, sum(p.numel() for p in model.parameters()), parts,
                         model_label(model), rounds[0]["table"])
 
@@ -83,3 +102,53 @@ def sleb_prefix(result:PruneResult,         # a sleb_search result for some n
     if not 1 <= k <= result.delete_layer_num: raise ValueError(f"k={k} must be between 1 and {result.delete_layer_num}")
     return _sleb_result(result.stats, k, result.baseline_ppl, result.num_layers_before, result.params_before,
                         parts or locate(model), result.model_name, result.scores)
+
+# %% ../nbs/03d_sleb.ipynb #d9c95c9f
+_SETTINGS = ("chunk_size", "memory_budget", "call_tokens", "head_batch") # engine arguments that can change the bits
+
+def sleb_fingerprint(model:nn.Module, # the unpruned model
+                     data:list,       # calibration windows
+                     engine_kwargs:dict, # the arguments the rounds' engine gets
+                    )->dict:
+    "What makes two SLEB runs the same run, whatever their `n`: unpruned model, data, engine and its settings."
+    return dict(model_fingerprint(model, data), engine="fast_exact", criterion="sleb: greedy removal by perplexity",
+                save_gpu_memory=bool(engine_kwargs.get("save_gpu_memory")), **{k: engine_kwargs.get(k) for k in _SETTINGS})
+
+# %% ../nbs/03d_sleb.ipynb #88009a52
+def _round_folder(ck:SearchCheckpoint, r:int)->Path: return ck.folder / f"round{r + 1}"
+
+def _round_checkpoint(ck:SearchCheckpoint, r:int)->SearchCheckpoint:
+    "The engine's own checkpoint for round `r` (0-based), in its subfolder; it resumes whatever that round saved."
+    return SearchCheckpoint(_round_folder(ck, r), resume=True, every=ck.every)
+
+def _tidy_round(ck:SearchCheckpoint, r:int):
+    "Drop this process's chunk state of a round that `sleb_state.json` now holds (the folder too, once empty)."
+    state_path(_round_folder(ck, r), "search_state").unlink(missing_ok=True)
+    try: _round_folder(ck, r).rmdir()
+    except OSError: pass # absent, or another rank's state is still there
+
+def _saved_rounds(ck:SearchCheckpoint, model:nn.Module, data:list, engine_kwargs:dict)->list:
+    "Fingerprint this run; the rounds a checkpoint holds (none: start, and mark the folder as this run's)."
+    ck.fingerprint = sleb_fingerprint(model, data, engine_kwargs)
+    ck.folder.mkdir(parents=True, exist_ok=True)
+    check_kind(ck.folder, "sleb_state")
+    st = open_state(state_path(ck.folder, "sleb_state"), ck.fingerprint, ck.resume)
+    if st is None: _save_rounds(ck, []); return []
+    rounds = [dict(r, table={int(i): v for i, v in r["table"]}, resumed=True) for r in st["rounds"]]
+    for r in range(len(rounds)): _tidy_round(ck, r) # left by a crash between saving a round and tidying it
+    log.info("resuming SLEB from %s: %d round(s) finished (removed %s)", ck.folder, len(rounds), [r["removed"] for r in rounds])
+    return rounds
+
+def _save_rounds(ck:SearchCheckpoint, rounds:list):
+    "Save the finished rounds atomically, then drop the last one's chunk state."
+    write_state(state_path(ck.folder, "sleb_state"), ck.fingerprint,
+                dict(rounds=[dict({k: v for k, v in r.items() if k != "resumed"}, table=sorted(r["table"].items()))
+                             for r in rounds]))
+    ck.saves += 1
+    if rounds: _tidy_round(ck, len(rounds) - 1)
+
+def _interrupted(ck:SearchCheckpoint, r:int, n:int):
+    "Say where SLEB stopped and how to go on (Ctrl-C)."
+    log.warning(f"SLEB interrupted in round {r + 1} of {n}: {r} finished round(s) saved to "
+                f"{state_path(ck.folder, 'sleb_state')}, this round's sample chunks to {_round_folder(ck, r)}. "
+                "Run the same command with --resume (or resume=True) to continue from there")

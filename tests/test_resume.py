@@ -120,3 +120,147 @@ def test_cli_checkpoint_dir_and_resume(tmp_path, capsys):
     assert main([*args, "--resume", "--nsamples", "3"]) == 2 and "data, samples changed" in capsys.readouterr().err
     assert main([*args, "--early_abort"]) == 2 and "exact fast engine only" in capsys.readouterr().err
     assert main(["--model_dir", str(model), "--resume"]) == 2 and "--resume needs --checkpoint_dir" in capsys.readouterr().err
+
+
+# SLEB: finished rounds in sleb_state.json, the round in progress as the engine's own chunk checkpoint in round{r}/
+
+import logging
+from depthprune_nb import engine
+from depthprune_nb.pruner import layer_importance
+from depthprune_nb.sleb import sleb_search
+
+SLEB_N, SLEB_CHUNK = 3, 2  # 3 rounds over 8 windows: 4 sample chunks a round
+
+
+def stopping_engine(search, calls, in_round, after, stop):
+    "The fast engine, its calls recorded; round `in_round` calls `stop()` once its checkpoint has saved `after` chunks."
+    def fast_search(*args, checkpoint=None, **kw):
+        calls.append(checkpoint)
+        if checkpoint is not None and checkpoint.folder.name == f"round{in_round}":
+            save = checkpoint.save
+            def save_then_stop(done, *a, **k):
+                save(done, *a, **k)
+                if done == after: checkpoint.save = save; stop()  # once: Ctrl-C's own save goes through
+            checkpoint.save = save_then_stop
+        return search(*args, checkpoint=checkpoint, **kw)
+    return fast_search
+
+
+@pytest.fixture(scope="module")
+def sleb_setup(setup):
+    model, data, _ = setup
+    return model, data[:8], sleb_search(model, data[:8], SLEB_N, chunk_size=SLEB_CHUNK, progress=False)
+
+
+def sleb(model, data, folder, n=SLEB_N, resume=False, **kw):
+    return sleb_search(model, data, n, chunk_size=SLEB_CHUNK, progress=False, checkpoint=SearchCheckpoint(folder, resume=resume), **kw)
+
+
+def assert_same_sleb(got, want):
+    "Same removal order, same PPLs and tables to the bit."
+    for k in ("removal_order", "round_ppl", "round_tables"): assert got.stats[k] == want.stats[k], k
+    assert (got.deleted_layers, got.baseline_ppl, got.best_ppl, got.scores) == (want.deleted_layers, want.baseline_ppl, want.best_ppl, want.scores)
+    assert (got.runner_up_layers, got.runner_up_ppl) == (want.runner_up_layers, want.runner_up_ppl)
+
+
+def sleb_child(model, data, folder):
+    "Run SLEB and kill -9 this process once round 2 has saved 2 of its 4 chunks."
+    torch.set_num_threads(1)
+    engine.fast_search = stopping_engine(engine.fast_search, [], 2, 2, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    sleb(model, data, folder, resume=True)
+    os._exit(0)
+
+
+def test_sleb_killed_in_round_2_resumes_without_recomputing_round_1(sleb_setup, tmp_path, monkeypatch):
+    model, data, whole = sleb_setup
+    p = FORK.Process(target=sleb_child, args=(model, data, tmp_path)); p.start(); p.join(120)
+    assert p.exitcode == -signal.SIGKILL
+    assert len(read_checkpoint(tmp_path / "sleb_state.json")["state"]["rounds"]) == 1
+    assert read_checkpoint(tmp_path / "round2" / "search_state.json")["state"]["chunks_done"] == 2
+    calls = []
+    monkeypatch.setattr(engine, "fast_search", stopping_engine(engine.fast_search, calls, None, None, None))
+    res = sleb(model, data, tmp_path, resume=True)
+    assert len(calls) == SLEB_N - 1, "round 1 is read back, not run again"
+    assert calls[0].saves == 2, "round 2 runs only its last 2 chunks"
+    assert res.stats["rounds_resumed"] == 1
+    assert_same_sleb(res, whole)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sleb_state.json"], "finished rounds' chunk states are removed"
+
+
+def test_sleb_ctrl_c_saves_says_how_to_resume_and_a_larger_n_reuses_the_rounds(sleb_setup, tmp_path, monkeypatch, caplog):
+    model, data, whole = sleb_setup
+    search, calls = engine.fast_search, []
+    def ctrl_c(): raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "fast_search", stopping_engine(search, calls, 3, 1, ctrl_c))
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt): sleb(model, data, tmp_path)
+    assert "search interrupted after 1 of 4 sample chunks" in caplog.text           # the round's own message
+    assert "SLEB interrupted in round 3 of 3: 2 finished round(s) saved" in caplog.text and "--resume" in caplog.text
+    monkeypatch.setattr(engine, "fast_search", stopping_engine(search, calls, None, None, None)); calls.clear()
+    assert_same_sleb(sleb(model, data, tmp_path, resume=True), whole)
+    assert len(calls) == 1 and calls[0].saves == 3
+    calls.clear()
+    four = sleb(model, data, tmp_path, n=4, resume=True)  # the rounds are nested: the 3 saved ones are round 1-3 of n = 4
+    assert len(calls) == 1 and four.stats["rounds_resumed"] == 3
+    monkeypatch.setattr(engine, "fast_search", search)
+    assert_same_sleb(four, sleb_search(model, data, 4, chunk_size=SLEB_CHUNK, progress=False))
+    calls.clear()
+    two = sleb(model, data, tmp_path, n=2, resume=True)   # fewer: read from the first 2, nothing run
+    assert not calls and two.stats["removal_order"] == whole.stats["removal_order"][:2]
+    assert len(read_checkpoint(tmp_path / "sleb_state.json")["state"]["rounds"]) == 4, "a smaller n keeps the saved rounds"
+
+
+def test_sleb_checkpoint_of_another_search_is_refused(sleb_setup, tmp_path):
+    model, data, _ = sleb_setup
+    sleb(model, data, tmp_path, n=1)
+    with pytest.raises(ConfigError, match="pass resume=True"): sleb(model, data, tmp_path, n=1)
+    other = [d.clone() for d in data]; other[2][0, 9] = (other[2][0, 9] + 1) % model.config.vocab_size
+    with pytest.raises(ConfigError, match="is of a different search: data changed"): sleb(model, other, tmp_path, resume=True)
+    with pytest.raises(ConfigError, match="is of a different search: chunk_size changed"):
+        sleb_search(model, data, 1, chunk_size=4, progress=False, checkpoint=SearchCheckpoint(tmp_path, resume=True))
+    w = model.model.layers[0].self_attn.q_proj.weight
+    with torch.no_grad():
+        w[0, 0] += 0.5
+        try:
+            with pytest.raises(ConfigError, match="is of a different search: weights changed"): sleb(model, data, tmp_path, resume=True)
+        finally: w[0, 0] -= 0.5
+    with pytest.raises(ConfigError, match="holds a checkpoint of SLEB"):
+        fast_search(model, data, 1, chunk_size=SLEB_CHUNK, progress=False, checkpoint=SearchCheckpoint(tmp_path, resume=True))
+    fast_search(model, data, 1, chunk_size=SLEB_CHUNK, progress=False, checkpoint=SearchCheckpoint(tmp_path / "w"))
+    with pytest.raises(ConfigError, match="holds a checkpoint of the window search"): sleb(model, data, tmp_path / "w", resume=True)
+
+
+def test_what_cannot_be_checkpointed_is_refused_before_any_work(sleb_setup, tmp_path):
+    model, data, _ = sleb_setup
+    ck = SearchCheckpoint(tmp_path)
+    for kw, msg in ((dict(method="sleb", engine="approx"), "exact fast engine only"),
+                    (dict(method="sleb", early_abort=True), "with early_abort=True"),
+                    (dict(method="sleb", compute_dtype="bfloat16"), "compute_dtype='bfloat16'"),
+                    (dict(method="angular"), "method='angular' runs one forward pass"),
+                    (dict(method="ppl_window", engine="reference"), "exact fast engine only")):
+        with pytest.raises(ConfigError, match=msg): layer_importance(model, data, 2, progress=False, checkpoint=ck, **kw)
+    assert not any(tmp_path.iterdir()), "nothing was written"
+
+
+@pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
+def test_cli_sleb_checkpoint_dir_ctrl_c_and_resume(tmp_path, capsys, monkeypatch):
+    import json
+    from depthprune_nb.cli import main
+    model = save_tiny_model(tmp_path / "m", family="llama", num_layers=4)
+    text = tmp_path / "t.txt"; text.write_text(TEXT.read_text()[:8000])
+    args = ["--model_dir", str(model), "--text_file", str(text), "--delete_layer_num", "2", "--nsamples", "4",
+            "--seqlen", "32", "--quiet", "--method", "sleb", "--checkpoint_dir", str(tmp_path / "ck")]
+    assert main([*args[:-2], "--result_json", str(tmp_path / "whole.json")]) == 0
+    search, calls = engine.fast_search, []
+    def ctrl_c(): raise KeyboardInterrupt
+    monkeypatch.setattr(engine, "fast_search", stopping_engine(search, calls, 2, 1, ctrl_c))
+    assert main(args) == 130 and "add --resume to continue" in capsys.readouterr().err
+    assert main(args) == 2 and "pass resume=True (--resume)" in capsys.readouterr().err  # never overwritten
+    monkeypatch.setattr(engine, "fast_search", stopping_engine(search, calls, None, None, None)); calls.clear()
+    assert main([*args, "--resume", "--result_json", str(tmp_path / "resumed.json")]) == 0
+    assert len(calls) == 1, "round 1 is read back"
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("whole.json", "resumed.json"))
+    for k in ("removal_order", "round_ppl", "round_tables"): assert a["stats"][k] == b["stats"][k], k
+    assert a["deleted_layers"] == b["deleted_layers"] and a["baseline_ppl"] == b["baseline_ppl"]
+    assert main([*args, "--resume", "--nsamples", "3"]) == 2 and "data, samples changed" in capsys.readouterr().err
+    assert main([*args, "--engine", "approx"]) == 2 and "exact fast engine only" in capsys.readouterr().err
+    assert main([*args, "--method", "block_influence"]) == 2 and "runs one forward pass" in capsys.readouterr().err
