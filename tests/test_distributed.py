@@ -94,3 +94,25 @@ def test_exact_early_abort_and_approx_on_two_processes(tmp_path):
         assert abs(b["baseline"] / a["baseline"] - 1) <= 1e-6, mode
         assert (a["pick"], a["lower"], a["estimated"]) == (b["pick"], b["lower"], b["estimated"]), mode
         assert b["layer_passes"] <= a["layer_passes"] // 2 + a["layer_passes"] // 8, (mode, a["layer_passes"], b["layer_passes"])
+
+
+@needs_text
+@pytest.mark.parametrize("method", ["sleb", "block_influence"])
+def test_criteria_on_two_processes_give_the_one_process_pick(setup, tmp_path, method):
+    "`--method` under torchrun: SLEB's rounds share the samples (each an exact search) and agree with one process; a one-pass criterion runs whole on each rank and agrees too."
+    args, _, base = setup
+    from depthprune_nb.cli import main
+    assert main([*map(str, args), "--method", method, "--result_json", str(tmp_path / "one.json")]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    out = tmp_path / "two.json"
+    r = subprocess.run(torchrun("--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+                                args=[*args, "--method", method, "--result_json", out]),
+                       capture_output=True, text=True, timeout=300, env=env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads(out.read_text())
+    assert (two["method"], two["deleted_layers"], two["runner_up_layers"]) == (one["method"], one["deleted_layers"], one["runner_up_layers"])
+    for k in ("baseline_ppl", "runner_up_ppl", "eval_baseline_ppl", "eval_ppl", "eval_runner_up_ppl"):
+        if one[k] is not None: assert abs(two[k] / one[k] - 1) <= 1e-6, (k, one[k], two[k])
+    if method == "sleb":
+        assert two["stats"]["removal_order"] == one["stats"]["removal_order"]
+        assert two["stats"]["layer_passes"] <= one["stats"]["layer_passes"] // 2 + one["stats"]["layer_passes"] // 8
