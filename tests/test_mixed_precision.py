@@ -19,7 +19,7 @@ from depthprune_nb.engine import approx_search, fast_search, low_precision, weig
 from depthprune_nb.pruner import ModelPruner, layer_importance
 from depthprune_nb.result import PruneResult
 from depthprune_nb.testing import FAMILIES, save_tiny_model
-from test_engine import _trained_llama  # the same briefly trained tiny Llama as the engine tests
+from test_engine import trained  # noqa: F401 -- the engine tests' fixture: the same briefly trained tiny Llama
 
 L, SEQLEN, NSAMPLES = 4, 16, 3
 from conftest import WIKITEXT as TEXT
@@ -104,11 +104,6 @@ def test_a_failed_search_leaves_the_model_as_it_was(tmp_path_factory, monkeypatc
         fast_search(model, data, 1, compute_dtype="bfloat16", progress=False)
     assert_unchanged(model, before, "after a failed search")
     assert [p for p in model.parameters()] == params  # the same Parameter objects
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return _trained_llama(tmp_path_factory)
 
 
 @pytest.mark.parametrize("n", [1, 2])
