@@ -18,6 +18,7 @@ from .ppl import window_nll, ppl_from_nlls, check_data
 from .result import PruneResult, model_label, best_window, candidate_starts, params_after_deleting
 from .search import default_device, _is_dispatched
 from .angular import _angular
+from .checkpoint import checkpoint_refusal
 
 log = logging.getLogger(__name__)
 
@@ -500,15 +501,13 @@ def fast_search(model:nn.Module,        # a causal LM
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     kw = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, chunk_size=chunk_size,
               memory_budget=memory_budget, call_tokens=call_tokens, progress=progress, head_batch=head_batch)
+    why = None if checkpoint is None else checkpoint_refusal("ppl_window", "fast", early_abort, compute_dtype)
+    if why: raise ConfigError(why)
     low = None if compute_dtype is None else low_precision(model, compute_dtype, parts, save_gpu_memory, device)
-    if low is not None and checkpoint is not None:
-        raise ConfigError("checkpoint= saves a search in the model's own dtype; with compute_dtype= there is nothing to resume: drop one of them")
     if low is not None: return mixed_precision(lambda: fast_search(model, data, n, early_abort=early_abort, **kw), low, model, data, n, **kw)
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
                   name="fast_early_abort" if early_abort else "fast_exact",
                   cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8, head_batch=head_batch)
-    if checkpoint is not None and early_abort:
-        raise ValueError("checkpoint= works with the exact full table only: early abort's runs are short; drop one of them")
     eng.checkpoint = checkpoint
     if eng.device.type == "cuda": torch.cuda.reset_peak_memory_stats(eng.device)
     with eng.placement():
