@@ -17,13 +17,13 @@ from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
 from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
 from . import distributed
 from .config import METHODS
-from .data import get_calib_eval_datasets
+from .data import get_calib_eval_datasets, default_seqlen
 from .checkpoint import SearchCheckpoint, checkpoint_refusal
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'default_seqlen', 'check_loading_info',
+__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
            'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan',
            'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
@@ -109,11 +109,6 @@ def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
                                     args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet), None
     return get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
                                    args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples)
-
-def default_seqlen(model, asked:int|None)->int:
-    "The requested window length, or min(2048, the model's positions)."
-    if asked is not None: return asked
-    return min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
 
 # %% ../nbs/08_cli.ipynb #b2c0de03
 def check_loading_info(info:dict,  # the `loading_info` of `from_pretrained(..., output_loading_info=True)`

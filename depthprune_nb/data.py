@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'CODE_CONFIGS', 'wikitext_text', 'RemoteCodeError', 'remote_code_files', 'check_remote_code',
-           'remote_code_refusal', 'load_tokenizer', 'cut_windows', 'get_wikitext_dataset', 'split_windows',
-           'get_calib_eval_datasets']
+           'remote_code_refusal', 'load_tokenizer', 'cut_windows', 'default_seqlen', 'get_wikitext_dataset',
+           'split_windows', 'get_calib_eval_datasets']
 
 # %% ../nbs/00_data.ipynb #62721479
 def wikitext_text(split:str="test",        # "test", "validation" or "train"
@@ -133,6 +133,11 @@ def cut_windows(ids:torch.Tensor,     # `[1, N]` or `[N]` token ids of the whole
             raise ConfigError(f"nsamples={nsamples!r} is invalid: it must be an integer >= 1, or None for all {total} windows")
         total = min(total, nsamples)
     return [ids[:, i * seqlen:(i + 1) * seqlen].to(dev) for i in tqdm(range(total), desc="windows", disable=not progress)]
+
+def default_seqlen(model, asked:int|None)->int:
+    "The requested window length, or min(2048, the model's positions)."
+    if asked is not None: return asked
+    return min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
 
 # %% ../nbs/00_data.ipynb #e37151f8
 def get_wikitext_dataset(model_dir:str|Path,   # model folder or Hub id whose tokenizer is used

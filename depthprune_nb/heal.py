@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .data import cut_windows
+from .data import cut_windows, default_seqlen
 from .parts import ModelParts, locate
 from .ppl import check_data
 
@@ -52,7 +52,7 @@ def _training_windows(data, tokenizer, seqlen:int|None, model:nn.Module)->list:
     if tokenizer is None:
         raise ConfigError(f"data is text ({len(data):,} characters) but tokenizer=None: pass tokenizer=<the model's tokenizer> "
                           "(e.g. from load_model_and_tokenizer), or pass token windows (a list of LongTensor[1, seqlen])")
-    if seqlen is None: seqlen = min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
+    seqlen = default_seqlen(model, seqlen)
     ids = tokenizer(data, return_tensors="pt", verbose=False).input_ids
     return cut_windows(ids, seqlen, progress=False)
 
