@@ -182,8 +182,8 @@ def _chunk(N_rank, chunk_size, budget, per_sample):
     if chunk_size: return int(chunk_size)
     return max(1, min(N_rank, 8, budget // per_sample if budget else 8))
 
-def _activation_bytes(s:ModelShape, W:int, n:int, chunk:int, T:int, act_bytes:int)->int:
-    held = chunk * (W + n + 3) * T * s.hidden * act_bytes          # the streams of one sweep (as the engine budgets them)
+def _activation_bytes(s:ModelShape, streams:int, chunk:int, T:int, act_bytes:int)->int:
+    held = chunk * streams * T * s.hidden * act_bytes              # the hidden states held per sample (a sweep: W + n + 3)
     logits = min(1 << 30, chunk * T * s.vocab * 4)                  # one position chunk of float32 logits
     mlp = chunk * T * max(s.inter, s.experts_per_tok * s.moe_inter) * 2 * act_bytes
     return int(held + logits + mlp)
@@ -199,17 +199,17 @@ def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, ch
     if method in ONE_PASS:  # one plain forward per window, its L + 1 hidden states held by captured_stream
         mine = criterion_passes(L, n, Nr, method)
         lp, hp = mine["layer_passes"] + rep["layer_passes"], mine["head_passes"] + rep["head_passes"]
-        held = (L + 1) * T * s.hidden * act + min(1 << 30, T * s.vocab * 4) + T * max(s.inter, s.experts_per_tok * s.moe_inter) * 2 * act
-        return dict(mine=mine, report=rep, calls=lp + hp, chunk=1, moves=lp, act=held)
+        return dict(mine=mine, report=rep, calls=lp + hp, chunk=1, moves=lp, act=_activation_bytes(s, L + 1, 1, T, act))
     rounds = [(L, n)] if method == "ppl_window" else [(L - r, 1) for r in range(n)]  # sleb: one 1-layer search per round
     out = dict(mine=criterion_passes(L, n, Nr, method, engine), report=rep, calls=0.0, chunk=None, moves=0, act=0)
     for Lr, nr in rounds:
         W = Lr - nr + 1
-        chunk = _chunk(Nr, chunk_size, budget, (W + nr + 3) * T * s.hidden * act)
+        streams = W + nr + 3  # as the engine budgets one sweep
+        chunk = _chunk(Nr, chunk_size, budget, streams * T * s.hidden * act)
         c = pass_counts(Lr, nr, Nr, engine)
         out["calls"] += (c["layer_passes"] + c["head_passes"]) / (1 if engine == "reference" else chunk)
         out["moves"] += c["layer_passes"] if engine == "reference" else math.ceil(Nr / chunk) * Lr
-        out["act"] = max(out["act"], _activation_bytes(s, W, nr, chunk, T, act))
+        out["act"] = max(out["act"], _activation_bytes(s, streams, chunk, T, act))
         out["chunk"] = out["chunk"] or chunk
     return out
 
