@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .parts import ModelParts, captured_stream, locate
+from .ppl import window_nll
 from .result import PruneResult, best_window, candidate_starts, criterion_result, criterion_setup, runner_up_window
 
 # %% auto #0
@@ -24,6 +25,7 @@ def _angular(a, b):
 @torch.inference_mode()
 def angular_distance_proxy(model:nn.Module, data:list, n:int, parts:ModelParts|None=None,
                            token:int|None=None, # one position (e.g. -1, the last token) instead of the mean over all
+                           nlls:list|None=None, # if a list, each window's NLL (window_nll) is appended: the same forward's loss
                           )->dict:
     "Window start -> mean angular distance between the states entering layers `start` and `start+n`."
     parts = parts or locate(model)
@@ -32,7 +34,8 @@ def angular_distance_proxy(model:nn.Module, data:list, n:int, parts:ModelParts|N
     pick = (lambda h: h) if token is None else (lambda h: h[:, token])
     for ids in data:
         with captured_stream(parts) as states:
-            model(ids.to(parts.input_device), use_cache=False)
+            out = model(ids.to(parts.input_device), use_cache=False)
+        if nlls is not None: nlls.append(window_nll(out.logits, ids))
         for s in starts: total[s] += _angular(pick(states[s]), pick(states[s + n])) / len(data)
     return total
 
@@ -46,11 +49,12 @@ def angular_search(model:nn.Module,            # a causal LM
     "Delete the `n` consecutive layers across which the hidden state turns least (Gromov et al. 2024)."
     parts, L, N = criterion_setup(model, data, n, parts)
     t0 = time.perf_counter()
-    dist = angular_distance_proxy(model, data, n, parts, token=-1 if last_token else None)
+    nlls = [] # the unpruned model's loss comes with the same forward: no second pass to report its PPL
+    dist = angular_distance_proxy(model, data, n, parts, token=-1 if last_token else None, nlls=nlls)
     best, wall = best_window(dist), time.perf_counter() - t0
     second = runner_up_window(dist, best)
     stats = dict(engine="angular_last_token" if last_token else "angular_all_tokens",
                  layer_passes=L * N, head_passes=N, forward_passes=N, wall_s=wall)
     return criterion_result(model, data, n, parts, "angular" if last_token else "angular_all",
                             list(range(best, best + n)), None if second is None else list(range(second, second + n)),
-                            dist, stats, proxy_by_start=dist)
+                            dist, stats, proxy_by_start=dist, baseline_nlls=nlls)

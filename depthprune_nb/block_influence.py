@@ -12,6 +12,7 @@ from torch import nn
 
 from .parts import ModelParts, locate
 from .parts import captured_stream
+from .ppl import window_nll
 from .result import PruneResult, criterion_result, criterion_setup
 
 # %% auto #0
@@ -22,13 +23,15 @@ __all__ = ['block_influence', 'lowest', 'block_influence_search']
 def block_influence(model:nn.Module,            # a causal LM
                     data:list,                  # calibration windows, `LongTensor[1, seqlen]`
                     parts:ModelParts|None=None, # located parts; detected if None
+                    nlls:list|None=None,        # if a list, each window's NLL (window_nll) is appended: the same forward's loss
                    )->dict:                     # layer -> BI
     "Layer -> Block Influence: one minus the cosine of its input and output states, averaged over tokens and windows."
     parts = parts or locate(model)
     L, total = parts.num_layers, {i: 0.0 for i in range(parts.num_layers)}
     for ids in data:
         with captured_stream(parts) as states:
-            model(ids.to(parts.input_device), use_cache=False)
+            out = model(ids.to(parts.input_device), use_cache=False)
+        if nlls is not None: nlls.append(window_nll(out.logits, ids))
         for i in range(L):
             cos = F.cosine_similarity(states[i].float(), states[i + 1].float().to(states[i].device), dim=-1)
             total[i] += (1 - cos.mean().item()) / len(data)
@@ -47,10 +50,11 @@ def block_influence_search(model:nn.Module,            # a causal LM
     "Delete the `n` layers with the lowest Block Influence (ShortGPT, Men et al. 2024)."
     parts, L, N = criterion_setup(model, data, n, parts)
     t0 = time.perf_counter()
-    bi = block_influence(model, data, parts)
+    nlls = [] # the unpruned model's loss comes with the same forward: no second pass to report its PPL
+    bi = block_influence(model, data, parts, nlls)
     wall = time.perf_counter() - t0
     order = sorted(bi, key=lambda i: (bi[i], i))
     pick = sorted(order[:n])
     runner_up = sorted(order[:n - 1] + [order[n]]) if n < L - 1 else None
     stats = dict(engine="block_influence", layer_passes=L * N, head_passes=N, forward_passes=N, wall_s=wall)
-    return criterion_result(model, data, n, parts, "block_influence", pick, runner_up, bi, stats)
+    return criterion_result(model, data, n, parts, "block_influence", pick, runner_up, bi, stats, baseline_nlls=nlls)

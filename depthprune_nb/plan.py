@@ -139,10 +139,10 @@ def criterion_passes(L:int, n:int, N:int, method:str="ppl_window", engine:str="f
     raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
 
 def report_passes(L:int, n:int, N:int, method:str)->dict:
-    "Passes a one-pass criterion spends after choosing: calibration PPL of the unpruned model, its pick and its runner-up."
+    "Passes a one-pass criterion spends after choosing: calibration PPL of its pick and its runner-up (the unpruned model's comes with the choice)."
     if method not in ONE_PASS: return dict(layer_passes=0, head_passes=0)
     runner_up = method != "block_influence" or n < L - 1
-    return dict(layer_passes=N * (2 * L - n + (L - n if runner_up else 0)), head_passes=N * (3 if runner_up else 2))
+    return dict(layer_passes=N * (L - n) * (2 if runner_up else 1), head_passes=N * (2 if runner_up else 1))
 
 # %% ../nbs/03f_plan.ipynb #49cd21b9
 @dataclass
@@ -251,7 +251,7 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
     if engine == "approx" and method in ("ppl_window", "sleb"): notes.append("approx: passes follow approx_search's default schedule with average windows")
     if method in ONE_PASS:
         notes.append(f"{method}: one forward per window to choose, then {rep['layer_passes']:,} layer and {rep['head_passes']:,} "
-                     "head passes to report the calibration PPL of the unpruned model, the pick and its runner-up (in FLOPs and time)")
+                     "head passes to report the calibration PPL of the pick and its runner-up (in FLOPs and time)")
         if world_size > 1: notes.append(f"{method} does not share windows over ranks: each rank runs all {nsamples}")
     if method == "sleb": notes.append(f"sleb: {n} rounds, each an exact one-layer search over the layers left; brute force: "
                                       "each round with the reference engine")

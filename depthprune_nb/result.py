@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import ConfigError
 from .parts import ModelParts, locate
-from .ppl import check_data, ppl_deleting
+from .ppl import check_data, ppl_deleting, ppl_from_nlls
 
 # %% auto #0
 __all__ = ['PruneResult', 'layer_range', 'best_window', 'candidate_starts', 'runner_up_window', 'fill_runner_up', 'model_label',
@@ -211,14 +211,17 @@ def criterion_result(model:nn.Module,      # the causal LM (unchanged)
                      scores:dict|None,     # its score per candidate
                      stats:dict,           # the criterion's own cost
                      proxy_by_start:dict|None=None, # window start -> angular distance, for window criteria
+                     baseline_nlls:list|None=None, # the unpruned model's per-window NLLs if the criterion's forward gave them
                     )->PruneResult:
     "A `PruneResult` for a criterion that chose without measuring PPL; the calibration PPLs are measured here."
     t0, L, N, deleted = time.perf_counter(), parts.num_layers, len(data), sorted(deleted)
     runner_up = None if runner_up is None else sorted(runner_up)
-    base, pick = ppl_deleting(model, data, [], parts), ppl_deleting(model, data, deleted, parts)
+    base = ppl_from_nlls(baseline_nlls) if baseline_nlls else ppl_deleting(model, data, [], parts)
+    pick = ppl_deleting(model, data, deleted, parts)
     ru = None if runner_up is None else ppl_deleting(model, data, runner_up, parts)
-    stats = dict(stats, report_layer_passes=N * (2 * L - n + (L - n if runner_up else 0)),
-                 report_head_passes=N * (3 if runner_up else 2), report_wall_s=time.perf_counter() - t0)
+    again, more = (0 if baseline_nlls else 1), (1 if runner_up else 0) # forwards of the full model, of the runner-up
+    stats = dict(stats, report_layer_passes=N * (again * L + (1 + more) * (L - n)),
+                 report_head_passes=N * (again + 1 + more), report_wall_s=time.perf_counter() - t0)
     return PruneResult(n, base, {deleted[0]: pick}, deleted, L, L - n, sum(p.numel() for p in model.parameters()),
                        params_after_deleting(parts, deleted), proxy_by_start=proxy_by_start, stats=stats,
                        model_name=model_label(model), method=method,
