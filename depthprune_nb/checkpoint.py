@@ -17,8 +17,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FORMAT', 'KINDS', 'weights_digest', 'data_digest', 'model_fingerprint', 'search_fingerprint', 'state_path',
-           'write_atomic', 'write_state', 'read_checkpoint', 'check_kind', 'open_state', 'SearchCheckpoint',
-           'checkpoint_refusal']
+           'write_atomic', 'write_state', 'read_checkpoint', 'check_kind', 'open_state', 'SearchCheckpoint']
 
 # %% ../nbs/03g_checkpoint.ipynb #058fcd0f
 def weights_digest(model:nn.Module)->str:
@@ -176,21 +175,4 @@ def interrupted(self:SearchCheckpoint, done:int, chunks:int):
                 "Run the same command with --resume (or resume=True) to continue from there")
 
 # %% ../nbs/03g_checkpoint.ipynb #7b15d020
-def checkpoint_refusal(method:str="ppl_window", # the criterion
-                       engine:str="fast",       # the search engine
-                       early_abort:bool=False,  # the fast engine's early abort
-                       compute_dtype=None,      # a lower precision to compute the table in
-                      )->str|None:              # why these settings cannot be checkpointed; None when they can
-    "Why a search with these settings cannot save and resume its progress, or None when it can."
-    where = "checkpoint= (--checkpoint_dir)"
-    if method not in ("ppl_window", "sleb"):
-        return (f"{where} saves the perplexity searches, method 'ppl_window' or 'sleb'; method={method!r} runs one "
-                "forward pass, with nothing to resume: drop the checkpoint")
-    if engine != "fast" or early_abort:
-        return (f"{where} works with the exact fast engine only (engine 'fast' without early abort), not engine={engine!r}"
-                + (" with early_abort=True" if early_abort else "") + ": the reference engine is a cross-check, the "
-                "approximate mode and early abort are short by design")
-    if compute_dtype is not None:
-        return (f"{where} saves a search in the model's own dtype, so compute_dtype={compute_dtype!r} (--compute_dtype) "
-                "leaves nothing to resume: drop one of them")
-    return None
+from .config import checkpoint_refusal # its home is config; importable from here as before

@@ -13,12 +13,14 @@ from .config import ConfigError, LayerImportancePruneConfig, COMPUTE_DTYPES
 from .data import get_wikitext_dataset, load_tokenizer, check_remote_code, remote_code_refusal
 from .parts import locate
 from .search import default_device
-from .pruner import ModelPruner, check_save_dir, save_pruned, ENGINES
+from .pruner import ModelPruner, check_save_dir, save_pruned
+from .config import ENGINES
 from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
 from . import distributed
 from .config import METHODS
 from .data import get_calib_eval_datasets, default_seqlen
-from .checkpoint import SearchCheckpoint, checkpoint_refusal
+from .checkpoint import SearchCheckpoint
+from .config import checkpoint_refusal
 
 log = logging.getLogger("depthprune_nb")
 
@@ -219,8 +221,8 @@ def checkpoint_kwargs(args)->dict:
     if args.resume and not args.checkpoint_dir: raise ConfigError("--resume needs --checkpoint_dir: the folder the search saved to")
     if not args.checkpoint_dir: return {}
     cfg = algo_config_from_args(args)
-    why = checkpoint_refusal(cfg.method, args.engine, args.early_abort, cfg.compute_dtype)
-    if why: raise ConfigError(why)
+    err = checkpoint_refusal(cfg.method, args.engine, args.early_abort, cfg.compute_dtype)
+    if err: raise err
     return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
 
 # %% ../nbs/08_cli.ipynb #4f528397

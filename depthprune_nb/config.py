@@ -4,21 +4,58 @@
 
 # %% ../nbs/01_config.ipynb #097fb127
 from __future__ import annotations
-import json
+import json, operator, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMPUTE_DTYPES', 'METHODS', 'LayerImportanceConfig', 'ConfigError', 'LayerImportancePruneConfig', 'Config',
-           'as_algo_config']
+__all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'LayerImportanceConfig', 'ConfigError', 'renamed', 'check_layer_indices',
+           'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'checkpoint_refusal']
 
 # %% ../nbs/01_config.ipynb #702ce146
 class ConfigError(ValueError):
     "A configuration value is invalid; the message names the field, the value and what is valid."
 
+def renamed(module:str,  # the module's name, for the message
+            names:dict,  # old name -> new name, both in `module`'s namespace
+            where:dict,  # the module's `globals()`
+           ):
+    "A module `__getattr__` that serves each old name as its new one, with a `DeprecationWarning` (kept for one release)."
+    def __getattr__(name):
+        if name in names:
+            warnings.warn(f"{module}.{name} is deprecated and will be removed in the next release: use {names[name]}",
+                          DeprecationWarning, stacklevel=2)
+            return where[names[name]]
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return __getattr__
+
+# %% ../nbs/01_config.ipynb #d5de8ad6
+def check_layer_indices(layers,                       # layer indices to delete, e.g. `[2, 3]`
+                        num_layers:int|None=None,     # the model's decoder layers; None: only the checks that need no model
+                        field:str="delete_layers_index", # what the message calls `layers`
+                       )->list[int]:                  # the indices, sorted
+    "Layer indices to delete, checked: integers, none repeated, in `0..num_layers-1`, not all of them; a `ConfigError` naming `field` otherwise."
+    what, n = f"{field}={layers!r}", num_layers
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise ConfigError(f"{what} is invalid: give a list of layer indices (integers), e.g. [2, 3]")
+    layers = list(layers)
+    try:
+        if any(isinstance(i, bool) for i in layers): raise TypeError
+        idx = [operator.index(i) for i in layers]
+    except TypeError: raise ConfigError(f"{what} is invalid: every entry must be an integer index") from None
+    if not idx: raise ConfigError(f"{what} deletes nothing: give at least one index" + ("" if n is None else f" in 0..{n-1}"))
+    bad = [i for i in idx if i < 0 or (n is not None and i >= n)]
+    if bad: raise ConfigError(f"{what} is out of range: " + ("indices are 0-based and must be >= 0" if n is None else
+                              f"the model has {n} decoder layers, valid indices are 0..{n-1}") + f" (got {bad})")
+    dup = sorted({i for i in idx if idx.count(i) > 1})
+    if dup: raise ConfigError(f"{what} repeats layer(s) {dup}: each layer can be deleted once")
+    if n is not None and len(idx) >= n: raise ConfigError(f"{what} would delete all {n} decoder layers: at most {n-1} can go")
+    return sorted(idx)
+
 # %% ../nbs/01_config.ipynb #da92d0a5
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32") # valid `compute_dtype` names
 METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see layer_importance
+ENGINES = ("fast", "reference", "approx") # the search engines of `layer_importance(engine=...)`
 
 @dataclass
 class LayerImportancePruneConfig:
@@ -47,17 +84,9 @@ class LayerImportancePruneConfig:
                 raise ConfigError(f"{name}={v!r} is invalid: it must be a dotted attribute path string, or '' to detect it")
         if not isinstance(self.save_gpu_memory, bool):
             raise ConfigError(f"save_gpu_memory={self.save_gpu_memory!r} is invalid: it must be true or false")
-        idx = self.delete_layers_index
-        if idx is not None:
-            if isinstance(idx, (str, bytes)) or not hasattr(idx, "__iter__") or \
-               not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
-                raise ConfigError(f"delete_layers_index={idx!r} is invalid: it must be a list of layer indices (integers)")
-            idx = list(idx)
-            dup = sorted({i for i in idx if idx.count(i) > 1})
-            if dup: raise ConfigError(f"delete_layers_index={idx!r} repeats layer(s) {dup}: each layer can be deleted once")
-            if not idx: raise ConfigError("delete_layers_index=[] is invalid: give at least one layer, or None to search")
-            if min(idx) < 0: raise ConfigError(f"delete_layers_index={idx!r} is invalid: indices are 0-based and must be >= 0")
-            self.delete_layers_index = idx
+        if self.delete_layers_index is not None: # the checks that need no model; the pruner repeats them with it
+            check_layer_indices(self.delete_layers_index)
+            self.delete_layers_index = [operator.index(i) for i in self.delete_layers_index]
         if self.compute_dtype is not None and self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype={self.compute_dtype!r} is invalid: valid values are None (the model's own "
                               f"dtype) and {', '.join(repr(d) for d in COMPUTE_DTYPES)}")
@@ -119,3 +148,23 @@ def as_algo_config(config:Config|LayerImportancePruneConfig|dict, # what the use
     if not isinstance(config, LayerImportancePruneConfig):
         raise ConfigError(f"expected a Config or LayerImportancePruneConfig, got {type(config).__name__}")
     return config.validate() # fields may have been set after construction, as the tutorial does
+
+# %% ../nbs/01_config.ipynb #79230688
+def checkpoint_refusal(method:str="ppl_window", # the criterion
+                       engine:str="fast",       # the search engine
+                       early_abort:bool=False,  # the fast engine's early abort
+                       compute_dtype=None,      # a lower precision to compute the table in
+                      )->ConfigError|None:      # why these settings cannot be checkpointed; None when they can
+    "The `ConfigError` saying why a search with these settings cannot save and resume its progress, or None when it can."
+    where = "checkpoint= (--checkpoint_dir)"
+    if method not in ("ppl_window", "sleb"):
+        return ConfigError(f"{where} saves the perplexity searches, method 'ppl_window' or 'sleb'; method={method!r} runs "
+                           "one forward pass, with nothing to resume: drop the checkpoint")
+    if engine != "fast" or early_abort:
+        return ConfigError(f"{where} works with the exact fast engine only (engine 'fast' without early abort), not "
+                           f"engine={engine!r}" + (" with early_abort=True" if early_abort else "") + ": the reference "
+                           "engine is a cross-check, the approximate mode and early abort are short by design")
+    if compute_dtype is not None:
+        return ConfigError(f"{where} saves a search in the model's own dtype, so compute_dtype={compute_dtype!r} "
+                           "(--compute_dtype) leaves nothing to resume: drop one of them")
+    return None

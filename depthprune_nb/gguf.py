@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import gguf
 
-from .config import ConfigError
+from .config import ConfigError, check_layer_indices
 from .data import check_remote_code, remote_code_refusal, load_tokenizer
 from .parts import locate
 
@@ -249,7 +249,6 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
                       model=None,          # the pruned model the file is meant to hold: checked by check_gguf_model if given
                      )->Path:
     "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte, metadata updated."
-    from depthprune_nb.pruner import check_layer_indices
     src, dst = Path(src), check_save_gguf(dst, src, overwrite)
     reader = read_gguf(src)
     layout = gguf_layout(reader)

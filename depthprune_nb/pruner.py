@@ -10,21 +10,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_config
+from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_config, check_layer_indices
 from .parts import ModelParts, locate
 from .ppl import check_data, perplexity
 from .result import PruneResult, candidate_starts, params_after_deleting, fill_runner_up, model_label
 from .search import reference_search, layers_offloaded, evaluate_result
-from .config import METHODS
+from .config import METHODS, ENGINES, checkpoint_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
-from .checkpoint import checkpoint_refusal
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ENGINES', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'layer_importance', 'check_layer_indices',
-           'explicit_result', 'ModelPruner', 'is_checkpoint_file', 'SaveDirError', 'check_save_dir', 'save_pruned']
+__all__ = ['log', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'layer_importance', 'explicit_result', 'ModelPruner',
+           'is_checkpoint_file', 'SaveDirError', 'check_save_dir', 'save_pruned']
 
 # %% ../nbs/04_pruner.ipynb #e5c0de00
 import os, shutil, uuid, warnings
@@ -32,8 +31,6 @@ from fnmatch import fnmatch
 from .result import layer_range
 
 # %% ../nbs/04_pruner.ipynb #98968cf8
-ENGINES = ("fast", "reference", "approx")
-
 def layer_importance(model:nn.Module,         # a causal LM
                      data:list,               # calibration windows, `LongTensor[1, seqlen]`
                      delete_layer_num:int,    # n, consecutive layers per candidate window
@@ -52,8 +49,8 @@ def layer_importance(model:nn.Module,         # a causal LM
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
     if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
     if engine_kwargs.get("checkpoint") is not None:
-        why = checkpoint_refusal(method, engine, early_abort)
-        if why: raise ConfigError(why)
+        err = checkpoint_refusal(method, engine, early_abort)
+        if err: raise err
     parts = parts or locate(model)
     candidate_starts(parts.num_layers, delete_layer_num)
     check_data(data, model)
@@ -95,17 +92,6 @@ def _by_criterion(model, data, n, method, engine, early_abort, common, engine_kw
 
 
 # %% ../nbs/04_pruner.ipynb #35408ce3
-def check_layer_indices(layers:list, num_layers:int, field:str="delete_layers_index")->list[int]:
-    "Validate explicit layer indices against a model with `num_layers` decoder layers."
-    layers = list(layers)
-    bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers]
-    if bad: raise ConfigError(f"{field}={layers!r} has index(es) {bad} out of range: valid indices are 0..{num_layers - 1}")
-    dup = sorted({i for i in layers if layers.count(i) > 1})
-    if dup: raise ConfigError(f"{field}={layers!r} repeats layer(s) {dup}: each layer can be deleted once")
-    if len(layers) >= num_layers:
-        raise ConfigError(f"{field}={layers!r} would delete all {num_layers} decoder layers: keep at least one")
-    return sorted(layers)
-
 def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=False, device=None)->PruneResult:
     "A `PruneResult` for deleting `layers` as given: PPL before and after, no search."
     t0 = time.perf_counter()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import SearchCheckpoint, checkpoint_refusal, check_kind, model_fingerprint
+from .checkpoint import SearchCheckpoint, check_kind, model_fingerprint
 from .checkpoint import open_state, state_path, write_state
-from .config import ConfigError
+from .config import ConfigError, checkpoint_refusal
 from .parts import ModelParts, locate
 from .result import PruneResult, model_label, params_after_deleting, runner_up_window, criterion_setup
 from .search import reference_search
@@ -79,8 +79,8 @@ def sleb_search(model:nn.Module,            # a causal LM
     "SLEB (Song et al. 2024): `n` greedy rounds, each removing the layer whose removal gives the lowest calibration PPL."
     parts, L, N = criterion_setup(model, data, n, parts)
     if checkpoint is not None:
-        why = checkpoint_refusal("sleb", engine, engine_kwargs.get("early_abort", False), engine_kwargs.get("compute_dtype"))
-        if why: raise ConfigError(why)
+        err = checkpoint_refusal("sleb", engine, engine_kwargs.get("early_abort", False), engine_kwargs.get("compute_dtype"))
+        if err: raise err
     t0 = time.perf_counter()
     rounds = sleb_rounds(model, data, n, parts, engine, checkpoint, progress=progress, **engine_kwargs)
     st = dict(engine=f"sleb_{engine}", calib_windows=N, wall_s=time.perf_counter() - t0,

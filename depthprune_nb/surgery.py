@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from operator import index as _as_index
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, check_layer_indices
 from .parts import FieldError, ModelParts, locate
 
 log = logging.getLogger(__name__)
@@ -89,22 +88,8 @@ class Deletion:
 
 # %% ../nbs/02a_surgery.ipynb #76196c7d
 def _check_layers_arg(layers, n:int)->list[int]:
-    "`layers` as sorted ints, or a `ConfigError` naming the field, the value and what is valid."
-    what = f"layers (delete_layers_index)={layers!r}"
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
-        raise ConfigError(f"{what} is invalid: give a list of layer indices, e.g. [2, 3]")
-    layers = list(layers)
-    try:
-        if any(isinstance(i, bool) for i in layers): raise TypeError
-        idx = [_as_index(i) for i in layers]
-    except TypeError: raise ConfigError(f"{what} is invalid: every entry must be an integer index") from None
-    if not idx: raise ConfigError(f"{what} deletes nothing: give at least one index in 0..{n-1}")
-    bad = [i for i in idx if not 0 <= i < n]
-    if bad: raise ConfigError(f"{what} is out of range: the model has {n} decoder layers, valid indices are 0..{n-1} (got {bad})")
-    dup = sorted({i for i in idx if idx.count(i) > 1})
-    if dup: raise ConfigError(f"{what} repeats layer(s) {dup}: each layer can be deleted once")
-    if len(idx) >= n: raise ConfigError(f"{what} would delete all {n} decoder layers: at most {n-1} can go")
-    return sorted(idx)
+    "`layers` as sorted ints, or a `ConfigError` naming the field, the value and what is valid (`check_layer_indices`)."
+    return check_layer_indices(layers, n, "layers (delete_layers_index)")
 
 # %% ../nbs/02a_surgery.ipynb #ef7ae4b2
 def _cfg_edit(d:Deletion, name:str, value)->list:
