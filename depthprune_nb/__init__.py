@@ -1,25 +1,54 @@
 __version__ = "0.1.0"
 
-# The public API, importable from the top level as the reference tutorial's code reads.
-from .config import Config, ConfigError, LayerImportanceConfig, LayerImportancePruneConfig
-from .data import get_wikitext_dataset, get_calib_eval_datasets, split_windows
-from .parts import FieldError, ModelParts, locate
-from .ppl import perplexity
-from .result import PruneResult, layer_range
-from .search import reference_search, evaluate_result
-from .angular import angular_distance_proxy
-from .surgery import delete_layers, temporarily_deleted
-from .engine import approx_search, fast_search
+# The public API, importable from the top level as the reference tutorial's code reads, grouped by level.
+# Entry points: search, prune, plan, look.
 from .pruner import ModelPruner, layer_importance, save_pruned
-from .angular import angular_search
+from .exact import fast_search
+from .approx import approx_search
+from .search import reference_search, evaluate_result
+from .distributed import distributed_search
+from .plan import plan_search
+from .heal import heal  # needs `pip install peft` only when called
+# Settings and results.
+from .config import Config, LayerImportancePruneConfig, LayerImportanceConfig, EngineOptions
+from .result import PruneResult, layer_range
+from .checkpoint import SearchCheckpoint
+# Criteria other than the window search.
+from .angular import angular_search, angular_distance_proxy
 from .block_influence import block_influence, block_influence_search
 from .sleb import sleb_search
-from .heal import heal  # needs `pip install peft` only when called
-from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+# Input and output: data, models, GGUF files, plots.
+from .data import get_wikitext_dataset, get_calib_eval_datasets
+from .ppl import perplexity
+from .surgery import delete_layers, temporarily_deleted
 from .gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
-from .plan import plan_search
-from .distributed import distributed_search
-from .checkpoint import SearchCheckpoint
+from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+# Errors.
+from .config import ConfigError
+from .parts import FieldError
+from .data import RemoteCodeError
+from .gguf import GGUFError
+from .pruner import SaveDirError
+# Lower-level pieces, kept importable from here for earlier code (their pages document them).
+from .data import split_windows
+from .parts import ModelParts, locate
+
+__all__ = [
+    # entry points
+    "ModelPruner", "layer_importance", "fast_search", "approx_search", "reference_search", "distributed_search",
+    "evaluate_result", "plan_search", "heal", "save_pruned",
+    # settings and results
+    "Config", "LayerImportancePruneConfig", "EngineOptions", "PruneResult", "layer_range", "SearchCheckpoint",
+    # criteria
+    "angular_search", "angular_distance_proxy", "block_influence", "block_influence_search", "sleb_search",
+    # I/O
+    "get_wikitext_dataset", "get_calib_eval_datasets", "perplexity", "delete_layers", "temporarily_deleted",
+    "find_gguf", "load_model_and_tokenizer", "smollm2_gguf_path", "write_pruned_gguf", "plot_heatmap", "plot_proxy",
+    # scale: the interactive explorer (loaded on first use)
+    "explore",
+    # errors
+    "ConfigError", "FieldError", "RemoteCodeError", "GGUFError", "SaveDirError",
+]
 
 
 def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, not with the package

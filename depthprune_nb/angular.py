@@ -10,18 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parts import ModelParts, captured_stream, locate
+from .parts import ModelParts, captured_stream, locate, angular_distance
 from .ppl import window_nll
-from .result import PruneResult, best_window, candidate_starts, criterion_result, criterion_setup, runner_up_window
+from .result import PruneResult, best_start, candidate_starts, criterion_result, criterion_setup, runner_up_start
 
 # %% auto #0
 __all__ = ['angular_distance_proxy', 'angular_search']
 
 # %% ../nbs/03b_angular.ipynb #0c0061d8
-def _angular(a, b):
-    cos = F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).clamp(-1, 1)
-    return (torch.arccos(cos) / math.pi).mean().item()
-
 @torch.inference_mode()
 def angular_distance_proxy(model:nn.Module, data:list, n:int, parts:ModelParts|None=None,
                            token:int|None=None, # one position (e.g. -1, the last token) instead of the mean over all
@@ -36,7 +32,7 @@ def angular_distance_proxy(model:nn.Module, data:list, n:int, parts:ModelParts|N
         with captured_stream(parts) as states:
             out = model(ids.to(parts.input_device), use_cache=False)
         if nlls is not None: nlls.append(window_nll(out.logits, ids))
-        for s in starts: total[s] += _angular(pick(states[s]), pick(states[s + n])) / len(data)
+        for s in starts: total[s] += angular_distance(pick(states[s]), pick(states[s + n])) / len(data)
     return total
 
 # %% ../nbs/03b_angular.ipynb #4ed71a63
@@ -51,8 +47,8 @@ def angular_search(model:nn.Module,            # a causal LM
     t0 = time.perf_counter()
     nlls = [] # the unpruned model's loss comes with the same forward: no second pass to report its PPL
     dist = angular_distance_proxy(model, data, n, parts, token=-1 if last_token else None, nlls=nlls)
-    best, wall = best_window(dist), time.perf_counter() - t0
-    second = runner_up_window(dist, best)
+    best, wall = best_start(dist), time.perf_counter() - t0
+    second = runner_up_start(dist, best)
     stats = dict(engine="angular_last_token" if last_token else "angular_all_tokens",
                  layer_passes=L * N, head_passes=N, forward_passes=N, wall_s=wall)
     return criterion_result(model, data, n, parts, "angular" if last_token else "angular_all",

@@ -12,6 +12,7 @@ from torch import nn
 from fastcore.basics import patch
 
 from .config import ConfigError
+from .ranks import rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,9 @@ def model_fingerprint(model:nn.Module, # the model as the search runs it
                       data:list,       # its calibration windows
                      )->dict:
     "The model (config, weights digest), the data (digest, count, length) and this process's rank: what every search depends on."
-    from depthprune_nb import distributed
     return dict(model_config=hashlib.sha256(_config_text(model).encode()).hexdigest(), weights=weights_digest(model),
                 data=data_digest(data), samples=len(data), seqlen=int(data[0].shape[-1]),
-                rank=distributed.rank(), world_size=distributed.world_size())
+                rank=rank(), world_size=world_size())
 
 def search_fingerprint(eng)->dict:
     "What makes two searches the same search: model, weights, data, n, engine, criterion, chunking and this rank's place."
@@ -65,8 +65,7 @@ def state_path(folder:Path, # the checkpoint folder
                stem:str,    # the kind of state: "search_state" or "sleb_state"
               )->Path:
     "The state file in `folder`: `stem`.json, or under torchrun one per rank, `stem`.rank{r}of{w}.json."
-    from depthprune_nb import distributed
-    r, w = distributed.rank(), distributed.world_size()
+    r, w = rank(), world_size()
     return Path(folder) / (f"{stem}.json" if w == 1 else f"{stem}.rank{r}of{w}.json")
 
 def write_atomic(path:Path, text:str):

@@ -26,8 +26,8 @@ log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
-           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan',
-           'plan_from_args', 'tiny_model_main', 'gguf_path_main']
+           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'config_for_plan', 'plan_from_args',
+           'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -165,8 +165,9 @@ def run(args)->dict:
         tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
-    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
-    with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine, eval_data=eval_data)
+    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
+                         distributed=distributed.world_size() > 1, **extra) # under torchrun: each rank sweeps its share
+    model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
     if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
@@ -224,13 +225,6 @@ def checkpoint_kwargs(args)->dict:
     err = checkpoint_refusal(cfg.method, args.engine, args.early_abort, cfg.compute_dtype)
     if err: raise err
     return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
-
-# %% ../nbs/08_cli.ipynb #4f528397
-@contextlib.contextmanager
-def search_data(data:list, cfg:LayerImportancePruneConfig, args):
-    "The windows to search; under `torchrun`, in a context where the engine shares every sample chunk out between ranks."
-    if distributed.world_size() == 1 or cfg.delete_layers_index is not None: yield data; return
-    with distributed.sharded_search(len(data)): yield data
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:

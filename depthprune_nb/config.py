@@ -5,12 +5,12 @@
 # %% ../nbs/01_config.ipynb #097fb127
 from __future__ import annotations
 import json, operator, warnings
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, fields, asdict, replace
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'LayerImportanceConfig', 'ConfigError', 'renamed', 'check_layer_indices',
-           'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'checkpoint_refusal']
+           'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'EngineOptions', 'checkpoint_refusal']
 
 # %% ../nbs/01_config.ipynb #702ce146
 class ConfigError(ValueError):
@@ -148,6 +148,40 @@ def as_algo_config(config:Config|LayerImportancePruneConfig|dict, # what the use
     if not isinstance(config, LayerImportancePruneConfig):
         raise ConfigError(f"expected a Config or LayerImportancePruneConfig, got {type(config).__name__}")
     return config.validate() # fields may have been set after construction, as the tutorial does
+
+# %% ../nbs/01_config.ipynb #f0918cfe
+@dataclass
+class EngineOptions:
+    "How the engine runs a search: placement, memory, batching, precision. Shared by every search entry point."
+    save_gpu_memory:bool=False   # mix mode: layers stay on CPU, each visits the device once per sample chunk
+    device:object=None           # compute device for `save_gpu_memory`; the accelerator if None
+    chunk_size:int|None=None     # samples per sweep; from the memory budget if None (at most 8, and N/8 with early abort)
+    memory_budget:int|None=None  # bytes of activations to hold (on the device in mix mode); half the free memory if None
+    call_tokens:int|None=None    # tokens per batched layer call; None: one stream per call on CPU, 32768 on accelerators
+    head_batch:int|None=None     # streams per head call; None: as many as a quarter of `memory_budget` holds
+    compute_dtype:object=None    # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; None: the model's
+    progress:bool=True           # show progress bars
+    distributed:bool=False       # under torchrun, share every sample chunk out between the ranks (`distributed_search` sets it)
+
+    @classmethod
+    def of(cls, options:EngineOptions|None=None, # the options to start from; the defaults if None
+           **settings,                           # fields to replace, e.g. `chunk_size=4`
+          )->EngineOptions:
+        "`options` with `settings` replacing its fields; a name that is not a field is refused with the valid ones."
+        opts, rest = cls.split(options, settings)
+        if rest: raise TypeError(f"unknown engine setting(s) {sorted(rest)}; valid: {[f.name for f in fields(cls)]}")
+        return opts
+
+    @classmethod
+    def split(cls, options:EngineOptions|None, # the options to start from; the defaults if None
+              kwargs:dict,                     # keyword arguments: engine settings and others
+             )->tuple:                         # (the options with the settings among `kwargs` applied, the other arguments)
+        "Separate the engine settings in `kwargs` from a search's own arguments (`checkpoint`, `keep_exact`, ...)."
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"options={options!r} must be an EngineOptions (or None)")
+        names = {f.name for f in fields(cls)}
+        mine = {k: v for k, v in kwargs.items() if k in names}
+        return replace(options or cls(), **mine), {k: v for k, v in kwargs.items() if k not in names}
 
 # %% ../nbs/01_config.ipynb #79230688
 def checkpoint_refusal(method:str="ppl_window", # the criterion

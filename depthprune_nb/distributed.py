@@ -4,105 +4,36 @@
 
 # %% ../nbs/03e_distributed.ipynb #382ba8ef
 from __future__ import annotations
-import os, contextlib, datetime
+from dataclasses import replace
 
-import torch
-import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, EngineOptions
 from .result import PruneResult
+from .ranks import launched, init_from_env, rank, world_size, is_main, finish, shard_bounds, share_sweeps
+from .engine import search_function
 
 # %% auto #0
-__all__ = ['launched', 'init_from_env', 'rank', 'world_size', 'is_main', 'finish', 'shard_bounds', 'check_supported',
-           'sharded_search', 'active', 'share_sweeps', 'distributed_search']
-
-# %% ../nbs/03e_distributed.ipynb #dc13a6b3
-def launched()->bool:
-    "True when a launcher (`torchrun`, `accelerate launch`) started this process as one of several: `RANK` and `WORLD_SIZE` are set."
-    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-def init_from_env(timeout_s:float=1800, # how long a rank waits for the others before failing
-                 )->bool:               # True if this process is now one rank of several
-    "Join the process group the launcher describes (gloo on CPU, nccl on CUDA, each rank on GPU `LOCAL_RANK`)."
-    if not launched(): return False
-    if dist.is_initialized(): return True
-    if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    return True
-
-def rank()->int: return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-def world_size()->int: return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-def is_main()->bool:
-    "True on the rank that prints, writes results and saves the model (rank 0, or the only process)."
-    return rank() == 0
-
-def finish():
-    "Leave the process group. No barrier: the last exchange was the search's, and a rank that fails while saving must not hold the others."
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
-
-# %% ../nbs/03e_distributed.ipynb #718cf052
-def shard_bounds(N:int, rank:int, world:int)->tuple[int, int]:
-    "The contiguous block `[a, b)` of `N` samples that `rank` of `world` scores: sizes differ by at most one."
-    return N * rank // world, N * (rank + 1) // world
-
-def check_supported(engine:str="fast", world:int|None=None):
-    "Refuse what the distributed search does not do, before any work, on every rank alike."
-    if engine == "reference":
-        raise ConfigError(f"--engine reference (the brute force) does not run on several processes: under torchrun use "
-                          f"--engine fast (the same table) or approx, or run it in one process (world size now {world or world_size()})")
-
-# %% ../nbs/03e_distributed.ipynb #e1d2d7c6
-_STATE = {"total": None}
-
-@contextlib.contextmanager
-def sharded_search(total:int): # the number of windows, the same on every rank
-    "Within this context a search's engine shares every sample chunk out between the ranks."
-    _STATE["total"] = total
-    try: yield
-    finally: _STATE["total"] = None
-
-def active()->bool:
-    "True inside `sharded_search` on one rank of several."
-    return _STATE["total"] is not None and world_size() > 1
-
-def _merge(parts:list, windows)->tuple:
-    "Rank-ordered (NLLs, baseline NLLs, proxy increments) into one chunk's, in sample order."
-    got = {w: [x for g, _, _ in parts for x in g[w]] for w in windows}
-    base = None if parts[0][1] is None else [x for _, b, _ in parts for x in b]
-    inc = None if parts[0][2] is None else {s: sum(p[2][s] for p in parts) for s in parts[0][2]}
-    return got, base, inc
-
-# %% ../nbs/03e_distributed.ipynb #84364823
-def share_sweeps(eng):
-    "Make `eng.sweep` share each chunk out: this rank sweeps its block, and all ranks get the whole chunk's NLLs back."
-    local, world = eng.sweep, world_size()
-    if eng.name != "fast_early_abort":  # early abort decides after every chunk: its chunks stay the one-process ones
-        eng.chunk = min(eng.N, eng.chunk * world)  # elsewhere the chunk size is per rank
-    def sweep(idx, windows, baseline=False, proxy=None, stash=None, start_states=None):
-        a, b = shard_bounds(len(idx), rank(), world)
-        inc = None if proxy is None else {s: 0.0 for s in proxy}
-        if a < b: got, base = local(idx[a:b], windows, baseline, inc, stash, start_states)
-        else: got, base = {w: [] for w in windows}, ([] if baseline else None)  # a chunk smaller than the world
-        parts = [None] * world
-        dist.all_gather_object(parts, (got, base, inc))
-        got, base, inc = _merge(parts, windows)
-        if proxy is not None:
-            for s in inc: proxy[s] += inc[s]
-        return got, base
-    eng.sweep = sweep
+__all__ = ['distributed_search', 'check_supported']
 
 # %% ../nbs/03e_distributed.ipynb #34acc135
 def distributed_search(model:nn.Module, # a causal LM, the same weights on every rank
                        data:list,       # all calibration windows, the same list on every rank
                        n:int,           # layers per window (`delete_layer_num`)
                        engine:str="fast", # "fast" (exact, or early abort with `early_abort=True`) or "approx"
-                       **kwargs,        # passed on to fast_search / approx_search
+                       options:EngineOptions|None=None, # how each rank's engine runs
+                       **kwargs,        # `EngineOptions` fields, and fast_search's / approx_search's own arguments
                       )->PruneResult:
     "The one-process search's result on every rank, each rank sweeping its share of every sample chunk."
-    from depthprune_nb.engine import fast_search, approx_search
     check_supported(engine)
-    with sharded_search(len(data)):
-        res = (approx_search if engine == "approx" else fast_search)(model, data, n, **kwargs)
+    options, kwargs = EngineOptions.split(options, kwargs)
+    res = search_function(engine)(model, data, n, options=replace(options, distributed=True), **kwargs)
     res.stats.update(world_size=world_size(), passes_are_per_rank=True)
     return res
+
+# %% ../nbs/03e_distributed.ipynb #718cf052
+def check_supported(engine:str="fast", world:int|None=None):
+    "Refuse what the distributed search does not do, before any work, on every rank alike."
+    if engine == "reference":
+        raise ConfigError(f"--engine reference (the brute force) does not run on several processes: under torchrun use "
+                          f"--engine fast (the same table) or approx, or run it in one process (world size now {world or world_size()})")

@@ -12,7 +12,7 @@ from .config import ConfigError
 
 # %% auto #0
 __all__ = ['KNOWN_LAYOUTS', 'LAYER_COUNT_FIELDS', 'TEXT_CONFIG_FIELDS', 'FieldError', 'get_module', 'detect_layout', 'ModelParts',
-           'locate', 'captured_stream']
+           'locate', 'captured_stream', 'angular_distance']
 
 # %% ../nbs/02_parts.ipynb #0c040981
 class FieldError(ConfigError):
@@ -174,3 +174,14 @@ def captured_stream(parts:ModelParts)->list:
     try: yield states
     finally:
         for h in handles: h.remove()
+
+# %% ../nbs/02_parts.ipynb #93b9388f
+import math
+import torch.nn.functional as F
+
+def angular_distance(a:torch.Tensor, # hidden states `[..., H]`
+                     b:torch.Tensor, # hidden states of the same shape (moved to `a`'s device)
+                    )->float:        # mean angle over the positions, in units of pi
+    "The mean angle between `a` and `b` along their last dimension, in units of pi: 0 the same direction, 1 opposite."
+    cos = F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).clamp(-1, 1)
+    return (torch.arccos(cos) / math.pi).mean().item()

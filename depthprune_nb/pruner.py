@@ -5,16 +5,23 @@
 # %% ../nbs/04_pruner.ipynb #70c5266c
 from __future__ import annotations
 import contextlib, logging, time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_config, check_layer_indices
+from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_config, check_layer_indices, EngineOptions
 from .parts import ModelParts, locate
 from .ppl import check_data, perplexity
 from .result import PruneResult, candidate_starts, params_after_deleting, fill_runner_up, model_label
-from .search import reference_search, layers_offloaded, evaluate_result
+from .search import reference_search, evaluate_result
+from .placement import layers_offloaded
+from .precision import resolve_compute_dtype, mixed_precision_search
+from .engine import search_function
+from .angular import angular_search
+from .block_influence import block_influence_search
+from .sleb import sleb_search
 from .config import METHODS, ENGINES, checkpoint_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
@@ -35,61 +42,48 @@ def layer_importance(model:nn.Module,         # a causal LM
                      data:list,               # calibration windows, `LongTensor[1, seqlen]`
                      delete_layer_num:int,    # n, consecutive layers per candidate window
                      parts:ModelParts|None=None, # located parts; detected if None
-                     save_gpu_memory:bool=False, # weights on CPU, one layer at a time on the accelerator
+                     *,
                      engine:str="fast",       # "fast" (exact), "reference" (brute force) or "approx"
-                     early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
-                     device=None,             # accelerator for `save_gpu_memory`; the default device if None
-                     progress:bool=True,      # show progress bars
-                     compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own
-                     eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
                      method:str="ppl_window", # the criterion, one of `METHODS` (see below)
-                     **engine_kwargs,         # passed on to the engine (chunk sizes, memory budget, a checkpoint, ...)
+                     early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
+                     eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
+                     options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
+                     **kwargs,                # `EngineOptions` fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...), and the search's own (`checkpoint`, `keep_exact`, ...)
                     )->PruneResult:
     "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
     if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
-    if engine_kwargs.get("checkpoint") is not None:
+    o, extra = EngineOptions.split(options, kwargs)
+    if extra.get("checkpoint") is not None:
         err = checkpoint_refusal(method, engine, early_abort)
         if err: raise err
     parts = parts or locate(model)
     candidate_starts(parts.num_layers, delete_layer_num)
     check_data(data, model)
     if eval_data is not None: check_data(eval_data, model)
-    common = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, progress=progress)
-    from depthprune_nb import engine as fast
     if method != "ppl_window":
-        if compute_dtype is not None and method != "sleb":
-            raise ConfigError(f"compute_dtype={compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
+        if o.compute_dtype is not None and method != "sleb":
+            raise ConfigError(f"compute_dtype={o.compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
                               f"or 'sleb'), not to method={method!r}, which runs one forward pass: leave it None")
-        if compute_dtype is not None: engine_kwargs = dict(engine_kwargs, compute_dtype=compute_dtype)
-        res = _by_criterion(model, data, delete_layer_num, method, engine, early_abort, common, engine_kwargs)
+        res = _by_criterion(model, data, delete_layer_num, parts, method, engine, early_abort, o, extra)
     elif engine == "reference":
-        low = fast.low_precision(model, compute_dtype, parts, save_gpu_memory, device)
-        run = lambda: reference_search(model, data, delete_layer_num, **common)
-        res = fill_runner_up(run() if low is None else fast.mixed_precision(run, low, model, data, delete_layer_num, **common))
+        low, plain = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device), replace(o, compute_dtype=None)
+        run = lambda: reference_search(model, data, delete_layer_num, parts, options=plain)
+        res = fill_runner_up(run() if low is None else mixed_precision_search(run, low, model, data, delete_layer_num, parts, plain))
     else:
-        kw = dict(common, compute_dtype=compute_dtype, **engine_kwargs)
-        if engine == "approx": res = fast.approx_search(model, data, delete_layer_num, **kw)
-        else: res = fast.fast_search(model, data, delete_layer_num, early_abort=early_abort, **kw)
-        fill_runner_up(res)
-    if eval_data is not None: evaluate_result(res, model, eval_data, parts, save_gpu_memory, device)
+        kw = dict(extra, early_abort=early_abort) if engine == "fast" else extra
+        res = fill_runner_up(search_function(engine)(model, data, delete_layer_num, parts, options=o, **kw))
+    if eval_data is not None: evaluate_result(res, model, eval_data, parts, o.save_gpu_memory, o.device)
     return res
 
-def _by_criterion(model, data, n, method, engine, early_abort, common, engine_kwargs)->PruneResult:
+def _by_criterion(model, data, n, parts, method, engine, early_abort, options, extra)->PruneResult:
     "The criteria other than the window search, each from its own module."
-    parts, offload = common["parts"], common["save_gpu_memory"]
     if method == "sleb":
-        from depthprune_nb.sleb import sleb_search
-        kw = dict(engine_kwargs, early_abort=early_abort) if engine == "fast" else engine_kwargs
-        return sleb_search(model, data, n, parts, engine, common["progress"], save_gpu_memory=offload,
-                           device=common["device"], **kw)
-    with layers_offloaded(parts, common["device"]) if offload else contextlib.nullcontext():
-        if method == "block_influence":
-            from depthprune_nb.block_influence import block_influence_search
-            return block_influence_search(model, data, n, parts)
-        from depthprune_nb.angular import angular_search
+        return sleb_search(model, data, n, parts, engine, options=options,
+                           **(dict(extra, early_abort=early_abort) if engine == "fast" else extra))
+    with layers_offloaded(parts, options.device) if options.save_gpu_memory else contextlib.nullcontext():
+        if method == "block_influence": return block_influence_search(model, data, n, parts)
         return angular_search(model, data, n, parts, last_token=method == "angular")
-
 
 # %% ../nbs/04_pruner.ipynb #35408ce3
 def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=False, device=None)->PruneResult:
@@ -100,9 +94,9 @@ def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=
         base = perplexity(model, data)
         with temporarily_deleted(model, layers, parts): after = perplexity(model, data)
     L = parts.num_layers
-    return PruneResult(len(layers), base, {layers[0]: after}, layers, L, L - len(layers),
-                       sum(p.numel() for p in model.parameters()), params_after_deleting(parts, layers),
-                       stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
+    return PruneResult(delete_layer_num=len(layers), baseline_ppl=base, ppl_by_start={layers[0]: after}, deleted_layers=layers,
+                       num_layers_before=L, num_layers_after=L - len(layers), params_before=sum(p.numel() for p in model.parameters()),
+                       params_after=params_after_deleting(parts, layers), stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
                        model_name=model_label(model), method="explicit")
 
 # %% ../nbs/04_pruner.ipynb #6ca25872
@@ -112,13 +106,13 @@ class ModelPruner:
                  config:Config|LayerImportancePruneConfig|dict, # the pruning config (the tutorial's Config)
                  engine:str="fast",     # search engine: "fast" (exact), "reference" or "approx"
                  early_abort:bool=False, # let the fast engine stop hopeless windows early
-                 device=None,           # accelerator for `save_gpu_memory`
-                 progress:bool=True,    # show progress bars
-                 **engine_kwargs):      # passed on to the engine
+                 options:EngineOptions|None=None, # how the engine runs; the config's `save_gpu_memory` and `compute_dtype` apply too
+                 **kwargs):             # `EngineOptions` fields (`device=`, `progress=`, ...), and the search's own (`checkpoint`, ...)
         self.config = as_algo_config(config)
         if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
-        self.engine, self.early_abort, self.device, self.progress = engine, early_abort, device, progress
-        self.engine_kwargs, self.result = engine_kwargs, None
+        self.engine, self.early_abort = engine, early_abort
+        self.options, self.search_kwargs = EngineOptions.split(options, kwargs)
+        self.result = None
 
     def locate(self, model)->ModelParts:
         "The model's parts, from the config's fields where given, detected where empty."
@@ -127,17 +121,17 @@ class ModelPruner:
 
     def search(self, model, data, eval_data:list|None=None)->PruneResult:
         "Which layers to delete, and the table behind the choice; the model is not changed."
-        c, parts = as_algo_config(self.config), self.locate(model)
+        c, parts, o = as_algo_config(self.config), self.locate(model), self.options
+        o = replace(o, save_gpu_memory=c.save_gpu_memory or o.save_gpu_memory,
+                    compute_dtype=c.compute_dtype if o.compute_dtype is None else o.compute_dtype) # the config's, unless set here
         check_data(data, model)
         if c.delete_layers_index is not None:
             layers = check_layer_indices(c.delete_layers_index, parts.num_layers)
-            res = explicit_result(model, data, layers, parts, c.save_gpu_memory, self.device)
-            if eval_data is not None: evaluate_result(res, model, eval_data, parts, c.save_gpu_memory, self.device)
+            res = explicit_result(model, data, layers, parts, o.save_gpu_memory, o.device)
+            if eval_data is not None: evaluate_result(res, model, eval_data, parts, o.save_gpu_memory, o.device)
             return res
-        kw = dict(self.engine_kwargs)
-        kw.setdefault("compute_dtype", c.compute_dtype)
-        return layer_importance(model, data, c.delete_layer_num, parts, c.save_gpu_memory, self.engine,
-                                self.early_abort, self.device, self.progress, eval_data=eval_data, method=c.method, **kw)
+        return layer_importance(model, data, c.delete_layer_num, parts, engine=self.engine, method=c.method,
+                                early_abort=self.early_abort, eval_data=eval_data, options=o, **self.search_kwargs)
 
 
     def pruning_model(self,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, renamed
 from .parts import ModelParts, locate
 from .ppl import check_data, ppl_deleting, ppl_from_nlls
 
 # %% auto #0
-__all__ = ['PruneResult', 'layer_range', 'best_window', 'candidate_starts', 'runner_up_window', 'fill_runner_up', 'model_label',
+__all__ = ['PruneResult', 'layer_range', 'best_start', 'candidate_starts', 'runner_up_start', 'fill_runner_up', 'model_label',
            'params_after_deleting', 'criterion_setup', 'criterion_result']
 
 # %% ../nbs/02c_result.ipynb #d504ab70
@@ -143,8 +143,8 @@ PruneResult.__str__ = _table
 PruneResult._repr_pretty_ = lambda self, p, cycle: p.text(_table(self))
 
 # %% ../nbs/02c_result.ipynb #b50d9d50
-def best_window(ppl_by_start:dict, # window start -> PPL
-               )->int:
+def best_start(ppl_by_start:dict, # window start -> PPL
+              )->int:
     "The start with the lowest finite PPL, earliest on ties; raises if none is finite."
     finite = {s: v for s, v in ppl_by_start.items() if math.isfinite(v)}
     if not finite:
@@ -160,9 +160,9 @@ def candidate_starts(num_layers:int, n:int)->list[int]:
     return list(range(num_layers - n + 1))
 
 # %% ../nbs/02c_result.ipynb #3d96ae7b
-def runner_up_window(ppl_by_start:dict, # window start -> PPL
-                     best:int,          # the chosen start
-                     inexact:list=(),   # starts whose PPL is only a bound or an estimate: used only when nothing else is left
+def runner_up_start(ppl_by_start:dict, # window start -> PPL
+                    best:int,          # the chosen start
+                    inexact:list=(),   # starts whose PPL is only a bound or an estimate: used only when nothing else is left
                     )->int|None:
     "The second choice of a PPL table: the lowest finite PPL other than `best`, earliest on ties; None if there is none."
     others = [s for s in sorted(ppl_by_start) if s != best and math.isfinite(ppl_by_start[s])]
@@ -172,11 +172,14 @@ def runner_up_window(ppl_by_start:dict, # window start -> PPL
 
 def fill_runner_up(result:PruneResult)->PruneResult:
     "Set the runner-up of a consecutive-window PPL search from its own table (no extra measurement)."
-    s = runner_up_window(result.ppl_by_start, result.best_start, result.lower_bound_starts + result.estimated_starts)
+    s = runner_up_start(result.ppl_by_start, result.best_start, result.lower_bound_starts + result.estimated_starts)
     if s is not None:
         result.runner_up_layers = list(range(s, s + result.delete_layer_num))
         result.runner_up_ppl = result.ppl_by_start[s]
     return result
+
+# %% ../nbs/02c_result.ipynb #16314838
+__getattr__ = renamed("depthprune_nb.result", {"best_window": "best_start", "runner_up_window": "runner_up_start"}, globals())
 
 # %% ../nbs/02c_result.ipynb #984448c8
 def model_label(model)->str:
@@ -222,7 +225,8 @@ def criterion_result(model:nn.Module,      # the causal LM (unchanged)
     again, more = (0 if baseline_nlls else 1), (1 if runner_up else 0) # forwards of the full model, of the runner-up
     stats = dict(stats, report_layer_passes=N * (again * L + (1 + more) * (L - n)),
                  report_head_passes=N * (again + 1 + more), report_wall_s=time.perf_counter() - t0)
-    return PruneResult(n, base, {deleted[0]: pick}, deleted, L, L - n, sum(p.numel() for p in model.parameters()),
-                       params_after_deleting(parts, deleted), proxy_by_start=proxy_by_start, stats=stats,
+    return PruneResult(delete_layer_num=n, baseline_ppl=base, ppl_by_start={deleted[0]: pick}, deleted_layers=deleted,
+                       num_layers_before=L, num_layers_after=L - n, params_before=sum(p.numel() for p in model.parameters()),
+                       params_after=params_after_deleting(parts, deleted), proxy_by_start=proxy_by_start, stats=stats,
                        model_name=model_label(model), method=method,
                        runner_up_layers=runner_up, runner_up_ppl=ru, scores=scores)

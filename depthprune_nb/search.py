@@ -10,51 +10,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import ConfigError, EngineOptions
 from .parts import ModelParts, locate
 from .ppl import check_data, perplexity, ppl_deleting
-from .result import PruneResult, best_window, candidate_starts, model_label, params_after_deleting
+from .result import PruneResult, best_start, candidate_starts, model_label, params_after_deleting
+from .surgery import temporarily_deleted
+from .placement import default_device, is_dispatched, layers_offloaded
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'default_device', 'layers_offloaded', 'reference_search', 'evaluate_result', 'window_nll', 'ppl_from_nlls',
-           'check_data', 'window_nlls', 'perplexity', 'ppl_deleting', 'PruneResult', 'layer_range', 'best_window',
-           'candidate_starts', 'model_label', 'params_after_deleting', 'runner_up_window', 'fill_runner_up',
-           'criterion_result', 'captured_stream', 'angular_distance_proxy']
-
-# %% ../nbs/03_search.ipynb #cf99a10e
-def default_device()->torch.device:
-    "The accelerator if there is one (CUDA or ROCm), else the CPU."
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-def _is_dispatched(model)->bool:
-    "True if accelerate placed the model over several devices (`device_map=...`)."
-    return len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}) > 1
-
-@contextlib.contextmanager
-def layers_offloaded(parts:ModelParts, # the model's parts
-                     device=None,      # the compute device; default_device() if None
-                    ):
-    "Keep decoder layers on CPU and move each to `device` only for its own forward; restore placement on exit."
-    model, device = parts.model, torch.device(device or default_device())
-    if _is_dispatched(model):
-        log.info("model is spread over devices by accelerate; each layer computes where it lives")
-        yield {"weight_moves": 0}; return
-    home = next(model.parameters()).device
-    counts = {"weight_moves": 0}
-    def to_device(layer, args): # a hook that returned a value would replace the layer's inputs
-        layer.to(device); counts["weight_moves"] += 1
-    def to_host(layer, args, out): layer.to("cpu")
-    handles = []
-    try:
-        model.to(device)
-        for layer in parts.layers:
-            layer.to("cpu")
-            handles += [layer.register_forward_pre_hook(to_device), layer.register_forward_hook(to_host)]
-        yield counts
-    finally:
-        for h in handles: h.remove()
-        model.to(home)
+__all__ = ['log', 'reference_search', 'evaluate_result', 'window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity',
+           'ppl_deleting', 'PruneResult', 'layer_range', 'best_start', 'candidate_starts', 'model_label',
+           'params_after_deleting', 'runner_up_start', 'fill_runner_up', 'criterion_result', 'captured_stream',
+           'angular_distance_proxy', 'default_device', 'layers_offloaded']
 
 # %% ../nbs/03_search.ipynb #628c99b2
 def reference_search(model:nn.Module,        # a causal LM
@@ -64,9 +33,14 @@ def reference_search(model:nn.Module,        # a causal LM
                      save_gpu_memory:bool=False, # keep layers on CPU, move each to the accelerator per call
                      device=None,            # compute device for `save_gpu_memory`
                      progress:bool=True,     # show a tqdm bar
+                     options:EngineOptions|None=None, # if given, its `save_gpu_memory`, `device` and `progress` replace the three above
                     )->PruneResult:
     "Brute force: really delete each window in turn and measure perplexity with the model's own forward."
-    from depthprune_nb.surgery import temporarily_deleted
+    if options is not None:
+        if options.compute_dtype is not None:
+            raise ConfigError(f"compute_dtype={options.compute_dtype!r}: reference_search runs in the model's own dtype; "
+                              "layer_importance(engine='reference', compute_dtype=...) confirms a low-precision table")
+        save_gpu_memory, device, progress = options.save_gpu_memory, options.device, options.progress
     parts = parts or locate(model)
     check_data(data, model)
     starts = candidate_starts(parts.num_layers, n)
@@ -77,10 +51,11 @@ def reference_search(model:nn.Module,        # a causal LM
         for s in tqdm(starts, desc="reference search", disable=not progress):
             with temporarily_deleted(model, list(range(s, s + n)), parts):
                 table[s] = perplexity(model, data)
-    best = best_window(table)
+    best = best_start(table)
     L = parts.num_layers
-    return PruneResult(n, baseline, table, list(range(best, best + n)), L, L - n,
-                       sum(p.numel() for p in model.parameters()), params_after_deleting(parts, range(best, best + n)),
+    return PruneResult(delete_layer_num=n, baseline_ppl=baseline, ppl_by_start=table, deleted_layers=list(range(best, best + n)),
+                       num_layers_before=L, num_layers_after=L - n, params_before=sum(p.numel() for p in model.parameters()),
+                       params_after=params_after_deleting(parts, range(best, best + n)),
                        stats=dict(engine="reference", layer_passes=L * len(data) + len(starts) * (L - n) * len(data),
                                   head_passes=(len(starts) + 1) * len(data), wall_s=time.perf_counter() - t0,
                                   weight_moves=(moves or {}).get("weight_moves", 0)),
@@ -107,9 +82,9 @@ def evaluate_result(result:PruneResult,         # what a search chose (layers in
 
 # %% ../nbs/03_search.ipynb #04267f37
 from .ppl import window_nll, ppl_from_nlls, window_nlls
-from .result import layer_range, runner_up_window, fill_runner_up, criterion_result
+from .result import layer_range, runner_up_start, fill_runner_up, criterion_result
 from .parts import captured_stream
 from .angular import angular_distance_proxy
 _all_ = ["window_nll", "ppl_from_nlls", "check_data", "window_nlls", "perplexity", "ppl_deleting", "PruneResult",
-         "layer_range", "best_window", "candidate_starts", "model_label", "params_after_deleting", "runner_up_window",
-         "fill_runner_up", "criterion_result", "captured_stream", "angular_distance_proxy"]
+         "layer_range", "best_start", "candidate_starts", "model_label", "params_after_deleting", "runner_up_start",
+         "fill_runner_up", "criterion_result", "captured_stream", "angular_distance_proxy", "default_device", "layers_offloaded"]

@@ -11,10 +11,10 @@ from torch import nn
 
 from .checkpoint import SearchCheckpoint, check_kind, model_fingerprint
 from .checkpoint import open_state, state_path, write_state
-from .config import ConfigError, checkpoint_refusal
+from .config import ConfigError, EngineOptions, checkpoint_refusal
 from .parts import ModelParts, locate
-from .result import PruneResult, model_label, params_after_deleting, runner_up_window, criterion_setup
-from .search import reference_search
+from .result import PruneResult, model_label, params_after_deleting, runner_up_start, criterion_setup
+from .engine import search_function
 from .surgery import temporarily_deleted
 
 log = logging.getLogger(__name__)
@@ -23,21 +23,18 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'sleb_rounds', 'sleb_search', 'sleb_prefix', 'sleb_fingerprint']
 
 # %% ../nbs/03d_sleb.ipynb #584bf457
-def _engine(name:str):
-    from depthprune_nb import engine
-    return {"fast": engine.fast_search, "reference": reference_search, "approx": engine.approx_search}[name]
-
 def sleb_rounds(model:nn.Module, data:list, n:int, parts:ModelParts, engine:str="fast",
-                checkpoint:SearchCheckpoint|None=None, **kw)->list:
+                checkpoint:SearchCheckpoint|None=None, options:EngineOptions|None=None, **kw)->list:
     "Greedy removal: per round, the single-layer PPL table (original numbering) and the layer removed; a `checkpoint` saves each."
-    L = parts.num_layers
-    rounds = [] if checkpoint is None else _saved_rounds(checkpoint, model, data, kw)[:n] # see "Resuming after a crash"
+    L, search = parts.num_layers, search_function(engine)
+    options, kw = EngineOptions.split(options, kw)
+    rounds = [] if checkpoint is None else _saved_rounds(checkpoint, model, data, vars(options))[:n] # see "Resuming after a crash"
     removed = [r["removed"] for r in rounds]
     for r in range(len(rounds), n):
         t0, kept = time.perf_counter(), [i for i in range(L) if i not in removed]
         ck = None if checkpoint is None else _round_checkpoint(checkpoint, r)
         with temporarily_deleted(model, removed, parts) if removed else contextlib.nullcontext():
-            try: res = _engine(engine)(model, data, 1, parts=parts, **kw, **({} if ck is None else dict(checkpoint=ck)))
+            try: res = search(model, data, 1, parts, options=options, **kw, **({} if ck is None else dict(checkpoint=ck)))
             except KeyboardInterrupt:
                 if ck is not None: _interrupted(checkpoint, r, n)
                 raise
@@ -57,13 +54,14 @@ def _sleb_result(st:dict, k:int, baseline:float, L:int, params_before:int, parts
     "The result of the first `k` rounds recorded in `st` (the per-round lists `sleb_search` keeps in its stats)."
     N, keep = st["calib_windows"], {name: st[name][:k] for name in _ROUND_LISTS}
     order, table = keep["removal_order"], {int(i): v for i, v in keep["round_tables"][-1]}
-    second, deleted = runner_up_window(table, order[-1]), sorted(order)
+    second, deleted = runner_up_start(table, order[-1]), sorted(order)
     stats = dict(st, **keep, layer_passes=sum(keep["round_layer_passes"]), head_passes=sum(keep["round_head_passes"]),
                  brute_force_layer_passes=sum((L - r) * (L - r - 1) * N for r in range(k)),
                  brute_force_head_passes=sum((L - r) * N for r in range(k)))
     if k < len(st["removal_order"]): stats["wall_s"] = sum(keep["round_wall_s"])
-    return PruneResult(k, baseline, {deleted[0]: keep["round_ppl"][-1]}, deleted, L, L - k, params_before,
-                       params_after_deleting(parts, deleted), stats=stats, model_name=model_name, method="sleb",
+    return PruneResult(delete_layer_num=k, baseline_ppl=baseline, ppl_by_start={deleted[0]: keep["round_ppl"][-1]},
+                       deleted_layers=deleted, num_layers_before=L, num_layers_after=L - k, params_before=params_before,
+                       params_after=params_after_deleting(parts, deleted), stats=stats, model_name=model_name, method="sleb",
                        runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
                        runner_up_ppl=None if second is None else table[second], scores=scores)
 
@@ -72,17 +70,19 @@ def sleb_search(model:nn.Module,            # a causal LM
                 n:int,                      # layers to delete, one per round
                 parts:ModelParts|None=None, # located parts; detected if None
                 engine:str="fast",          # the engine that scores each round: "fast" (exact), "reference", "approx"
-                progress:bool=True,         # show progress bars
+                progress:bool|None=None,    # show progress bars; None: as `options` say (shown by default)
                 checkpoint:SearchCheckpoint|None=None, # save each finished round, and the round in progress by sample chunk; resume from there
-                **engine_kwargs,            # passed on to the engine
+                options:EngineOptions|None=None, # how the engine of each round runs
+                **kwargs,                   # `EngineOptions` fields, and the round's search's own arguments (`early_abort`, `keep_exact`, ...)
                )->PruneResult:
     "SLEB (Song et al. 2024): `n` greedy rounds, each removing the layer whose removal gives the lowest calibration PPL."
     parts, L, N = criterion_setup(model, data, n, parts)
+    options, kwargs = EngineOptions.split(options, kwargs if progress is None else dict(kwargs, progress=progress))
     if checkpoint is not None:
-        err = checkpoint_refusal("sleb", engine, engine_kwargs.get("early_abort", False), engine_kwargs.get("compute_dtype"))
+        err = checkpoint_refusal("sleb", engine, kwargs.get("early_abort", False), options.compute_dtype)
         if err: raise err
     t0 = time.perf_counter()
-    rounds = sleb_rounds(model, data, n, parts, engine, checkpoint, progress=progress, **engine_kwargs)
+    rounds = sleb_rounds(model, data, n, parts, engine, checkpoint, options, **kwargs)
     st = dict(engine=f"sleb_{engine}", calib_windows=N, wall_s=time.perf_counter() - t0,
               removal_order=[r["removed"] for r in rounds], round_ppl=[r["ppl"] for r in rounds],
               round_layer_passes=[r["layer_passes"] for r in rounds], round_head_passes=[r["head_passes"] for r in rounds],

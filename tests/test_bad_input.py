@@ -110,7 +110,7 @@ def test_nan_losses_name_their_window_and_samples(tmp_path, caplog):
     data = [d.clamp(max=V - 2) for d in windows(model, n=5)]
     for i in (1, 3): data[i][0, 4] = V - 1
     snap = snapshot(model)
-    with caplog.at_level("WARNING", logger="depthprune_nb.engine"), \
+    with caplog.at_level("WARNING", logger="depthprune_nb"), \
          pytest.raises(RuntimeError, match="every candidate window gave a non-finite perplexity"):
         fast_search(model, data, 1, progress=False)
     msgs = [r.getMessage() for r in caplog.records if "non-finite loss" in r.getMessage()]
@@ -122,16 +122,16 @@ def test_nan_losses_name_their_window_and_samples(tmp_path, caplog):
 
 def test_out_of_memory_is_retried_with_smaller_chunks(gemma2, monkeypatch, caplog):
     "A simulated accelerator OOM on chunks over 2 samples: the chunk is split, the table is unchanged, the user is told."
-    from depthprune_nb import engine
+    from depthprune_nb import engine, sweeps
     data = windows(gemma2, n=7)
     whole = engine.fast_search(gemma2, data, 1, chunk_size=7, progress=False)
-    sweep, sizes = engine._Engine.sweep, []
+    sweep, sizes = sweeps.Engine.sweep, []
     def tight(self, idx, *a, **kw):
         sizes.append(len(idx))
         if len(idx) > 2: raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return sweep(self, idx, *a, **kw)
-    monkeypatch.setattr(engine._Engine, "sweep", tight)
-    with caplog.at_level("WARNING", logger="depthprune_nb.engine"):
+    monkeypatch.setattr(sweeps.Engine, "sweep", tight)
+    with caplog.at_level("WARNING", logger="depthprune_nb"):
         res = engine.fast_search(gemma2, data, 1, chunk_size=7, progress=False)
     assert sizes == [7, 4, 2, 2, 2, 1], sizes        # 7 fails, 4 fails, then pieces of 2 (and the odd one)
     assert res.stats["oom_retries"] == 2 and any("retrying in chunks of 2" in r.getMessage() for r in caplog.records)
@@ -139,6 +139,6 @@ def test_out_of_memory_is_retried_with_smaller_chunks(gemma2, monkeypatch, caplo
     assert abs(res.baseline_ppl / whole.baseline_ppl - 1) < 1e-6 and res.deleted_layers == whole.deleted_layers
     for s, v in whole.proxy_by_start.items(): assert abs(res.proxy_by_start[s] - v) < 1e-6   # no half-counted proxy
     def none_fit(self, idx, *a, **kw): raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-    monkeypatch.setattr(engine._Engine, "sweep", none_fit)
+    monkeypatch.setattr(sweeps.Engine, "sweep", none_fit)
     with pytest.raises(torch.OutOfMemoryError, match="with a single sample of 16 tokens: use shorter windows"):
         engine.fast_search(gemma2, data, 1, chunk_size=2, progress=False)

@@ -71,7 +71,7 @@ def test_angular_picks_the_planted_identity_block(method, family, llama_dir, opt
 def test_angular_last_token_uses_only_the_last_position(llama_dir):
     "Planting an identity that only the last position sees is impossible, so check the definition directly."
     from depthprune_nb.parts import captured_stream, locate
-    from depthprune_nb.angular import _angular
+    from depthprune_nb.parts import angular_distance as _angular
     model, data = load(llama_dir), windows(2)
     res = layer_importance(model, data, 2, method="angular", progress=False)
     parts, want = locate(model), {s: 0.0 for s in range(5)}

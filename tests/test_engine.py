@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb import engine
+from depthprune_nb import sweeps
 from depthprune_nb.engine import approx_search, fast_search
 from depthprune_nb.parts import locate
 from depthprune_nb.result import PruneResult
@@ -103,11 +103,11 @@ def test_tests_can_fail_replaying_one_mask_for_all_layers(tmp_path_factory, monk
     model = tiny(tmp_path_factory, "gemma3_text")
     data = windows(model, seqlen=24)  # longer than the sliding window (8), so the masks differ
     ref = reference_search(model, data, 1, progress=False)
-    real = engine.probe_layer_calls
+    real = sweeps.probe_layer_calls
     def one_call_for_all(*a, **k):
         h, calls = real(*a, **k)
         return h, [calls[0]] * len(calls)
-    monkeypatch.setattr(engine, "probe_layer_calls", one_call_for_all)
+    monkeypatch.setattr(sweeps, "probe_layer_calls", one_call_for_all)
     with pytest.raises(AssertionError):
         assert_same(fast_search(model, data, 1, progress=False), ref, "gemma3_text with one mask")
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb import engine
+from depthprune_nb import sweeps
 from depthprune_nb.config import ConfigError, LayerImportancePruneConfig
-from depthprune_nb.engine import approx_search, fast_search, low_precision, weights_cast
+from depthprune_nb.engine import approx_search, fast_search
+from depthprune_nb.precision import resolve_compute_dtype as low_precision, weights_cast, to_rescore
 from depthprune_nb.pruner import ModelPruner, layer_importance
 from depthprune_nb.result import PruneResult
 from depthprune_nb.testing import FAMILIES, save_tiny_model
@@ -99,7 +100,7 @@ def test_a_failed_search_leaves_the_model_as_it_was(tmp_path_factory, monkeypatc
     def boom(self, *a, **k):
         assert next(self.model.parameters()).dtype == torch.bfloat16, "the search must run on the cast weights"
         raise RuntimeError("out of memory, say")
-    monkeypatch.setattr(engine._Engine, "sweep", boom)
+    monkeypatch.setattr(sweeps.Engine, "sweep", boom)
     with pytest.raises(RuntimeError, match="out of memory"):
         fast_search(model, data, 1, compute_dtype="bfloat16", progress=False)
     assert_unchanged(model, before, "after a failed search")
@@ -183,10 +184,10 @@ def test_near_tie_is_caught_by_the_confirmation(tmp_path_factory):
 
 def test_margin_widens_when_the_rescored_windows_disagree_more(monkeypatch):
     "The margin follows the measured disagreement: a rescored window that disagrees more widens it."
-    assert engine.to_rescore({0: 10.0, 1: 10.05, 2: 10.3}, {0: 10.01}, 0.002) == []
-    assert engine.to_rescore({0: 10.0, 1: 10.05, 2: 10.3}, {0: 10.01}, 0.01) == [1]
-    assert engine.to_rescore({0: 10.0, 1: 10.05, 2: 10.3}, {0: 10.01, 1: 10.2}, 0.04) == [2]
-    assert engine.to_rescore({0: 10.0, 1: float("nan")}, {0: 10.01}, 0.0) == [1]  # not finite in low precision: rescore
+    assert to_rescore({0: 10.0, 1: 10.05, 2: 10.3}, {0: 10.01}, 0.002) == []
+    assert to_rescore({0: 10.0, 1: 10.05, 2: 10.3}, {0: 10.01}, 0.01) == [1]
+    assert to_rescore({0: 10.0, 1: 10.05, 2: 10.3}, {0: 10.01, 1: 10.2}, 0.04) == [2]
+    assert to_rescore({0: 10.0, 1: float("nan")}, {0: 10.01}, 0.0) == [1]  # not finite in low precision: rescore
 
 
 @pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 text not found at {TEXT}")
