@@ -4,7 +4,7 @@
                                [--out nbs/demo_results] [--ns 1 2 3 4 5 6] [--engine fast] [--retrain]
 
 Trains `depthprune_nb.demo.train_demo_model` (skipped when `model_dir` already holds one, unless
---retrain), then runs `depthprune_nb.plots.sweep` on the model's held-out text and writes one
+--retrain), then runs `depthprune_nb.pruner.search_each_n` on the model's held-out text and writes one
 `demo_search_n{n}.json` per window size into `--out`. Prints the training record and the tables.
 """
 import argparse, json, logging, os, time
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from depthprune_nb.demo import train_demo_model, load_demo_model
 from depthprune_nb.data import get_wikitext_dataset
-from depthprune_nb.plots import sweep
+from depthprune_nb.pruner import search_each_n
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def main():
     data = get_wikitext_dataset(a.model_dir, "cpu", seqlen=run.settings["seqlen"],
                                 text_file=Path(a.model_dir) / "heldout.txt", tokenizer=tok, progress=False)
     t0 = time.perf_counter()
-    results = sweep(model, data, a.ns, engine=a.engine)
+    results = search_each_n(model, data, a.ns, engine=a.engine)
     print(f"sweep over n={a.ns} on {len(data)} held-out windows: {time.perf_counter() - t0:.1f} s "
           f"({torch.get_num_threads()} threads)")
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)

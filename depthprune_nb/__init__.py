@@ -1,18 +1,19 @@
 __version__ = "0.1.0"
 
 # The public API, importable from the top level as the reference tutorial's code reads, grouped by level.
-# Entry points: search, prune, plan, look.
-from .pruner import ModelPruner, layer_importance, save_pruned
+# Entry points: search, prune, heal.
+from .pruner import ModelPruner, layer_importance, search_each_n, save_pruned
 from .exact import fast_search
 from .approx import approx_search
 from .search import reference_search, evaluate_result
-from .distributed import distributed_search
-from .plan import plan_search
 from .heal import heal  # needs `pip install peft` only when called
 # Settings and results.
 from .config import Config, LayerImportancePruneConfig, LayerImportanceConfig, EngineOptions
 from .result import PruneResult, layer_range
+# Scale: several processes, resumable searches, the cost before the run.
+from .distributed import distributed_search
 from .checkpoint import SearchCheckpoint
+from .plan import plan_search
 # Criteria other than the window search.
 from .angular import angular_search, angular_distance_proxy
 from .block_influence import block_influence, block_influence_search
@@ -22,7 +23,7 @@ from .data import get_wikitext_dataset, get_calib_eval_datasets
 from .ppl import perplexity
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
-from .plots import plot_heatmap, plot_proxy, sweep  # also adds PruneResult.plot
+from .plots import plot_heatmap, plot_proxy  # also adds PruneResult.plot
 # Errors.
 from .config import ConfigError
 from .parts import FieldError
@@ -35,24 +36,32 @@ from .parts import ModelParts, locate
 
 __all__ = [
     # entry points
-    "ModelPruner", "layer_importance", "fast_search", "approx_search", "reference_search", "distributed_search",
-    "evaluate_result", "plan_search", "heal", "save_pruned",
+    "ModelPruner", "layer_importance", "search_each_n", "fast_search", "approx_search", "reference_search",
+    "evaluate_result", "heal", "save_pruned",
     # settings and results
-    "Config", "LayerImportancePruneConfig", "EngineOptions", "PruneResult", "layer_range", "SearchCheckpoint",
+    "Config", "LayerImportancePruneConfig", "EngineOptions", "PruneResult", "layer_range",
     # criteria
     "angular_search", "angular_distance_proxy", "block_influence", "block_influence_search", "sleb_search",
-    # I/O
+    # I/O: data, models, GGUF files, plots, the interactive explorer (loaded on first use)
     "get_wikitext_dataset", "get_calib_eval_datasets", "perplexity", "delete_layers", "temporarily_deleted",
     "find_gguf", "load_model_and_tokenizer", "smollm2_gguf_path", "write_pruned_gguf", "plot_heatmap", "plot_proxy",
-    # scale: the interactive explorer (loaded on first use)
     "explore",
+    # scale
+    "distributed_search", "SearchCheckpoint", "plan_search",
     # errors
     "ConfigError", "FieldError", "RemoteCodeError", "GGUFError", "SaveDirError",
 ]
 
 
+_RENAMED = {"sweep": "search_each_n"}  # old name -> new, kept for one release
+
 def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, not with the package
     if name in ("explore", "PruneExplorer"):
         from . import explorer
         return getattr(explorer, name)
+    if name in _RENAMED:
+        import warnings
+        warnings.warn(f"depthprune_nb.{name} is deprecated and will be removed in the next release: use {_RENAMED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
     raise AttributeError(f"module 'depthprune_nb' has no attribute {name!r}")

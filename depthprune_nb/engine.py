@@ -34,3 +34,4 @@ def mixed_precision(search, low, model, data, n, parts=None, progress=True, **en
     return mixed_precision_search(search, low, model, data, n, parts, EngineOptions.of(progress=progress, **engine_kw))
 
 __getattr__ = renamed("depthprune_nb.engine", {"low_precision": "resolve_compute_dtype"}, globals())
+_Engine = Engine # the engine class's name before the split

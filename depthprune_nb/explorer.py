@@ -14,7 +14,7 @@ from .result import PruneResult, layer_range
 from .plots import plot_heatmap
 from .parts import locate
 from .surgery import delete_layers
-from .pruner import check_save_dir, save_pruned, SaveDirError, _local_source
+from .pruner import check_save_dir, save_pruned, SaveDirError, source_folder
 
 # %% auto #0
 __all__ = ['result_html', 'prune_and_save', 'PruneExplorer', 'in_jupyter', 'explore']
@@ -50,7 +50,7 @@ def prune_and_save(model,              # the unpruned model, pruned in place
                    overwrite:bool=False, # let a non-empty `save_dir` be used: its checkpoint files are replaced
                   )->Path:
     "Delete `result.deleted_layers` from `model` in place and save model, tokenizer and result to `save_dir`."
-    save_dir = check_save_dir(save_dir, _local_source(model), overwrite)  # checked before the model is touched
+    save_dir = check_save_dir(save_dir, source_folder(model), overwrite)  # checked before the model is touched
     L = locate(model).num_layers
     if L != result.num_layers_before:
         raise ValueError(f"the model has {L} decoder layers but the result is for a model with "

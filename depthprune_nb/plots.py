@@ -14,26 +14,14 @@ from fastcore.basics import patch
 
 from .result import PruneResult, layer_range
 from .angular import angular_distance_proxy
-from .pruner import layer_importance
+from .config import renamed
+from .pruner import search_each_n
 
 # %% auto #0
-__all__ = ['sweep', 'ppl_grid', 'plot_heatmap', 'rank_agreement', 'plot_proxy']
+__all__ = ['ppl_grid', 'plot_heatmap', 'rank_agreement', 'plot_proxy']
 
 # %% ../nbs/05_plots.ipynb #6a442d4e
-def sweep(model,              # a causal LM
-          data:list,          # calibration windows, `LongTensor[1, seqlen]`
-          ns,                 # window sizes to search, e.g. `range(1, 7)`
-          proxy:bool=True,    # also compute `proxy_by_start` (one extra forward pass per window per n)
-          progress:bool=False, # show progress bars
-          **kwargs,           # passed on to layer_importance (engine, save_gpu_memory, ...)
-         )->dict:             # n -> PruneResult
-    "`layer_importance` for each `n` in `ns`, with the angular-distance proxy filled in."
-    out = {}
-    for n in ns:
-        r = layer_importance(model, data, n, progress=progress, **kwargs)
-        if proxy and r.proxy_by_start is None: r.proxy_by_start = angular_distance_proxy(model, data, n)
-        out[n] = r
-    return out
+__getattr__ = renamed("depthprune_nb.plots", {"sweep": "search_each_n"}, globals())
 
 # %% ../nbs/05_plots.ipynb #ba3fe99f
 def _finite(d:dict)->dict: return {k: v for k, v in d.items() if v is not None and math.isfinite(v)}

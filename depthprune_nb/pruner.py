@@ -19,7 +19,7 @@ from .search import reference_search, evaluate_result
 from .placement import layers_offloaded
 from .precision import resolve_compute_dtype, mixed_precision_search
 from .engine import search_function
-from .angular import angular_search
+from .angular import angular_search, angular_distance_proxy
 from .block_influence import block_influence_search
 from .sleb import sleb_search
 from .config import METHODS, ENGINES, checkpoint_refusal
@@ -29,8 +29,8 @@ from .gguf import serializable, gguf_source
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'layer_importance', 'explicit_result', 'ModelPruner',
-           'is_checkpoint_file', 'SaveDirError', 'check_save_dir', 'save_pruned']
+__all__ = ['log', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'layer_importance', 'search_each_n', 'explicit_result',
+           'ModelPruner', 'is_checkpoint_file', 'SaveDirError', 'check_save_dir', 'source_folder', 'save_pruned']
 
 # %% ../nbs/04_pruner.ipynb #e5c0de00
 import os, shutil, uuid, warnings
@@ -84,6 +84,22 @@ def _by_criterion(model, data, n, parts, method, engine, early_abort, options, e
     with layers_offloaded(parts, options.device) if options.save_gpu_memory else contextlib.nullcontext():
         if method == "block_influence": return block_influence_search(model, data, n, parts)
         return angular_search(model, data, n, parts, last_token=method == "angular")
+
+# %% ../nbs/04_pruner.ipynb #e6b00611
+def search_each_n(model:nn.Module,    # a causal LM
+                  data:list,          # calibration windows, `LongTensor[1, seqlen]`
+                  ns,                 # window sizes to search, e.g. `range(1, 7)`
+                  proxy:bool=True,    # also compute `proxy_by_start` (one extra forward pass per window per n)
+                  progress:bool=False, # show progress bars
+                  **kwargs,           # passed on to layer_importance (engine, save_gpu_memory, ...)
+                 )->dict:             # n -> PruneResult
+    "`layer_importance` for each `n` in `ns`, with the angular-distance proxy filled in."
+    out = {}
+    for n in ns:
+        r = layer_importance(model, data, n, progress=progress, **kwargs)
+        if proxy and r.proxy_by_start is None: r.proxy_by_start = angular_distance_proxy(model, data, n)
+        out[n] = r
+    return out
 
 # %% ../nbs/04_pruner.ipynb #35408ce3
 def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=False, device=None)->PruneResult:
@@ -200,7 +216,7 @@ def check_save_dir(save_dir:str|Path,             # where the pruned model will 
     return save_dir
 
 # %% ../nbs/04_pruner.ipynb #e5c0de02
-def _local_source(model)->Path|None:
+def source_folder(model)->Path|None:
     "The local folder `model` was loaded from, if any."
     p = getattr(model, "name_or_path", "") or ""
     return Path(p) if p and Path(p).is_dir() else None
@@ -233,7 +249,7 @@ def save_pruned(model:nn.Module,          # the pruned model
                 progress:bool=False,      # show transformers' "Writing model shards" bar
                )->Path:
     "Save a pruned model (safetensors), its tokenizer and the search result to `save_dir`, all or nothing."
-    source_dir = source_dir if source_dir is not None else _local_source(model)
+    source_dir = source_dir if source_dir is not None else source_folder(model)
     save_dir = check_save_dir(save_dir, source_dir, overwrite)
     save_dir.parent.mkdir(parents=True, exist_ok=True)
     if gguf_source(model) is not None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ConfigError, EngineOptions
+from .config import ConfigError, EngineOptions, renamed
 from .parts import ModelParts, locate
 from .ppl import check_data, perplexity, ppl_deleting
 from .result import PruneResult, best_start, candidate_starts, model_label, params_after_deleting
@@ -88,3 +88,4 @@ from .angular import angular_distance_proxy
 _all_ = ["window_nll", "ppl_from_nlls", "check_data", "window_nlls", "perplexity", "ppl_deleting", "PruneResult",
          "layer_range", "best_start", "candidate_starts", "model_label", "params_after_deleting", "runner_up_start",
          "fill_runner_up", "criterion_result", "captured_stream", "angular_distance_proxy", "default_device", "layers_offloaded"]
+__getattr__ = renamed("depthprune_nb.search", {"best_window": "best_start", "runner_up_window": "runner_up_start"}, globals())

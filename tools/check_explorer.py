@@ -30,13 +30,13 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 NOTEBOOK_CELLS = [
     """import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from depthprune_nb import explore, sweep
+from depthprune_nb import explore, search_each_n
 from depthprune_nb.testing import save_tiny_model""",
     """model_dir = save_tiny_model("tiny-opt", family="opt", num_layers=6)
 model, tok = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
 g = torch.Generator().manual_seed(0)
 data = [torch.randint(0, model.config.vocab_size, (1, 64), generator=g) for _ in range(4)]
-results = sweep(model, data, [1, 2, 3], proxy=False)
+results = search_each_n(model, data, [1, 2, 3], proxy=False)
 {n: r.deleted_layers for n, r in results.items()}""",
     """explore(results, model, tok, save_dir="pruned_check")""",
 ]
