@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError
 from .data import cut_windows, default_seqlen
@@ -66,7 +67,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          parts:ModelParts|None=None, # located parts; detected if None
          seed:int=0,                 # seed for the adapters' initialization
          progress:bool=True,         # show a tqdm bar
-         tokenizer=None,             # tokenizes `data` when it is text; required then, unused for windows
+         tokenizer:PreTrainedTokenizerBase|None=None, # tokenizes `data` when it is text; required then, unused for windows
          seqlen:int|None=None,       # tokens per window cut from text; None: the model's positions, at most 2048 (the CLI's default)
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
     "LoRA fine-tune on `data`, adapters merged into the weights; the model comes back in eval mode."

@@ -49,7 +49,7 @@ def _window_label(start:int, n:int)->str:
 # %% ../nbs/05_plots.ipynb #32f4f276
 @patch
 def plot(self:PruneResult,
-         ax=None,                 # matplotlib Axes to draw on; a new figure if None
+         ax:plt.Axes|None=None,   # matplotlib Axes to draw on; a new figure if None
          log:bool|None=None,      # log-scale y axis; automatic (`log_above`) if None
          log_above:float=10.0,    # automatic log scale when max/min of the values exceeds this
          title:str|None=None,     # the Axes title; a default naming the model and `n` if None
@@ -110,7 +110,7 @@ def ppl_grid(results:dict, # n -> PruneResult for that n, all from the same mode
 
 # %% ../nbs/05_plots.ipynb #e954e165
 def plot_heatmap(results:dict,        # n -> PruneResult for that n, all from the same model
-                 ax=None,             # matplotlib Axes to draw on; a new figure if None
+                 ax:plt.Axes|None=None, # matplotlib Axes to draw on; a new figure if None
                  annotate:bool|None=None, # write values in cells; automatic (small grids) if None
                  title:str|None=None, # the Axes title; a default if None
                 ):
