@@ -3,7 +3,7 @@
 - a link to an anchor or page that does not exist, or a markdown link left raw (e.g. inside a rendered signature);
 - a heading that repeats the entry right below it;
 - something of the build machine in a cell's output: a temporary path (`/tmp/...`, `tmpab12cd_x`), a home or
-  `site-packages` path, a warning (`FutureWarning: ...`), a memory address (`at 0x7f...`);
+  `site-packages` path, a warning (`FutureWarning: ...`), a memory address (`at 0x7f...`), a progress bar;
 - a float printed with 8 or more significant digits (`0.7992972632249196`): round it;
 - raw HTML printed as text (`<span style=...>` shown literally instead of rendered);
 - `NoneType=None` in a signature (a parameter with default `None` and no annotation: annotate it, `x:int|None=None`);
@@ -82,6 +82,7 @@ LEAKS = [("temporary path", r"(?:/tmp|/var/folders|/private/var)/\S*|\btmp[a-z0-
          ("home or install path", r"(?:/root|/home/\w+|/Users/\w+)/\S+|\S*(?:site|dist)-packages\S*"),
          ("warning", r"\b\w*Warning: .{0,60}"),
          ("memory address", r"\bat 0x[0-9a-fA-F]{6,}"),
+         ("progress bar", r"[\d.]+\s?(?:it|s/it|B|kB|MB)/s\]|\|#{3,}"),
          ("raw HTML printed as text", r"</?(?:span|div|p|b|i|br|table|tr|td|th|pre|code|a|img|font|style)(?:\s+[\w-]+=[^>]{0,40}>?|\s*/?>)"),
         ]
 ALIGNED = re.compile(r"\S {2,}\S|^ {2,}\S")  # a line laid out in columns: words apart by 2+ spaces, or indented
