@@ -4,7 +4,7 @@
 
 # %% ../nbs/04a_heal.ipynb #e82561e8
 from __future__ import annotations
-import logging, os, time
+import logging, os, time, warnings
 from pathlib import Path
 
 import torch
@@ -80,7 +80,9 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     grad = {n: p.requires_grad for n, p in model.named_parameters()}
     torch.manual_seed(seed)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(parts), lora_dropout=0.0, bias="none")
-    pm = get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: not the user's to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        pm = get_peft_model(model, cfg)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt, losses, t0 = torch.optim.AdamW(params, lr=lr), [], time.perf_counter()
     pm.train()
