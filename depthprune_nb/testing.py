@@ -125,7 +125,7 @@ def _redraw(model, std:float, seed:int):
         for p in model.parameters():
             if p.dim() >= 2: p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * std)
 
-def save_tiny_model(path:str|Path|None=None, # folder to write; a fresh temporary folder if None
+def save_tiny_model(path:str|Path|None=None, # folder to write; `tiny-<family>` in a fresh temporary folder if None
                     family:str="opt",        # a key of `FAMILIES`
                     num_layers:int=6,        # decoder layers
                     seed:int=0,              # seed for the random weights
@@ -134,7 +134,7 @@ def save_tiny_model(path:str|Path|None=None, # folder to write; a fresh temporar
                     **overrides,             # further config fields
                    )->Path:
     "Write a random-weight `family` model and a local tokenizer to `path`, loadable with `from_pretrained`."
-    path = Path(path or tempfile.mkdtemp(prefix=f"tiny_{family}_"))
+    path = Path(path or Path(tempfile.mkdtemp()) / f"tiny-{family}")  # a stable name: what tables and plots show
     tok = train_tokenizer()
     cfg = tiny_config(family, num_layers, vocab_size=len(tok), **overrides)
     cfg.bos_token_id = cfg.eos_token_id = tok.eos_token_id
