@@ -450,4 +450,5 @@ d = { 'settings': { 'branch': 'main',
                                                                                   'depthprune_nb/testing.py'),
                                        'depthprune_nb.testing.tiny_config': ('testing.html#tiny_config', 'depthprune_nb/testing.py'),
                                        'depthprune_nb.testing.train_tokenizer': ( 'testing.html#train_tokenizer',
-                                                                                  'depthprune_nb/testing.py')}}}
+                                                                                  'depthprune_nb/testing.py'),
+                                       'depthprune_nb.testing.working_dir': ('testing.html#working_dir', 'depthprune_nb/testing.py')}}}

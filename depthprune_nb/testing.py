@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_testing.ipynb #13cfcdc5
 from __future__ import annotations
-import os, tempfile
+import contextlib, os, tempfile
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['TINY', 'FAMILIES', 'train_tokenizer', 'tiny_config', 'save_tiny_model', 'save_tiny_gguf']
+__all__ = ['TINY', 'FAMILIES', 'train_tokenizer', 'tiny_config', 'save_tiny_model', 'save_tiny_gguf', 'working_dir']
 
 # %% ../nbs/09_testing.ipynb #7c9d0f90
 _CORPUS = """The tower is 324 metres tall, about the same height as an 81-storey building.
@@ -200,3 +200,12 @@ def save_tiny_gguf(path:str|Path,          # the `.gguf` file to write
         else: w.add_tensor(name, a)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     return path
+
+# %% ../nbs/09_testing.ipynb #b5d2e9a2
+@contextlib.contextmanager
+def working_dir(path:str|Path, # the folder to work in for the block
+               ):
+    "Run the block with `path` as the working directory, and go back after it (`contextlib.chdir` before Python 3.11)."
+    old = os.getcwd(); os.chdir(path)
+    try: yield Path(path)
+    finally: os.chdir(old)
