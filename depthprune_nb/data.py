@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError
 
@@ -117,7 +118,7 @@ def load_tokenizer(model_dir:str|Path, # a local model folder or a Hub id
 def cut_windows(ids:torch.Tensor,     # `[1, N]` or `[N]` token ids of the whole text
                 seqlen:int,           # tokens per window
                 nsamples:int|None=None, # keep at most this many windows; all if None
-                dev=None,             # device to put the windows on
+                dev:str|torch.device|None=None, # device to put the windows on
                 progress:bool=True,   # show a tqdm bar
                )->list:
     "Non-overlapping `[1, seqlen]` windows of `ids`; the remainder that does not fill one is dropped."
@@ -141,11 +142,11 @@ def default_seqlen(model, asked:int|None)->int:
 
 # %% ../nbs/00_data.ipynb #e37151f8
 def get_wikitext_dataset(model_dir:str|Path,   # model folder or Hub id whose tokenizer is used
-                         dev=None,             # device the windows are put on (e.g. `model.device`)
+                         dev:str|torch.device|None=None, # device the windows are put on (e.g. `model.device`)
                          seqlen:int=2048,      # tokens per window
                          split:str="test",     # WikiText-2 split
                          text_file:str|Path|None=None, # local joined text instead of the Hub
-                         tokenizer=None,       # a tokenizer to use instead of loading one from `model_dir`
+                         tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from `model_dir`
                          nsamples:int|None=None, # keep at most this many windows
                          progress:bool=True,   # show a tqdm bar
                          trust_remote_code:bool=False, # run the tokenizer's own code if it ships some
@@ -190,14 +191,14 @@ def _windows_of(source:tuple, model_dir, tokenizer, seqlen:int, cache:dict)->lis
     return cache[source]
 
 def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose tokenizer is used
-                            dev=None,             # device the windows are put on
+                            dev:str|torch.device|None=None, # device the windows are put on
                             seqlen:int=2048,      # tokens per window
                             calib_split:str="train", # WikiText-2 split to calibrate on (Hub)
                             eval_split:str="test",   # WikiText-2 split to evaluate on (Hub)
                             text_file:str|Path|None=None, # one local text for both: split by split_windows
                             calib_text_file:str|Path|None=None, # a local text to calibrate on
                             eval_text_file:str|Path|None=None,  # a local text to evaluate on
-                            tokenizer=None,       # a tokenizer to use instead of loading one from `model_dir`
+                            tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from `model_dir`
                             nsamples:int|None=None,      # calibration windows
                             eval_nsamples:int|None=None, # evaluation windows
                            )->tuple:              # (calibration windows, evaluation windows)

@@ -67,7 +67,7 @@ class DemoRun:
     def __str__(self):
         return (f"{self.num_params:,} parameters, {self.steps} steps in {self.train_seconds:.0f} s "
                 f"({self.cpu_seconds:.0f} CPU s, {self.settings.get('threads', '?')} threads); "
-                f"held-out PPL {self.heldout_ppl:.2f} on {self.heldout_windows} windows; saved to {self.path}")
+                f"held-out PPL {self.heldout_ppl:.2f} on {self.heldout_windows} windows")  # where: `path`
 
 # %% ../nbs/07_demo.ipynb #80bd80b6
 def _digest(text:str)->str: return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

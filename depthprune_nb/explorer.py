@@ -9,6 +9,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import ipywidgets as widgets
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from .result import PruneResult, layer_range
 from .plots import plot_heatmap
@@ -46,7 +48,7 @@ def _png(result:PruneResult)->bytes:
 def prune_and_save(model,              # the unpruned model, pruned in place
                    result:PruneResult, # which layers to delete (`result.deleted_layers`)
                    save_dir:str|Path,  # folder to save into; empty or new unless `overwrite`
-                   tokenizer=None,     # saved alongside if given
+                   tokenizer:PreTrainedTokenizerBase|None=None, # saved alongside if given
                    overwrite:bool=False, # let a non-empty `save_dir` be used: its checkpoint files are replaced
                   )->Path:
     "Delete `result.deleted_layers` from `model` in place and save model, tokenizer and result to `save_dir`."
@@ -63,8 +65,8 @@ class PruneExplorer:
     "Slider over computed `n`, table and plot of that result, and a button that prunes the model and saves it."
     def __init__(self,
                  results:dict,            # n -> PruneResult, all for the same model
-                 model=None,              # the unpruned model; without it the button is disabled
-                 tokenizer=None,          # saved with the model if given
+                 model:nn.Module|None=None, # the unpruned model; without it the button is disabled
+                 tokenizer:PreTrainedTokenizerBase|None=None, # saved with the model if given
                  save_dir:str|Path="pruned_model", # default folder for the button
                  n:int|None=None,         # the `n` shown first; the smallest if None
                  overwrite:bool=False,    # start with the "overwrite" box ticked
@@ -126,8 +128,8 @@ def in_jupyter()->bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 def explore(results:dict,      # n -> PruneResult, all for the same model
-            model=None,        # the unpruned model, for the prune button
-            tokenizer=None,    # saved with the model if given
+            model:nn.Module|None=None, # the unpruned model, for the prune button
+            tokenizer:PreTrainedTokenizerBase|None=None, # saved with the model if given
             save_dir:str|Path="pruned_model", # default folder for the button
             n:int|None=None,   # the `n` shown first (and in the static view); the smallest if None
             widget:bool|None=None, # force the widget (True) or the static view (False); automatic if None
@@ -138,8 +140,8 @@ def explore(results:dict,      # n -> PruneResult, all for the same model
         return PruneExplorer(results, model, tokenizer, save_dir, n, overwrite)
     r = results[n if n is not None else min(results)]
     print(r)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw=dict(width_ratios=[1.2, 1]))
+    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 4.6 + 0.3 * len(results)), layout="constrained",
+                               gridspec_kw=dict(height_ratios=[0.6 + 0.3 * len(results), 2.6]))  # 8 in: legible at page width
     plot_heatmap(results, ax=a)
     r.plot(ax=b)
-    fig.tight_layout()
     return fig

@@ -4,12 +4,13 @@
 
 # %% ../nbs/04a_heal.ipynb #e82561e8
 from __future__ import annotations
-import logging, os, time
+import logging, os, time, warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError
 from .data import cut_windows, default_seqlen
@@ -66,7 +67,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          parts:ModelParts|None=None, # located parts; detected if None
          seed:int=0,                 # seed for the adapters' initialization
          progress:bool=True,         # show a tqdm bar
-         tokenizer=None,             # tokenizes `data` when it is text; required then, unused for windows
+         tokenizer:PreTrainedTokenizerBase|None=None, # tokenizes `data` when it is text; required then, unused for windows
          seqlen:int|None=None,       # tokens per window cut from text; None: the model's positions, at most 2048 (the CLI's default)
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
     "LoRA fine-tune on `data`, adapters merged into the weights; the model comes back in eval mode."
@@ -79,7 +80,9 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     grad = {n: p.requires_grad for n, p in model.named_parameters()}
     torch.manual_seed(seed)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(parts), lora_dropout=0.0, bias="none")
-    pm = get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: not the user's to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        pm = get_peft_model(model, cfg)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt, losses, t0 = torch.optim.AdamW(params, lr=lr), [], time.perf_counter()
     pm.train()

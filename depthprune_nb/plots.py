@@ -10,6 +10,7 @@ import torch
 import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import MaxNLocator
 from fastcore.basics import patch
 
 from .result import PruneResult, layer_range
@@ -34,10 +35,21 @@ def _use_log(values, baseline:float|None=None, log_above:float=10.0)->bool:
 def _window_label(start:int, n:int)->str:
     return layer_range(range(start, start + n), named=True)
 
+def _label_step(count:int, max_labels:int=16)->int:
+    "Label every 1st, 2nd, 5th, 10th, ... tick: the smallest such step that leaves at most `max_labels` labels."
+    return next((s for m in (1, 10, 100, 1000) for s in (m, 2 * m, 5 * m) if math.ceil(count / s) <= max_labels),
+                math.ceil(count / max_labels))
+
+def _start_ticks(ax, starts:list, max_labels:int=16):
+    "A tick at every window start on the x axis, a label at every k-th one, so that two-digit labels never run together."
+    step = _label_step(len(starts), max_labels)
+    ax.set_xticks([s for s in starts if s % step == 0])
+    ax.set_xticks(starts, minor=True)
+
 # %% ../nbs/05_plots.ipynb #32f4f276
 @patch
 def plot(self:PruneResult,
-         ax=None,                 # matplotlib Axes to draw on; a new figure if None
+         ax:plt.Axes|None=None,   # matplotlib Axes to draw on; a new figure if None
          log:bool|None=None,      # log-scale y axis; automatic (`log_above`) if None
          log_above:float=10.0,    # automatic log scale when max/min of the values exceeds this
          title:str|None=None,     # the Axes title; a default naming the model and `n` if None
@@ -70,12 +82,12 @@ def plot(self:PruneResult,
     if inf:
         top = ax.get_ylim()[1]
         ax.scatter(inf, [top] * len(inf), marker="x", color="k", clip_on=False, zorder=4, label="infinite / NaN")
-    ax.set_xticks(starts)
+    _start_ticks(ax, starts)
     ax.set_xlabel(f"window start (first of the {n} deleted layers)" if n > 1 else "window start (the deleted layer)")
     ax.set_ylabel("perplexity")
     ax.set_title(title if title is not None else
                  f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)  # below: hides no point
     ax.grid(alpha=0.3)
     return ax
 
@@ -98,29 +110,29 @@ def ppl_grid(results:dict, # n -> PruneResult for that n, all from the same mode
 
 # %% ../nbs/05_plots.ipynb #e954e165
 def plot_heatmap(results:dict,        # n -> PruneResult for that n, all from the same model
-                 ax=None,             # matplotlib Axes to draw on; a new figure if None
-                 annotate:bool|None=None, # write values in cells; automatic (small grids) if None
+                 ax:plt.Axes|None=None, # matplotlib Axes to draw on; a new figure if None
+                 annotate:bool|None=None, # write values in cells; automatic (up to 18 starts, 200 cells) if None
                  title:str|None=None, # the Axes title; a default if None
                 ):
     "Heatmap of perplexity over (window size `n`, window start), each row's chosen window outlined."
     ns, starts, grid = ppl_grid(results)
-    if ax is None: _, ax = plt.subplots(figsize=(min(1 + 0.6 * len(starts), 14), 1.2 + 0.45 * len(ns)))
+    if ax is None: _, ax = plt.subplots(figsize=(min(1.5 + 0.5 * len(starts), 8), 1.2 + 0.45 * len(ns)))  # <= 8 in: legible at page width
     show = np.where(np.isfinite(grid), grid, np.nan)
     pos = show[np.isfinite(show) & (show > 0)]
     wide = pos.size and _use_log(pos.tolist())
     norm = LogNorm(vmin=pos.min(), vmax=pos.max()) if wide else None
     im = ax.imshow(np.ma.masked_invalid(show), aspect="auto", cmap="viridis", norm=norm, origin="upper")
     plt.colorbar(im, ax=ax, label="perplexity")
-    ax.set_xticks(range(len(starts)), starts); ax.set_yticks(range(len(ns)), ns)
+    _start_ticks(ax, starts); ax.set_yticks(range(len(ns)), ns)
     ax.set_xlabel("window start"); ax.set_ylabel("layers deleted (n)")
-    if annotate if annotate is not None else len(starts) * len(ns) <= 200:
+    if annotate if annotate is not None else len(starts) <= 18 and len(starts) * len(ns) <= 200:
         for i, n in enumerate(ns):
             lb = set(results[n].lower_bound_starts)
             for s in results[n].ppl_by_start:
                 v = grid[i, s]
                 txt = (("≥" if s in lb else "") + _short(v)) if math.isfinite(v) else "inf"
                 dark = math.isfinite(v) and im.norm(v) < 0.6
-                ax.text(s, i, txt, ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
+                ax.text(s, i, txt, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     for i, n in enumerate(ns):
         ax.add_patch(plt.Rectangle((results[n].best_start - .5, i - .5), 1, 1, fill=False, ec="red", lw=2))
     name = next(iter(results.values())).model_name
@@ -156,11 +168,11 @@ def rank_agreement(result:PruneResult, # a result with `proxy_by_start` filled i
 
 # %% ../nbs/05_plots.ipynb #c26c82cb
 def plot_proxy(result:PruneResult, # a result with `proxy_by_start` filled in
-               figsize=(9, 3.6),   # figure size in inches (narrow enough that its text stays legible at page width)
+               figsize=(8, 3.6),   # figure size in inches: at most 8.5 wide, so that its text stays legible at page width
               ):
     "The proxy beside the perplexity over window starts, and their rank agreement; returns the Figure."
     agree = rank_agreement(result)
-    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=figsize, gridspec_kw=dict(width_ratios=[1.7, 1]))
+    fig, (ax, ax_r) = plt.subplots(1, 2, figsize=figsize, gridspec_kw=dict(width_ratios=[1.7, 1]), layout="constrained")
     result.plot(ax=ax, title="")
     ax2 = ax.twinx()
     starts = sorted(result.proxy_by_start)
@@ -171,16 +183,16 @@ def plot_proxy(result:PruneResult, # a result with `proxy_by_start` filled in
     ax2.set_ylabel("angular distance (proxy)", color="C2")
     h1, l1 = ax.get_legend_handles_labels(); h2, l2 = ax2.get_legend_handles_labels()
     ax.get_legend().remove()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    fig.legend(h1 + h2, l1 + l2, fontsize=8, loc="outside lower center", ncol=3, frameon=False)  # below both: hides no data
     common = sorted(set(result.ppl_by_start) & set(result.proxy_by_start))
     rp = _ranks([min(result.ppl_by_start[s], 1e300) for s in common])
     rx = _ranks([result.proxy_by_start[s] for s in common])
     ax_r.plot([0, len(common) - 1], [0, len(common) - 1], color="grey", lw=0.8, ls=":")
     ax_r.scatter(rx, rp, color="C0")
     for s, x, y in zip(common, rx, rp): ax_r.annotate(str(s), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for a in (ax_r.xaxis, ax_r.yaxis): a.set_major_locator(MaxNLocator(integer=True))
     ax_r.set_xlabel("proxy rank (0 = smallest distance)"); ax_r.set_ylabel("PPL rank (0 = best)")
     ax_r.set_title(f"Spearman ρ = {agree['spearman']:.2f}; same choice: {'yes' if agree['same_choice'] else 'no'}", fontsize=10)
     name = result.model_name
     fig.suptitle(f"{name + ': ' if name else ''}proxy vs perplexity, deleting {result.delete_layer_num} of {result.num_layers_before} layers", fontsize=11)
-    fig.tight_layout()
     return fig

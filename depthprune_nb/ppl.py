@@ -99,7 +99,7 @@ def check_data(data:list,                  # calibration windows, each `LongTens
 @torch.inference_mode()
 def window_nlls(model:nn.Module, # a causal LM
                 data:list,       # calibration windows, `LongTensor[1, seqlen]`
-                device=None,     # where inputs go; the input embedding's device if None
+                device:str|torch.device|None=None, # where inputs go; the input embedding's device if None
                 stop_above:float|None=None, # stop early once the running NLL sum exceeds this
                )->list[float]:
     "Per-window mean NLL of `model` on `data`, one plain forward per window."
@@ -111,7 +111,7 @@ def window_nlls(model:nn.Module, # a causal LM
         if stop_above is not None and sum(nlls) > stop_above: break
     return nlls
 
-def perplexity(model:nn.Module, data:list, device=None)->float:
+def perplexity(model:nn.Module, data:list, device:str|torch.device|None=None)->float:
     "Perplexity of `model` on `data`: `exp` of the mean per-window NLL."
     return ppl_from_nlls(window_nlls(model, data, device))
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_testing.ipynb #13cfcdc5
 from __future__ import annotations
-import os, tempfile
+import contextlib, os, tempfile
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 # %% auto #0
-__all__ = ['TINY', 'FAMILIES', 'train_tokenizer', 'tiny_config', 'save_tiny_model', 'save_tiny_gguf']
+__all__ = ['TINY', 'FAMILIES', 'train_tokenizer', 'tiny_config', 'save_tiny_model', 'save_tiny_gguf', 'working_dir']
 
 # %% ../nbs/09_testing.ipynb #7c9d0f90
 _CORPUS = """The tower is 324 metres tall, about the same height as an 81-storey building.
@@ -125,7 +125,7 @@ def _redraw(model, std:float, seed:int):
         for p in model.parameters():
             if p.dim() >= 2: p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * std)
 
-def save_tiny_model(path:str|Path|None=None, # folder to write; a fresh temporary folder if None
+def save_tiny_model(path:str|Path|None=None, # folder to write; `tiny-<family>` in a fresh temporary folder if None
                     family:str="opt",        # a key of `FAMILIES`
                     num_layers:int=6,        # decoder layers
                     seed:int=0,              # seed for the random weights
@@ -134,7 +134,7 @@ def save_tiny_model(path:str|Path|None=None, # folder to write; a fresh temporar
                     **overrides,             # further config fields
                    )->Path:
     "Write a random-weight `family` model and a local tokenizer to `path`, loadable with `from_pretrained`."
-    path = Path(path or tempfile.mkdtemp(prefix=f"tiny_{family}_"))
+    path = Path(path or Path(tempfile.mkdtemp()) / f"tiny-{family}")  # a stable name: what tables and plots show
     tok = train_tokenizer()
     cfg = tiny_config(family, num_layers, vocab_size=len(tok), **overrides)
     cfg.bos_token_id = cfg.eos_token_id = tok.eos_token_id
@@ -200,3 +200,12 @@ def save_tiny_gguf(path:str|Path,          # the `.gguf` file to write
         else: w.add_tensor(name, a)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     return path
+
+# %% ../nbs/09_testing.ipynb #b5d2e9a2
+@contextlib.contextmanager
+def working_dir(path:str|Path, # the folder to work in for the block
+               ):
+    "Run the block with `path` as the working directory, and go back after it (`contextlib.chdir` before Python 3.11)."
+    old = os.getcwd(); os.chdir(path)
+    try: yield Path(path)
+    finally: os.chdir(old)
