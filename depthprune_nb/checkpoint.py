@@ -179,7 +179,7 @@ def interrupted(self:SearchCheckpoint, done:int, chunks:int):
 def checkpoint_refusal(method:str="ppl_window", # the criterion
                        engine:str="fast",       # the search engine
                        early_abort:bool=False,  # the fast engine's early abort
-                       compute_dtype=None,      # a lower precision to compute the table in
+                       compute_dtype=None,      # a lower precision to compute the table in ("auto": the model's own when checkpointed)
                       )->str|None:              # why these settings cannot be checkpointed; None when they can
     "Why a search with these settings cannot save and resume its progress, or None when it can."
     where = "checkpoint= (--checkpoint_dir)"
@@ -190,7 +190,7 @@ def checkpoint_refusal(method:str="ppl_window", # the criterion
         return (f"{where} works with the exact fast engine only (engine 'fast' without early abort), not engine={engine!r}"
                 + (" with early_abort=True" if early_abort else "") + ": the reference engine is a cross-check, the "
                 "approximate mode and early abort are short by design")
-    if compute_dtype is not None:
+    if compute_dtype not in (None, "auto"):
         return (f"{where} saves a search in the model's own dtype, so compute_dtype={compute_dtype!r} (--compute_dtype) "
                 "leaves nothing to resume: drop one of them")
     return None

@@ -17,7 +17,7 @@ class ConfigError(ValueError):
     "A configuration value is invalid; the message names the field, the value and what is valid."
 
 # %% ../nbs/01_config.ipynb #da92d0a5
-COMPUTE_DTYPES = ("bfloat16", "float16", "float32") # valid `compute_dtype` names
+COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32") # valid `compute_dtype` names ("auto": see dtype_choice)
 METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see layer_importance
 
 @dataclass
@@ -29,7 +29,7 @@ class LayerImportancePruneConfig:
     layer_num_field:str=""                     # config field holding the layer count, e.g. "num_hidden_layers"; "" = detect
     save_gpu_memory:bool=False                 # keep weights on CPU and move one layer at a time to the accelerator
     delete_layers_index:list[int]|None=None    # delete exactly these layers (0-based) and skip the search
-    compute_dtype:str|None=None                # "bfloat16"/"float16": search in low precision, contenders confirmed in the model's own; None = the model's dtype
+    compute_dtype:str|None="auto"              # "auto": a low precision only where this device computes it faster (dtype_choice); "bfloat16"/"float16": search in it, contenders confirmed in the model's own; None = the model's dtype
     method:str="ppl_window"                    # the criterion that chooses the layers; one of `METHODS`
 
     def __post_init__(self): self.validate()

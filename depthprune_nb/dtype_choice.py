@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'FAST_RATIO', 'SMALL_LAYER_MACS', 'PROBE_MACS', 'SLOW_STOP', 'SlowDtypeWarning', 'cpu_name',
            'device_capability', 'layer_shapes', 'config_shapes', 'layer_macs', 'probe_speed', 'DtypeChoice', 'decide',
-           'choose_compute_dtype']
+           'choose_compute_dtype', 'choose_for_config']
 
 # %% ../nbs/03h_dtype_choice.ipynb #947a33c0
 FAST_RATIO = 1.5            # a lower precision is chosen only if its probe runs this many times faster than float32
@@ -160,8 +160,8 @@ def _where(cap:dict)->str:
 
 def _figures(p:dict)->str:
     "The probe's verdict in words: speed ratio and times."
-    what = (f"the smallest of one layer's matrices ({' x '.join(map(str, p['shapes'][-1][:2]))})" if p.get("stopped_early")
-            else "one layer's matrices")
+    small = " ({} x {})".format(*p["shapes"][-1][:2]) if p.get("shapes") else ""
+    what = f"the smallest of one layer's matrices{small}" if p.get("stopped_early") else "one layer's matrices"
     return (f"{p['dtype']} ran at {p['speedup']:.2g}x float32's speed ({p['low_ms']:.3g} ms against {p['float32_ms']:.3g} ms "
             f"for {what} on {p['rows']} tokens)")
 
@@ -208,7 +208,26 @@ def _agree(name:str|None, reason:str)->tuple:
 def _stay(requested, own:str, reason:str, cap:dict, probe=None)->DtypeChoice:
     return DtypeChoice(requested, None, own, None, reason, cap, probe)
 
-# %% ../nbs/03h_dtype_choice.ipynb #30aff7c4
+# %% ../nbs/03h_dtype_choice.ipynb #cf33535e
+def _choose(requested, own:str, dev:torch.device, shapes:tuple, method:str, checkpointed:bool)->DtypeChoice:
+    "The decision for a model computing in `own` whose layers multiply by `shapes`, on `dev`."
+    name = None if requested is None else str(requested).replace("torch.", "")
+    cap = device_capability(dev)
+    probe_for = lambda low: probe_speed(shapes, dev, low)
+    if name != "auto":
+        if name not in _LOW or own != "float32" or method not in ("ppl_window", "sleb"): # validated downstream, as before
+            same = name in (None, own, "float32")
+            return DtypeChoice(requested, name, own if same else name, None if same else own,
+                               "the model's own dtype, as requested" if same else "as requested", cap)
+        return _explicit(requested, name, own, cap, shapes, probe_for)
+    if method not in ("ppl_window", "sleb"):
+        return _stay(requested, own, f"method {method!r} runs one forward pass: no table to compute in a lower precision", cap)
+    if own != "float32": return _stay(requested, own, f"the model computes in {own}: no lower precision to gain", cap)
+    if checkpointed: return _stay(requested, own, "a checkpointed search saves the model's own dtype", cap)
+    low, reason, p = decide(cap, probe_for, shapes)
+    low, reason = _agree(low, reason)
+    return DtypeChoice(requested, low, low or own, own if low else None, reason, cap, p)
+
 def choose_compute_dtype(model:nn.Module,         # a causal LM
                          requested="auto",        # "auto", a name in `COMPUTE_DTYPES`, a `torch.dtype`, or None (the model's own)
                          parts=None,              # located parts; detected if None
@@ -220,37 +239,34 @@ def choose_compute_dtype(model:nn.Module,         # a causal LM
     "The precision to compute the search's table in on this device, and why; logs the decision and the probe's figures."
     from depthprune_nb.parts import locate
     from depthprune_nb.search import default_device
-    name = None if requested is None else str(requested).replace("torch.", "")
     parts = parts or locate(model)
-    own = str(_own_dtype(model, parts))[6:]
     dev = torch.device(device or default_device()) if save_gpu_memory else parts.input_device
-    cap, shapes = device_capability(dev), layer_shapes(parts.layers[0])
-    probe_for = lambda low: probe_speed(shapes, dev, low)
-    if name != "auto":
-        if name not in _LOW or own != "float32" or method not in ("ppl_window", "sleb"): # validated downstream, as before
-            return DtypeChoice(requested, name, own if name in (None, own, "float32") else name,
-                               None if name in (None, own, "float32") else own, "requested", cap)
-        return _explicit(requested, name, own, cap, shapes, dev, probe_for)
-    if method not in ("ppl_window", "sleb"):
-        return _stay(requested, own, f"method {method!r} runs one forward pass: no table to compute in a lower precision", cap)
-    if own != "float32": return _stay(requested, own, f"the model computes in {own}: no lower precision to gain", cap)
-    if checkpoint is not None: return _stay(requested, own, "a checkpointed search saves the model's own dtype", cap)
-    low, reason, p = decide(cap, probe_for, shapes)
-    low, reason = _agree(low, reason)
-    choice = DtypeChoice(requested, low, low or own, own if low else None, reason, cap, p)
-    log.info("%s (decided in %.2f s)", choice, 0 if p is None else p["wall_s"])
+    choice = _choose(requested, str(_own_dtype(model, parts))[6:], dev, layer_shapes(parts.layers[0]), method,
+                     checkpoint is not None)
+    p = choice.probe
+    if requested == "auto" and method in ("ppl_window", "sleb"):
+        log.info("%s%s", choice, "" if p is None else f" (probe {p['wall_s']:.2f} s{', cached' if p.get('cached') else ''})")
     return choice
 
+def choose_for_config(config,                  # anything `plan.read_config` takes: a folder, a config.json path, a dict
+                      requested="auto",        # as for `choose_compute_dtype`
+                      own:str="float32",       # the dtype the model will be loaded in
+                      device=None,             # where the search will compute; the default device if None
+                      method:str="ppl_window", # the criterion
+                      checkpointed:bool=False, # the search saves a checkpoint
+                     )->DtypeChoice:
+    "The same decision from the config alone (for `--plan`): the probe multiplies the config's layer shapes on this machine."
+    from depthprune_nb.search import default_device
+    return _choose(requested, own, torch.device(device or default_device()), config_shapes(config), method, checkpointed)
+
 # %% ../nbs/03h_dtype_choice.ipynb #efb956b5
-def _explicit(requested, name:str, own:str, cap:dict, shapes:tuple, dev, probe_for)->DtypeChoice:
+def _explicit(requested, name:str, own:str, cap:dict, shapes:tuple, probe_for)->DtypeChoice:
     "A low precision asked for by name: run it, warning where this device computes it slower than float32."
-    if "compute_capability" in cap:
-        if name == "bfloat16" and not cap.get("bfloat16_native"): name = "float16" # as engine.low_precision does
-        return DtypeChoice(requested, name, name, own, "requested", cap)
+    if "compute_capability" in cap: return DtypeChoice(requested, name, name, own, "as requested", cap) # engine.low_precision may take float16
     p = None if layer_macs(shapes) < SMALL_LAYER_MACS else probe_for(getattr(torch, name))
     if p is not None and p["speedup"] < 1:
         warnings.warn(f"compute_dtype={name!r} is {1 / p['speedup']:.3g}x slower than float32 on {_where(cap)}: "
                       f"{_figures(p)}, so this search will be slower than in float32. "
                       "Use compute_dtype='auto' (--compute_dtype auto), which picks the faster precision here",
-                      SlowDtypeWarning, stacklevel=3)
-    return DtypeChoice(requested, name, name, own, "requested" + ("" if p is None else f"; {_figures(p)}"), cap, p)
+                      SlowDtypeWarning, stacklevel=4)
+    return DtypeChoice(requested, name, name, own, "as requested" + ("" if p is None else f"; {_figures(p)}"), cap, p)

@@ -496,13 +496,14 @@ def fast_search(model:nn.Module,        # a causal LM
                 progress:bool=True,     # show a tqdm bar
                 checkpoint=None,        # a SearchCheckpoint (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
                 head_batch:int|None=None, # streams per head call; None: as many as a quarter of `memory_budget` holds
-                compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; None: the model's
+                compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; "auto": where faster (dtype_choice); None: the model's
                )->PruneResult:
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     kw = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, chunk_size=chunk_size,
               memory_budget=memory_budget, call_tokens=call_tokens, progress=progress, head_batch=head_batch)
     why = None if checkpoint is None else checkpoint_refusal("ppl_window", "fast", early_abort, compute_dtype)
     if why: raise ConfigError(why)
+    if checkpoint is not None and compute_dtype == "auto": compute_dtype = None # a checkpoint saves the model's own dtype
     low = None if compute_dtype is None else low_precision(model, compute_dtype, parts, save_gpu_memory, device)
     if low is not None: return mixed_precision(lambda: fast_search(model, data, n, early_abort=early_abort, **kw), low, model, data, n, **kw)
     eng = _Engine(model, data, n, parts, save_gpu_memory, device, chunk_size, memory_budget, call_tokens, progress,
@@ -600,6 +601,10 @@ def low_precision(model:nn.Module,        # a causal LM
                  )->torch.dtype|None:     # the dtype to search in, or None for the model's own
     "Validate `compute_dtype`; float16 for bfloat16 where the device lacks it; None when it is the model's own dtype."
     if compute_dtype is None: return None
+    if compute_dtype == "auto": # decided per device and model, see dtype_choice
+        from depthprune_nb.dtype_choice import choose_compute_dtype
+        compute_dtype = choose_compute_dtype(model, "auto", parts, save_gpu_memory, device).compute_dtype
+        if compute_dtype is None: return None
     name = str(compute_dtype).replace("torch.", "")
     if name not in COMPUTE_DTYPES:
         raise ConfigError(f"compute_dtype={compute_dtype!r} is invalid: valid values are None (the model's own dtype) "

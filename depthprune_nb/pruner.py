@@ -43,7 +43,7 @@ def layer_importance(model:nn.Module,         # a causal LM
                      early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
                      device=None,             # accelerator for `save_gpu_memory`; the default device if None
                      progress:bool=True,      # show progress bars
-                     compute_dtype:str|None=None, # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own
+                     compute_dtype:str|None="auto", # "auto": a low precision only where faster here (dtype_choice); "bfloat16"/"float16": table in it, contenders confirmed in the model's own; None: the model's
                      eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
                      method:str="ppl_window", # the criterion, one of `METHODS` (see below)
                      **engine_kwargs,         # passed on to the engine (chunk sizes, memory budget, a checkpoint, ...)
@@ -60,6 +60,9 @@ def layer_importance(model:nn.Module,         # a causal LM
     if eval_data is not None: check_data(eval_data, model)
     common = dict(parts=parts, save_gpu_memory=save_gpu_memory, device=device, progress=progress)
     from depthprune_nb import engine as fast
+    from depthprune_nb.dtype_choice import choose_compute_dtype # "auto" resolved here, once; the choice goes into the result
+    choice = choose_compute_dtype(model, compute_dtype, parts, save_gpu_memory, device, method, engine_kwargs.get("checkpoint"))
+    compute_dtype = choice.compute_dtype
     if method != "ppl_window":
         if compute_dtype is not None and method != "sleb":
             raise ConfigError(f"compute_dtype={compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
@@ -75,6 +78,7 @@ def layer_importance(model:nn.Module,         # a causal LM
         if engine == "approx": res = fast.approx_search(model, data, delete_layer_num, **kw)
         else: res = fast.fast_search(model, data, delete_layer_num, early_abort=early_abort, **kw)
         fill_runner_up(res)
+    if method in ("ppl_window", "sleb"): res.dtype_choice = choice.to_dict()
     if eval_data is not None: evaluate_result(res, model, eval_data, parts, save_gpu_memory, device)
     return res
 
