@@ -162,7 +162,9 @@ def _figures(p:dict)->str:
     "The probe's verdict in words: speed ratio and times."
     small = " ({} x {})".format(*p["shapes"][-1][:2]) if p.get("shapes") else ""
     what = f"the smallest of one layer's matrices{small}" if p.get("stopped_early") else "one layer's matrices"
-    return (f"{p['dtype']} ran at {p['speedup']:.2g}x float32's speed ({p['low_ms']:.3g} ms against {p['float32_ms']:.3g} ms "
+    x = p["speedup"]
+    ratio = f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+    return (f"{p['dtype']} ran at {ratio}x float32's speed ({p['low_ms']:.3g} ms against {p['float32_ms']:.3g} ms "
             f"for {what} on {p['rows']} tokens)")
 
 # %% ../nbs/03h_dtype_choice.ipynb #9d492630
