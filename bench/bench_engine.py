@@ -46,10 +46,13 @@ def mib(b): return f"{b / 2**20:,.0f} MiB"
 
 
 def machine()->str:
+    "The machine in words: CPU model and torch capability (bfloat16 is fast only with native support), threads, load."
+    from depthprune_nb.dtype_choice import device_capability
     load = open("/proc/loadavg").read().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU; Python {platform.python_version()}, torch {torch.__version__}, "
+    cap = device_capability("cpu")
+    bf16 = {True: "with", False: "without", None: "unknown"}[cap["onednn_bfloat16"]]
+    return (f"{os.cpu_count()} CPU cores ({cap['name']}, torch CPU capability {cap['capability']}, {bf16} oneDNN bfloat16), "
+            f"no GPU; Python {platform.python_version()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads; load average at start {' '.join(load)} "
             f"(the machine is shared: wall times are noisy, ratios within one run are what count)")
 

@@ -27,6 +27,8 @@ def main(argv=None):
     p.add_argument("--nsamples", type=int, default=4); p.add_argument("--seqlen", type=int, default=128)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    from depthprune_nb.dtype_choice import device_capability
+    print(f"Machine: {device_capability('cpu')}")  # CPU model and capability (sleb_search here: the model's float32)
     model, tok = load_model_and_tokenizer(smollm2_gguf_path())
     calib, _ = get_calib_eval_datasets(None, "cpu", a.seqlen, text_file=TEXT, tokenizer=tok, nsamples=a.nsamples, eval_nsamples=1)
     _, dig = timed(lambda: weights_digest(model))

@@ -9,8 +9,11 @@ dequantized to float32 (30 Llama layers, hidden 576, vocab 49,152, tied head). C
 the project root), tokenized with the GGUF's own tokenizer. For each n the runs are, in this order, in one process:
 
   fp32 table      `fast_search(model, data, n)`: the exact float32 table, the yardstick for every ratio
+  auto            `compute_dtype="auto"` (the default of the pruner and the CLI): what this machine's probe chooses
   mixed           `compute_dtype="bfloat16"`: bfloat16 table, contenders confirmed in float32
   mixed + early abort, mixed + approx (keep_exact=3)
+                  (the three bfloat16 runs are skipped where auto finds bfloat16 slow here, unless --force_bf16:
+                  emulated bfloat16 is tens of times slower than float32)
   fp32 early abort (skipped by default: about a full fp32 table's cost), fp32 approx (keep_exact=3)
   reference       the brute force, on the first `--ref_samples` windows only (its cost is the same for every window:
                   one full forward per candidate and sample), its time scaled to all windows; its table on those
@@ -58,6 +61,7 @@ def one_n(model, data, n, ref_samples, skip):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     runs = {
         "fp32 table": lambda: fast_search(model, data, n, progress=False),
+        "auto": lambda: fast_search(model, data, n, compute_dtype="auto", progress=False),
         "mixed (bf16 table, fp32 confirmation)": lambda: fast_search(model, data, n, compute_dtype="bfloat16", progress=False),
         "mixed + early abort": lambda: fast_search(model, data, n, early_abort=True, compute_dtype="bfloat16", progress=False),
         "mixed + approx (keep_exact=3)": lambda: approx_search(model, data, n, compute_dtype="bfloat16", progress=False),
@@ -109,6 +113,11 @@ def one_n(model, data, n, ref_samples, skip):
               f"{', '.join('-' if x['max_rel_err'] is None else format(x['max_rel_err'], '.2e') for x in c['rounds'])}); "
               f"bf16 vs fp32 on the unconfirmed rows: max {max(errs.values(), default=0):.2e}"
               + (f", on the six best fp32 windows among them {max(errs[s] for s in near):.2e}" if near else ""))
+    if "auto" in res:
+        r, m = res["auto"]
+        print(f"\nauto, n = {n}: {r.stats.get('compute_dtype', 'float32')} table"
+              f"{', float32 confirmation' if 'confirm' in r.stats else ''}; {mex.wall / m.wall:.2f}x the fp32 table's speed "
+              f"(wall; {mex.cpu / m.cpu:.2f}x CPU); picks the float32 best: {'yes' if r.deleted_layers == ex.deleted_layers else 'NO'}")
     if "mixed (bf16 table, fp32 confirmation)" in res:
         r, m = res["mixed (bf16 table, fp32 confirmation)"]
         ok_pick, relp, speed = r.deleted_layers == ex.deleted_layers, abs(r.best_ppl / best - 1), mex.wall / m.wall
@@ -129,6 +138,7 @@ def main():
                    "by default fp32 early abort, which costs about a full fp32 table here and stops nothing it could not "
                    "also stop in the mixed run)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    p.add_argument("--force_bf16", action="store_true", help="run the explicit bfloat16 runs even where auto finds bfloat16 slow")
     a = p.parse_args()
     if a.quick: a.nsamples, a.seqlen, a.ref_samples = 4, 128, 1
     torch.set_num_threads(a.threads)
@@ -143,6 +153,12 @@ def main():
           f"Command: python bench/bench_smollm2.py {' '.join(sys.argv[1:])}\n")
     model, data = load(folder, a.seqlen, a.nsamples)
     skip = [s.strip() for s in a.skip.split(",") if s.strip()]
+    from depthprune_nb.dtype_choice import choose_compute_dtype
+    choice = choose_compute_dtype(model)
+    print(f"{choice}\n")
+    if choice.compute_dtype != "bfloat16" and not a.force_bf16:
+        skip.append("mixed")
+        print("skipping the explicit bfloat16 runs (auto does not choose bfloat16 here; --force_bf16 runs them)\n")
     for n in [int(x) for x in a.ns.split(",")]: one_n(model, data, n, a.ref_samples, skip)
     print(f"\nTotal benchmark time: {time.perf_counter() - t0:.0f} s")
     return 0

@@ -61,7 +61,9 @@ def build_parser()->argparse.ArgumentParser:
     a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk (--method ppl_window or sleb)")
     a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
     a("--compute_dtype", default=None, choices=list(COMPUTE_DTYPES),
-      help="search in this lower precision, then confirm the contenders in the model's own (default: the model's dtype)")
+      help="precision of the search's table. auto (default, or the --config value): bfloat16 (float16 on GPUs without it), "
+      "contenders confirmed in float32, only where this device computes it faster (a short probe decides; logged and "
+      "saved in prune_result.json), else the model's own; bfloat16/float16: that precision whatever the device; float32: the model's own")
     a("--calib_split", default="train", help="WikiText-2 split to choose the layers on (Hub; default train)")
     a("--eval_split", default="test", help="WikiText-2 split to judge the pick on (Hub; default test)")
     a("--calib_text_file", default=None, help="local text to choose the layers on (instead of --text_file / the Hub)")
@@ -244,11 +246,16 @@ def plan_from_args(args)->dict:
     cfg, conf = algo_config_from_args(args), config_for_plan(args.model_dir)
     seqlen = args.seqlen or min(2048, conf.get("max_position_embeddings") or 2048)
     stored = str(conf.get("dtype") or conf.get("torch_dtype") or "")
-    fp32 = args.dtype == "float32" or (args.dtype == "auto" and stored == "float32")
+    gguf = bool(args.gguf_file) or str(args.model_dir).endswith(".gguf") # a GGUF loads as float32 for --dtype auto
+    fp32 = args.dtype == "float32" or (args.dtype == "auto" and (stored == "float32" or gguf))
     world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    from depthprune_nb.dtype_choice import choose_for_config # auto: decided for this machine's device
+    choice = choose_for_config(conf, cfg.compute_dtype, "float32" if fp32 else (args.dtype if args.dtype != "auto" else stored or "bfloat16"),
+                               method=cfg.method, checkpointed=bool(args.checkpoint_dir))
     p = plan_search(conf, cfg.delete_layer_num, args.nsamples, seqlen, engine=args.engine,
                     save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2,
-                    method=cfg.method)
+                    method=cfg.method, compute_dtype=choice.compute_dtype)
+    if cfg.method in ("ppl_window", "sleb"): p.notes.append(f"{choice} (on this machine; elsewhere auto may decide otherwise)")
     print(p)
     return p.to_dict()
 

@@ -53,7 +53,7 @@ def check_layer_indices(layers,                       # layer indices to delete,
     return sorted(idx)
 
 # %% ../nbs/01_config.ipynb #da92d0a5
-COMPUTE_DTYPES = ("bfloat16", "float16", "float32") # valid `compute_dtype` names
+COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32") # valid `compute_dtype` names ("auto": see dtype_choice)
 METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see layer_importance
 ENGINES = ("fast", "reference", "approx") # the search engines of `layer_importance(engine=...)`
 
@@ -66,7 +66,7 @@ class LayerImportancePruneConfig:
     layer_num_field:str=""                     # config field holding the layer count, e.g. "num_hidden_layers"; "" = detect
     save_gpu_memory:bool=False                 # keep weights on CPU and move one layer at a time to the accelerator
     delete_layers_index:list[int]|None=None    # delete exactly these layers (0-based) and skip the search
-    compute_dtype:str|None=None                # "bfloat16"/"float16": search in low precision, contenders confirmed in the model's own; None = the model's dtype
+    compute_dtype:str|None="auto"              # "auto": a low precision only where this device computes it faster (dtype_choice); "bfloat16"/"float16": search in it, contenders confirmed in the model's own; None = the model's dtype
     method:str="ppl_window"                    # the criterion that chooses the layers; one of `METHODS`
 
     def __post_init__(self): self.validate()
@@ -159,7 +159,7 @@ class EngineOptions:
     memory_budget:int|None=None  # bytes of activations to hold (on the device in mix mode); half the free memory if None
     call_tokens:int|None=None    # tokens per batched layer call; None: one stream per call on CPU, 32768 on accelerators
     head_batch:int|None=None     # streams per head call; None: as many as a quarter of `memory_budget` holds
-    compute_dtype:object=None    # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; None: the model's
+    compute_dtype:object=None    # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; "auto": a low precision only where faster here (dtype_choice); None: the model's
     progress:bool=True           # show progress bars
     distributed:bool=False       # under torchrun, share every sample chunk out between the ranks (`distributed_search` sets it)
 
@@ -187,7 +187,7 @@ class EngineOptions:
 def checkpoint_refusal(method:str="ppl_window", # the criterion
                        engine:str="fast",       # the search engine
                        early_abort:bool=False,  # the fast engine's early abort
-                       compute_dtype=None,      # a lower precision to compute the table in
+                       compute_dtype=None,      # a lower precision to compute the table in ("auto": the model's own when checkpointed)
                       )->ConfigError|None:      # why these settings cannot be checkpointed; None when they can
     "The `ConfigError` saying why a search with these settings cannot save and resume its progress, or None when it can."
     where = "checkpoint= (--checkpoint_dir)"
@@ -198,7 +198,7 @@ def checkpoint_refusal(method:str="ppl_window", # the criterion
         return ConfigError(f"{where} works with the exact fast engine only (engine 'fast' without early abort), not "
                            f"engine={engine!r}" + (" with early_abort=True" if early_abort else "") + ": the reference "
                            "engine is a cross-check, the approximate mode and early abort are short by design")
-    if compute_dtype is not None:
+    if compute_dtype not in (None, "auto"):
         return ConfigError(f"{where} saves a search in the model's own dtype, so compute_dtype={compute_dtype!r} "
                            "(--compute_dtype) leaves nothing to resume: drop one of them")
     return None

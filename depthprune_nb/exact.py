@@ -148,6 +148,7 @@ def fast_search(model:nn.Module,        # a causal LM
     o = EngineOptions.of(options, **settings)
     err = None if checkpoint is None else checkpoint_refusal("ppl_window", "fast", early_abort, o.compute_dtype)
     if err: raise err
+    if checkpoint is not None and o.compute_dtype == "auto": o = replace(o, compute_dtype=None) # a checkpoint saves the model's own dtype
     low = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device)
     if low is not None:
         plain = replace(o, compute_dtype=None)

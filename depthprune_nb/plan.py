@@ -173,6 +173,7 @@ class Plan:
     method:str="ppl_window"  # the criterion (`layer_importance(method=...)`)
     report_layer_passes:int=0 # per rank: a one-pass criterion's calibration PPL report, after its choice (in flops and time)
     report_head_passes:int=0
+    compute_dtype:str|None=None # the lower precision the table is planned in (None: the model's own)
 
     def to_dict(self)->dict: return asdict(self)
 
@@ -187,6 +188,15 @@ def _activation_bytes(s:ModelShape, streams:int, chunk:int, T:int, act_bytes:int
     logits = min(1 << 30, chunk * T * s.vocab * 4)                  # one position chunk of float32 logits
     mlp = chunk * T * max(s.inter, s.experts_per_tok * s.moe_inter) * 2 * act_bytes
     return int(held + logits + mlp)
+
+def _mixed_note(dtype:str, own_bytes:int, L:int, n:int, Nr:int, method:str)->str:
+    "What a low-precision table changes in the plan, and the confirmation it leaves out."
+    own = {4: "float32", 2: "16-bit"}.get(own_bytes, f"{own_bytes}-byte")
+    conf = (f"about {Nr * (L + (L - n) // 2):,} layer and {2 * Nr:,} head passes for the baseline and the best window"
+            if method == "ppl_window" else "in every round, the baseline and the round's best layer")
+    return (f"compute_dtype {dtype}: passes and FLOPs are the {dtype} table's (give --tflops for {dtype}), activations in "
+            f"{dtype}, weights held in {dtype} beside {own}; not counted: the {own} confirmation of the contenders, "
+            f"{conf} (more when windows are close)")
 
 def _seconds(flops, calls, moved, tflops, call_overhead_s, h2d_gbps):
     if tflops is None: return None
@@ -227,6 +237,7 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
                 h2d_gbps:float=25.0,       # host -> device bandwidth in mix mode, GB/s
                 memory_budget:int|None=None, # bytes of activations a rank may hold (the engine's memory_budget)
                 method:str="ppl_window",   # the criterion: "ppl_window", "angular", "angular_all", "block_influence" or "sleb"
+                compute_dtype:str|None=None, # a lower precision for the table (`dtype_choice`): activations in it, weights held in both
                )->Plan:
     "The cost of a search before running it: passes, FLOPs, memory, weight moves and time, beside the brute force."
     s = model_shape(config_or_path)
@@ -238,7 +249,8 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
     if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
     if engine not in ("fast", "reference", "approx"): pass_counts(L, n, 1, engine)  # the engine's own error
     Nr = nsamples if method in ONE_PASS else math.ceil(nsamples / world_size)
-    c = _costs(s, L, n, Nr, seqlen, method, engine, chunk_size, memory_budget, dtype_bytes)
+    low = 2 if compute_dtype in ("bfloat16", "float16") and dtype_bytes > 2 and method in ("ppl_window", "sleb") else None
+    c = _costs(s, L, n, Nr, seqlen, method, engine, chunk_size, memory_budget, low or dtype_bytes)
     mine, rep = c["mine"], c["report"]
     brute = criterion_passes(L, n, Nr, "sleb" if method == "sleb" else "ppl_window", "reference")
     lf, hf = layer_flops(s, seqlen), head_flops(s, seqlen)
@@ -257,16 +269,17 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
                                       "each round with the reference engine")
     if method != "sleb" and method != "ppl_window": notes.append(f"brute force: the reference's window search for n={n}")
     if nsamples % world_size and method not in ONE_PASS: notes.append(f"{nsamples} samples do not split evenly over {world_size} ranks")
+    if low: notes.append(_mixed_note(compute_dtype, dtype_bytes, L, n, Nr, method))
     cand = L if method in ("block_influence", "sleb") else W
     total = dict(layer_passes=mine["layer_passes"] + rep["layer_passes"], head_passes=mine["head_passes"] + rep["head_passes"])
     return Plan(s.model_type, L, n, nsamples, seqlen, engine, world_size, Nr, cand, c["chunk"],
                 mine["layer_passes"], mine["head_passes"], flops(total),
                 brute["layer_passes"], brute["head_passes"], flops(brute),
-                int(L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)), c["act"],
+                int((L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)) * (1 + (low or 0) / dtype_bytes)), c["act"],
                 save_gpu_memory, moves, bmoves, moves * lb, bmoves * lb, tflops,
                 _seconds(flops(total), c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
                 _seconds(flops(brute), bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes,
-                method, rep["layer_passes"], rep["head_passes"])
+                method, rep["layer_passes"], rep["head_passes"], compute_dtype if low else None)
 
 # %% ../nbs/03f_plan.ipynb #5641dd2f
 def _si(x:float, unit:str="")->str:

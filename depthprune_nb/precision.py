@@ -16,6 +16,7 @@ from .ppl import ppl_from_nlls
 from .result import PruneResult, best_start, params_after_deleting
 from .placement import default_device
 from .sweeps import Engine
+from .dtype_choice import choose_compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def resolve_compute_dtype(model:nn.Module,        # a causal LM
                  )->torch.dtype|None:     # the dtype to search in, or None for the model's own
     "The dtype to search in: `compute_dtype` validated; float16 for bfloat16 where the device lacks it; None when it is the model's own dtype."
     if compute_dtype is None: return None
+    if compute_dtype == "auto": # decided per device and model, see dtype_choice
+        compute_dtype = choose_compute_dtype(model, "auto", parts, save_gpu_memory, device).compute_dtype
+        if compute_dtype is None: return None
     name = str(compute_dtype).replace("torch.", "")
     if name not in COMPUTE_DTYPES:
         raise ConfigError(f"compute_dtype={compute_dtype!r} is invalid: valid values are None (the model's own dtype) "

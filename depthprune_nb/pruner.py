@@ -18,6 +18,7 @@ from .result import PruneResult, candidate_starts, params_after_deleting, fill_r
 from .search import reference_search, evaluate_result
 from .placement import layers_offloaded
 from .precision import resolve_compute_dtype, mixed_precision_search
+from .dtype_choice import choose_compute_dtype
 from .engine import search_function
 from .angular import angular_search, angular_distance_proxy
 from .block_influence import block_influence_search
@@ -48,7 +49,7 @@ def layer_importance(model:nn.Module,         # a causal LM
                      early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
                      eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
                      options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                     **kwargs,                # `EngineOptions` fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...), and the search's own (`checkpoint`, `keep_exact`, ...)
+                     **kwargs,                # `EngineOptions` fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...; without `options`, `compute_dtype` defaults to "auto"), and the search's own (`checkpoint`, `keep_exact`, ...)
                     )->PruneResult:
     "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
@@ -61,6 +62,9 @@ def layer_importance(model:nn.Module,         # a causal LM
     candidate_starts(parts.num_layers, delete_layer_num)
     check_data(data, model)
     if eval_data is not None: check_data(eval_data, model)
+    if options is None and "compute_dtype" not in kwargs: o = replace(o, compute_dtype="auto") # the default here
+    choice = choose_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device, method, extra.get("checkpoint"))
+    o = replace(o, compute_dtype=choice.compute_dtype) # "auto" resolved here, once; the choice goes into the result
     if method != "ppl_window":
         if o.compute_dtype is not None and method != "sleb":
             raise ConfigError(f"compute_dtype={o.compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
@@ -73,6 +77,7 @@ def layer_importance(model:nn.Module,         # a causal LM
     else:
         kw = dict(extra, early_abort=early_abort) if engine == "fast" else extra
         res = fill_runner_up(search_function(engine)(model, data, delete_layer_num, parts, options=o, **kw))
+    if method in ("ppl_window", "sleb"): res.dtype_choice = choice.to_dict()
     if eval_data is not None: evaluate_result(res, model, eval_data, parts, o.save_gpu_memory, o.device)
     return res
 

@@ -46,6 +46,7 @@ class PruneResult:
     eval_ppl:float|None=None             # evaluation PPL with `deleted_layers` deleted
     eval_runner_up_ppl:float|None=None   # evaluation PPL with `runner_up_layers` deleted
     scores:dict|None=None                # the criterion's score per candidate (window start or layer); lowest is deleted first
+    dtype_choice:dict|None=None          # the precision the table was computed in and why (`dtype_choice.DtypeChoice`)
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
@@ -127,8 +128,11 @@ def _table(self:PruneResult)->str:
 def _pct(x:float|None)->str: return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2%}"
 
 def _summary_lines(self:PruneResult)->list:
-    "Lines after the table: the criterion, its runner-up, and the evaluation windows' verdict."
+    "Lines after the table: the criterion, the precision, its runner-up, and the evaluation windows' verdict."
     rows = [] if self.method == "ppl_window" else [f"method: {self.method}"]
+    c = self.dtype_choice
+    if c: rows.append(f"computed in {c['table_dtype']}" + (f", contenders confirmed in {c['confirm_dtype']}" if c["confirm_dtype"] else "")
+                      + f" (compute_dtype={c['requested']!r}: {c['reason']})")
     if self.runner_up_layers is not None and self.runner_up_ppl is not None:
         rows.append(f"runner-up: {layer_range(self.runner_up_layers, named=True)}: PPL {_fmt_ppl(self.runner_up_ppl)} "
                     f"({_pct(self.gap)} vs the pick)")

@@ -83,13 +83,13 @@ def run_rows(model, calib:list, held:list, methods, ns, budget_s=None, t_start=N
     sleb = None
     if "sleb" in methods: # SLEB's picks are nested (round k keeps rounds 1..k-1): one run serves every n
         t0 = time.perf_counter()
-        sleb = layer_importance(model, calib, max(ns), method="sleb", progress=False)
+        sleb = layer_importance(model, calib, max(ns), method="sleb", progress=False, compute_dtype=None) # float32, as recorded
         print(f"sleb up to n={max(ns)}: {time.perf_counter() - t0:.0f} s, order {sleb.stats['removal_order']}", flush=True)
     for n in ns:
         if budget_s is not None and time.perf_counter() - t_start > budget_s:
             print(f"budget of {budget_s:.0f} s reached before n={n}", flush=True); return
         rows = [row(judge(sleb_prefix(sleb, n, model, parts) if m == "sleb" else
-                          layer_importance(model, calib, n, method=m, progress=False)), n) for m in methods]
+                          layer_importance(model, calib, n, method=m, progress=False, compute_dtype=None)), n) for m in methods]
         for r in rows:
             print(f"n={n} {r['method']:>16} {str(r['deleted_layers']):<28} calib {r['calib_ppl']:9.2f} "
                   f"eval {r['eval_ppl']:9.2f} search {r['search_wall_s']:7.1f} s", flush=True)
