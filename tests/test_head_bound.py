@@ -134,3 +134,29 @@ def test_refusals():
     model.get_output_embeddings = lambda: model.lm_head
     with pytest.raises(ConfigError, match="head_bound=False"):
         fast_search(model, data, 2, head_bound=True, progress=False)
+
+
+def test_plan_counts_head_rows(tmp_path):
+    "The plan counts head rows: the brute force's and the plain exact table's all V rows per head pass, head_bound's far fewer."
+    from depthprune_nb.plan import plan_search
+    folder = save_tiny_model(tmp_path / "m", family="llama", num_layers=6)
+    V = AutoModelForCausalLM.from_pretrained(folder).config.vocab_size
+    full, hb = plan_search(folder, 2, 8, 16), plan_search(folder, 2, 8, 16, head_bound=True)
+    assert full.head_rows == full.brute_force_head_rows == 8 * 6 * V and not full.head_bound
+    assert hb.head_bound and hb.head_passes == 8 * 3 and hb.head_rows < full.head_rows and hb.flops < full.flops
+    assert "head rows" in str(hb) and "head_bound: at best" in str(hb)
+    assert "not counted" in str(plan_search(folder, 2, 8, 16, engine="approx", head_bound=True))
+
+
+def test_cli_flag(tmp_path):
+    "`depthprune --head_bound` runs the head-bound search and says so in the result; --plan with it counts head rows."
+    from conftest import depthprune
+    import json
+    folder = save_tiny_model(tmp_path / "m", family="llama", num_layers=4)
+    text = tmp_path / "t.txt"; text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    r = depthprune("--model_dir", folder, "--text_file", text, "--seqlen", 32, "--nsamples", 3, "--eval_nsamples", 0,
+                   "--head_bound", "--quiet", "--result_json", tmp_path / "r.json", "--delete_layer_num", 1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "r.json").read_text())["stats"]["engine"] == "fast_head_bound"
+    p = depthprune("--model_dir", folder, "--plan", "--nsamples", 8, "--seqlen", 32, "--head_bound")
+    assert p.returncode == 0 and "head_bound: at best" in p.stdout, p.stderr[-2000:]
