@@ -160,3 +160,14 @@ def test_cli_flag(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["stats"]["engine"] == "fast_head_bound"
     p = depthprune("--model_dir", folder, "--plan", "--nsamples", 8, "--seqlen", 32, "--head_bound")
     assert p.returncode == 0 and "head_bound: at best" in p.stdout, p.stderr[-2000:]
+
+
+def test_sleb_rounds_and_layer_importance_take_it():
+    "`layer_importance(..., head_bound=True)`: the window search and SLEB's rounds (exact one-layer searches) pick as without."
+    from depthprune_nb.pruner import layer_importance
+    model = planted_near_ties()
+    data = windows(model, N=3, T=24)
+    for method in ("ppl_window", "sleb"):
+        a = layer_importance(model, data, 2, method=method, progress=False)
+        b = layer_importance(model, data, 2, method=method, head_bound=True, progress=False)
+        assert a.deleted_layers == b.deleted_layers and abs(b.best_ppl / a.best_ppl - 1) <= 1e-5, method
