@@ -7,7 +7,8 @@ For each n it runs, one after the other on the same windows: `reference_search` 
 deleted in turn, a full forward each), `fast_search` (today's exact table: shared layer passes, a full head per
 window) and `fast_search(head_bound=True)`; and prints seconds, layer passes, head rows computed (vocabulary rows x
 samples; the brute force computes every row for every window), the ratio of each wall time to the brute force's
-measured in this run, the pick and its PPL (relative difference from the brute force's). The machine is named with its
+measured in this run (wall and CPU time: on a machine shared by many processes, a single-threaded run's CPU
+seconds are the steadier measure), the pick and its PPL (relative difference from the brute force's). The machine is named with its
 load average at the start and the end: on a shared machine the ratios within one run are what count.
 """
 import argparse, json, math, os, platform, sys, time
@@ -35,13 +36,13 @@ def machine()->str:
 
 
 def run(engine:str, model, data, n:int, dtype:str|None):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     kw = dict(progress=False, compute_dtype=dtype)
     if engine == "reference":
         if dtype: raise SystemExit("the brute force runs in the model's own dtype only")
         r = reference_search(model, data, n, progress=False)
     else: r = fast_search(model, data, n, head_bound=engine == "head_bound", **kw)
-    return r, time.perf_counter() - t0
+    return r, time.perf_counter() - t0, time.process_time() - c0
 
 
 def head_rows(r, V:int, N:int)->int:
@@ -73,23 +74,23 @@ def main(argv=None):
     for n in a.n:
         rows, ref = [], None
         for e in a.engines:
-            r, s = run(e, model, data, n, None if e == "reference" else a.compute_dtype)
-            if e == "reference": ref = (r, s)
-            rows.append((e, r, s))
+            r, s, cpu = run(e, model, data, n, None if e == "reference" else a.compute_dtype)
+            if e == "reference": ref = (r, s, cpu)
+            rows.append((e, r, s, cpu))
             rel = "" if ref is None else f"{r.best_ppl / ref[0].best_ppl - 1:+.1e}"
             line = dict(model=name, n=n, engine=e + (f"+{a.compute_dtype}" if a.compute_dtype and e != "reference" else ""),
-                        seconds=round(s, 1), layer_passes=r.stats.get("layer_passes"), head_rows=head_rows(r, V, len(data)),
+                        seconds=round(s, 1), cpu_seconds=round(cpu, 1), layer_passes=r.stats.get("layer_passes"), head_rows=head_rows(r, V, len(data)),
                         pick=r.deleted_layers, ppl=r.best_ppl, rel_to_brute_force=rel, load=load(),
                         exact_starts=r.stats.get("head_bound", {}).get("exact_starts"),
                         rows_per_bound=r.stats.get("head_bound", {}).get("rows_per_bound"))
             print(json.dumps(line), flush=True)
             if a.json: open(a.json, "a").write(json.dumps(line) + "\n")
-        base = ref[1] if ref else None
-        print(f"\n| {name} n={n} | seconds | layer passes | head rows (M) | vs brute force | pick | PPL | rel. to brute force |\n|---|---|---|---|---|---|---|---|")
-        for e, r, s in rows:
-            ratio = f"{base / s:.2f}x faster" if base else "n/a"
+        base, bcpu = (ref[1], ref[2]) if ref else (None, None)
+        print(f"\n| {name} n={n} | seconds | CPU seconds | layer passes | head rows (M) | vs brute force (wall, CPU) | pick | PPL | rel. to brute force |\n|---|---|---|---|---|---|---|---|---|")
+        for e, r, s, cpu in rows:
+            ratio = f"{base / s:.2f}x, {bcpu / cpu:.2f}x" if base else "n/a"
             rel = f"{r.best_ppl / ref[0].best_ppl - 1:+.1e}" if ref else "n/a"
-            print(f"| {e} | {s:.0f} | {r.stats.get('layer_passes'):,} | {head_rows(r, V, len(data)) / 1e6:.2f} | {ratio} | "
+            print(f"| {e} | {s:.0f} | {cpu:.0f} | {r.stats.get('layer_passes'):,} | {head_rows(r, V, len(data)) / 1e6:.2f} | {ratio} | "
                   f"{r.deleted_layers} | {r.best_ppl:.4f} | {rel} |")
         print(f"load average at the end: {load()}\n", flush=True)
 
