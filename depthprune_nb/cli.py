@@ -48,6 +48,8 @@ def build_parser()->argparse.ArgumentParser:
     a("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="dtype to load the model in")
     a("--engine", default="fast", choices=list(ENGINES), help="search engine (fast and reference are exact)")
     a("--early_abort", action="store_true", help="stop hopeless windows early (same choice; their PPL becomes a lower bound)")
+    a("--head_bound", action="store_true", help="exact search: full output head only for windows a bound from a few head rows "
+      "cannot rule out (same pick and runner-up; other windows report a lower bound). Pays where the head is large")
     a("--save_dir", default=None, help="folder for the pruned model, tokenizer and prune_result.json")
     a("--overwrite", action="store_true", help="let a non-empty --save_dir be used: its checkpoint files are replaced, other files kept")
     a("--result_json", default=None, help="also write the result JSON here")
@@ -168,7 +170,7 @@ def run(args)->dict:
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
     pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
-                         distributed=distributed.world_size() > 1, **extra) # under torchrun: each rank sweeps its share
+                         distributed=distributed.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
     if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
@@ -254,7 +256,7 @@ def plan_from_args(args)->dict:
                                method=cfg.method, checkpointed=bool(args.checkpoint_dir))
     p = plan_search(conf, cfg.delete_layer_num, args.nsamples, seqlen, engine=args.engine,
                     save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2,
-                    method=cfg.method, compute_dtype=choice.compute_dtype)
+                    method=cfg.method, compute_dtype=choice.compute_dtype, head_bound=getattr(args, "head_bound", False))
     if cfg.method in ("ppl_window", "sleb"): p.notes.append(f"{choice} (on this machine; elsewhere auto may decide otherwise)")
     print(p)
     return p.to_dict()

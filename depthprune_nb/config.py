@@ -162,6 +162,7 @@ class EngineOptions:
     compute_dtype:object=None    # "bfloat16"/"float16": table in low precision, contenders confirmed in the model's own; "auto": a low precision only where faster here (dtype_choice); None: the model's
     progress:bool=True           # show progress bars
     distributed:bool=False       # under torchrun, share every sample chunk out between the ranks (`distributed_search` sets it)
+    head_bound:bool=False        # exact search: bound each window's NLL from a few head rows, full head only where the bound cannot decide
 
     @classmethod
     def of(cls, options:EngineOptions|None=None, # the options to start from; the defaults if None

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import EngineOptions, checkpoint_refusal
+from .config import ConfigError, EngineOptions, checkpoint_refusal
 from .parts import ModelParts
 from .ppl import ppl_from_nlls
 from .result import PruneResult
 from .placement import tensor_bytes
 from .sweeps import Engine, nonfinite_samples
 from .precision import resolve_compute_dtype, mixed_precision_search
+from .head_bound import head_bound_table
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +150,22 @@ def fast_search(model:nn.Module,        # a causal LM
     err = None if checkpoint is None else checkpoint_refusal("ppl_window", "fast", early_abort, o.compute_dtype)
     if err: raise err
     if checkpoint is not None and o.compute_dtype == "auto": o = replace(o, compute_dtype=None) # a checkpoint saves the model's own dtype
+    if early_abort and o.head_bound:
+        raise ConfigError("early_abort=True and head_bound=True are two ways to skip work in the exact search: choose one "
+                          "(head_bound keeps every window's layers and skips most head passes; early abort skips samples)")
     low = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device)
     if low is not None:
         plain = replace(o, compute_dtype=None)
         return mixed_precision_search(lambda: fast_search(model, data, n, parts, early_abort=early_abort, options=plain),
                                       low, model, data, n, parts, plain)
-    eng = Engine(model, data, n, parts, o, name="fast_early_abort" if early_abort else "fast_exact",
+    eng = Engine(model, data, n, parts, o, name="fast_early_abort" if early_abort else "fast_head_bound" if o.head_bound else "fast_exact",
                  cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8)
     eng.checkpoint = checkpoint
     if eng.device.type == "cuda": torch.cuda.reset_peak_memory_stats(eng.device)
     with eng.placement():
         eng.learn_outputs()
-        table, baseline, lower, proxy, extra = (_early_abort if early_abort else _full_table)(eng)
+        if o.head_bound: table, baseline, lower, proxy, extra = head_bound_table(eng, _sweep_fitting)
+        else: table, baseline, lower, proxy, extra = (_early_abort if early_abort else _full_table)(eng)
     st = eng.stats(**extra)
     eng.log_cost(st)
     return eng.result(table, baseline, lower, proxy, st)

@@ -12,7 +12,8 @@ from .config import ConfigError, METHODS
 
 # %% auto #0
 __all__ = ['UNGATED', 'ONE_PASS', 'read_config', 'ModelShape', 'model_shape', 'layer_flops', 'head_flops', 'layer_bytes',
-           'pass_counts', 'criterion_passes', 'report_passes', 'Plan', 'plan_search', 'call_count', 'fit_rate']
+           'pass_counts', 'criterion_passes', 'report_passes', 'Plan', 'head_bound_passes', 'plan_search', 'call_count',
+           'fit_rate']
 
 # %% ../nbs/03f_plan.ipynb #ce28c820
 _FIELDS = dict(
@@ -174,6 +175,9 @@ class Plan:
     report_layer_passes:int=0 # per rank: a one-pass criterion's calibration PPL report, after its choice (in flops and time)
     report_head_passes:int=0
     compute_dtype:str|None=None # the lower precision the table is planned in (None: the model's own)
+    head_rows:int=0          # per rank: vocabulary rows the head computes, times samples (a full head pass: all of them)
+    brute_force_head_rows:int=0
+    head_bound:bool=False    # the exact search bounds windows from a few head rows (`head_bound=True`)
 
     def to_dict(self)->dict: return asdict(self)
 
@@ -201,6 +205,19 @@ def _mixed_note(dtype:str, own_bytes:int, L:int, n:int, Nr:int, method:str)->str
 def _seconds(flops, calls, moved, tflops, call_overhead_s, h2d_gbps):
     if tflops is None: return None
     return flops / (tflops * 1e12) + calls * call_overhead_s + moved / (h2d_gbps * 1e9)
+
+# %% ../nbs/03f_plan.ipynb #762fa4ee
+def head_bound_passes(L:int, n:int, N:int, # layers, window size, samples
+                      vocab:int,           # vocabulary rows of the head
+                      seqlen:int,          # tokens per window
+                      top_k:int=32,        # the unpruned model's top tokens per position in each bound (`head_bound.TOP_K`)
+                     )->dict:
+    "Head passes of the exact search with `head_bound=True` at its best: full heads for the unpruned model, the pick and the runner-up; every window bounded from about `min(vocab, top_k * seqlen / 4)` rows (measured ~1,700 on Gemma-3-270M at 256 tokens)."
+    W = L - n + 1
+    rows = min(vocab, max(1, top_k * seqlen // 4))
+    full = N * min(W + 1, 3)
+    return dict(head_passes=full, bound_passes=N * W, bound_rows=rows, head_rows=full * vocab + N * W * rows)
+
 
 # %% ../nbs/03f_plan.ipynb #33696001
 def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, chunk_size, budget, act:int)->dict:
@@ -238,6 +255,7 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
                 memory_budget:int|None=None, # bytes of activations a rank may hold (the engine's memory_budget)
                 method:str="ppl_window",   # the criterion: "ppl_window", "angular", "angular_all", "block_influence" or "sleb"
                 compute_dtype:str|None=None, # a lower precision for the table (`dtype_choice`): activations in it, weights held in both
+                head_bound:bool=False,     # the exact search's head bound (`head_bound=True`): counted at its best case
                )->Plan:
     "The cost of a search before running it: passes, FLOPs, memory, weight moves and time, beside the brute force."
     s = model_shape(config_or_path)
@@ -271,15 +289,25 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
     if nsamples % world_size and method not in ONE_PASS: notes.append(f"{nsamples} samples do not split evenly over {world_size} ranks")
     if low: notes.append(_mixed_note(compute_dtype, dtype_bytes, L, n, Nr, method))
     cand = L if method in ("block_influence", "sleb") else W
+    hb = head_bound and engine == "fast" and method in ("ppl_window", "sleb")
+    bound_flops, rows = 0.0, (mine["head_passes"] + rep["head_passes"]) * s.vocab
+    if hb:
+        rounds = [head_bound_passes(Lr, nr, Nr, s.vocab, seqlen) for Lr, nr in ([(L, n)] if method == "ppl_window" else [(L - r, 1) for r in range(n)])]
+        mine = dict(mine, head_passes=sum(p["head_passes"] for p in rounds))
+        bound_flops = sum(p["bound_passes"] * p["bound_rows"] for p in rounds) * hf / s.vocab
+        rows = sum(p["head_rows"] for p in rounds)
+        notes.append(f"head_bound: at best (the unpruned model, the pick and the runner-up in full; every window bounded from "
+                     f"~{rounds[0]['bound_rows']:,} head rows); each window that the bound cannot rule out adds {Nr:,} head passes")
+    elif head_bound: notes.append("head_bound applies to the exact fast engine's perplexity searches ('ppl_window', 'sleb'): not counted here")
     total = dict(layer_passes=mine["layer_passes"] + rep["layer_passes"], head_passes=mine["head_passes"] + rep["head_passes"])
     return Plan(s.model_type, L, n, nsamples, seqlen, engine, world_size, Nr, cand, c["chunk"],
-                mine["layer_passes"], mine["head_passes"], flops(total),
+                mine["layer_passes"], mine["head_passes"], flops(total) + bound_flops,
                 brute["layer_passes"], brute["head_passes"], flops(brute),
                 int((L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)) * (1 + (low or 0) / dtype_bytes)), c["act"],
                 save_gpu_memory, moves, bmoves, moves * lb, bmoves * lb, tflops,
-                _seconds(flops(total), c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
+                _seconds(flops(total) + bound_flops, c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
                 _seconds(flops(brute), bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes,
-                method, rep["layer_passes"], rep["head_passes"], compute_dtype if low else None)
+                method, rep["layer_passes"], rep["head_passes"], compute_dtype if low else None, rows, brute["head_passes"] * s.vocab, hb)
 
 # %% ../nbs/03f_plan.ipynb #5641dd2f
 def _si(x:float, unit:str="")->str:
@@ -300,6 +328,7 @@ def _plan_table(self:Plan)->str:
             f"{'per rank':<26}{self.engine if self.method == 'ppl_window' else self.method:>16}{'brute force':>16}",
             f"{'layer passes':<26}{self.layer_passes:>16,}{self.brute_force_layer_passes:>16,}",
             f"{'head passes':<26}{self.head_passes:>16,}{self.brute_force_head_passes:>16,}",
+            *([f"{'head rows x samples':<26}{_si(self.head_rows):>16}{_si(self.brute_force_head_rows):>16}"] if self.head_rows else []),
             *([f"{'+ PPL report passes':<26}{self.report_layer_passes:>16,}{'':>16}"] if self.report_layer_passes else []),
             f"{'FLOPs':<26}{_si(self.flops):>16}{_si(self.brute_force_flops):>16}"]
     if self.mix_mode:

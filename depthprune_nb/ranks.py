@@ -55,10 +55,10 @@ def share_sweeps(eng):
     local, world = eng.sweep, world_size()
     if eng.name != "fast_early_abort":  # early abort decides after every chunk: its chunks stay the one-process ones
         eng.chunk = min(eng.N, eng.chunk * world)  # elsewhere the chunk size is per rank
-    def sweep(idx, windows, baseline=False, proxy=None, stash=None, start_states=None):
+    def sweep(idx, windows, baseline=False, proxy=None, stash=None, start_states=None, heads=None):
         a, b = shard_bounds(len(idx), rank(), world)
         inc = None if proxy is None else {s: 0.0 for s in proxy}
-        if a < b: got, base = local(idx[a:b], windows, baseline, inc, stash, start_states)
+        if a < b: got, base = local(idx[a:b], windows, baseline, inc, stash, start_states, heads)
         else: got, base = {w: [] for w in windows}, ([] if baseline else None)  # a chunk smaller than the world
         parts = [None] * world
         dist.all_gather_object(parts, (got, base, inc))

@@ -171,6 +171,7 @@ def sweep(self:Engine,
           proxy:dict|None=None,    # if given, accumulate the angular-distance proxy into it
           stash:dict|None=None,    # if given, store in it the unpruned state entering each window start
           start_states:dict|None=None, # window start -> its start state, from an earlier `stash`: no unpruned stream
+          heads=None,              # `heads(ids, keys, states)`: per-sample NLLs of each stream ("base" first if `baseline`); None: the full head
          )->tuple:
     "Per-sample NLLs of `idx` for each window in `windows` (and the unpruned model if `baseline`), layer-major."
     n, L = self.n, self.L
@@ -202,7 +203,8 @@ def sweep(self:Engine,
         if self.bar is not None: self.bar.update(1)
     self.moves_per_sweep_max = max(self.moves_per_sweep_max, self._moves)
     keys = (["base"] if baseline else []) + sorted(windows)
-    got = dict(zip(keys, self.head_nlls(ids, [live.pop(w) for w in keys])))
+    states = [live.pop(w) for w in keys]
+    got = dict(zip(keys, heads(ids, keys, states) if heads is not None else self.head_nlls(ids, states)))
     base_nlls, nlls = got.pop("base", None), got
     self._calls = self._h0 = None
     return nlls, base_nlls

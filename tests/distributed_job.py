@@ -29,7 +29,8 @@ def search_all(model_dir:str, N:int=16)->dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     data = list(arithmetic(N).split(1))
     out = {}
-    for name, kw in (("exact", {}), ("early_abort", dict(early_abort=True)), ("approx", dict(engine="approx"))):
+    for name, kw in (("exact", {}), ("early_abort", dict(early_abort=True)), ("approx", dict(engine="approx")),
+                     ("head_bound", dict(head_bound=True))):
         r = distributed.distributed_search(model, data, 2, progress=False, **kw)
         out[name] = dict(table=r.ppl_by_start, baseline=r.baseline_ppl, pick=r.deleted_layers, lower=r.lower_bound_starts,
                          estimated=r.estimated_starts, layer_passes=r.stats["layer_passes"])

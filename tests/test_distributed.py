@@ -70,7 +70,7 @@ def test_two_nodes_give_the_one_process_table(setup, tmp_path):
 
 
 def test_exact_early_abort_and_approx_on_two_processes(tmp_path):
-    "Every mode gives the one-process table, pick, lower bounds and estimates; each rank does about half the layer passes."
+    "Every mode gives the one-process table, pick, lower bounds and estimates; each rank does about half the layer passes (head_bound: the same answer)."
     import torch
     from depthprune_nb.testing import save_tiny_model
     sys.path.insert(0, str(Path(__file__).parent))
@@ -94,6 +94,9 @@ def test_exact_early_abort_and_approx_on_two_processes(tmp_path):
         assert abs(b["baseline"] / a["baseline"] - 1) <= 1e-6, mode
         assert (a["pick"], a["lower"], a["estimated"]) == (b["pick"], b["lower"], b["estimated"]), mode
         assert b["layer_passes"] <= a["layer_passes"] // 2 + a["layer_passes"] // 8, (mode, a["layer_passes"], b["layer_passes"])
+    a, b = one["head_bound"], two["head_bound"]  # ranks keep no final states: their contenders are swept again, shared out
+    assert (a["pick"], a["lower"]) == (b["pick"], b["lower"]) and abs(b["baseline"] / a["baseline"] - 1) <= 1e-6
+    for k in a["table"]: assert abs(b["table"][k] / a["table"][k] - 1) <= 1e-6, ("head_bound", k, a["table"][k], b["table"][k])
 
 
 @needs_text

@@ -1,0 +1,99 @@
+"""The head bound against today's exact table and the Quark-style brute force, on real models, in one run.
+
+    python bench/bench_head_bound.py --model_dir "$(depthprune-gguf-path gemma-3-270m)" --n 2 --nsamples 8
+    python bench/bench_head_bound.py --model_dir FOLDER_OR_GGUF --n 2 4 --nsamples 8 --engines reference fast head_bound
+
+For each n it runs, one after the other on the same windows: `reference_search` (the brute force: every window
+deleted in turn, a full forward each), `fast_search` (today's exact table: shared layer passes, a full head per
+window) and `fast_search(head_bound=True)`; and prints seconds, layer passes, head rows computed (vocabulary rows x
+samples; the brute force computes every row for every window), the ratio of each wall time to the brute force's
+measured in this run (wall and CPU time: on a machine shared by many processes, a single-threaded run's CPU
+seconds are the steadier measure), the pick and its PPL (relative difference from the brute force's). The machine is named with its
+load average at the start and the end: on a shared machine the ratios within one run are what count.
+"""
+import argparse, json, math, os, platform, sys, time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from depthprune_nb.data import get_wikitext_dataset  # noqa: E402
+from depthprune_nb.gguf import load_model_and_tokenizer  # noqa: E402
+from depthprune_nb.search import reference_search  # noqa: E402
+from depthprune_nb.exact import fast_search  # noqa: E402
+
+TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+
+
+def load()->str: return " ".join(open("/proc/loadavg").read().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+
+
+def machine()->str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
+
+
+def run(engine:str, model, data, n:int, dtype:str|None):
+    t0, c0 = time.perf_counter(), time.process_time()
+    kw = dict(progress=False, compute_dtype=dtype)
+    if engine == "reference":
+        if dtype: raise SystemExit("the brute force runs in the model's own dtype only")
+        r = reference_search(model, data, n, progress=False)
+    else: r = fast_search(model, data, n, head_bound=engine == "head_bound", **kw)
+    return r, time.perf_counter() - t0, time.process_time() - c0
+
+
+def head_rows(r, V:int, N:int)->int:
+    st = r.stats
+    if "head_rows" in st: return st["head_rows"]
+    return st["head_passes"] * V  # every head pass computes all V rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model_dir", required=True, help="a model folder or a .gguf file")
+    ap.add_argument("--n", type=int, nargs="+", default=[2])
+    ap.add_argument("--nsamples", type=int, default=8)
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--engines", nargs="+", default=["reference", "fast", "head_bound"])
+    ap.add_argument("--compute_dtype", default=None, help="bfloat16: the fast engines in low precision, confirmed in float32")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="append one JSON line per run here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if not TEXT.exists(): raise SystemExit(f"WikiText-2 test text not found at {TEXT}")
+    t = time.perf_counter()
+    model, tok = load_model_and_tokenizer(a.model_dir, dtype="float32")
+    name = Path(a.model_dir).name
+    data = get_wikitext_dataset(a.model_dir, seqlen=a.seqlen, text_file=TEXT, tokenizer=tok, nsamples=a.nsamples, progress=False)
+    V = model.get_output_embeddings().weight.shape[0]
+    print(f"# {name}: {model.config.num_hidden_layers} layers, vocabulary {V:,}; {len(data)} windows of {a.seqlen} tokens; "
+          f"loaded in {time.perf_counter() - t:.0f} s\n# {machine()}; load average at start {load()}")
+    for n in a.n:
+        rows, ref = [], None
+        for e in a.engines:
+            r, s, cpu = run(e, model, data, n, None if e == "reference" else a.compute_dtype)
+            if e == "reference": ref = (r, s, cpu)
+            rows.append((e, r, s, cpu))
+            rel = "" if ref is None else f"{r.best_ppl / ref[0].best_ppl - 1:+.1e}"
+            line = dict(model=name, n=n, engine=e + (f"+{a.compute_dtype}" if a.compute_dtype and e != "reference" else ""),
+                        seconds=round(s, 1), cpu_seconds=round(cpu, 1), layer_passes=r.stats.get("layer_passes"), head_rows=head_rows(r, V, len(data)),
+                        pick=r.deleted_layers, ppl=r.best_ppl, rel_to_brute_force=rel, load=load(),
+                        exact_starts=r.stats.get("head_bound", {}).get("exact_starts"),
+                        rows_per_bound=r.stats.get("head_bound", {}).get("rows_per_bound"))
+            print(json.dumps(line), flush=True)
+            if a.json: open(a.json, "a").write(json.dumps(line) + "\n")
+        base, bcpu = (ref[1], ref[2]) if ref else (None, None)
+        print(f"\n| {name} n={n} | seconds | CPU seconds | layer passes | head rows (M) | vs brute force (wall, CPU) | pick | PPL | rel. to brute force |\n|---|---|---|---|---|---|---|---|---|")
+        for e, r, s, cpu in rows:
+            ratio = f"{base / s:.2f}x, {bcpu / cpu:.2f}x" if base else "n/a"
+            rel = f"{r.best_ppl / ref[0].best_ppl - 1:+.1e}" if ref else "n/a"
+            print(f"| {e} | {s:.0f} | {cpu:.0f} | {r.stats.get('layer_passes'):,} | {head_rows(r, V, len(data)) / 1e6:.2f} | {ratio} | "
+                  f"{r.deleted_layers} | {r.best_ppl:.4f} | {rel} |")
+        print(f"load average at the end: {load()}\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
