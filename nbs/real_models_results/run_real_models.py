@@ -114,6 +114,8 @@ def run(a)->dict:
     info.update(gguf_file=str(src), gguf_bytes=src.stat().st_size, architecture=type(model).__name__, layers=L, params=P,
                 load_wall_s=time.perf_counter() - t0, peak_rss_gib_after_load=peak_rss_gib())
     print(f"{a.model}: {type(model).__name__}, {L} layers, {P:,} parameters, loaded in {info['load_wall_s']:.0f} s", flush=True)
+    save = lambda: (a.out or HERE / f"{a.model}.json").write_text(json.dumps(info, indent=1, default=str)) # partial results survive
+    save()
     text = wikitext_text(text_file=TEXT_FILE)
     calib, held = get_calib_eval_datasets(None, "cpu", a.seqlen, text_file=TEXT_FILE, tokenizer=tok,
                                           nsamples=a.calib_windows, eval_nsamples=a.eval_windows)
@@ -131,8 +133,7 @@ def run(a)->dict:
         results[n].model_name = a.model
         print(f"n={n}: {results[n].deleted_layers} calib {results[n].best_ppl:.2f} (base {results[n].baseline_ppl:.2f}) "
               f"{results[n].stats.get('wall_s', 0):.0f} s", flush=True)
-        info["sweep"] = {k: r.to_dict() for k, r in results.items()}
-        (a.out or HERE / f"{a.model}.json").write_text(json.dumps(info, indent=1, default=str)) # partial results survive
+        info["sweep"] = {k: r.to_dict() for k, r in results.items()}; save()
     info["sweep_wall_s"] = time.perf_counter() - t1
     info["answers_before"] = greedy(model, tok, PROMPTS, a.new_tokens)
     info["picks"] = {}
