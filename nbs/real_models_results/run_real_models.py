@@ -153,6 +153,16 @@ def run(a)->dict:
     return info
 
 
+def regguf(path:Path)->dict:
+    "Rewrite the `gguf_*` entries of each pick in the JSON at `path` (e.g. after the GGUF writer learned an architecture)."
+    info = json.loads(path.read_text())
+    for n, pick in info["picks"].items():
+        pick.update(gguf_after(Path(info["gguf_file"]), pick["deleted_layers"], None), gguf_redone_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        print(f"n={n}: {pick['gguf_bytes_after'] or pick['gguf_refused']}")
+    path.write_text(json.dumps(info, indent=1, default=str))
+    return info
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gemma-3-270m", help=f"one of {NAMES}")
@@ -169,12 +179,15 @@ def main(argv=None):
     p.add_argument("--no_gguf", dest="gguf", action="store_false")
     p.add_argument("--no_ratio_pick", dest="ratio_pick", action="store_false", help="only the n = 2 pick (not the ~10%% one)")
     p.add_argument("--quick", action="store_true", help="a tiny random GGUF model instead (CI: checks the code only)")
+    p.add_argument("--regguf", action="store_true", help="only redo the pruned-GGUF sizes of the model's existing JSON "
+                   "(no model loaded: the file is rewritten without the picked blocks)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.quick:
         a.model, a.seqlen, a.calib_windows, a.eval_windows, a.new_tokens, a.bos_seqlen = "tiny-llama", 32, 2, 2, 3, 32
         a.out = a.out or Path(tempfile.mkdtemp()) / "tiny.json"
     elif a.model not in NAMES: p.error(f"--model {a.model!r}: valid names are {', '.join(NAMES)}")
+    if a.regguf: return regguf(a.out or HERE / f"{a.model}.json")
     info = run(a)
     out = a.out or HERE / f"{a.model}.json"
     out.write_text(json.dumps(info, indent=1, default=str))
