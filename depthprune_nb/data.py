@@ -16,9 +16,9 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CODE_CONFIGS', 'wikitext_text', 'RemoteCodeError', 'remote_code_files', 'check_remote_code',
-           'remote_code_refusal', 'load_tokenizer', 'cut_windows', 'default_seqlen', 'get_wikitext_dataset',
-           'split_windows', 'get_calib_eval_datasets']
+__all__ = ['log', 'CODE_CONFIGS', 'BOS_CHOICES', 'wikitext_text', 'RemoteCodeError', 'remote_code_files', 'check_remote_code',
+           'remote_code_refusal', 'load_tokenizer', 'cut_windows', 'default_seqlen', 'adds_bos', 'window_bos',
+           'text_windows', 'get_wikitext_dataset', 'split_windows', 'get_calib_eval_datasets']
 
 # %% ../nbs/00_data.ipynb #62721479
 def wikitext_text(split:str="test",        # "test", "validation" or "train"
@@ -120,25 +120,69 @@ def cut_windows(ids:torch.Tensor,     # `[1, N]` or `[N]` token ids of the whole
                 nsamples:int|None=None, # keep at most this many windows; all if None
                 dev:str|torch.device|None=None, # device to put the windows on
                 progress:bool=True,   # show a tqdm bar
+                bos_id:int|None=None, # if given, every window is this token + `seqlen - 1` tokens of `ids`
                )->list:
-    "Non-overlapping `[1, seqlen]` windows of `ids`; the remainder that does not fill one is dropped."
+    "Non-overlapping `[1, seqlen]` windows of `ids` (each led by `bos_id` if given); the remainder that does not fill one is dropped."
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
         raise ConfigError(f"seqlen={seqlen!r} is invalid: it must be an integer >= 2")
-    ids = ids.reshape(1, -1)
-    total = ids.shape[1] // seqlen
+    ids, step = ids.reshape(1, -1), seqlen if bos_id is None else seqlen - 1
+    total = ids.shape[1] // step
     if total == 0:
-        raise ConfigError(f"the text has only {ids.shape[1]} tokens, fewer than one window of seqlen={seqlen}: "
+        lead = "" if bos_id is None else f" ({step} text tokens after the BOS token)"
+        raise ConfigError(f"the text has only {ids.shape[1]} tokens, fewer than one window of seqlen={seqlen}{lead}: "
                           "pass more text or a smaller seqlen")
     if nsamples is not None:
         if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 1:
             raise ConfigError(f"nsamples={nsamples!r} is invalid: it must be an integer >= 1, or None for all {total} windows")
         total = min(total, nsamples)
-    return [ids[:, i * seqlen:(i + 1) * seqlen].to(dev) for i in tqdm(range(total), desc="windows", disable=not progress)]
+    lead = None if bos_id is None else ids.new_full((1, 1), bos_id)
+    cut = lambda i: ids[:, i * step:(i + 1) * step] if lead is None else torch.cat([lead, ids[:, i * step:(i + 1) * step]], 1)
+    return [cut(i).to(dev) for i in tqdm(range(total), desc="windows", disable=not progress)]
 
 def default_seqlen(model, asked:int|None)->int:
     "The requested window length, or min(2048, the model's positions)."
     if asked is not None: return asked
     return min(2048, getattr(model.config, "max_position_embeddings", None) or 2048)
+
+# %% ../nbs/00_data.ipynb #b05a0002
+BOS_CHOICES = ("auto", True, False) # the values `bos` takes wherever text is cut into windows
+
+def adds_bos(tokenizer)->bool:
+    "True if `tokenizer` puts its BOS token first by default (as Gemma's, Llama's and OPT's do)."
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None: return False
+    ids = torch.as_tensor(tokenizer("a").input_ids).reshape(-1)
+    return len(ids) > 0 and int(ids[0]) == bos_id
+
+def window_bos(tokenizer,           # the tokenizer that cuts the text
+               bos="auto",         # "auto": BOS if the tokenizer adds one by default; True: always; False: the reference's cut
+              )->int|None:         # the token id every window starts with, or None
+    "The BOS id each window is led by under the rule `bos`, or None for the reference's single cut."
+    if not (bos is True or bos is False or bos == "auto"):
+        raise ConfigError(f"bos={bos!r} is invalid: it must be one of {BOS_CHOICES} (True: every window starts with the "
+                          "BOS token; False: the reference's cut; 'auto': BOS where the tokenizer adds one by default)")
+    if bos is False: return None
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos is True and bos_id is None:
+        raise ConfigError("bos=True, but the tokenizer has no BOS token (bos_token_id is None): use bos='auto' or False")
+    return bos_id if bos is True or adds_bos(tokenizer) else None
+
+# %% ../nbs/00_data.ipynb #b05a0003
+def text_windows(tokenizer,             # tokenizer of the model the windows are for
+                 text:str,              # the whole text
+                 seqlen:int,            # tokens per window, BOS included
+                 bos="auto",            # see `window_bos`: "auto", True or False
+                 nsamples:int|None=None, # keep at most this many windows
+                 dev=None,              # device to put the windows on
+                 progress:bool=True,    # show a tqdm bar
+                )->list:
+    "`text` tokenized once and cut into `[1, seqlen]` windows, each led by BOS where `bos` says so."
+    bos_id = window_bos(tokenizer, bos)
+    kw = {} if bos_id is None else dict(add_special_tokens=False)
+    ids = tokenizer(text, return_tensors="pt", verbose=False, **kw).input_ids
+    log.info("tokenized %d characters into %d tokens; %s", len(text), ids.shape[1],
+             "the reference's cut" if bos_id is None else f"every window starts with BOS (id {bos_id})")
+    return cut_windows(ids, seqlen, nsamples, dev, progress, bos_id=bos_id)
 
 # %% ../nbs/00_data.ipynb #e37151f8
 def get_wikitext_dataset(model_dir:str|Path,   # model folder or Hub id whose tokenizer is used
@@ -150,13 +194,12 @@ def get_wikitext_dataset(model_dir:str|Path,   # model folder or Hub id whose to
                          nsamples:int|None=None, # keep at most this many windows
                          progress:bool=True,   # show a tqdm bar
                          trust_remote_code:bool=False, # run the tokenizer's own code if it ships some
+                         bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see `window_bos`
                         )->list:
     "WikiText-2 `split`, tokenized once and cut into `[1, seqlen]` windows on `dev`."
     text = wikitext_text(split, text_file)
     tokenizer = tokenizer or load_tokenizer(model_dir, trust_remote_code)
-    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids
-    log.info("tokenized %d characters into %d tokens", len(text), ids.shape[1])
-    return cut_windows(ids, seqlen, nsamples, dev, progress)
+    return text_windows(tokenizer, text, seqlen, bos, nsamples, dev, progress)
 
 # %% ../nbs/00_data.ipynb #6d4bac3f
 def _count(name:str, v)->int|None:
@@ -180,14 +223,13 @@ def split_windows(windows:list,                # the windows of one text, in tex
     return windows[:c], windows[T - e:]
 
 # %% ../nbs/00_data.ipynb #14778ee2
-def _windows_of(source:tuple, model_dir, tokenizer, seqlen:int, cache:dict)->list:
+def _windows_of(source:tuple, model_dir, tokenizer, seqlen:int, cache:dict, bos="auto")->list:
     "All `[1, seqlen]` windows of one source (`('file', path)` or `('hub', split)`), on the CPU, tokenized once."
     if source not in cache:
         kind, where = source
         text = wikitext_text(where, None) if kind == "hub" else wikitext_text(text_file=where)
-        ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids
-        log.info("tokenized %d characters of %s into %d tokens", len(text), where, ids.shape[1])
-        cache[source] = cut_windows(ids, seqlen, progress=False)
+        log.info("windows of %s", where)
+        cache[source] = text_windows(tokenizer, text, seqlen, bos, progress=False)
     return cache[source]
 
 def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose tokenizer is used
@@ -201,15 +243,16 @@ def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose
                             tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from `model_dir`
                             nsamples:int|None=None,      # calibration windows
                             eval_nsamples:int|None=None, # evaluation windows
+                            bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see `window_bos`
                            )->tuple:              # (calibration windows, evaluation windows)
     "Calibration and evaluation windows that share no token: separate texts, or the two ends of one text."
     calib_src = ("file", str(calib_text_file or text_file)) if (calib_text_file or text_file) else ("hub", calib_split)
     eval_src = ("file", str(eval_text_file or text_file)) if (eval_text_file or text_file) else ("hub", eval_split)
     tokenizer, cache = tokenizer or load_tokenizer(model_dir), {}
     if calib_src == eval_src:
-        calib, held = split_windows(_windows_of(calib_src, model_dir, tokenizer, seqlen, cache), nsamples, eval_nsamples)
+        calib, held = split_windows(_windows_of(calib_src, model_dir, tokenizer, seqlen, cache, bos), nsamples, eval_nsamples)
     else:
-        calib = _windows_of(calib_src, model_dir, tokenizer, seqlen, cache)[:_count("nsamples", nsamples)]
-        held = _windows_of(eval_src, model_dir, tokenizer, seqlen, cache)[:_count("eval_nsamples", eval_nsamples)]
+        calib = _windows_of(calib_src, model_dir, tokenizer, seqlen, cache, bos)[:_count("nsamples", nsamples)]
+        held = _windows_of(eval_src, model_dir, tokenizer, seqlen, cache, bos)[:_count("eval_nsamples", eval_nsamples)]
     log.info("%d calibration windows from %s, %d evaluation windows from %s", len(calib), calib_src[1], len(held), eval_src[1])
     return [w.to(dev) for w in calib], [w.to(dev) for w in held]

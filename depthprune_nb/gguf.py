@@ -18,9 +18,10 @@ from .parts import locate
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'GGUF_MAGIC', 'PRUNABLE_GGUF_ARCHS', 'GGUFError', 'is_gguf_file', 'resolve_gguf', 'find_gguf',
-           'smollm2_gguf_path', 'read_gguf', 'load_model_and_tokenizer', 'gguf_source', 'is_gguf_quantized',
-           'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'write_pruned_gguf']
+__all__ = ['log', 'GGUF_MAGIC', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'GGUFError', 'is_gguf_file', 'resolve_gguf',
+           'find_gguf', 'smollm2_gguf_path', 'read_gguf', 'swa_key', 'swa_layer_pattern', 'gguf_config',
+           'load_model_and_tokenizer', 'gguf_source', 'is_gguf_quantized', 'serializable', 'gguf_layout',
+           'check_save_gguf', 'check_gguf_model', 'write_pruned_gguf']
 
 # %% ../nbs/10_gguf.ipynb #cf24d44c
 class GGUFError(ConfigError):
@@ -84,6 +85,43 @@ def read_gguf(path:str|Path, # a GGUF file
     if bad: raise GGUFError(f"{str(p)!r} is truncated: tensor data of {bad[:3]} lies past the end of the file ({size:,} bytes)")
     return reader
 
+# %% ../nbs/10_gguf.ipynb #4c2c0cc2
+def _field(reader, key):
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+SWA_PATTERN_ARCHS = {"gemma3": 6, "olmo2": 4} # llama.cpp's period where the file gives none (olmo2: only with a window)
+
+def swa_key(arch:str)->str: return f"{arch}.attention.sliding_window_pattern"
+
+def swa_layer_pattern(reader:gguf.GGUFReader, # an open GGUF file
+                      arch:str,               # its `general.architecture`
+                      block_count:int,        # its `{arch}.block_count`
+                     )->list|None:            # one bool per block (True: sliding window), or None
+    "Which blocks llama.cpp runs with the sliding window, read as it reads them; None if the architecture has no pattern."
+    if arch not in SWA_PATTERN_ARCHS or not _field(reader, f"{arch}.attention.sliding_window"): return None
+    p = _field(reader, swa_key(arch))
+    if isinstance(p, list):
+        if len(p) != block_count:
+            raise GGUFError(f"GGUF file has {swa_key(arch)} with {len(p)} entries for block_count={block_count}")
+        return [bool(v) for v in p]
+    n = SWA_PATTERN_ARCHS[arch] if p is None else int(p)
+    return [n == 0 or i % n < n - 1 for i in range(block_count)]
+
+def gguf_config(folder:str|Path,       # as `from_pretrained(folder, gguf_file=name)` takes it
+                name:str,               # the GGUF file's name
+                reader:gguf.GGUFReader, # the same file, open
+               ):                       # a config for `from_pretrained(config=...)`, or None
+    "The model's config with the file's per-block attention kinds, where transformers would rebuild them from a period; else None."
+    arch = _field(reader, "general.architecture")
+    if not isinstance(_field(reader, swa_key(arch)), list): return None
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if getattr(config, "layer_types", None) is None: return None
+    pattern = swa_layer_pattern(reader, arch, _field(reader, f"{arch}.block_count"))
+    config.layer_types = ["sliding_attention" if s else "full_attention" for s in pattern]
+    return config
+
 # %% ../nbs/10_gguf.ipynb #01f08dc3
 def _hub_file(repo:str, name:str)->Path:
     "Local path of `name` in Hub repository `repo` (downloaded once, then from the cache)."
@@ -115,9 +153,11 @@ def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id
         return model.eval(), load_tokenizer(model_dir, trust_remote_code)
     folder, name = src
     path = Path(folder) / name if Path(folder).is_dir() else _hub_file(folder, name)
-    read_gguf(path) # a damaged file: one clear error before transformers reads it
+    reader = read_gguf(path) # a damaged file: one clear error before transformers reads it
     dt = torch.float32 if dtype == "auto" else _dtype(dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dt, device_map=device_map)
+    config = gguf_config(folder, name, reader) # None where transformers' own reading of the file is right
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dt, device_map=device_map,
+                                                 **({} if config is None else dict(config=config)))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model._depthprune_gguf = str(path.resolve())
     model.name_or_path = model.config._name_or_path = Path(name).stem # tables and plots name the model by its file
@@ -150,12 +190,8 @@ def serializable(model):
 # %% ../nbs/10_gguf.ipynb #2e377ad6
 PRUNABLE_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "phi3", "gemma", "starcoder2",
                        "stablelm", "gpt2", "bloom", "falcon", "olmo", "olmo2", "granite", "internlm2", "gptneox", "mpt",
-                       "starcoder", "refact", "orion", "minicpm", "exaone")
+                       "starcoder", "refact", "orion", "minicpm", "exaone", "gemma3")
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
-
-def _field(reader, key):
-    f = reader.get_field(key)
-    return None if f is None else f.contents()
 
 def gguf_layout(reader:gguf.GGUFReader, # an open GGUF file
                )->dict:                 # arch, block_count, per_layer_keys, prior deleted layers, source block count
@@ -181,11 +217,11 @@ def _original_numbering(deleted:list, layout:dict)->list:
     kept0 = [i for i in range(layout["source_block_count"]) if i not in set(layout["prior_deleted"])]
     return sorted(set(layout["prior_deleted"]) | {kept0[i] for i in deleted})
 
-def _copy_fields(reader, writer, layout:dict, deleted:set):
+def _copy_fields(reader, writer, layout:dict, deleted:set, skip:set=frozenset()):
     "Every key-value field, with the block count and per-layer arrays updated; the writer's own keys skipped."
     arch, L = layout["arch"], layout["block_count"]
     for key, f in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key.startswith("depthprune."): continue
+        if key.startswith("GGUF.") or key == "general.architecture" or key.startswith("depthprune.") or key in skip: continue
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         val = f.contents()
@@ -260,7 +296,9 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
     umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask) # an ordinary file's permissions, not mkstemp's 0600
     try:
         writer = gguf.GGUFWriter(tmp, layout["arch"], endianess=reader.endianess)
-        _copy_fields(reader, writer, layout, deleted)
+        swa = swa_layer_pattern(reader, layout["arch"], layout["block_count"])
+        _copy_fields(reader, writer, layout, deleted, skip={swa_key(layout["arch"])} if swa is not None else set())
+        if swa is not None: writer.add_array(swa_key(layout["arch"]), [v for i, v in enumerate(swa) if i not in deleted])
         writer.add_array("depthprune.deleted_layers", _original_numbering(sorted(deleted), layout))
         writer.add_uint32("depthprune.source_block_count", layout["source_block_count"])
         kept = [(t, n) for t in reader.tensors if (n := _renamed(t.name, new_idx)) is not None]

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError
-from .data import cut_windows, default_seqlen
+from .data import cut_windows, default_seqlen, text_windows
 from .parts import ModelParts, locate
 from .ppl import check_data
 
@@ -36,7 +36,7 @@ def _names_file(s:str)->bool:
     except (OSError, ValueError): return False
 
 # %% ../nbs/04a_heal.ipynb #5b1e7c21
-def _training_windows(data, tokenizer, seqlen:int|None, model:nn.Module)->list:
+def _training_windows(data, tokenizer, seqlen:int|None, model:nn.Module, bos="auto")->list:
     "`data` as `[1, seqlen]` windows: windows as given; text (a `str`, or the file an `os.PathLike` names) tokenized and cut."
     if not isinstance(data, (str, os.PathLike)):
         got = data[0].shape[-1] if isinstance(data, (list, tuple)) and data and isinstance(data[0], torch.Tensor) else None
@@ -54,8 +54,7 @@ def _training_windows(data, tokenizer, seqlen:int|None, model:nn.Module)->list:
         raise ConfigError(f"data is text ({len(data):,} characters) but tokenizer=None: pass tokenizer=<the model's tokenizer> "
                           "(e.g. from load_model_and_tokenizer), or pass token windows (a list of LongTensor[1, seqlen])")
     seqlen = default_seqlen(model, seqlen)
-    ids = tokenizer(data, return_tensors="pt", verbose=False).input_ids
-    return cut_windows(ids, seqlen, progress=False)
+    return text_windows(tokenizer, data, seqlen, bos, progress=False)
 
 # %% ../nbs/04a_heal.ipynb #fa65e2e9
 def heal(model:nn.Module,            # a (pruned) causal LM
@@ -69,12 +68,13 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          progress:bool=True,         # show a tqdm bar
          tokenizer:PreTrainedTokenizerBase|None=None, # tokenizes `data` when it is text; required then, unused for windows
          seqlen:int|None=None,       # tokens per window cut from text; None: the model's positions, at most 2048 (the CLI's default)
+         bos="auto",                 # text only: lead each window with BOS ("auto", True, False), as `text_windows` cuts
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
     "LoRA fine-tune on `data`, adapters merged into the weights; the model comes back in eval mode."
     try: from peft import LoraConfig, get_peft_model
     except ImportError as e: raise ImportError("heal() needs peft, an optional dependency: pip install peft") from e
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise ValueError(f"steps={steps!r} must be an integer >= 1")
-    windows = _training_windows(data, tokenizer, seqlen, model)
+    windows = _training_windows(data, tokenizer, seqlen, model, bos)
     check_data(windows, model)
     parts = parts or locate(model)
     grad = {n: p.requires_grad for n, p in model.named_parameters()}
