@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #f64d7cd5
 from __future__ import annotations
-import argparse, contextlib, json, logging, os, sys, time
+import argparse, contextlib, functools, json, logging, os, sys, time
 from pathlib import Path
 
 import torch
@@ -19,14 +19,15 @@ from . import distributed
 from .config import METHODS
 from .data import get_calib_eval_datasets, default_seqlen
 from .checkpoint import SearchCheckpoint, checkpoint_refusal
+from .result import PruneResult
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
            'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'add_task_args',
-           'task_list', 'task_eval', 'task_table', 'config_for_plan', 'plan_from_args', 'tiny_model_main',
-           'gguf_path_main']
+           'task_list', 'task_eval', 'task_table', 'TaskRerankPruner', 'pruner_class', 'config_for_plan',
+           'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -168,7 +169,7 @@ def run(args)->dict:
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
     unpruned = {}
     if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
-    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
+    pruner = pruner_class(args, tokenizer)(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
     with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine, eval_data=eval_data)
     res = pruner.result
     res.stats.update(unpruned)
@@ -250,6 +251,9 @@ def add_task_args(p:argparse.ArgumentParser):
     a("--task_batch_size", type=int, default=1, help="--tasks: lm-eval batch size")
     a("--task_data_dir", default=None, help="--tasks: folder of BIG-bench <task>/task.json (default $DEPTHPRUNE_BIGBENCH "
       "or ../shared/data/bigbench)")
+    a("--task_rerank", type=int, default=None, help="re-rank the criterion's top K candidates by mean task accuracy on a "
+      "calibration slice of the tasks (their last --task_calib_n examples; needs --tasks and --task_limit)")
+    a("--task_calib_n", type=int, default=50, help="--task_rerank: examples per task at the end of each file to re-rank on")
 
 def task_list(args)->list|None:
     "The tasks `--tasks` names (`default`: the measured suite), checked before any model is loaded; None without the flag."
@@ -257,6 +261,10 @@ def task_list(args)->list|None:
     from depthprune_nb.tasks import parse_tasks, read_task, DEFAULT_SUITE
     if args.task_limit is not None and args.task_limit < 1: raise ConfigError(f"--task_limit={args.task_limit} must be at least 1")
     names = [n for t in parse_tasks(args.tasks) for n in (DEFAULT_SUITE if t == "default" else [t])]
+    if getattr(args, "task_rerank", None) is not None:
+        if args.task_rerank < 1: raise ConfigError(f"--task_rerank={args.task_rerank} must be at least 1")
+        if args.task_limit is None: raise ConfigError("--task_rerank needs --task_limit: the calibration slice (the last "
+                                                      "--task_calib_n examples) must not overlap the reported ones")
     for t in names: read_task(t, args.task_limit, data_dir=args.task_data_dir) # a bad name or file fails now, not after the search
     return names
 
@@ -281,6 +289,36 @@ def task_table(stats:dict)->str:
         rows.append(f"{name:32s} {r0['n']:5d} {r0['chance']:7.3f} " +
                     " ".join(f"{st[s][name]['acc']:7.3f} ± {st[s][name]['acc_stderr']:.3f}" for s in stages))
     return "\n".join(rows)
+
+# %% ../nbs/08_cli.ipynb #t16a0006
+class TaskRerankPruner(ModelPruner):
+    "A `ModelPruner` whose pick is the criterion's top `--task_rerank` candidates re-ranked by task accuracy (`rerank_by_tasks`)."
+    def __init__(self, *args, cli_args=None, tokenizer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cli_args, self.tokenizer = cli_args, tokenizer
+
+    def search(self, model, data, eval_data:list|None=None)->PruneResult:
+        "The criterion's search, then the re-ranking; a changed pick is measured like an explicit `delete_layers_index`."
+        from depthprune_nb.tasks import rerank_by_tasks
+        from depthprune_nb.config import as_algo_config
+        a, res = self.cli_args, super().search(model, data, eval_data)
+        rr = rerank_by_tasks(model, self.tokenizer, res, task_list(a), eval_limit=a.task_limit, calib_limit=a.task_calib_n,
+                             top_k=a.task_rerank, batch_size=a.task_batch_size, data_dir=a.task_data_dir, parts=self.locate(model))
+        if rr["changed"]:
+            d = dict(as_algo_config(self.config).to_dict(), delete_layers_index=rr["pick"])
+            new = ModelPruner(LayerImportancePruneConfig.from_dict(d), device=self.device, progress=False).search(model, data, eval_data)
+            new.method, new.model_name = f"{res.method}+task_rerank", res.model_name
+            new.stats["criterion_pick"] = dict(deleted_layers=res.deleted_layers, calib_ppl=res.best_ppl, eval_ppl=res.eval_ppl)
+            res = new
+        res.stats["task_rerank"] = rr
+        log.info("task re-ranking of %d candidates in %.1f s: %s", len(rr["candidates"]), rr["wall_s"],
+                 f"pick changed from {rr['criterion_pick']} to {rr['pick']}" if rr["changed"] else "pick unchanged")
+        return res
+
+def pruner_class(args, tokenizer):
+    "The pruner the flags ask for: `ModelPruner`, or with `--task_rerank` one that re-ranks by tasks."
+    if getattr(args, "task_rerank", None) is None: return ModelPruner
+    return functools.partial(TaskRerankPruner, cli_args=args, tokenizer=tokenizer)
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:

