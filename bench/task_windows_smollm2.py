@@ -40,6 +40,17 @@ def mcnemar_exact(a:list, b:list)->dict:
     return dict(only_first_right=b01, only_second_right=b10, p_value=p)
 
 
+def summarize(out:dict):
+    "The re-ranking verdict over the PPL top-k rows measured so far (a run stopped early summarizes what it has)."
+    top = [r for r in out["rows"] if r["label"].startswith("ppl_window rank")]
+    if not top: return
+    best = max(top, key=lambda r: (r["calib_task_acc"], -top.index(r)))
+    out["rerank"] = dict(candidates_measured=len(top), ppl_pick=top[0]["layers"], task_pick=best["layers"],
+                         changed=best["layers"] != top[0]["layers"], ppl_pick_eval_acc=top[0]["eval_acc"],
+                         task_pick_eval_acc=best["eval_acc"], paired=mcnemar_exact(top[0]["eval_correct"], best["eval_correct"]),
+                         cost_s=sum(r["wall_s"] for r in top), note="cost_s: all of each candidate's measuring (both slices, PPLs)")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="discourse_marker_prediction")
@@ -66,6 +77,10 @@ def main():
             cands.append(dict(layers=r["deleted_layers"], source=f"{r['method']} pick"))
         for c in cands:
             if r["n"] == 2 and r["deleted_layers"] == c["layers"]: c.setdefault("picked_by", []).append(r["method"])
+    # measured in this order, so a run stopped early has the most telling rows: the PPL pick, the other criteria's picks,
+    # then the PPL ranks 2..k
+    ranked = [c for c in cands if c["source"].startswith("ppl_window rank")]
+    cands = ranked[:1] + [c for c in cands if c not in ranked] + ranked[1:]
     total = read_task(a.task)["total"]
     out = dict(model=smollm2_gguf_path().name, task=a.task, eval_examples=f"first {a.eval_limit} (file order)",
                calib_examples=f"last {a.calib_limit} of {total} (file order)", seqlen=128, calib_windows=len(calib),
@@ -84,15 +99,11 @@ def main():
                    load_avg=round(os.getloadavg()[0], 1))
         if out["rows"]: row["vs_unpruned"] = mcnemar_exact(out["rows"][0]["eval_correct"], ev["correct"])
         out["rows"].append(row)
+        summarize(out)
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
         print(label, layers, {k: v for k, v in row.items() if k not in ("eval_correct",)}, flush=True)
     measure([], "unpruned", {})
     for c in cands: measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])))
-    top = [r for r in out["rows"] if r["label"].startswith("ppl_window rank")]
-    if top:
-        best = max(top, key=lambda r: (r["calib_task_acc"], -top.index(r)))
-        out["rerank"] = dict(ppl_pick=top[0]["layers"], task_pick=best["layers"], changed=best["layers"] != top[0]["layers"],
-                             cost_s=sum(r["wall_s"] for r in top), note="cost_s includes the evaluation slice and eval PPL too")
     out["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
 
