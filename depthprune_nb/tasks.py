@@ -56,8 +56,8 @@ def suite_names(data_dir:str|Path|None=None)->list[str]:
     d = bigbench_dir(data_dir)
     return sorted(p.parent.name for p in d.glob("*/task.json")) if d.is_dir() else []
 
-# %% ../nbs/11_tasks.ipynb #f8b18b5a
-DEFAULT_SUITE = ["discourse_marker_prediction"]  # chosen by bench/task_suite.py; rule and numbers in nbs/task_suite.json
+# %% ../nbs/11_tasks.ipynb #8e2e01c3
+DEFAULT_SUITE = ['discourse_marker_prediction']  # chosen by bench/task_suite.py; rule and numbers in nbs/task_suite.json
 
 # %% ../nbs/11_tasks.ipynb #099640c1
 def bigbench_prompt(task:dict,    # the task file's top level (for its prefixes)
