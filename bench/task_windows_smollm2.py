@@ -14,6 +14,10 @@ pick of every criterion at n = 2 recorded in nbs/criteria_results/smollm2.json t
         --out nbs/criteria_results/task_windows_smollm2.json
 
 The JSON is rewritten after every model, so a run stopped early keeps what it finished.
+
+Status (2026-11-30): written but not yet run to completion: on the shared 2-core machine (load average 15-33, memory
+pressure) one model's 30 + 20 examples of this 10-choice task cost about 15 minutes, and the run was stopped while
+loading so that the default-suite measurement could finish. No numbers from it are quoted anywhere yet.
 """
 import argparse, json, math, os, platform, time
 from pathlib import Path
