@@ -12,7 +12,8 @@ licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache S
 statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Mature", "Inactive"]
 lic = licenses[cfg["license"]]
 requirements = cfg.get("requirements", "").split()
-dev_requirements = cfg.get("dev_requirements", "").split()
+eval_requirements = cfg.get("eval_requirements", "").split()  # task accuracy (depthprune_nb.tasks)
+dev_requirements = cfg.get("dev_requirements", "").split() + eval_requirements
 min_python = cfg["min_python"]
 
 setuptools.setup(
@@ -36,7 +37,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"eval": eval_requirements, "dev": dev_requirements},
     python_requires=">=" + min_python,
     zip_safe=False,
     entry_points={

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #f64d7cd5
 from __future__ import annotations
-import argparse, contextlib, json, logging, os, sys, time
+import argparse, contextlib, functools, json, logging, os, sys, time
 from pathlib import Path
 
 import torch
@@ -21,12 +21,14 @@ from .config import METHODS
 from .data import get_calib_eval_datasets, default_seqlen, window_bos
 from .checkpoint import SearchCheckpoint
 from .config import checkpoint_refusal
+from .result import PruneResult
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
-           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'config_for_plan', 'plan_from_args',
+           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'add_task_args', 'task_list',
+           'task_eval', 'task_table', 'TaskRerankPruner', 'pruner_class', 'config_for_plan', 'plan_from_args',
            'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
@@ -78,6 +80,7 @@ def build_parser()->argparse.ArgumentParser:
       "auto (where the tokenizer adds one by default, as the model was trained), on, or off (the reference's single cut)")
     a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "
       "windows and merge the adapters (needs `pip install peft`); 0: no healing")
+    add_task_args(p)
     return p
 
 # %% ../nbs/08_cli.ipynb #9979e5fb
@@ -166,6 +169,7 @@ def run(args)->dict:
     # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
     local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
     extra = checkpoint_kwargs(args)
+    task_list(args) # bad --tasks fail before the model loads
     if args.save_dir: check_save_dir(args.save_dir, local_src, args.overwrite)
     t0 = time.perf_counter()
     trust = getattr(args, "trust_remote_code", False)
@@ -175,15 +179,22 @@ def run(args)->dict:
         tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
-    pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
+    unpruned = {}
+    if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
+    pruner = pruner_class(args, tokenizer)(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
                          distributed=distributed.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
+    res.stats.update(unpruned)
     res.stats["window_bos"] = window_bos(tokenizer, WINDOW_BOS[getattr(args, "window_bos", "auto")]) # the id leading each window, or None
-    if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
+    if main_rank: task_eval(args, model, tokenizer, res.stats, "pruned")
+    if args.heal_steps:
+        model = heal_from_args(args, model, data, eval_data, res)
+        if main_rank: task_eval(args, model, tokenizer, res.stats, "healed")
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
     if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
+    if "tasks" in res.stats: print(task_table(res.stats))
     print(f"total time {time.perf_counter() - t0:.1f} s")
     if args.result_json: res.to_json(args.result_json)
     if args.save_dir:
@@ -236,6 +247,86 @@ def checkpoint_kwargs(args)->dict:
     err = checkpoint_refusal(cfg.method, args.engine, args.early_abort, cfg.compute_dtype)
     if err: raise err
     return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
+
+# %% ../nbs/08_cli.ipynb #t16a0002
+def add_task_args(p:argparse.ArgumentParser):
+    "The task-accuracy flags of `depthprune`."
+    a = p.add_argument
+    a("--tasks", default=None, help="comma-separated BIG-bench task names or task.json paths ('default': the measured "
+      "suite): zero-shot accuracy before and after pruning, via lm-eval (pip install \"depthprune_nb[eval]\")")
+    a("--task_limit", type=int, default=None, help="--tasks: score the first N examples of each task (default: all)")
+    a("--task_batch_size", type=int, default=1, help="--tasks: lm-eval batch size")
+    a("--task_data_dir", default=None, help="--tasks: folder of BIG-bench <task>/task.json (default $DEPTHPRUNE_BIGBENCH "
+      "or ../shared/data/bigbench)")
+    a("--task_rerank", type=int, default=None, help="re-rank the criterion's top K candidates by mean task accuracy on a "
+      "calibration slice of the tasks (their last --task_calib_n examples; needs --tasks and --task_limit)")
+    a("--task_calib_n", type=int, default=50, help="--task_rerank: examples per task at the end of each file to re-rank on")
+
+def task_list(args)->list|None:
+    "The tasks `--tasks` names (`default`: the measured suite), checked before any model is loaded; None without the flag."
+    if not getattr(args, "tasks", None): return None
+    from depthprune_nb.tasks import parse_tasks, read_task, DEFAULT_SUITE
+    if args.task_limit is not None and args.task_limit < 1: raise ConfigError(f"--task_limit={args.task_limit} must be at least 1")
+    names = [n for t in parse_tasks(args.tasks) for n in (DEFAULT_SUITE if t == "default" else [t])]
+    if getattr(args, "task_rerank", None) is not None:
+        if args.task_rerank < 1: raise ConfigError(f"--task_rerank={args.task_rerank} must be at least 1")
+        if args.task_limit is None: raise ConfigError("--task_rerank needs --task_limit: the calibration slice (the last "
+                                                      "--task_calib_n examples) must not overlap the reported ones")
+    for t in names: read_task(t, args.task_limit, data_dir=args.task_data_dir) # a bad name or file fails now, not after the search
+    return names
+
+def task_eval(args, model, tokenizer, stats:dict, stage:str):
+    "Score `model` on `--tasks` and record it in `stats['tasks'][stage]` (nothing without the flag)."
+    names = task_list(args)
+    if names is None: return
+    from depthprune_nb.tasks import evaluate_tasks
+    t0 = time.perf_counter()
+    r = evaluate_tasks(model, tokenizer, names, limit=args.task_limit, batch_size=args.task_batch_size, data_dir=args.task_data_dir)
+    st = stats.setdefault("tasks", {"limit": args.task_limit})
+    st[stage] = r
+    st.setdefault("wall_s", {})[stage] = round(time.perf_counter() - t0, 1)
+    log.info("task accuracy (%s) in %.1f s", stage, st["wall_s"][stage])
+
+def task_table(stats:dict)->str:
+    "The accuracy of every task and stage in `stats['tasks']`, as a text table (acc ± standard error, chance, n)."
+    st = stats["tasks"]
+    stages = [s for s in ("unpruned", "pruned", "healed") if s in st]
+    rows = [f"{'task':32s} {'n':>5s} {'chance':>7s} " + " ".join(f"{s:>15s}" for s in stages)]
+    for name, r0 in st[stages[0]].items():
+        rows.append(f"{name:32s} {r0['n']:5d} {r0['chance']:7.3f} " +
+                    " ".join(f"{st[s][name]['acc']:7.3f} ± {st[s][name]['acc_stderr']:.3f}" for s in stages))
+    return "\n".join(rows)
+
+# %% ../nbs/08_cli.ipynb #t16a0006
+class TaskRerankPruner(ModelPruner):
+    "A `ModelPruner` whose pick is the criterion's top `--task_rerank` candidates re-ranked by task accuracy (`rerank_by_tasks`)."
+    def __init__(self, *args, cli_args=None, tokenizer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cli_args, self.tokenizer = cli_args, tokenizer
+
+    def search(self, model, data, eval_data:list|None=None)->PruneResult:
+        "The criterion's search, then the re-ranking; a changed pick is measured like an explicit `delete_layers_index`."
+        from depthprune_nb.tasks import rerank_by_tasks
+        from depthprune_nb.config import as_algo_config
+        from dataclasses import replace
+        a, res = self.cli_args, super().search(model, data, eval_data)
+        rr = rerank_by_tasks(model, self.tokenizer, res, task_list(a), eval_limit=a.task_limit, calib_limit=a.task_calib_n,
+                             top_k=a.task_rerank, batch_size=a.task_batch_size, data_dir=a.task_data_dir, parts=self.locate(model))
+        if rr["changed"]:
+            d = dict(as_algo_config(self.config).to_dict(), delete_layers_index=rr["pick"])
+            new = ModelPruner(LayerImportancePruneConfig.from_dict(d), options=replace(self.options, progress=False)).search(model, data, eval_data)
+            new.method, new.model_name = f"{res.method}+task_rerank", res.model_name
+            new.stats["criterion_pick"] = dict(deleted_layers=res.deleted_layers, calib_ppl=res.best_ppl, eval_ppl=res.eval_ppl)
+            res = new
+        res.stats["task_rerank"] = rr
+        log.info("task re-ranking of %d candidates in %.1f s: %s", len(rr["candidates"]), rr["wall_s"],
+                 f"pick changed from {rr['criterion_pick']} to {rr['pick']}" if rr["changed"] else "pick unchanged")
+        return res
+
+def pruner_class(args, tokenizer):
+    "The pruner the flags ask for: `ModelPruner`, or with `--task_rerank` one that re-ranks by tasks."
+    if getattr(args, "task_rerank", None) is None: return ModelPruner
+    return functools.partial(TaskRerankPruner, cli_args=args, tokenizer=tokenizer)
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:

@@ -1,0 +1,115 @@
+"""Does perplexity rank the candidates the way a task does? SmolLM2-135M-Instruct, n = 2 (issue 16, items 5 and 6).
+
+The five windows of lowest calibration PPL (the exact ppl_window search, settings of nbs/criteria_results: 4 calibration
+windows of 128 tokens from the start of the local WikiText-2 test text, 8 evaluation windows from its end), plus the
+pick of every criterion at n = 2 recorded in nbs/criteria_results/smollm2.json that is not among them. For each model
+(the unpruned one first) it measures on BIG-bench discourse_marker_prediction:
+
+- the evaluation slice: the first --eval_limit examples (file order), one 0/1 per example, compared with the unpruned
+  model's on the same examples (exact McNemar test on the discordant pairs);
+- the calibration slice: the last --calib_limit examples of the file (never reported): what `rerank_by_tasks` would
+  use to re-rank the top-5 by task accuracy instead of PPL.
+
+    DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows_smollm2.py \
+        --out nbs/criteria_results/task_windows_smollm2.json
+
+The JSON is rewritten after every model, so a run stopped early keeps what it finished.
+
+Status (2026-11-30): written but not yet run to completion: on the shared 2-core machine (load average 15-33, memory
+pressure) one model's 30 + 20 examples of this 10-choice task cost about 15 minutes, and the run was stopped while
+loading so that the default-suite measurement could finish. No numbers from it are quoted anywhere yet.
+"""
+import argparse, json, math, os, platform, time
+from pathlib import Path
+
+import torch
+
+from depthprune_nb.data import get_calib_eval_datasets
+from depthprune_nb.gguf import load_model_and_tokenizer, smollm2_gguf_path
+from depthprune_nb.parts import locate
+from depthprune_nb.ppl import ppl_deleting
+from depthprune_nb.pruner import layer_importance
+from depthprune_nb.surgery import temporarily_deleted
+from depthprune_nb.tasks import evaluate_tasks, read_task
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = Path(os.environ.get("DEPTHPRUNE_TEXT_FILE", ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"))
+
+
+def mcnemar_exact(a:list, b:list)->dict:
+    "Exact two-sided McNemar test of paired 0/1 outcomes: b01 = a right & b wrong, b10 = a wrong & b right."
+    b01 = sum(1 for x, y in zip(a, b) if x and not y); b10 = sum(1 for x, y in zip(a, b) if y and not x)
+    n, k = b01 + b10, min(b01, b10)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return dict(only_first_right=b01, only_second_right=b10, p_value=p)
+
+
+def summarize(out:dict):
+    "The re-ranking verdict over the PPL top-k rows measured so far (a run stopped early summarizes what it has)."
+    top = [r for r in out["rows"] if r["label"].startswith("ppl_window rank")]
+    if not top: return
+    best = max(top, key=lambda r: (r["calib_task_acc"], -top.index(r)))
+    out["rerank"] = dict(candidates_measured=len(top), ppl_pick=top[0]["layers"], task_pick=best["layers"],
+                         changed=best["layers"] != top[0]["layers"], ppl_pick_eval_acc=top[0]["eval_acc"],
+                         task_pick_eval_acc=best["eval_acc"], paired=mcnemar_exact(top[0]["eval_correct"], best["eval_correct"]),
+                         cost_s=sum(r["wall_s"] for r in top), note="cost_s: all of each candidate's measuring (both slices, PPLs)")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--task", default="discourse_marker_prediction")
+    p.add_argument("--eval_limit", type=int, default=30)
+    p.add_argument("--calib_limit", type=int, default=20)
+    p.add_argument("--top_k", type=int, default=5)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--text_file", default=str(TEXT))
+    p.add_argument("--out", default="nbs/criteria_results/task_windows_smollm2.json")
+    a = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    t_all = time.perf_counter()
+    model, tok = load_model_and_tokenizer(smollm2_gguf_path())
+    parts = locate(model)
+    calib, held = get_calib_eval_datasets(None, "cpu", 128, text_file=a.text_file, tokenizer=tok, nsamples=4, eval_nsamples=8)
+    t0 = time.perf_counter()
+    res = layer_importance(model, calib, 2, parts, progress=False)
+    search_s = time.perf_counter() - t0
+    starts = sorted(res.ppl_by_start, key=res.ppl_by_start.get)[:a.top_k]
+    cands = [dict(layers=[s, s + 1], source=f"ppl_window rank {i + 1}") for i, s in enumerate(starts)]
+    crit = json.loads((ROOT / "nbs/criteria_results/smollm2.json").read_text())["rows"]
+    for r in crit:
+        if r["n"] == 2 and r["deleted_layers"] not in [c["layers"] for c in cands]:
+            cands.append(dict(layers=r["deleted_layers"], source=f"{r['method']} pick"))
+        for c in cands:
+            if r["n"] == 2 and r["deleted_layers"] == c["layers"]: c.setdefault("picked_by", []).append(r["method"])
+    # measured in this order, so a run stopped early has the most telling rows: the PPL pick, the other criteria's picks,
+    # then the PPL ranks 2..k
+    ranked = [c for c in cands if c["source"].startswith("ppl_window rank")]
+    cands = ranked[:1] + [c for c in cands if c not in ranked] + ranked[1:]
+    total = read_task(a.task)["total"]
+    out = dict(model=smollm2_gguf_path().name, task=a.task, eval_examples=f"first {a.eval_limit} (file order)",
+               calib_examples=f"last {a.calib_limit} of {total} (file order)", seqlen=128, calib_windows=len(calib),
+               eval_windows=len(held), search_wall_s=round(search_s, 1), baseline_calib_ppl=res.baseline_ppl,
+               machine=f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1 torch thread",
+               command="DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows_smollm2.py "
+                       f"--eval_limit {a.eval_limit} --calib_limit {a.calib_limit} --top_k {a.top_k}", rows=[])
+    def measure(layers, label, extra):
+        t0 = time.perf_counter()
+        with temporarily_deleted(model, layers, parts):
+            ev = evaluate_tasks(model, tok, [a.task], limit=a.eval_limit, batch_size=a.batch_size, per_example=True)[a.task]
+            ca = evaluate_tasks(model, tok, [a.task], limit=a.calib_limit, start=total - a.calib_limit, batch_size=a.batch_size)[a.task]
+        row = dict(label=label, layers=layers, **extra, calib_ppl=ppl_deleting(model, calib, layers, parts),
+                   eval_ppl=ppl_deleting(model, held, layers, parts), eval_acc=ev["acc"], eval_acc_stderr=ev["acc_stderr"], eval_correct=ev["correct"],
+                   calib_task_acc=ca["acc"], calib_task_acc_stderr=ca["acc_stderr"], wall_s=round(time.perf_counter() - t0, 1),
+                   load_avg=round(os.getloadavg()[0], 1))
+        if out["rows"]: row["vs_unpruned"] = mcnemar_exact(out["rows"][0]["eval_correct"], ev["correct"])
+        out["rows"].append(row)
+        summarize(out)
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        print(label, layers, {k: v for k, v in row.items() if k not in ("eval_correct",)}, flush=True)
+    measure([], "unpruned", {})
+    for c in cands: measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])))
+    out["total_wall_s"] = round(time.perf_counter() - t_all, 1)
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__": main()
