@@ -24,8 +24,9 @@ log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
-           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'config_for_plan',
-           'plan_from_args', 'tiny_model_main', 'gguf_path_main']
+           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'search_data', 'add_humaneval_args',
+           'humaneval_check', 'humaneval_eval', 'humaneval_table', 'config_for_plan', 'plan_from_args',
+           'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -50,6 +51,7 @@ def build_parser()->argparse.ArgumentParser:
     a("--overwrite", action="store_true", help="let a non-empty --save_dir be used: its checkpoint files are replaced, other files kept")
     a("--result_json", default=None, help="also write the result JSON here")
     a("--prompt", default=None, help="print a short greedy generation of the pruned model from this prompt")
+    add_humaneval_args(p)
     a("--quiet", action="store_true", help="no progress bars")
     a("--trust_remote_code", action="store_true", help="run the model's own Python code (auto_map) if it ships some; "
       "read that code first (off by default: models transformers knows never need it)")
@@ -146,6 +148,7 @@ def run(args)->dict:
     if distributed.init_from_env(): distributed.check_supported(args.engine)
     main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
+    humaneval_check(args) # --humaneval without --allow_code_execution: refused before the model loads
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     if args.save_gguf and args.heal_steps:
@@ -163,13 +166,19 @@ def run(args)->dict:
         tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
+    he_unpruned = humaneval_eval(args, model, tokenizer, {}, "unpruned") if main_rank else {}
     pruner = ModelPruner(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank, **extra)
     with search_data(data, cfg, args) as mine: model = pruner.pruning_model(model, mine, eval_data=eval_data)
     res = pruner.result
-    if args.heal_steps: model = heal_from_args(args, model, data, eval_data, res)
+    res.stats.update(he_unpruned)
+    if main_rank: humaneval_eval(args, model, tokenizer, res.stats, "pruned")
+    if args.heal_steps:
+        model = heal_from_args(args, model, data, eval_data, res)
+        if main_rank: humaneval_eval(args, model, tokenizer, res.stats, "healed")
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
     if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
+    if "humaneval" in res.stats: print(humaneval_table(res.stats))
     print(f"total time {time.perf_counter() - t0:.1f} s")
     if args.result_json: res.to_json(args.result_json)
     if args.save_dir:
@@ -229,6 +238,53 @@ def search_data(data:list, cfg:LayerImportancePruneConfig, args):
     "The windows to search; under `torchrun`, in a context where the engine shares every sample chunk out between ranks."
     if distributed.world_size() == 1 or cfg.delete_layers_index is not None: yield data; return
     with distributed.sharded_search(len(data)): yield data
+
+# %% ../nbs/08_cli.ipynb #h16b0002
+def add_humaneval_args(p:argparse.ArgumentParser):
+    "The HumanEval flags of `depthprune`."
+    a = p.add_argument
+    a("--humaneval", action="store_true", help="HumanEval pass@1 (greedy) before and after pruning; runs the code the "
+      "model writes, so it needs --allow_code_execution")
+    a("--allow_code_execution", action="store_true", help="allow --humaneval to run model-written code (each program in "
+      "its own limited process; not a security boundary)")
+    a("--humaneval_limit", type=int, default=None, help="--humaneval: the first N problems (default: all 164)")
+    a("--humaneval_file", default=None, help="--humaneval: HumanEval.jsonl(.gz) (default $DEPTHPRUNE_HUMANEVAL or "
+      "../shared/data/humaneval)")
+    a("--humaneval_prompt", default="plain", choices=["plain", "chat"], help="--humaneval: continue the prompt, or ask "
+      "through the chat template (default plain)")
+    a("--humaneval_max_new_tokens", type=int, default=512, help="--humaneval: the most tokens generated per problem")
+    a("--humaneval_batch_size", type=int, default=8, help="--humaneval: problems generated together")
+
+def humaneval_check(args)->bool:
+    "With `--humaneval`: the opt-in, the limit and the problem file checked before any model loads; whether to run."
+    if not getattr(args, "humaneval", False): return False
+    from depthprune_nb.humaneval import humaneval_path
+    from depthprune_nb.sandbox import require_code_execution
+    require_code_execution(args.allow_code_execution, "--humaneval")
+    if args.humaneval_limit is not None and args.humaneval_limit < 1:
+        raise ConfigError(f"--humaneval_limit={args.humaneval_limit} must be at least 1")
+    humaneval_path(args.humaneval_file)
+    return True
+
+def humaneval_eval(args, model, tokenizer, stats:dict, stage:str)->dict:
+    "Score `model` on HumanEval into `stats['humaneval'][stage]` (nothing without `--humaneval`); `stats`."
+    if not humaneval_check(args): return stats
+    from depthprune_nb.humaneval import run_humaneval, humaneval_summary
+    r = run_humaneval(model, tokenizer, limit=args.humaneval_limit, allow_code_execution=args.allow_code_execution,
+                      prompt_style=args.humaneval_prompt, max_new_tokens=args.humaneval_max_new_tokens,
+                      batch_size=args.humaneval_batch_size, problems=args.humaneval_file, progress=not args.quiet)
+    stats.setdefault("humaneval", {})[stage] = humaneval_summary(r)
+    log.info("HumanEval (%s): pass@1 %.3f (%d/%d)", stage, r["pass@1"], r["passed"], r["n"])
+    return stats
+
+def humaneval_table(stats:dict)->str:
+    "HumanEval pass@1 of every stage in `stats['humaneval']`, one line each."
+    st = stats["humaneval"]
+    rows = [f"HumanEval pass@1 (greedy, {next(iter(st.values()))['prompt_style']} prompt)"]
+    for stage, r in st.items():
+        rows.append(f"  {stage:9s} {r['pass@1']:.3f} ({r['passed']}/{r['n']} problems)")
+    return "\n".join(rows)
+
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:

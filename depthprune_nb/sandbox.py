@@ -16,7 +16,7 @@ __all__ = ['SYS_CREATE_RULESET', 'SYS_ADD_RULE', 'SYS_RESTRICT_SELF', 'CREATE_RU
            'landlock_abi', 'landlock_confine', 'set_limits', 'disable_destructive', 'main', 'run_program',
            'sandbox_protections']
 
-# %% ../nbs/12_sandbox.ipynb #ea24accc
+# %% ../nbs/12_sandbox.ipynb #4999eeeb
 class CodeExecutionRefused(PermissionError):
     "Raised where model-written code would run but the caller did not opt in."
 
@@ -29,7 +29,7 @@ def require_code_execution(allow_code_execution:bool, # the caller's opt-in
         f"{what} runs code that a model wrote on this machine. It runs only if you opt in: pass "
         f"allow_code_execution=True (command line: --allow_code_execution). Each program then runs in its own "
         f"process with time, memory, file-size and process limits, but this is not a security boundary; "
-        f"see depthprune_nb.humaneval. Got allow_code_execution={allow_code_execution!r}.")
+        f"see depthprune_nb.sandbox. Got allow_code_execution={allow_code_execution!r}.")
 
 # %% ../nbs/12_sandbox.ipynb #98713e40
 # Landlock ABI, from linux/landlock.h. The three syscalls have the same numbers on every architecture.

@@ -181,3 +181,28 @@ def test_extraction_conventions():
     comp = extract_completion(TOY, chat, "chat")
     assert comp.startswith("    return helper(a) + b\n") and "import math" in comp and "def helper" in comp and "print" not in comp
     assert check_completion(TOY, comp, **RUN)["passed"]
+
+
+def test_cli_refuses_humaneval_without_opt_in(tmp_path):
+    from conftest import depthprune
+    marker = tmp_path / "loaded"
+    r = depthprune("--model_dir", tmp_path / "no-model-here", "--humaneval", "--quiet", timeout=300)
+    assert r.returncode == 2 and "--allow_code_execution" in r.stderr, r.stderr
+    assert "no-model-here" not in r.stderr  # refused before the model was looked for
+
+
+def test_cli_humaneval_before_and_after(tmp_path, problems):
+    from conftest import depthprune
+    from depthprune_nb.testing import save_tiny_model
+    model_dir = save_tiny_model(tmp_path / "tiny", family="llama", num_layers=3)
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(f"The {w} of the river is {v} miles long." for w, v in zip("abcdefghij" * 20, range(200))))
+    out = tmp_path / "result.json"
+    r = depthprune("--model_dir", model_dir, "--text_file", text, "--seqlen", 32, "--nsamples", 2, "--eval_nsamples", 0,
+                   "--humaneval", "--allow_code_execution", "--humaneval_limit", 2, "--humaneval_max_new_tokens", 4,
+                   "--humaneval_file", HUMANEVAL, "--quiet", "--result_json", out, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+    he = json.loads(out.read_text())["stats"]["humaneval"]
+    assert set(he) == {"unpruned", "pruned"} and he["pruned"]["n"] == 2 and he["unpruned"]["prompt_style"] == "plain"
+    assert "HumanEval pass@1" in r.stdout and "unpruned" in r.stdout
