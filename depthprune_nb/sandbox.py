@@ -201,7 +201,7 @@ def run_program(program:str,                 # Python source to execute
         _make_removable(scratch)
     return _verdict(proc.returncode, timed_out, stdout, stderr, token, seconds)
 
-# %% ../nbs/12_sandbox.ipynb #48800a30
+# %% ../nbs/12_sandbox.ipynb #5a2c1621
 def _make_removable(folder:str):
     "A program may have made read-only files or folders in its scratch folder; let `TemporaryDirectory` delete them."
     for root, dirs, files in os.walk(folder):
@@ -216,7 +216,8 @@ def _verdict(returncode:int, timed_out:bool, stdout:str, stderr:str, token:str, 
     elif timed_out: result = "timed out"
     elif returncode is not None and returncode < 0:
         sig = -returncode
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        try: name = signal.Signals(sig).name
+        except ValueError: name = str(sig)
         result = f"failed: killed by {name}" + (" (CPU time limit)" if sig == signal.SIGXCPU else "")
     else:
         last = [l for l in stderr.strip().splitlines() if l.strip()]
