@@ -26,6 +26,22 @@ def find_shared(*parts):
     return None
 
 
+def load(model_path:str, cache_dir:str|None):
+    "The GGUF model dequantized to float32; with `cache_dir`, from (or saved to) a safetensors copy there: no dequantizing next time."
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from depthprune_nb.gguf import load_model_and_tokenizer, serializable
+    if cache_dir and (Path(cache_dir) / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32).eval()
+        model.name_or_path = Path(model_path).stem
+        return model, AutoTokenizer.from_pretrained(cache_dir)
+    model, tok = load_model_and_tokenizer(model_path)
+    if cache_dir:
+        with serializable(model): model.save_pretrained(cache_dir)
+        tok.save_pretrained(cache_dir)
+    return model, tok
+
+
 def mcnemar(a:list, b:list)->dict:
     "Exact McNemar on paired booleans: a passed & b failed, the reverse, and the two-sided p-value."
     ab = sum(x and not y for x, y in zip(a, b)); ba = sum(y and not x for x, y in zip(a, b))
@@ -49,12 +65,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nsamples", type=int, default=4, help="WikiText windows for the search")
     ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--cache_dir", default=None, help="a float32 safetensors copy of the model (written on the first run; "
+                    "outside the repository), loaded instead of dequantizing the GGUF again")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
 
     import torch
     torch.set_num_threads(a.threads)
-    from depthprune_nb.gguf import load_model_and_tokenizer
     from depthprune_nb.humaneval import read_problems, run_humaneval
     from depthprune_nb.sandbox import sandbox_protections
     he, text = find_shared("humaneval", "HumanEval.jsonl.gz"), find_shared("wikitext-2-raw-v1", "test.txt")
@@ -69,7 +86,9 @@ def main(argv=None):
     save = lambda: out.write_text(json.dumps(rec, indent=1))
 
     t0 = time.perf_counter()
-    model, tok = load_model_and_tokenizer(a.model)
+    model, tok = load(a.model, a.cache_dir)
+    import ctypes, gc
+    gc.collect(); ctypes.CDLL(None).malloc_trim(0)  # hand back the dequantization's scratch memory (~1 GB here)
     print(f"loaded {model.name_or_path} in {time.perf_counter() - t0:.0f} s", flush=True)
     problems = read_problems(he)[:a.limit]
 
