@@ -250,8 +250,8 @@ def add_humaneval_args(p:argparse.ArgumentParser):
     a("--humaneval_limit", type=int, default=None, help="--humaneval: the first N problems (default: all 164)")
     a("--humaneval_file", default=None, help="--humaneval: HumanEval.jsonl(.gz) (default $DEPTHPRUNE_HUMANEVAL or "
       "../shared/data/humaneval)")
-    a("--humaneval_prompt", default="plain", choices=["plain", "chat"], help="--humaneval: continue the prompt, or ask "
-      "through the chat template (default plain)")
+    a("--humaneval_prompt", default="auto", choices=["plain", "chat", "auto"], help="--humaneval: continue the prompt, ask "
+      "through the chat template, or auto: chat where the tokenizer has a template (measured better), else plain")
     a("--humaneval_max_new_tokens", type=int, default=512, help="--humaneval: the most tokens generated per problem")
     a("--humaneval_batch_size", type=int, default=8, help="--humaneval: problems generated together")
 

@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'HUMANEVAL_FIELDS', 'PLAIN_STOP', 'FENCE', 'CHAT_INSTRUCTION', 'PROMPT_STYLES', 'humaneval_path',
-           'read_problems', 'humaneval_program', 'check_completion', 'check_completions', 'humaneval_prompt',
-           'truncate_at_stop', 'extract_completion', 'textwrap_indent', 'StopOnText', 'generate_texts', 'run_humaneval',
-           'humaneval_summary']
+           'read_problems', 'humaneval_program', 'check_completion', 'check_completions', 'resolve_prompt_style',
+           'humaneval_prompt', 'truncate_at_stop', 'extract_completion', 'textwrap_indent', 'StopOnText',
+           'generate_texts', 'run_humaneval', 'humaneval_summary']
 
 # %% ../nbs/12a_humaneval.ipynb #2590afd7
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
@@ -82,25 +82,30 @@ def check_completions(problems:list,                   # HumanEval problems
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda pc: check_completion(*pc, allow_code_execution=True, **kwargs), zip(problems, completions)))
 
-# %% ../nbs/12a_humaneval.ipynb #90142e65
+# %% ../nbs/12a_humaneval.ipynb #d06c484c
 PLAIN_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 FENCE = "```"
 CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the whole function, with any imports it needs, "
                     "in one ```python code block.\n\n```python\n{prompt}```")
-PROMPT_STYLES = ("plain", "chat")
+PROMPT_STYLES = ("plain", "chat", "auto")
+
+def resolve_prompt_style(style:str, tokenizer)->str:
+    "`auto`: `chat` where the tokenizer has a chat template (measured better on Qwen2.5-Coder-0.5B-Instruct), else `plain`."
+    if style not in PROMPT_STYLES: raise ConfigError(f"prompt_style={style!r}: must be one of {PROMPT_STYLES}")
+    if style != "auto": return style
+    return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
 
 def humaneval_prompt(problem:dict,     # a HumanEval problem
                      tokenizer,        # the model's tokenizer (its chat template for style "chat")
-                     style:str="plain", # "plain" or "chat"
+                     style:str="plain", # "plain", "chat" or "auto" (see `resolve_prompt_style`)
                     )->str:            # the text the model continues
     "The text to generate from for `problem` in `style`."
+    style = resolve_prompt_style(style, tokenizer)
     if style == "plain": return problem["prompt"]
-    if style == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("prompt_style='chat' needs a tokenizer with a chat template; this one has none (use 'plain')")
-        msgs = [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=problem["prompt"])}]
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + FENCE + "python\n"
-    raise ConfigError(f"prompt_style={style!r}: must be one of {PROMPT_STYLES}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("prompt_style='chat' needs a tokenizer with a chat template; this one has none (use 'plain')")
+    msgs = [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=problem["prompt"])}]
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + FENCE + "python\n"
 
 # %% ../nbs/12a_humaneval.ipynb #fc2ea80f
 def truncate_at_stop(text:str, stops=PLAIN_STOP)->str:
@@ -116,7 +121,7 @@ def _parse_prefix(code:str):
         except SyntaxError: continue
     return None, ""
 
-# %% ../nbs/12a_humaneval.ipynb #6f092aff
+# %% ../nbs/12a_humaneval.ipynb #49fa9bd2
 def _body_of(fn:ast.FunctionDef, src:str)->str:
     "The statements of `fn` after its docstring, re-indented by four spaces."
     body = fn.body
@@ -133,7 +138,7 @@ def extract_completion(problem:dict,      # the HumanEval problem the text answe
                       )->str:             # the completion to append to `problem["prompt"]`
     "The function body (and any helpers) in a model's answer, the HumanEval way."
     if style == "plain": return truncate_at_stop(text)
-    if style != "chat": raise ConfigError(f"prompt_style={style!r}: must be one of {PROMPT_STYLES}")
+    if style != "chat": raise ConfigError(f"style={style!r}: must be 'plain' or 'chat' (the style the text was generated in)")
     code = text.split(FENCE, 1)[0]                        # the assistant's turn was opened with ```python
     tree, code = _parse_prefix(code)
     if tree is None: return code
@@ -192,12 +197,12 @@ def generate_texts(model,                     # a causal LM
     finally: tokenizer.padding_side, tokenizer.pad_token = pad_side, pad_tok
     return out
 
-# %% ../nbs/12a_humaneval.ipynb #ea30ae8e
+# %% ../nbs/12a_humaneval.ipynb #c7888d54
 def run_humaneval(model,                           # a causal LM
                   tokenizer,                       # its tokenizer
                   limit:int|None=None,             # the first `limit` problems (file order); None: all 164
                   allow_code_execution:bool=False, # the opt-in; without it nothing is generated or run
-                  prompt_style:str="plain",        # "plain" (continue the prompt) or "chat" (the chat template)
+                  prompt_style:str="auto",         # "plain" (continue the prompt), "chat" (the chat template), "auto" (chat if the tokenizer has one)
                   max_new_tokens:int=512,          # the most tokens generated per problem
                   batch_size:int=8,                # prompts generated together
                   timeout:float=10.0,              # seconds per program (wall and CPU)
@@ -207,7 +212,7 @@ def run_humaneval(model,                           # a causal LM
                  )->dict:                          # `pass@1`, `passed`, `n`, `prompt_style`, `results` (one per problem)
     "Greedy pass@1 of `model` on HumanEval, each program run in the sandbox."
     require_code_execution(allow_code_execution)
-    if prompt_style not in PROMPT_STYLES: raise ConfigError(f"prompt_style={prompt_style!r}: must be one of {PROMPT_STYLES}")
+    prompt_style = resolve_prompt_style(prompt_style, tokenizer)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit={limit!r}: must be a positive number of problems or None for all")
     probs = problems if isinstance(problems, list) else read_problems(problems)

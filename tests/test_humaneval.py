@@ -7,7 +7,7 @@ import pytest
 
 from depthprune_nb import sandbox
 from depthprune_nb.humaneval import (check_completion, check_completions, extract_completion, read_problems,
-                                     run_humaneval, humaneval_prompt)
+                                     run_humaneval, humaneval_prompt, resolve_prompt_style)
 from depthprune_nb.sandbox import CodeExecutionRefused, landlock_abi, run_program
 
 from conftest import WIKITEXT
@@ -206,3 +206,12 @@ def test_cli_humaneval_before_and_after(tmp_path, problems):
     he = json.loads(out.read_text())["stats"]["humaneval"]
     assert set(he) == {"unpruned", "pruned"} and he["pruned"]["n"] == 2 and he["unpruned"]["prompt_style"] == "plain"
     assert "HumanEval pass@1" in r.stdout and "unpruned" in r.stdout
+
+
+def test_auto_prompt_style_follows_the_chat_template(tiny_model_and_tokenizer):
+    _, tok = tiny_model_and_tokenizer
+    assert resolve_prompt_style("auto", tok) == "plain"  # no chat template: a base model is continued
+    class WithTemplate: chat_template = "{{ messages }}"
+    assert resolve_prompt_style("auto", WithTemplate()) == "chat"
+    assert resolve_prompt_style("plain", WithTemplate()) == "plain"
+    with pytest.raises(ValueError, match="prompt_style='x'"): resolve_prompt_style("x", tok)
