@@ -112,7 +112,9 @@ def diff(a, b)->int:
     for k in bad:
         if k not in A or k not in B: print(f"{k}: only in {'the first' if k in A else 'the second'}"); continue
         keys = sorted(set(A[k]) | set(B[k]))
-        print(f"{k}: differs in {[f for f in keys if A[k].get(f) != B[k].get(f)]}")
+        only = {f: "first" if f in A[k] else "second" for f in keys if (f in A[k]) != (f in B[k])}
+        print(f"{k}: differs in {[f for f in keys if f not in only and A[k][f] != B[k][f]]}"
+              + "".join(f"; {f!r} only in the {w}" for f, w in only.items()))
     print(f"{len(set(A) & set(B))} tables compared, {len(bad)} differ")
     return 1 if bad else 0
 
