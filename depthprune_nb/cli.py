@@ -22,15 +22,15 @@ from .data import get_calib_eval_datasets, default_seqlen, window_bos
 from .checkpoint import SearchCheckpoint
 from .config import checkpoint_refusal
 from .result import PruneResult
+from .cli_eval import (add_task_args, task_list, task_eval, task_table, pruner_class, add_humaneval_args,
+                                    humaneval_check, humaneval_eval, humaneval_table)
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
-           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'add_task_args', 'task_list',
-           'task_eval', 'task_table', 'TaskRerankPruner', 'pruner_class', 'add_humaneval_args', 'humaneval_check',
-           'humaneval_eval', 'humaneval_table', 'config_for_plan', 'plan_from_args', 'tiny_model_main',
-           'gguf_path_main']
+           'load_gguf_model', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs', 'config_for_plan', 'plan_from_args',
+           'tiny_model_main', 'gguf_path_main']
 
 # %% ../nbs/08_cli.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -252,133 +252,6 @@ def checkpoint_kwargs(args)->dict:
     err = checkpoint_refusal(cfg.method, args.engine, args.early_abort, cfg.compute_dtype)
     if err: raise err
     return dict(checkpoint=SearchCheckpoint(args.checkpoint_dir, resume=args.resume))
-
-# %% ../nbs/08_cli.ipynb #t16a0002
-def add_task_args(p:argparse.ArgumentParser):
-    "The task-accuracy flags of `depthprune`."
-    a = p.add_argument
-    a("--tasks", default=None, help="comma-separated BIG-bench task names or task.json paths ('default': the measured "
-      "suite): zero-shot accuracy before and after pruning, via lm-eval (pip install \"depthprune_nb[eval]\")")
-    a("--task_limit", type=int, default=None, help="--tasks: score the first N examples of each task (default: all)")
-    a("--task_batch_size", type=int, default=1, help="--tasks: lm-eval batch size")
-    a("--task_data_dir", default=None, help="--tasks: folder of BIG-bench <task>/task.json (default $DEPTHPRUNE_BIGBENCH "
-      "or ../shared/data/bigbench)")
-    a("--task_rerank", type=int, default=None, help="re-rank the criterion's top K candidates by mean task accuracy on a "
-      "calibration slice of the tasks (their last --task_calib_n examples; needs --tasks and --task_limit)")
-    a("--task_calib_n", type=int, default=50, help="--task_rerank: examples per task at the end of each file to re-rank on")
-
-def task_list(args)->list|None:
-    "The tasks `--tasks` names (`default`: the measured suite), checked before any model is loaded; None without the flag."
-    if not getattr(args, "tasks", None): return None
-    from depthprune_nb.tasks import parse_tasks, read_task, DEFAULT_SUITE
-    if args.task_limit is not None and args.task_limit < 1: raise ConfigError(f"--task_limit={args.task_limit} must be at least 1")
-    names = [n for t in parse_tasks(args.tasks) for n in (DEFAULT_SUITE if t == "default" else [t])]
-    if getattr(args, "task_rerank", None) is not None:
-        if args.task_rerank < 1: raise ConfigError(f"--task_rerank={args.task_rerank} must be at least 1")
-        if args.task_limit is None: raise ConfigError("--task_rerank needs --task_limit: the calibration slice (the last "
-                                                      "--task_calib_n examples) must not overlap the reported ones")
-    for t in names: read_task(t, args.task_limit, data_dir=args.task_data_dir) # a bad name or file fails now, not after the search
-    return names
-
-def task_eval(args, model, tokenizer, stats:dict, stage:str):
-    "Score `model` on `--tasks` and record it in `stats['tasks'][stage]` (nothing without the flag)."
-    names = task_list(args)
-    if names is None: return
-    from depthprune_nb.tasks import evaluate_tasks
-    t0 = time.perf_counter()
-    r = evaluate_tasks(model, tokenizer, names, limit=args.task_limit, batch_size=args.task_batch_size, data_dir=args.task_data_dir)
-    st = stats.setdefault("tasks", {"limit": args.task_limit})
-    st[stage] = r
-    st.setdefault("wall_s", {})[stage] = round(time.perf_counter() - t0, 1)
-    log.info("task accuracy (%s) in %.1f s", stage, st["wall_s"][stage])
-
-def task_table(stats:dict)->str:
-    "The accuracy of every task and stage in `stats['tasks']`, as a text table (acc ± standard error, chance, n)."
-    st = stats["tasks"]
-    stages = [s for s in ("unpruned", "pruned", "healed") if s in st]
-    rows = [f"{'task':32s} {'n':>5s} {'chance':>7s} " + " ".join(f"{s:>15s}" for s in stages)]
-    for name, r0 in st[stages[0]].items():
-        rows.append(f"{name:32s} {r0['n']:5d} {r0['chance']:7.3f} " +
-                    " ".join(f"{st[s][name]['acc']:7.3f} ± {st[s][name]['acc_stderr']:.3f}" for s in stages))
-    return "\n".join(rows)
-
-# %% ../nbs/08_cli.ipynb #t16a0006
-class TaskRerankPruner(ModelPruner):
-    "A `ModelPruner` whose pick is the criterion's top `--task_rerank` candidates re-ranked by task accuracy (`rerank_by_tasks`)."
-    def __init__(self, *args, cli_args=None, tokenizer=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.cli_args, self.tokenizer = cli_args, tokenizer
-
-    def search(self, model, data, eval_data:list|None=None)->PruneResult:
-        "The criterion's search, then the re-ranking; a changed pick is measured like an explicit `delete_layers_index`."
-        from depthprune_nb.tasks import rerank_by_tasks
-        from depthprune_nb.config import as_algo_config
-        from dataclasses import replace
-        a, res = self.cli_args, super().search(model, data, eval_data)
-        rr = rerank_by_tasks(model, self.tokenizer, res, task_list(a), eval_limit=a.task_limit, calib_limit=a.task_calib_n,
-                             top_k=a.task_rerank, batch_size=a.task_batch_size, data_dir=a.task_data_dir, parts=self.locate(model))
-        if rr["changed"]:
-            d = dict(as_algo_config(self.config).to_dict(), delete_layers_index=rr["pick"])
-            new = ModelPruner(LayerImportancePruneConfig.from_dict(d), options=replace(self.options, progress=False)).search(model, data, eval_data)
-            new.method, new.model_name = f"{res.method}+task_rerank", res.model_name
-            new.stats["criterion_pick"] = dict(deleted_layers=res.deleted_layers, calib_ppl=res.best_ppl, eval_ppl=res.eval_ppl)
-            res = new
-        res.stats["task_rerank"] = rr
-        log.info("task re-ranking of %d candidates in %.1f s: %s", len(rr["candidates"]), rr["wall_s"],
-                 f"pick changed from {rr['criterion_pick']} to {rr['pick']}" if rr["changed"] else "pick unchanged")
-        return res
-
-def pruner_class(args, tokenizer):
-    "The pruner the flags ask for: `ModelPruner`, or with `--task_rerank` one that re-ranks by tasks."
-    if getattr(args, "task_rerank", None) is None: return ModelPruner
-    return functools.partial(TaskRerankPruner, cli_args=args, tokenizer=tokenizer)
-
-# %% ../nbs/08_cli.ipynb #h16b0002
-def add_humaneval_args(p:argparse.ArgumentParser):
-    "The HumanEval flags of `depthprune`."
-    a = p.add_argument
-    a("--humaneval", action="store_true", help="HumanEval pass@1 (greedy) before and after pruning; runs the code the "
-      "model writes, so it needs --allow_code_execution")
-    a("--allow_code_execution", action="store_true", help="allow --humaneval to run model-written code (each program in "
-      "its own limited process; not a security boundary)")
-    a("--humaneval_limit", type=int, default=None, help="--humaneval: the first N problems (default: all 164)")
-    a("--humaneval_file", default=None, help="--humaneval: HumanEval.jsonl(.gz) (default $DEPTHPRUNE_HUMANEVAL or "
-      "../shared/data/humaneval)")
-    a("--humaneval_prompt", default="auto", choices=["plain", "chat", "auto"], help="--humaneval: continue the prompt, ask "
-      "through the chat template, or auto: chat where the tokenizer has a template (measured better), else plain")
-    a("--humaneval_max_new_tokens", type=int, default=512, help="--humaneval: the most tokens generated per problem")
-    a("--humaneval_batch_size", type=int, default=8, help="--humaneval: problems generated together")
-
-def humaneval_check(args)->bool:
-    "With `--humaneval`: the opt-in, the limit and the problem file checked before any model loads; whether to run."
-    if not getattr(args, "humaneval", False): return False
-    from depthprune_nb.humaneval import humaneval_path
-    from depthprune_nb.sandbox import require_code_execution
-    require_code_execution(args.allow_code_execution, "--humaneval")
-    if args.humaneval_limit is not None and args.humaneval_limit < 1:
-        raise ConfigError(f"--humaneval_limit={args.humaneval_limit} must be at least 1")
-    humaneval_path(args.humaneval_file)
-    return True
-
-def humaneval_eval(args, model, tokenizer, stats:dict, stage:str)->dict:
-    "Score `model` on HumanEval into `stats['humaneval'][stage]` (nothing without `--humaneval`); `stats`."
-    if not humaneval_check(args): return stats
-    from depthprune_nb.humaneval import run_humaneval, humaneval_summary
-    r = run_humaneval(model, tokenizer, limit=args.humaneval_limit, allow_code_execution=args.allow_code_execution,
-                      prompt_style=args.humaneval_prompt, max_new_tokens=args.humaneval_max_new_tokens,
-                      batch_size=args.humaneval_batch_size, problems=args.humaneval_file, progress=not args.quiet)
-    stats.setdefault("humaneval", {})[stage] = humaneval_summary(r)
-    log.info("HumanEval (%s): pass@1 %.3f (%d/%d)", stage, r["pass@1"], r["passed"], r["n"])
-    return stats
-
-def humaneval_table(stats:dict)->str:
-    "HumanEval pass@1 of every stage in `stats['humaneval']`, one line each."
-    st = stats["humaneval"]
-    rows = [f"HumanEval pass@1 (greedy, {next(iter(st.values()))['prompt_style']} prompt)"]
-    for stage, r in st.items():
-        rows.append(f"  {stage:9s} {r['pass@1']:.3f} ({r['passed']}/{r['n']} problems)")
-    return "\n".join(rows)
-
 
 # %% ../nbs/08_cli.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:
