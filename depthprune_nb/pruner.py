@@ -26,6 +26,7 @@ from .sleb import sleb_search
 from .config import METHODS, ENGINES, checkpoint_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
+from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def search_each_n(model:nn.Module,    # a causal LM
     return out
 
 # %% ../nbs/04_pruner.ipynb #35408ce3
-def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=False, device=None)->PruneResult:
+def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:bool=False, device:str|torch.device|None=None)->PruneResult:
     "A `PruneResult` for deleting `layers` as given: PPL before and after, no search."
     t0 = time.perf_counter()
     ctx = layers_offloaded(parts, device) if save_gpu_memory else contextlib.nullcontext()
@@ -247,7 +248,7 @@ def _move_into(tmp:Path, save_dir:Path)->None:
 
 def save_pruned(model:nn.Module,          # the pruned model
                 save_dir:str|Path,        # the folder to write
-                tokenizer=None,           # saved beside the model if given
+                tokenizer:PreTrainedTokenizerBase|None=None, # saved beside the model if given
                 result:PruneResult|None=None, # written as `prune_result.json` if given
                 source_dir:str|Path|None=None, # the original model's folder, never written; `model.name_or_path` if None
                 overwrite:bool=False,     # allow replacing the checkpoint files of a non-empty `save_dir`

@@ -92,7 +92,10 @@ class PruneResult:
         except (TypeError, ValueError, AttributeError) as e: raise ValueError(f"{where} is not a PruneResult: {e}") from None
 
 # %% ../nbs/02c_result.ipynb #932583a0
-def _fmt_ppl(v:float)->str: return f"{v:.4f}" if math.isfinite(v) else str(v)
+def _fmt_ppl(v:float)->str:
+    "A perplexity with at most 7 significant digits: 4 decimals below 1,000 (small PPLs differ there), fewer above."
+    if not math.isfinite(v): return str(v)
+    return f"{v:.{max(0, min(4, 7 - len(str(int(abs(v))))))}f}"
 
 def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
                 named:bool=False, # prefix "layer " or "layers "
