@@ -76,7 +76,7 @@ def layer_shapes(layer:nn.Module, # one decoder layer
     return tuple(sorted(counts.items(), key=lambda sc: (-sc[0][0] * sc[0][1], sc[0])))
 
 def config_shapes(config, # anything `plan.read_config` takes: a folder, a config.json path, a dict
-                 )->tuple: # as `layer_shapes`
+                 )->tuple: # as layer_shapes
     "The matrix shapes of one decoder layer, from the model's config alone."
     s = model_shape(config)
     inter = s.inter if not s.experts else (s.moe_inter or s.inter)
@@ -252,7 +252,7 @@ def choose_compute_dtype(model:nn.Module,         # a causal LM
     return choice
 
 def choose_for_config(config,                  # anything `plan.read_config` takes: a folder, a config.json path, a dict
-                      requested="auto",        # as for `choose_compute_dtype`
+                      requested="auto",        # as for choose_compute_dtype
                       own:str="float32",       # the dtype the model will be loaded in
                       device:str|torch.device|None=None, # where the search will compute; the default device if None
                       method:str="ppl_window", # the criterion

@@ -143,7 +143,7 @@ def fast_search(model:nn.Module,        # a causal LM
                 early_abort:bool=False, # stop windows that provably cannot win (their PPL becomes a lower bound)
                 checkpoint:SearchCheckpoint|None=None, # a SearchCheckpoint (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
                 options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                **settings,             # `EngineOptions` fields replacing those of `options`, e.g. `chunk_size=4`
+                **settings,             # EngineOptions fields replacing those of `options`, e.g. `chunk_size=4`
                )->PruneResult:
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     o = EngineOptions.of(options, **settings)

@@ -50,7 +50,7 @@ def layer_importance(model:nn.Module,         # a causal LM
                      early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
                      eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
                      options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                     **kwargs,                # `EngineOptions` fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...; without `options`, `compute_dtype` defaults to "auto"), and the search's own (`checkpoint`, `keep_exact`, ...)
+                     **kwargs,                # EngineOptions fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...; without `options`, `compute_dtype` defaults to "auto"), and the search's own (`checkpoint`, `keep_exact`, ...)
                     )->PruneResult:
     "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
@@ -129,7 +129,7 @@ class ModelPruner:
                  engine:str="fast",     # search engine: "fast" (exact), "reference" or "approx"
                  early_abort:bool=False, # let the fast engine stop hopeless windows early
                  options:EngineOptions|None=None, # how the engine runs; the config's `save_gpu_memory` and `compute_dtype` apply too
-                 **kwargs):             # `EngineOptions` fields (`device=`, `progress=`, ...), and the search's own (`checkpoint`, ...)
+                 **kwargs):             # EngineOptions fields (`device=`, `progress=`, ...), and the search's own (`checkpoint`, ...)
         self.config = as_algo_config(config)
         if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
         self.engine, self.early_abort = engine, early_abort
