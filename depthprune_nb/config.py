@@ -188,7 +188,7 @@ class EngineOptions:
 def checkpoint_refusal(method:str="ppl_window", # the criterion
                        engine:str="fast",       # the search engine
                        early_abort:bool=False,  # the fast engine's early abort
-                       compute_dtype=None,      # a lower precision to compute the table in ("auto": the model's own when checkpointed)
+                       compute_dtype:str|None=None, # a lower precision to compute the table in ("auto": the model's own when checkpointed)
                       )->ConfigError|None:      # why these settings cannot be checkpointed; None when they can
     "The `ConfigError` saying why a search with these settings cannot save and resume its progress, or None when it can."
     where = "checkpoint= (--checkpoint_dir)"

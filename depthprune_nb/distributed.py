@@ -22,7 +22,7 @@ def distributed_search(model:nn.Module, # a causal LM, the same weights on every
                        n:int,           # layers per window (`delete_layer_num`)
                        engine:str="fast", # "fast" (exact, or early abort with `early_abort=True`) or "approx"
                        options:EngineOptions|None=None, # how each rank's engine runs
-                       **kwargs,        # `EngineOptions` fields, and fast_search's / approx_search's own arguments
+                       **kwargs,        # EngineOptions fields, and fast_search's / approx_search's own arguments
                       )->PruneResult:
     "The one-process search's result on every rank, each rank sweeping its share of every sample chunk."
     check_supported(engine)

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from .config import ConfigError
-from .parts import locate
+from .parts import ModelParts, locate
 from .placement import default_device
 from .plan import model_shape
+from .checkpoint import SearchCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def layer_shapes(layer:nn.Module, # one decoder layer
     return tuple(sorted(counts.items(), key=lambda sc: (-sc[0][0] * sc[0][1], sc[0])))
 
 def config_shapes(config, # anything `plan.read_config` takes: a folder, a config.json path, a dict
-                 )->tuple: # as `layer_shapes`
+                 )->tuple: # as layer_shapes
     "The matrix shapes of one decoder layer, from the model's config alone."
     s = model_shape(config)
     inter = s.inter if not s.experts else (s.moe_inter or s.inter)
@@ -234,11 +235,11 @@ def _choose(requested, own:str, dev:torch.device, shapes:tuple, method:str, chec
 
 def choose_compute_dtype(model:nn.Module,         # a causal LM
                          requested="auto",        # "auto", a name in `COMPUTE_DTYPES`, a `torch.dtype`, or None (the model's own)
-                         parts=None,              # located parts; detected if None
+                         parts:ModelParts|None=None, # located parts; detected if None
                          save_gpu_memory:bool=False, # mix mode: the compute device is `device`, not where the model is
-                         device=None,             # compute device for `save_gpu_memory`
+                         device:str|torch.device|None=None, # compute device for `save_gpu_memory`
                          method:str="ppl_window", # the criterion: only the perplexity searches have a table to compute
-                         checkpoint=None,         # a SearchCheckpoint: a checkpointed search stays in the model's own dtype
+                         checkpoint:SearchCheckpoint|None=None, # a SearchCheckpoint: a checkpointed search stays in the model's own dtype
                         )->DtypeChoice:
     "The precision to compute the search's table in on this device, and why; logs the decision and the probe's figures."
     parts = parts or locate(model)
@@ -251,9 +252,9 @@ def choose_compute_dtype(model:nn.Module,         # a causal LM
     return choice
 
 def choose_for_config(config,                  # anything `plan.read_config` takes: a folder, a config.json path, a dict
-                      requested="auto",        # as for `choose_compute_dtype`
+                      requested="auto",        # as for choose_compute_dtype
                       own:str="float32",       # the dtype the model will be loaded in
-                      device=None,             # where the search will compute; the default device if None
+                      device:str|torch.device|None=None, # where the search will compute; the default device if None
                       method:str="ppl_window", # the criterion
                       checkpointed:bool=False, # the search saves a checkpoint
                      )->DtypeChoice:

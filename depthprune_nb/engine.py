@@ -8,6 +8,7 @@ import warnings
 from typing import Callable
 
 from .config import ConfigError, ENGINES, EngineOptions, renamed
+from .parts import ModelParts
 from .search import reference_search
 from .replay import LayerCall, layers_replaced, norm_input_replaced, probe_layer_calls, head_logits
 from .placement import weights_on_host
@@ -27,7 +28,7 @@ def search_function(engine:str, # one of `ENGINES`: "fast" (exact), "reference" 
     return {"fast": fast_search, "reference": reference_search, "approx": approx_search}[engine]
 
 # %% ../nbs/03ad_engine.ipynb #90f9dc28
-def mixed_precision(search, low, model, data, n, parts=None, progress=True, **engine_kw):
+def mixed_precision(search, low, model, data, n, parts:ModelParts|None=None, progress=True, **engine_kw):
     "Deprecated: `mixed_precision_search`, which takes the engine settings as `options`."
     warnings.warn("depthprune_nb.engine.mixed_precision is deprecated and will be removed in the next release: use "
                   "depthprune_nb.precision.mixed_precision_search", DeprecationWarning, stacklevel=2)

@@ -19,6 +19,7 @@ from .placement import tensor_bytes
 from .sweeps import Engine, nonfinite_samples
 from .precision import resolve_compute_dtype, mixed_precision_search
 from .head_bound import head_bound_table
+from .checkpoint import SearchCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,9 @@ def fast_search(model:nn.Module,        # a causal LM
                 parts:ModelParts|None=None, # located parts; detected if None
                 *,
                 early_abort:bool=False, # stop windows that provably cannot win (their PPL becomes a lower bound)
-                checkpoint=None,        # a SearchCheckpoint (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
+                checkpoint:SearchCheckpoint|None=None, # a SearchCheckpoint (`depthprune_nb.checkpoint`): save progress, resume (exact mode)
                 options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                **settings,             # `EngineOptions` fields replacing those of `options`, e.g. `chunk_size=4`
+                **settings,             # EngineOptions fields replacing those of `options`, e.g. `chunk_size=4`
                )->PruneResult:
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     o = EngineOptions.of(options, **settings)

@@ -12,7 +12,7 @@ import ipywidgets as widgets
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .result import PruneResult, layer_range
+from .result import PruneResult, layer_range, format_ppl
 from .plots import plot_heatmap
 from .parts import locate
 from .surgery import delete_layers
@@ -29,12 +29,12 @@ def result_html(result:PruneResult, # the result to show
     for s, v in sorted(result.ppl_by_start.items()):
         layers = layer_range(range(s, s + n))
         rel = f"{(v / result.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
-        ppl = ("≥" if s in lb else "") + (f"{v:.4f}" if math.isfinite(v) else str(v))
+        ppl = ("≥" if s in lb else "") + format_ppl(v)
         row = f"<td>{layers}</td><td style='text-align:right'>{ppl}</td><td style='text-align:right'>{rel}</td>"
         rows.append(f"<tr style='font-weight:bold'>{row}</tr>" if s == result.best_start else f"<tr>{row}</tr>")
     name = html.escape(result.model_name or "model")
     return (f"<p><b>{name}</b>: deleting {n} of {result.num_layers_before} layers; baseline PPL "
-            f"{result.baseline_ppl:.4f}. Chosen: {layer_range(result.deleted_layers, named=True)}, PPL {result.best_ppl:.4f}; "
+            f"{format_ppl(result.baseline_ppl)}. Chosen: {layer_range(result.deleted_layers, named=True)}, PPL {format_ppl(result.best_ppl)}; "
             f"{result.params_before:,} → {result.params_after:,} parameters (prune ratio {result.prune_ratio:.2%}).</p>"
             "<table><tr><th>deleted layers</th><th>PPL</th><th>vs baseline</th></tr>" + "".join(rows) + "</table>")
 

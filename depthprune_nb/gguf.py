@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 import gguf
 
 from .config import ConfigError, check_layer_indices
@@ -136,7 +137,7 @@ def _dtype(dtype): return dtype if not isinstance(dtype, str) or dtype == "auto"
 def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id, or a `.gguf` file
                              gguf_file:str|None=None, # the GGUF file's name inside `model_dir`
                              dtype="auto",            # torch dtype or its name; a GGUF loads as float32 for "auto"
-                             device_map=None,         # passed to `from_pretrained` (e.g. "auto" for several GPUs)
+                             device_map:str|dict|None=None, # passed to `from_pretrained` (e.g. "auto" for several GPUs)
                              trust_remote_code:bool=False, # allow a checkpoint's own Python code to run
                             )->tuple:                 # `(model, tokenizer)`, the model in eval mode
     "Load a causal LM and its tokenizer from a checkpoint folder, a Hub id or a GGUF file."
@@ -282,7 +283,7 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
                       dst:str|Path,        # the GGUF file to write
                       deleted_layers:list, # decoder layers to drop, in the source file's numbering
                       overwrite:bool=False,# allow replacing an existing `dst`
-                      model=None,          # the pruned model the file is meant to hold: checked by check_gguf_model if given
+                      model:nn.Module|None=None, # the pruned model the file is meant to hold: checked by check_gguf_model if given
                      )->Path:
     "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte, metadata updated."
     src, dst = Path(src), check_save_gguf(dst, src, overwrite)

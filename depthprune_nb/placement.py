@@ -28,7 +28,7 @@ def is_dispatched(model)->bool:
 # %% ../nbs/02d_placement.ipynb #4aad5613
 @contextlib.contextmanager
 def layers_offloaded(parts:ModelParts, # the model's parts
-                     device=None,      # the compute device; default_device() if None
+                     device:str|torch.device|None=None, # the compute device; default_device() if None
                     ):
     "Keep decoder layers on CPU and move each to `device` only for its own forward; restore placement on exit."
     model, device = parts.model, torch.device(device or default_device())

@@ -32,7 +32,7 @@ def resolve_compute_dtype(model:nn.Module,        # a causal LM
                   compute_dtype,          # None, a name in `COMPUTE_DTYPES`, or a `torch.dtype`
                   parts:ModelParts|None=None, # located parts; detected if None
                   save_gpu_memory:bool=False, # mix mode: the compute device is `device`, not where the model is
-                  device=None,            # compute device for `save_gpu_memory`
+                  device:str|torch.device|None=None, # compute device for `save_gpu_memory`
                  )->torch.dtype|None:     # the dtype to search in, or None for the model's own
     "The dtype to search in: `compute_dtype` validated; float16 for bfloat16 where the device lacks it; None when it is the model's own dtype."
     if compute_dtype is None: return None

@@ -26,6 +26,7 @@ from .sleb import sleb_search
 from .config import METHODS, ENGINES, checkpoint_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
+from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def layer_importance(model:nn.Module,         # a causal LM
                      early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
                      eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
                      options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                     **kwargs,                # `EngineOptions` fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...; without `options`, `compute_dtype` defaults to "auto"), and the search's own (`checkpoint`, `keep_exact`, ...)
+                     **kwargs,                # EngineOptions fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...; without `options`, `compute_dtype` defaults to "auto"), and the search's own (`checkpoint`, `keep_exact`, ...)
                     )->PruneResult:
     "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
@@ -107,7 +108,7 @@ def search_each_n(model:nn.Module,    # a causal LM
     return out
 
 # %% ../nbs/04_pruner.ipynb #35408ce3
-def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory=False, device=None)->PruneResult:
+def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:bool=False, device:str|torch.device|None=None)->PruneResult:
     "A `PruneResult` for deleting `layers` as given: PPL before and after, no search."
     t0 = time.perf_counter()
     ctx = layers_offloaded(parts, device) if save_gpu_memory else contextlib.nullcontext()
@@ -128,7 +129,7 @@ class ModelPruner:
                  engine:str="fast",     # search engine: "fast" (exact), "reference" or "approx"
                  early_abort:bool=False, # let the fast engine stop hopeless windows early
                  options:EngineOptions|None=None, # how the engine runs; the config's `save_gpu_memory` and `compute_dtype` apply too
-                 **kwargs):             # `EngineOptions` fields (`device=`, `progress=`, ...), and the search's own (`checkpoint`, ...)
+                 **kwargs):             # EngineOptions fields (`device=`, `progress=`, ...), and the search's own (`checkpoint`, ...)
         self.config = as_algo_config(config)
         if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
         self.engine, self.early_abort = engine, early_abort
@@ -247,7 +248,7 @@ def _move_into(tmp:Path, save_dir:Path)->None:
 
 def save_pruned(model:nn.Module,          # the pruned model
                 save_dir:str|Path,        # the folder to write
-                tokenizer=None,           # saved beside the model if given
+                tokenizer:PreTrainedTokenizerBase|None=None, # saved beside the model if given
                 result:PruneResult|None=None, # written as `prune_result.json` if given
                 source_dir:str|Path|None=None, # the original model's folder, never written; `model.name_or_path` if None
                 overwrite:bool=False,     # allow replacing the checkpoint files of a non-empty `save_dir`

@@ -5,6 +5,7 @@
 # %% ../nbs/02f_replay.ipynb #0186102c
 from __future__ import annotations
 import contextlib, functools
+from typing import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +76,7 @@ def norm_input_replaced(norm:nn.Module, # the final norm
 def probe_layer_calls(parts:ModelParts,   # the model's parts
                       ids:torch.Tensor,   # `[B, T]` token ids; `B` is the batch the calls will serve
                       out_lens:dict,      # layer class -> tuple length (0: tensor); filled in as learnt
-                      placed=None,        # `placed(layer)`: context putting a layer where it computes (mix mode)
+                      placed:Callable|None=None, # `placed(layer)`: context putting a layer where it computes (mix mode)
                      )->tuple[torch.Tensor, list]:
     "The state entering layer 0 and every layer's `LayerCall`, from the model's own forward with pass-through layers."
     calls, first = [None] * parts.num_layers, []

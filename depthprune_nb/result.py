@@ -15,8 +15,8 @@ from .parts import ModelParts, locate
 from .ppl import check_data, ppl_deleting, ppl_from_nlls
 
 # %% auto #0
-__all__ = ['PruneResult', 'layer_range', 'best_start', 'candidate_starts', 'runner_up_start', 'fill_runner_up', 'model_label',
-           'params_after_deleting', 'criterion_setup', 'criterion_result']
+__all__ = ['PruneResult', 'format_ppl', 'layer_range', 'best_start', 'candidate_starts', 'runner_up_start', 'fill_runner_up',
+           'model_label', 'params_after_deleting', 'criterion_setup', 'criterion_result']
 
 # %% ../nbs/02c_result.ipynb #d504ab70
 def _int_keys(d): return None if d is None else {int(k): float(v) for k, v in d.items()}
@@ -92,7 +92,10 @@ class PruneResult:
         except (TypeError, ValueError, AttributeError) as e: raise ValueError(f"{where} is not a PruneResult: {e}") from None
 
 # %% ../nbs/02c_result.ipynb #932583a0
-def _fmt_ppl(v:float)->str: return f"{v:.4f}" if math.isfinite(v) else str(v)
+def format_ppl(v:float)->str:
+    "A perplexity with at most 7 significant digits: 4 decimals below 1,000 (small PPLs differ there), fewer above."
+    if not math.isfinite(v): return str(v)
+    return f"{v:.{max(0, min(4, 7 - len(str(int(abs(v))))))}f}"
 
 def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
                 named:bool=False, # prefix "layer " or "layers "
@@ -108,7 +111,7 @@ def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
 def _table(self:PruneResult)->str:
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
     lowp = set(self.low_precision_starts)
-    head = f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers; baseline PPL {_fmt_ppl(self.baseline_ppl)}"
+    head = f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers; baseline PPL {format_ppl(self.baseline_ppl)}"
     rows = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}"]
     for s, v in sorted(self.ppl_by_start.items()):
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
@@ -116,8 +119,8 @@ def _table(self:PruneResult)->str:
         if s in lowp: mark += "  (low precision)"
         prefix = ">=" if s in lb else "~" if s in est else ""
         shown = self.deleted_layers if s == self.best_start else range(s, s + n) # a criterion's pick need not be a window
-        rows.append(f"{s:>5}  {layer_range(shown):<14}{prefix + _fmt_ppl(v):>12}  {rel:>11}{mark}")
-    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {_fmt_ppl(self.best_ppl)}; "
+        rows.append(f"{s:>5}  {layer_range(shown):<14}{prefix + format_ppl(v):>12}  {rel:>11}{mark}")
+    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
     if lowp: rows.append(f"(low precision): computed in {self.stats.get('compute_dtype', 'low precision')}, not confirmed; "
@@ -134,13 +137,13 @@ def _summary_lines(self:PruneResult)->list:
     if c: rows.append(f"computed in {c['table_dtype']}" + (f", contenders confirmed in {c['confirm_dtype']}" if c["confirm_dtype"] else "")
                       + f" (compute_dtype={c['requested']!r}: {c['reason']})")
     if self.runner_up_layers is not None and self.runner_up_ppl is not None:
-        rows.append(f"runner-up: {layer_range(self.runner_up_layers, named=True)}: PPL {_fmt_ppl(self.runner_up_ppl)} "
+        rows.append(f"runner-up: {layer_range(self.runner_up_layers, named=True)}: PPL {format_ppl(self.runner_up_ppl)} "
                     f"({_pct(self.gap)} vs the pick)")
     if self.eval_ppl is not None:
         ru = "" if self.eval_runner_up_ppl is None else \
-             f", runner-up {_fmt_ppl(self.eval_runner_up_ppl)} (gap {_pct(self.eval_gap)})"
-        rows.append(f"evaluation windows (not used to choose): baseline PPL {_fmt_ppl(self.eval_baseline_ppl)}, "
-                    f"pick {_fmt_ppl(self.eval_ppl)} ({_pct(_rel(self.eval_ppl, self.eval_baseline_ppl))}){ru}")
+             f", runner-up {format_ppl(self.eval_runner_up_ppl)} (gap {_pct(self.eval_gap)})"
+        rows.append(f"evaluation windows (not used to choose): baseline PPL {format_ppl(self.eval_baseline_ppl)}, "
+                    f"pick {format_ppl(self.eval_ppl)} ({_pct(_rel(self.eval_ppl, self.eval_baseline_ppl))}){ru}")
     return rows
 
 PruneResult.__str__ = _table

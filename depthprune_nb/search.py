@@ -31,7 +31,7 @@ def reference_search(model:nn.Module,        # a causal LM
                      n:int,                  # layers per window (`delete_layer_num`)
                      parts:ModelParts|None=None, # located parts; detected if None
                      save_gpu_memory:bool=False, # keep layers on CPU, move each to the accelerator per call
-                     device=None,            # compute device for `save_gpu_memory`
+                     device:str|torch.device|None=None, # compute device for `save_gpu_memory`
                      progress:bool=True,     # show a tqdm bar
                      options:EngineOptions|None=None, # if given, its `save_gpu_memory`, `device` and `progress` replace the three above
                     )->PruneResult:
@@ -67,7 +67,7 @@ def evaluate_result(result:PruneResult,         # what a search chose (layers in
                     eval_data:list,             # evaluation windows, disjoint from the calibration windows
                     parts:ModelParts|None=None, # located parts; detected if None
                     save_gpu_memory:bool=False, # keep layers on CPU, move each to the accelerator per call
-                    device=None,                # compute device for `save_gpu_memory`
+                    device:str|torch.device|None=None, # compute device for `save_gpu_memory`
                    )->PruneResult:               # `result`, its `eval_*` fields filled
     "PPL on `eval_data` of the unpruned model, the pick and the runner-up; three forwards per evaluation window."
     check_data(eval_data, model)

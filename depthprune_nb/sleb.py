@@ -73,7 +73,7 @@ def sleb_search(model:nn.Module,            # a causal LM
                 progress:bool|None=None,    # show progress bars; None: as `options` say (shown by default)
                 checkpoint:SearchCheckpoint|None=None, # save each finished round, and the round in progress by sample chunk; resume from there
                 options:EngineOptions|None=None, # how the engine of each round runs
-                **kwargs,                   # `EngineOptions` fields, and the round's search's own arguments (`early_abort`, `keep_exact`, ...)
+                **kwargs,                   # EngineOptions fields, and the round's search's own arguments (`early_abort`, `keep_exact`, ...)
                )->PruneResult:
     "SLEB (Song et al. 2024): `n` greedy rounds, each removing the layer whose removal gives the lowest calibration PPL."
     parts, L, N = criterion_setup(model, data, n, parts)

@@ -92,7 +92,9 @@ def test_truncated_config_json_is_named_and_nothing_is_written(tiny_llama, tmp_p
 @pytest.mark.parametrize("how", ["truncated", "not an object", "wrong keys", "binary"])
 def test_broken_result_json_is_named(tmp_path, how):
     from depthprune_nb import PruneResult
-    r = PruneResult(1, 10.0, {0: 12.0, 1: 11.0}, [1], 2, 1, 100, 60)
+    r = PruneResult(delete_layer_num=1, baseline_ppl=10.0, ppl_by_start={0: 12.0, 1: 11.0},
+                    deleted_layers=[1], num_layers_before=2, num_layers_after=1,
+                    params_before=100, params_after=60)
     good = tmp_path / "good.json"
     r.to_json(good)
     bad = tmp_path / "bad.json"
@@ -159,7 +161,9 @@ def test_overwrite_replaces_checkpoint_files_only_and_drops_stale_shards(tiny_ll
     from depthprune_nb import PruneResult, save_pruned
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama)
     d = tmp_path / "out"
-    r = PruneResult(1, 10.0, {0: 12.0}, [0], 4, 3, 100, 60)
+    r = PruneResult(delete_layer_num=1, baseline_ppl=10.0, ppl_by_start={0: 12.0},
+                    deleted_layers=[0], num_layers_before=4, num_layers_after=3,
+                    params_before=100, params_after=60)
     save_pruned(model, d, tok, r)
     # an earlier, larger save left two shards and their index; the user added notes and a sub-folder
     for f in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"):
