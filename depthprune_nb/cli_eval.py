@@ -68,7 +68,7 @@ def task_table(stats:dict)->str:
 # %% ../nbs/08a_cli_eval.ipynb #t16a0006
 class TaskRerankPruner(ModelPruner):
     "A `ModelPruner` whose pick is the criterion's top `--task_rerank` candidates re-ranked by task accuracy (`rerank_by_tasks`)."
-    def __init__(self, *args, cli_args=None, tokenizer=None, **kwargs):
+    def __init__(self, *args, cli_args:argparse.Namespace|None=None, tokenizer:object|None=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cli_args, self.tokenizer = cli_args, tokenizer
 

@@ -171,9 +171,9 @@ def window_bos(tokenizer,           # the tokenizer that cuts the text
 def text_windows(tokenizer,             # tokenizer of the model the windows are for
                  text:str,              # the whole text
                  seqlen:int,            # tokens per window, BOS included
-                 bos="auto",            # see `window_bos`: "auto", True or False
+                 bos="auto",            # see window_bos: "auto", True or False
                  nsamples:int|None=None, # keep at most this many windows
-                 dev=None,              # device to put the windows on
+                 dev:str|None=None,     # device to put the windows on
                  progress:bool=True,    # show a tqdm bar
                 )->list:
     "`text` tokenized once and cut into `[1, seqlen]` windows, each led by BOS where `bos` says so."
@@ -194,7 +194,7 @@ def get_wikitext_dataset(model_dir:str|Path,   # model folder or Hub id whose to
                          nsamples:int|None=None, # keep at most this many windows
                          progress:bool=True,   # show a tqdm bar
                          trust_remote_code:bool=False, # run the tokenizer's own code if it ships some
-                         bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see `window_bos`
+                         bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see window_bos
                         )->list:
     "WikiText-2 `split`, tokenized once and cut into `[1, seqlen]` windows on `dev`."
     text = wikitext_text(split, text_file)
@@ -243,7 +243,7 @@ def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose
                             tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from `model_dir`
                             nsamples:int|None=None,      # calibration windows
                             eval_nsamples:int|None=None, # evaluation windows
-                            bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see `window_bos`
+                            bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see window_bos
                            )->tuple:              # (calibration windows, evaluation windows)
     "Calibration and evaluation windows that share no token: separate texts, or the two ends of one text."
     calib_src = ("file", str(calib_text_file or text_file)) if (calib_text_file or text_file) else ("hub", calib_split)

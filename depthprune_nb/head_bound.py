@@ -51,7 +51,7 @@ def output_head(model:nn.Module)->nn.Linear:
     return head
 
 @contextlib.contextmanager
-def head_rows(head:nn.Linear,    # the output projection (`output_head`)
+def head_rows(head:nn.Linear,    # the output projection (output_head)
               rows:torch.Tensor, # vocabulary rows to compute
              ):
     "Within the block the output projection computes only `rows` of the logits; its hooks (accelerate's too) still run."
@@ -180,7 +180,7 @@ def _contenders(bounds:dict, exact:dict, tol:float)->list:
 def head_bound_table(eng:Engine,       # the search's engine, outputs learnt
                      sweep,            # `sweep(eng, idx, windows, **kw)`: the exact search's sweep (with its out-of-memory retry)
                      top_k:int=TOP_K,  # the unpruned model's top tokens per position that join each sample's rows
-                    )->tuple:          # (table, baseline PPL, lower-bound starts, proxy, extra stats), as `_full_table` returns
+                    )->tuple:          # (table, baseline PPL, lower-bound starts, proxy, extra stats), as _full_table returns
     "The exact search's pick and the PPL of every window that could be the pick or the runner-up; every other window its lower bound."
     b, chunks, ck, done = _Bounds(eng, top_k), eng.chunks(list(range(eng.N))), eng.checkpoint, 0
     eng.bar = tqdm(total=eng.L * len(chunks), desc="exact search (head bound)", disable=not eng.progress)

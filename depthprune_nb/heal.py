@@ -68,7 +68,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          progress:bool=True,         # show a tqdm bar
          tokenizer:PreTrainedTokenizerBase|None=None, # tokenizes `data` when it is text; required then, unused for windows
          seqlen:int|None=None,       # tokens per window cut from text; None: the model's positions, at most 2048 (the CLI's default)
-         bos="auto",                 # text only: lead each window with BOS ("auto", True, False), as `text_windows` cuts
+         bos="auto",                 # text only: lead each window with BOS ("auto", True, False), as text_windows cuts
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
     "LoRA fine-tune on `data`, adapters merged into the weights; the model comes back in eval mode."
     try: from peft import LoraConfig, get_peft_model

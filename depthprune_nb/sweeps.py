@@ -7,6 +7,7 @@ from __future__ import annotations
 import math, time, logging, contextlib
 
 import torch
+from collections.abc import Callable
 from torch import nn
 from fastcore.basics import patch
 
@@ -171,7 +172,7 @@ def sweep(self:Engine,
           proxy:dict|None=None,    # if given, accumulate the angular-distance proxy into it
           stash:dict|None=None,    # if given, store in it the unpruned state entering each window start
           start_states:dict|None=None, # window start -> its start state, from an earlier `stash`: no unpruned stream
-          heads=None,              # `heads(ids, keys, states)`: per-sample NLLs of each stream ("base" first if `baseline`); None: the full head
+          heads:Callable|None=None, # `heads(ids, keys, states)`: per-sample NLLs of each stream ("base" first if `baseline`); None: the full head
          )->tuple:
     "Per-sample NLLs of `idx` for each window in `windows` (and the unpruned model if `baseline`), layer-major."
     n, L = self.n, self.L

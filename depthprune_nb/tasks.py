@@ -33,7 +33,7 @@ def bigbench_dir(data_dir:str|Path|None=None, # a folder of `<task>/task.json`; 
 def _looks_like_path(task:str)->bool: return task.endswith(".json") or "/" in task or os.sep in task
 
 def task_file(task:str|os.PathLike,       # a task name in `bigbench_dir(data_dir)`, or the path of a `task.json` or its folder
-              data_dir:str|Path|None=None, # the BIG-bench data folder (see `bigbench_dir`)
+              data_dir:str|Path|None=None, # the BIG-bench data folder (see bigbench_dir)
              )->Path:
     "The `task.json` that `task` names, with a clear error listing the known names when there is none."
     s = os.fspath(task)
@@ -84,7 +84,7 @@ def _check_example(f:Path, i:int, e)->str|None:
     if len(tied) > 1: return f"{where}: the gold choice is ambiguous: {tied} tie for the highest target score {top!r}"
     return None
 
-def read_task(task:str|os.PathLike,        # a task name or the path of a BIG-bench `task.json` (see `task_file`)
+def read_task(task:str|os.PathLike,        # a task name or the path of a BIG-bench `task.json` (see task_file)
               limit:int|None=None,         # keep the first `limit` examples (after `start`); None: all
               start:int=0,                 # skip this many examples first (e.g. a calibration slice at the end)
               data_dir:str|Path|None=None, # the BIG-bench data folder
@@ -128,7 +128,7 @@ def _lm_eval():
     return evaluator, ConfigurableTask, HFLM
 
 def lm_eval_task(name:str,  # the task's name in lm-eval's results
-                 docs:list, # `{"prompt", "choices", "gold"}` dicts (from `read_task`)
+                 docs:list, # `{"prompt", "choices", "gold"}` dicts (from read_task)
                 ):
     "An lm-eval multiple-choice task over `docs`, built in memory (no dataset download)."
     import datasets
@@ -165,7 +165,7 @@ def evaluate_tasks(model,                       # a causal LM (`PreTrainedModel`
                    limit:int|None=None,         # score the first `limit` examples of each task (after `start`); None: all
                    start:int=0,                 # skip this many examples first
                    batch_size:int=1,            # lm-eval batch size (rows of prompt + choice)
-                   data_dir:str|Path|None=None, # the BIG-bench data folder (see `bigbench_dir`)
+                   data_dir:str|Path|None=None, # the BIG-bench data folder (see bigbench_dir)
                    per_example:bool=False,      # also return `"correct"`: 1/0 per example, in order (for paired tests)
                    quiet:bool=True,             # silence lm-eval's INFO/WARNING logging
                   )->dict:                      # task name -> `{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "chance"}`
@@ -192,7 +192,7 @@ def evaluate_tasks(model,                       # a causal LM (`PreTrainedModel`
     return res
 
 # %% ../nbs/11_tasks.ipynb #7d052426
-def ranked_candidates(result,         # a `PruneResult` of any criterion
+def ranked_candidates(result,         # a PruneResult of any criterion
                       top_k:int=5,    # how many candidates at most
                      )->list[list[int]]: # layer lists, the criterion's best first
     "The criterion's `top_k` candidate layer sets, best first (the pick and the runner-up for single-layer criteria)."
@@ -207,14 +207,14 @@ def ranked_candidates(result,         # a `PruneResult` of any criterion
 # %% ../nbs/11_tasks.ipynb #f1e730eb
 def rerank_by_tasks(model,                       # the unpruned causal LM the criterion ran on
                     tokenizer,                   # its tokenizer
-                    result,                      # the criterion's `PruneResult`
+                    result,                      # the criterion's PruneResult
                     tasks,                       # task names or `task.json` paths
                     eval_limit:int,              # the first `eval_limit` examples of each task are reported: never used here
                     calib_limit:int=50,          # score each candidate on the last `calib_limit` examples of each task
-                    top_k:int=5,                 # candidates to re-rank (see `ranked_candidates`)
+                    top_k:int=5,                 # candidates to re-rank (see ranked_candidates)
                     batch_size:int=1,            # lm-eval batch size
                     data_dir:str|Path|None=None, # the BIG-bench data folder
-                    parts=None,                  # the model's located parts; detected if None
+                    parts:object|None=None,      # the model's located parts (a ModelParts); detected if None
                    )->dict:                      # `{"pick", "criterion_pick", "changed", "candidates", "calib", "wall_s"}`
     "Re-rank the criterion's top candidates by mean task accuracy on a calibration slice of the tasks; the model is unchanged."
     import time
