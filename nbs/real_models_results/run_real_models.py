@@ -96,7 +96,6 @@ def run(a)->dict:
     from depthprune_nb.data import get_calib_eval_datasets, window_bos, wikitext_text
     from depthprune_nb.gguf import load_model_and_tokenizer
     from depthprune_nb.parts import locate
-    from depthprune_nb.plots import sweep
     from depthprune_nb.pruner import layer_importance
     from depthprune_nb.surgery import temporarily_deleted
     torch.set_num_threads(a.threads)
