@@ -24,3 +24,13 @@ def depthprune(*args, env:dict|None=None, timeout:int=900)->subprocess.Completed
     "Run the command line (`depthprune_nb.cli.main`) in a fresh Python, as a user's shell would; output captured as text."
     return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    "Tiny models: with two threads, each attention call spends more on hand-offs than on work."
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

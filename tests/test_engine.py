@@ -17,13 +17,7 @@ from depthprune_nb.testing import FAMILIES, save_tiny_model
 L, SEQLEN, NSAMPLES = 4, 16, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny models: with two threads, each attention call spends more on hand-offs than on work."
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def tiny(tmp_path_factory, family, num_layers=L, **load_kw):

@@ -18,11 +18,7 @@ from depthprune_nb.sweeps import Engine
 from depthprune_nb.testing import save_tiny_model, tiny_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def random_model(family:str, vocab:int, layers:int=5, seed:int=0):

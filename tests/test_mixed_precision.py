@@ -26,12 +26,7 @@ L, SEQLEN, NSAMPLES = 4, 16, 3
 from conftest import WIKITEXT as TEXT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def tiny(tmp_path_factory, family, num_layers=L):
