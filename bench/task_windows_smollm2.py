@@ -1,25 +1,25 @@
-"""Does perplexity rank the candidates the way a task does? SmolLM2-135M-Instruct, n = 2 (issue 16, items 5 and 6).
+"""Does the pruned model still work, and does perplexity rank the candidates the way a task does? SmolLM2-135M-Instruct
+(issue 16, items 5 and 6).
 
-The five windows of lowest calibration PPL (the exact ppl_window search, settings of nbs/criteria_results: 4 calibration
-windows of 128 tokens from the start of the local WikiText-2 test text, 8 evaluation windows from its end), plus the
-pick of every criterion at n = 2 recorded in nbs/criteria_results/smollm2.json that is not among them. For each model
-(the unpruned one first) it measures on BIG-bench discourse_marker_prediction:
+Candidates: the pick of every criterion (ppl_window, angular, block_influence, sleb) at each n of --criteria_ns, as
+recorded in nbs/criteria_results/smollm2.json (4 calibration windows of 128 tokens from the start of the local
+WikiText-2 test text, 8 evaluation windows from its end); and the --top_k windows of lowest calibration PPL at n = 2
+(the exact ppl_window search, recomputed here on the same windows). Each distinct layer set is measured once (the
+unpruned model first) on BIG-bench discourse_marker_prediction:
 
 - the evaluation slice: the first --eval_limit examples (file order), one 0/1 per example, compared with the unpruned
-  model's on the same examples (exact McNemar test on the discordant pairs);
-- the calibration slice: the last --calib_limit examples of the file (never reported): what `rerank_by_tasks` would
-  use to re-rank the top-5 by task accuracy instead of PPL.
+  model's on the same examples and, at each n, between the criteria's picks (exact McNemar test on the discordant pairs);
+- the calibration slice (the n = 2 top-k only): the last --calib_limit examples of the file (never reported), what
+  `rerank_by_tasks` would use to re-rank the top-k by task accuracy instead of PPL;
+- calibration and evaluation PPL.
 
     DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows_smollm2.py \
         --out nbs/criteria_results/task_windows_smollm2.json
 
 The JSON is rewritten after every model, so a run stopped early keeps what it finished.
 
-Status (2026-11-30): written but not yet run to completion: on the shared 2-core machine (load average 15-33, memory
-pressure) one model's 30 + 20 examples of this 10-choice task cost about 15 minutes, and the run was stopped while
-loading so that the default-suite measurement could finish. No numbers from it are quoted anywhere yet.
 """
-import argparse, json, math, os, platform, time
+import argparse, contextlib, json, math, os, platform, time
 from pathlib import Path
 
 import torch
@@ -52,14 +52,36 @@ def summarize(out:dict):
     out["rerank"] = dict(candidates_measured=len(top), ppl_pick=top[0]["layers"], task_pick=best["layers"],
                          changed=best["layers"] != top[0]["layers"], ppl_pick_eval_acc=top[0]["eval_acc"],
                          task_pick_eval_acc=best["eval_acc"], paired=mcnemar_exact(top[0]["eval_correct"], best["eval_correct"]),
-                         cost_s=sum(r["wall_s"] for r in top), note="cost_s: all of each candidate's measuring (both slices, PPLs)")
+                         cost_s=sum(r["calib_task_s"] for r in top), search_s=out["search_wall_s"],
+                         note="cost_s: scoring the calibration slice for each of the top-k (what the re-rank adds to the search)")
+
+
+CRITERIA = ("ppl_window", "angular", "block_influence", "sleb")
+
+
+def by_n(out:dict):
+    "Per n: each criterion's pick with its accuracy, and the paired test between every two distinct picks."
+    rows = {tuple(r["layers"]): r for r in out["rows"]}
+    out["by_n"] = {}
+    for n in out["criteria_ns"]:
+        picks = {m: out["criteria_picks"][str(n)][m] for m in CRITERIA}
+        got = {m: rows[tuple(l)] for m, l in picks.items() if tuple(l) in rows}
+        pairs = []
+        distinct = sorted({tuple(l) for l in picks.values() if tuple(l) in rows})
+        for i, a in enumerate(distinct):
+            for b in distinct[i + 1:]:
+                pairs.append(dict(first=list(a), second=list(b), **mcnemar_exact(rows[a]["eval_correct"], rows[b]["eval_correct"])))
+        out["by_n"][str(n)] = dict(picks=picks, eval_acc={m: r["eval_acc"] for m, r in got.items()},
+                                   eval_acc_stderr={m: r["eval_acc_stderr"] for m, r in got.items()},
+                                   eval_ppl={m: r["eval_ppl"] for m, r in got.items()}, paired=pairs)
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="discourse_marker_prediction")
-    p.add_argument("--eval_limit", type=int, default=30)
-    p.add_argument("--calib_limit", type=int, default=20)
+    p.add_argument("--eval_limit", type=int, default=100)
+    p.add_argument("--calib_limit", type=int, default=50)
+    p.add_argument("--criteria_ns", type=int, nargs="*", default=[1, 2, 3, 4])
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--text_file", default=str(TEXT))
@@ -74,40 +96,49 @@ def main():
     res = layer_importance(model, calib, 2, parts, progress=False)
     search_s = time.perf_counter() - t0
     starts = sorted(res.ppl_by_start, key=res.ppl_by_start.get)[:a.top_k]
-    cands = [dict(layers=[s, s + 1], source=f"ppl_window rank {i + 1}") for i, s in enumerate(starts)]
-    crit = json.loads((ROOT / "nbs/criteria_results/smollm2.json").read_text())["rows"]
-    for r in crit:
-        if r["n"] == 2 and r["deleted_layers"] not in [c["layers"] for c in cands]:
-            cands.append(dict(layers=r["deleted_layers"], source=f"{r['method']} pick"))
+    cands = [dict(layers=[s, s + 1], source=f"ppl_window rank {i + 1}", calib=True) for i, s in enumerate(starts)]
+    crit = [r for r in json.loads((ROOT / "nbs/criteria_results/smollm2.json").read_text())["rows"] if r["method"] in CRITERIA]
+    picks = {str(n): {r["method"]: r["deleted_layers"] for r in crit if r["n"] == n} for n in a.criteria_ns}
+    assert picks["2"]["ppl_window"] == cands[0]["layers"], "the recomputed n = 2 pick differs from nbs/criteria_results/smollm2.json"
+    for r in sorted(crit, key=lambda r: r["n"]):
+        if r["n"] not in a.criteria_ns: continue
+        if r["deleted_layers"] not in [c["layers"] for c in cands]:
+            cands.append(dict(layers=r["deleted_layers"], source=f"{r['method']} pick n={r['n']}", calib=r["n"] == 2))
         for c in cands:
-            if r["n"] == 2 and r["deleted_layers"] == c["layers"]: c.setdefault("picked_by", []).append(r["method"])
-    # measured in this order, so a run stopped early has the most telling rows: the PPL pick, the other criteria's picks,
-    # then the PPL ranks 2..k
+            if r["deleted_layers"] == c["layers"]: c.setdefault("picked_by", []).append(f"{r['method']} n={r['n']}")
+    # measured in this order, so a run stopped early has the most telling rows: the criteria's picks by n, then the PPL
+    # ranks 2..k at n = 2
     ranked = [c for c in cands if c["source"].startswith("ppl_window rank")]
-    cands = ranked[:1] + [c for c in cands if c not in ranked] + ranked[1:]
+    cands = ranked[:1] + sorted([c for c in cands if c not in ranked], key=lambda c: len(c["layers"])) + ranked[1:]
     total = read_task(a.task)["total"]
     out = dict(model=smollm2_gguf_path().name, task=a.task, eval_examples=f"first {a.eval_limit} (file order)",
                calib_examples=f"last {a.calib_limit} of {total} (file order)", seqlen=128, calib_windows=len(calib),
                eval_windows=len(held), search_wall_s=round(search_s, 1), baseline_calib_ppl=res.baseline_ppl,
+               criteria_ns=a.criteria_ns, criteria_picks=picks,
                machine=f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1 torch thread",
                command="DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows_smollm2.py "
-                       f"--eval_limit {a.eval_limit} --calib_limit {a.calib_limit} --top_k {a.top_k}", rows=[])
-    def measure(layers, label, extra):
+                       f"--eval_limit {a.eval_limit} --calib_limit {a.calib_limit} --top_k {a.top_k} --criteria_ns "
+                       + " ".join(map(str, a.criteria_ns)), rows=[])
+    def measure(layers, label, extra, with_calib=True):
         t0 = time.perf_counter()
-        with temporarily_deleted(model, layers, parts):
+        with (temporarily_deleted(model, layers, parts) if layers else contextlib.nullcontext()):
             ev = evaluate_tasks(model, tok, [a.task], limit=a.eval_limit, batch_size=a.batch_size, per_example=True)[a.task]
-            ca = evaluate_tasks(model, tok, [a.task], limit=a.calib_limit, start=total - a.calib_limit, batch_size=a.batch_size)[a.task]
+            t_ev = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            ca = evaluate_tasks(model, tok, [a.task], limit=a.calib_limit, start=total - a.calib_limit,
+                                batch_size=a.batch_size)[a.task] if with_calib else None
+            t_ca = time.perf_counter() - t1
         row = dict(label=label, layers=layers, **extra, calib_ppl=ppl_deleting(model, calib, layers, parts),
                    eval_ppl=ppl_deleting(model, held, layers, parts), eval_acc=ev["acc"], eval_acc_stderr=ev["acc_stderr"], eval_correct=ev["correct"],
-                   calib_task_acc=ca["acc"], calib_task_acc_stderr=ca["acc_stderr"], wall_s=round(time.perf_counter() - t0, 1),
-                   load_avg=round(os.getloadavg()[0], 1))
+                   eval_task_s=round(t_ev, 1), wall_s=round(time.perf_counter() - t0, 1), load_avg=round(os.getloadavg()[0], 1))
+        if ca: row.update(calib_task_acc=ca["acc"], calib_task_acc_stderr=ca["acc_stderr"], calib_task_s=round(t_ca, 1))
         if out["rows"]: row["vs_unpruned"] = mcnemar_exact(out["rows"][0]["eval_correct"], ev["correct"])
         out["rows"].append(row)
-        summarize(out)
+        summarize(out); by_n(out)
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
         print(label, layers, {k: v for k, v in row.items() if k not in ("eval_correct",)}, flush=True)
     measure([], "unpruned", {})
-    for c in cands: measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])))
+    for c in cands: measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])), c["calib"])
     out["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
 

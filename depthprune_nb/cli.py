@@ -164,6 +164,9 @@ def run(args)->dict:
     main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
     humaneval_check(args) # --humaneval without --allow_code_execution: refused before the model loads
+    if getattr(args, "head_bound", False) and args.engine != "fast":
+        raise ConfigError(f"--head_bound applies to the exact fast engine; --engine {args.engine} does not take it "
+                          "(drop --head_bound, or use --engine fast)")
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     if args.save_gguf and args.heal_steps:

@@ -126,6 +126,9 @@ def test_refusals():
     data = windows(model, N=2, T=16)
     with pytest.raises(ConfigError, match="early_abort=True and head_bound=True"):
         fast_search(model, data, 2, head_bound=True, early_abort=True, progress=False)
+    from depthprune_nb.approx import approx_search
+    with pytest.raises(ConfigError, match="head_bound=True applies to the exact search"):  # not silently ignored
+        approx_search(model, data, 2, head_bound=True, progress=False)
     model.lm_head = torch.nn.Sequential(model.lm_head).eval()  # not an nn.Linear: its rows are not the vocabulary's
     model.get_output_embeddings = lambda: model.lm_head
     with pytest.raises(ConfigError, match="head_bound=False"):
@@ -156,6 +159,9 @@ def test_cli_flag(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["stats"]["engine"] == "fast_head_bound"
     p = depthprune("--model_dir", folder, "--plan", "--nsamples", 8, "--seqlen", 32, "--head_bound")
     assert p.returncode == 0 and "head_bound: at best" in p.stdout, p.stderr[-2000:]
+    bad = depthprune("--model_dir", folder, "--text_file", text, "--seqlen", 32, "--nsamples", 3, "--engine", "approx",
+                     "--head_bound", "--quiet", "--delete_layer_num", 1)
+    assert bad.returncode == 2 and "--head_bound applies to the exact fast engine" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_sleb_rounds_and_layer_importance_take_it():
