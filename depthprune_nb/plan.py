@@ -299,6 +299,10 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
         notes.append(f"head_bound: at best (the unpruned model, the pick and the runner-up in full; every window bounded from "
                      f"~{rounds[0]['bound_rows']:,} head rows); each window that the bound cannot rule out adds {Nr:,} head passes")
     elif head_bound: notes.append("head_bound applies to the exact fast engine's perplexity searches ('ppl_window', 'sleb'): not counted here")
+    elif engine == "fast" and method in ("ppl_window", "sleb") and mine["head_passes"] * hf >= mine["layer_passes"] * lf / 2:
+        share = mine["head_passes"] * hf / (mine["head_passes"] * hf + mine["layer_passes"] * lf)
+        notes.append(f"the output head ({s.vocab:,} rows) is {share:.0%} of this search's matrix work: head_bound=True (--head_bound) "
+                     "keeps the answer exact and gives the full head only to the windows a bound cannot rule out")
     total = dict(layer_passes=mine["layer_passes"] + rep["layer_passes"], head_passes=mine["head_passes"] + rep["head_passes"])
     return Plan(s.model_type, L, n, nsamples, seqlen, engine, world_size, Nr, cand, c["chunk"],
                 mine["layer_passes"], mine["head_passes"], flops(total) + bound_flops,

@@ -147,6 +147,16 @@ def test_plan_counts_head_rows(tmp_path):
     assert "not counted" in str(plan_search(folder, 2, 8, 16, engine="approx", head_bound=True))
 
 
+def test_plan_suggests_head_bound_where_the_head_dominates():
+    "A plan without head_bound names the head's share of the work and the flag when the head is at least a third of it."
+    from depthprune_nb.plan import plan_search
+    cfg = dict(model_type="llama", num_hidden_layers=8, hidden_size=64, num_attention_heads=4, intermediate_size=128)
+    big, small = plan_search(dict(cfg, vocab_size=262_144), 2, 8, 256), plan_search(dict(cfg, vocab_size=100), 2, 8, 256)
+    assert "--head_bound" in str(big) and "of this search's matrix work" in str(big)
+    assert "--head_bound" not in str(small)
+    assert "matrix work" not in str(plan_search(dict(cfg, vocab_size=262_144), 2, 8, 256, head_bound=True))
+
+
 def test_cli_flag(tmp_path):
     "`depthprune --head_bound` runs the head-bound search and says so in the result; --plan with it counts head rows."
     from conftest import depthprune
