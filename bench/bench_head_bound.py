@@ -60,9 +60,28 @@ def head_rows(r, V:int, N:int)->int:
     return st["head_passes"] * V  # every head pass computes all V rows
 
 
+def table(jsonl:str)->str:
+    "A markdown table of the JSON lines in `jsonl`: per model and n, each run's seconds and its ratio to that n's float32 brute force."
+    rows = [json.loads(l) for l in open(jsonl) if l.strip()]
+    out = ["| model | n | engine | wall s | CPU s | vs brute force (wall) | vs brute force (CPU) | layer passes | head rows (M) | "
+           "full-head windows | pick | PPL | rel. to brute force |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["model"], r["n"]) for r in rows):
+        group = [r for r in rows if (r["model"], r["n"]) == key]
+        ref = next((r for r in group if r["engine"] in ("reference", "reference:float32")), None)
+        for r in group:
+            w = f"{ref['seconds'] / r['seconds']:.2f}x" if ref else "n/a"
+            c = f"{ref['cpu_seconds'] / r['cpu_seconds']:.2f}x" if ref else "n/a"
+            ex = "all" if r["exact_starts"] is None else f"{len(r['exact_starts'])} ({', '.join(map(str, r['exact_starts']))})"
+            pick = f"{r['pick'][0]}-{r['pick'][-1]}" if len(r["pick"]) > 1 else str(r["pick"][0])
+            out.append(f"| {key[0].removesuffix('-st')} | {key[1]} | {r['engine']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {w} | {c} | "
+                       f"{r['layer_passes']:,} | {r['head_rows'] / 1e6:.2f} | {ex} | {pick} | {r['ppl']:.4f} | {r['rel_to_brute_force'] or 0} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model_dir", required=True, help="a model folder or a .gguf file")
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--table": print(table(sys.argv[2])); return
+    ap.add_argument("--model_dir", required=True, help="a model folder or a .gguf file (or: --table JSONL, the table of earlier runs)")
     ap.add_argument("--n", type=int, nargs="+", default=[2])
     ap.add_argument("--nsamples", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=256)

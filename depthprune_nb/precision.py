@@ -129,6 +129,9 @@ def mixed_precision_search(search,              # search() runs the search (in w
               low_precision_layer_passes=lo.stats["layer_passes"], low_precision_wall_s=lo.stats["wall_s"], confirm=conf,
               layer_passes=lo.stats["layer_passes"] + eng.layer_passes, head_passes=lo.stats["head_passes"] + eng.head_passes,
               wall_s=time.perf_counter() - t0)
+    if "head_rows" in lo.stats: # head_bound counted rows, not passes: the confirmation's full heads are V rows each
+        st.update(low_precision_head_rows=lo.stats["head_rows"],
+                  head_rows=lo.stats["head_rows"] + eng.head_passes * model.get_output_embeddings().weight.shape[0])
     log.info(f"confirmed {len(exact)} of {len(table)} windows in {str(_own_dtype(model, parts))[6:]} "
              f"(margin {margin:.2e}) in {conf['wall_s']:.1f} s; low-precision table {lo.stats['wall_s']:.1f} s")
     return PruneResult(delete_layer_num=n, baseline_ppl=base, ppl_by_start=table, deleted_layers=list(range(best, best + n)),

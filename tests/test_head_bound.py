@@ -108,6 +108,8 @@ def test_without_kept_states_in_chunks_and_in_bfloat16():
     low = fast_search(model, data, n, head_bound=True, compute_dtype="bfloat16", progress=False)
     assert low.deleted_layers == full.deleted_layers and abs(low.best_ppl / full.best_ppl - 1) <= 1e-5
     assert low.stats["engine"].startswith("fast_head_bound_bfloat16")
+    V, conf = model.config.vocab_size, low.stats["confirm"]  # head rows: the bfloat16 pass's plus the confirmation's full heads
+    assert conf["head_passes"] > 0 and low.stats["head_rows"] == low.stats["low_precision_head_rows"] + conf["head_passes"] * V
 
 
 def test_checkpoint_resumes_to_the_same_answer(tmp_path):
