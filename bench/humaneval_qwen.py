@@ -52,6 +52,14 @@ def mcnemar(a:list, b:list)->dict:
     return {"only_first_passed": ab, "only_second_passed": ba, "p_value": round(p, 4)}
 
 
+def passed(run:dict)->list: return [x["passed"] for x in run["results"]]
+
+
+def vs_unpruned(base:list, run:dict)->dict:
+    "The paired test of `run` against the unpruned model's pass/fail list `base` on the same problems."
+    return dict(mcnemar(base, passed(run)), unpruned_passed=sum(base[:len(run["results"])]))
+
+
 def stderr(p, n): return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
@@ -73,7 +81,6 @@ def main(argv=None):
                     "WikiText-2 test windows from the text's start (the search's calibration text; no code) and run HumanEval again")
     ap.add_argument("--heal_windows", type=int, default=32)
     ap.add_argument("--heal_lr", type=float, default=5e-4)
-    ap.add_argument("--only_heal", action="store_true", help="skip the pruned runs already in --out (same n, same limit): heal and measure only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
 
@@ -125,19 +132,16 @@ def main(argv=None):
     data = get_wikitext_dataset(a.model, "cpu", a.seqlen, text_file=text, tokenizer=tok, nsamples=a.nsamples, progress=False)
     parts = locate(model)
     base = rec["runs"].get(f"unpruned/{style}")  # measured earlier into the same --out file, perhaps on more problems
-    base = [x["passed"] for x in base["results"]][:a.limit] if base else None
+    base = passed(base)[:a.limit] if base else None
     for n in ns:
         t = time.perf_counter()
         res = layer_importance(model, data, n, parts, progress=False)
         info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
                 "search_s": round(time.perf_counter() - t, 1), "calib": f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"}
         print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
-        old = rec["runs"].get(f"pruned_n{n}/{style}")
-        if a.only_heal and old and old["n"] == a.limit and old["deleted_layers"] == res.deleted_layers: r = old
-        else:
-            with temporarily_deleted(model, res.deleted_layers, parts):
-                r = one(f"pruned_n{n}/{style}", style, info)
-        if base: r["vs_unpruned"] = dict(mcnemar(base, [x["passed"] for x in r["results"]]), unpruned_passed=sum(base[:len(r["results"])])); save()
+        with temporarily_deleted(model, res.deleted_layers, parts):
+            r = one(f"pruned_n{n}/{style}", style, info)
+        if base: r["vs_unpruned"] = vs_unpruned(base, r); save()
         if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, base, r, one, save)
     return 0
 
@@ -159,8 +163,8 @@ def heal_and_measure(a, model, tok, text, layers, style, info, base, pruned, one
                                  train_ppl_first4_after=after))
     print(f"healed n={len(layers)}: {a.heal_steps} steps in {hi['wall_s']:.0f} s, PPL on 4 training windows {before:.2f} -> {after:.2f}", flush=True)
     r = one(f"healed_n{len(layers)}/{style}", style, extra, m)
-    if base: r["vs_unpruned"] = dict(mcnemar(base, [x["passed"] for x in r["results"]]), unpruned_passed=sum(base[:len(r["results"])]))
-    r["vs_pruned"] = mcnemar([x["passed"] for x in pruned["results"]], [x["passed"] for x in r["results"]])
+    if base: r["vs_unpruned"] = vs_unpruned(base, r)
+    r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
     save()
     del m; gc.collect()
 

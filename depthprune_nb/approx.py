@@ -10,7 +10,7 @@ from dataclasses import replace
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import EngineOptions, ConfigError
+from .config import EngineOptions, head_bound_refusal
 from .parts import ModelParts
 from .ppl import ppl_from_nlls
 from .result import PruneResult, best_start
@@ -51,9 +51,7 @@ def approx_search(model:nn.Module,        # a causal LM
     if isinstance(keep_exact, bool) or not isinstance(keep_exact, int) or keep_exact < 1:
         raise ValueError(f"keep_exact={keep_exact!r} must be a positive number of windows")
     o = EngineOptions.of(options, **settings)
-    if o.head_bound is True:
-        raise ConfigError("head_bound=True applies to the exact search (engine=\"fast\"): the approximate engine already skips "
-                          "whole windows after a few samples; use head_bound=False with engine=\"approx\"")
+    if o.head_bound: raise head_bound_refusal("ppl_window", "approx")
     low = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device)
     if low is not None:
         plain = replace(o, compute_dtype=None)

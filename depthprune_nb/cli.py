@@ -20,7 +20,7 @@ from . import distributed
 from .config import METHODS
 from .data import get_calib_eval_datasets, default_seqlen, window_bos
 from .checkpoint import SearchCheckpoint
-from .config import checkpoint_refusal
+from .config import checkpoint_refusal, head_bound_refusal
 from .result import PruneResult
 from .cli_eval import (add_task_args, task_list, task_eval, task_table, pruner_class, add_humaneval_args,
                                     humaneval_check, humaneval_eval, humaneval_table)
@@ -164,9 +164,7 @@ def run(args)->dict:
     main_rank = distributed.is_main()
     cfg = algo_config_from_args(args)
     humaneval_check(args) # --humaneval without --allow_code_execution: refused before the model loads
-    if getattr(args, "head_bound", False) and args.engine != "fast":
-        raise ConfigError(f"--head_bound applies to the exact fast engine; --engine {args.engine} does not take it "
-                          "(drop --head_bound, or use --engine fast)")
+    if getattr(args, "head_bound", False) and (err := head_bound_refusal(cfg.method, args.engine)): raise err # before loading
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     if args.save_gguf and args.heal_steps:

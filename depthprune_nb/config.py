@@ -10,7 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'LayerImportanceConfig', 'ConfigError', 'renamed', 'check_layer_indices',
-           'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'EngineOptions', 'checkpoint_refusal']
+           'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'EngineOptions', 'checkpoint_refusal',
+           'head_bound_refusal']
 
 # %% ../nbs/01_config.ipynb #702ce146
 class ConfigError(ValueError):
@@ -203,3 +204,14 @@ def checkpoint_refusal(method:str="ppl_window", # the criterion
         return ConfigError(f"{where} saves a search in the model's own dtype, so compute_dtype={compute_dtype!r} "
                            "(--compute_dtype) leaves nothing to resume: drop one of them")
     return None
+
+# %% ../nbs/01_config.ipynb #hbrefusal01
+def head_bound_refusal(method:str="ppl_window", # the criterion
+                       engine:str="fast",       # the search engine
+                      )->ConfigError|None:      # why `head_bound=True` cannot apply to these settings; None when it can
+    "The `ConfigError` saying why the head bound cannot be used with these settings, or None when it can."
+    if engine == "fast" and method in ("ppl_window", "sleb"): return None
+    return ConfigError(f"head_bound=True (--head_bound) applies to the exact search (engine 'fast', method 'ppl_window' or "
+                       f"'sleb'), not to engine={engine!r} with method={method!r}: the reference engine is the plain brute "
+                       "force, the approximate engine skips windows by samples, the one-pass criteria score no head; drop it")
+

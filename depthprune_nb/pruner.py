@@ -23,7 +23,7 @@ from .engine import search_function
 from .angular import angular_search, angular_distance_proxy
 from .block_influence import block_influence_search
 from .sleb import sleb_search
-from .config import METHODS, ENGINES, checkpoint_refusal
+from .config import METHODS, ENGINES, checkpoint_refusal, head_bound_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import serializable, gguf_source
 from transformers import PreTrainedTokenizerBase
@@ -56,6 +56,7 @@ def layer_importance(model:nn.Module,         # a causal LM
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
     if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
     o, extra = EngineOptions.split(options, kwargs)
+    if o.head_bound and (err := head_bound_refusal(method, engine)): raise err # not silently ignored
     if extra.get("checkpoint") is not None:
         err = checkpoint_refusal(method, engine, early_abort)
         if err: raise err

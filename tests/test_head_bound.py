@@ -129,8 +129,12 @@ def test_refusals():
     with pytest.raises(ConfigError, match="early_abort=True and head_bound=True"):
         fast_search(model, data, 2, head_bound=True, early_abort=True, progress=False)
     from depthprune_nb.approx import approx_search
-    with pytest.raises(ConfigError, match="head_bound=True applies to the exact search"):  # not silently ignored
+    from depthprune_nb.pruner import layer_importance
+    with pytest.raises(ConfigError, match="applies to the exact search"):  # not silently ignored
         approx_search(model, data, 2, head_bound=True, progress=False)
+    for kw in (dict(engine="reference"), dict(engine="approx"), dict(method="angular")):  # one rule, named values
+        with pytest.raises(ConfigError, match="applies to the exact search.*" + repr(kw.get("engine", "fast"))):
+            layer_importance(model, data, 2, head_bound=True, progress=False, **kw)
     model.lm_head = torch.nn.Sequential(model.lm_head).eval()  # not an nn.Linear: its rows are not the vocabulary's
     model.get_output_embeddings = lambda: model.lm_head
     with pytest.raises(ConfigError, match="head_bound=False"):
@@ -173,7 +177,7 @@ def test_cli_flag(tmp_path):
     assert p.returncode == 0 and "head_bound: at best" in p.stdout, p.stderr[-2000:]
     bad = depthprune("--model_dir", folder, "--text_file", text, "--seqlen", 32, "--nsamples", 3, "--engine", "approx",
                      "--head_bound", "--quiet", "--delete_layer_num", 1)
-    assert bad.returncode == 2 and "--head_bound applies to the exact fast engine" in bad.stderr, bad.stderr[-2000:]
+    assert bad.returncode == 2 and "applies to the exact search" in bad.stderr and "'approx'" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_sleb_rounds_and_layer_importance_take_it():
