@@ -101,6 +101,8 @@ def main():
                    "--out, re-read before each layer set): their rows are kept and not measured again, so two processes "
                    "(one with --reverse) share the candidates, and a last run with both files merges them")
     p.add_argument("--reverse", action="store_true", help="measure the candidates in reverse order")
+    p.add_argument("--only", nargs="*", default=None, help="measure only these layer sets, each as comma-separated "
+                   "indices (e.g. 12,13,18), e.g. a third process's share; the unpruned row comes from --rows_from")
     a = p.parse_args()
     a.out = a.out or f"nbs/criteria_results/task_windows_{a.model}.json"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -171,6 +173,7 @@ def main():
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
         print(label, layers, {k: v for k, v in row.items() if k not in ("eval_correct",)}, flush=True)
     measure([], "unpruned", {}, bool(a.top_k))  # the calibration slice serves the re-rank only
+    if a.only is not None: cands = [c for c in cands if ",".join(map(str, c["layers"])) in a.only]
     for c in (cands[::-1] if a.reverse else cands): measure(c["layers"], c["source"], dict(picked_by=c.get("picked_by", [])), c["calib"])
     take_rows_from()
     out["total_wall_s"] = round(time.perf_counter() - t_all, 1)  # this process's; with --rows_from, see rows_wall_s
