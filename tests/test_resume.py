@@ -43,19 +43,29 @@ def resume(model, data, folder):
     return fast_search(model, data, 2, chunk_size=CHUNK, progress=False, checkpoint=ck), ck
 
 
+def watch(p, folder, until=N, poll=0.002):
+    "Poll `folder` while `p` runs until `until` chunks are saved; the times at which each new count was first seen."
+    seen = {}
+    while p.is_alive() and chunks_done(folder) < until:
+        seen.setdefault(chunks_done(folder), time.perf_counter()); time.sleep(poll)
+    return seen
+
+
 def test_kill_9_at_five_random_points_then_resume(setup, tmp_path):
     model, data, whole = setup
-    t0 = time.perf_counter(); p = start(model, data, tmp_path / "timing"); p.join(120)
-    took = time.perf_counter() - t0
+    p = start(model, data, tmp_path / "timing"); seen = watch(p, tmp_path / "timing"); p.join(120)
     assert p.exitcode == 0 and chunks_done(tmp_path / "timing") == N
-    folder, rng, seen = tmp_path / "ck", random.Random(0), []
-    for _ in range(5):
-        left = (N - chunks_done(folder)) / N  # kill within the first half of the time what is left would take,
-        p = start(model, data, folder)        # so that on a fast machine the run still never finishes before the last kill
-        time.sleep(rng.uniform(0.05, 0.5) * took * left)
+    counts = sorted(k for k in seen if k > 0)      # one chunk's time, measured between saves: process start-up is left out
+    per_chunk = (seen[counts[-1]] - seen[counts[0]]) / max(counts[-1] - counts[0], 1)
+    folder, rng = tmp_path / "ck", random.Random(0)
+    targets = sorted(rng.sample(range(1, N - 4), 5))  # progress, not wall time, says when to kill: a run that starts
+    seen = []                                           # faster than the timing run cannot finish before the last kill
+    for target in targets:
+        p = start(model, data, folder); watch(p, folder, until=target)
+        time.sleep(rng.uniform(0, 1) * per_chunk)     # then a random point inside the next chunk (its save included)
         os.kill(p.pid, signal.SIGKILL); p.join(30)
         seen.append(chunks_done(folder))
-    print("chunks saved when each kill landed:", seen, "of", N)
+    print("kill targets", targets, "chunks saved when each kill landed:", seen, "of", N)
     assert seen == sorted(seen) and seen[-1] < N, f"progress after each kill: {seen}"
     res, ck = resume(model, data, folder)
     assert ck.saves == N - seen[-1], "only the chunks not yet saved are run again"
