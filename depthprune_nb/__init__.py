@@ -24,12 +24,19 @@ from .ppl import perplexity
 from .surgery import delete_layers, temporarily_deleted
 from .gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
 from .plots import plot_heatmap, plot_proxy  # also adds PruneResult.plot
+from .models import gguf_path, load_real_model, models_table
+# Does the pruned model still work? Task accuracy (lm-eval, needs the [eval] extra only when called) and HumanEval.
+from .tasks import evaluate_tasks, rerank_by_tasks
+from .humaneval import run_humaneval, check_completion
 # Errors.
 from .config import ConfigError
 from .parts import FieldError
 from .data import RemoteCodeError
 from .gguf import GGUFError
 from .pruner import SaveDirError
+from .models import ModelFileError
+from .tasks import TaskFileError
+from .sandbox import CodeExecutionRefused
 # Lower-level pieces, kept importable from here for earlier code (their pages document them).
 from .data import split_windows
 from .parts import ModelParts, locate
@@ -45,11 +52,14 @@ __all__ = [
     # I/O: data, models, GGUF files, plots, the interactive explorer (loaded on first use)
     "get_wikitext_dataset", "get_calib_eval_datasets", "perplexity", "delete_layers", "temporarily_deleted",
     "find_gguf", "load_model_and_tokenizer", "smollm2_gguf_path", "write_pruned_gguf", "plot_heatmap", "plot_proxy",
-    "explore",
+    "explore", "gguf_path", "load_real_model", "models_table",
+    # does it still work: tasks and code
+    "evaluate_tasks", "rerank_by_tasks", "run_humaneval", "check_completion",
     # scale
     "distributed_search", "SearchCheckpoint", "plan_search",
     # errors
-    "ConfigError", "FieldError", "RemoteCodeError", "GGUFError", "SaveDirError",
+    "ConfigError", "FieldError", "RemoteCodeError", "GGUFError", "SaveDirError", "ModelFileError", "TaskFileError",
+    "CodeExecutionRefused",
 ]
 
 
