@@ -124,6 +124,8 @@ def main(argv=None):
                     "count) instead of measuring it again, e.g. to add healing on other data")
     ap.add_argument("--heal_on", choices=("wikitext", "python"), default="wikitext", help="healing text: WikiText-2 (prose) "
                     f"or the source of the running Python's {', '.join(CODE_MODULES)} modules (code, none of it HumanEval's)")
+    ap.add_argument("--heal_only", action="store_true", help="with --heal_steps: measure only the healed models, not the pruned "
+                    "ones (another process measures those into the same --out; the paired test with them is made when they are there)")
     ap.add_argument("--heal_lr", type=float, default=5e-4)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
@@ -168,6 +170,7 @@ def main(argv=None):
     ns = [int(x) for x in a.prune.split(",") if x]
     if not ns: return 0
     unpruned = {k: v for k, v in rec["runs"].items() if k.startswith("unpruned/")}
+    if a.heal_only and not a.heal_steps: ap.error("--heal_only needs --heal_steps")
     if not unpruned and not a.prune_style: ap.error(f"--prune_style is needed: {out} holds no unpruned run to take the best style from")
     style = a.prune_style or max(unpruned.values(), key=lambda r: (r["pass@1"], r["prompt_style"] == "plain"))["prompt_style"]
     rec["prune_style"] = style
@@ -187,17 +190,20 @@ def main(argv=None):
                 "search_s": round(time.perf_counter() - t, 1), "calib": f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"}
         print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
         prev = rec["runs"].get(f"pruned_n{n}/{style}")
+        if a.heal_only:
+            heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, unpruned_base, f"pruned_n{n}/{style}", rec, one, save)
+            continue
         if a.reuse and prev and prev.get("deleted_layers") == res.deleted_layers and prev["n"] == len(problems):
             r = prev; mine.add(f"pruned_n{n}/{style}"); print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
         else:
             with temporarily_deleted(model, res.deleted_layers, parts):
                 r = one(f"pruned_n{n}/{style}", style, info)
         if base := unpruned_base(): r["vs_unpruned"] = vs_unpruned(base, r); save()
-        if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, unpruned_base, r, one, save)
+        if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, unpruned_base, f"pruned_n{n}/{style}", rec, one, save)
     return 0
 
 
-def heal_and_measure(a, model, tok, text, layers, style, info, unpruned_base, pruned, one, save):
+def heal_and_measure(a, model, tok, text, layers, style, info, unpruned_base, pruned_key, rec, one, save):
     "A copy of the model with `layers` deleted, LoRA-healed on --heal_on's text (never HumanEval's), then HumanEval on the same problems."
     import copy, gc, tempfile
     from depthprune_nb.data import get_wikitext_dataset
@@ -217,8 +223,9 @@ def heal_and_measure(a, model, tok, text, layers, style, info, unpruned_base, pr
     print(f"healed ({a.heal_on}) n={len(layers)}: {a.heal_steps} steps in {hi['wall_s']:.0f} s, PPL on 4 training windows {before:.2f} -> {after:.2f}", flush=True)
     tag = "healed" if a.heal_on == "wikitext" else f"healed_{a.heal_on}"
     r = one(f"{tag}_n{len(layers)}/{style}", style, extra, m)
-    if base := unpruned_base(): r["vs_unpruned"] = vs_unpruned(base, r)
-    r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
+    if base := unpruned_base(): r["vs_unpruned"] = vs_unpruned(base, r)  # (refreshes rec from disk: another process may have the pruned run)
+    pruned = rec["runs"].get(pruned_key)
+    if pruned and pruned.get("deleted_layers") == layers and pruned["n"] == r["n"]: r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
     save()
     del m; gc.collect()
 
