@@ -72,11 +72,10 @@ def load(model_path:str, cache_dir:str|None):
 
 
 def mcnemar(a:list, b:list)->dict:
-    "Exact McNemar on paired booleans: a passed & b failed, the reverse, and the two-sided p-value."
-    ab = sum(x and not y for x, y in zip(a, b)); ba = sum(y and not x for x, y in zip(a, b))
-    n, k = ab + ba, min(ab, ba)
-    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-    return {"only_first_passed": ab, "only_second_passed": ba, "p_value": round(p, 4)}
+    "`paired_test` (exact two-sided McNemar) on paired pass/fail lists, under this file's keys."
+    from depthprune_nb.tasks import paired_test
+    t = paired_test(a, b)
+    return {"only_first_passed": t.only_first, "only_second_passed": t.only_second, "p_value": round(t.p_value, 4)}
 
 
 def passed(run:dict)->list: return [x["passed"] for x in run["results"]]

@@ -23,7 +23,7 @@ The JSON (default nbs/criteria_results/task_windows_<model>.json) is rewritten a
 early keeps what it finished.
 
 """
-import argparse, contextlib, json, math, os, platform, time
+import argparse, contextlib, json, os, platform, time
 from pathlib import Path
 
 import torch
@@ -35,18 +35,16 @@ from depthprune_nb.parts import locate
 from depthprune_nb.ppl import ppl_deleting
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.surgery import temporarily_deleted
-from depthprune_nb.tasks import evaluate_tasks, read_task
+from depthprune_nb.tasks import evaluate_tasks, paired_test, read_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path(os.environ.get("DEPTHPRUNE_TEXT_FILE", ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"))
 
 
 def mcnemar_exact(a:list, b:list)->dict:
-    "Exact two-sided McNemar test of paired 0/1 outcomes: b01 = a right & b wrong, b10 = a wrong & b right."
-    b01 = sum(1 for x, y in zip(a, b) if x and not y); b10 = sum(1 for x, y in zip(a, b) if y and not x)
-    n, k = b01 + b10, min(b01, b10)
-    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-    return dict(only_first_right=b01, only_second_right=b10, p_value=p)
+    "`paired_test` (exact two-sided McNemar) of paired 0/1 outcomes, under this file's keys."
+    t = paired_test(a, b)
+    return dict(only_first_right=t.only_first, only_second_right=t.only_second, p_value=t.p_value)
 
 
 def summarize(out:dict):

@@ -13,7 +13,7 @@ from .pruner import ModelPruner
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'add_task_args', 'task_list', 'task_eval', 'task_table', 'TaskRerankPruner', 'pruner_class',
+__all__ = ['log', 'add_task_args', 'task_list', 'task_eval', 'paired_words', 'task_table', 'TaskRerankPruner', 'pruner_class',
            'add_humaneval_args', 'humaneval_check', 'humaneval_eval', 'humaneval_table']
 
 # %% ../nbs/08a_cli_eval.ipynb #t16a0002
@@ -49,20 +49,31 @@ def task_eval(args, model, tokenizer, stats:dict, stage:str):
     if names is None: return
     from depthprune_nb.tasks import evaluate_tasks
     t0 = time.perf_counter()
-    r = evaluate_tasks(model, tokenizer, names, limit=args.task_limit, batch_size=args.task_batch_size, data_dir=args.task_data_dir)
+    r = evaluate_tasks(model, tokenizer, names, limit=args.task_limit, batch_size=args.task_batch_size, data_dir=args.task_data_dir,
+                       per_example=True)  # right/wrong per example: the stages are compared on the same examples
     st = stats.setdefault("tasks", {"limit": args.task_limit})
     st[stage] = r
     st.setdefault("wall_s", {})[stage] = round(time.perf_counter() - t0, 1)
     log.info("task accuracy (%s) in %.1f s", stage, st["wall_s"][stage])
 
+def paired_words(t)->str:
+    "A `PairedTest` of (before, after) in words: what the second model lost and gained, and the p-value."
+    return f"lost {t.only_first}, gained {t.only_second}, p = {'< 0.001' if t.p_value < 0.001 else f'{t.p_value:.3f}'}"
+
 def task_table(stats:dict)->str:
-    "The accuracy of every task and stage in `stats['tasks']`, as a text table (acc ± standard error, chance, n)."
+    "Every task and stage in `stats['tasks']` as a text table (acc ± standard error, chance, n), then each later stage paired with the unpruned model."
+    from depthprune_nb.tasks import paired_test
     st = stats["tasks"]
     stages = [s for s in ("unpruned", "pruned", "healed") if s in st]
     rows = [f"{'task':32s} {'n':>5s} {'chance':>7s} " + " ".join(f"{s:>15s}" for s in stages)]
     for name, r0 in st[stages[0]].items():
         rows.append(f"{name:32s} {r0['n']:5d} {r0['chance']:7.3f} " +
                     " ".join(f"{st[s][name]['acc']:7.3f} ± {st[s][name]['acc_stderr']:.3f}" for s in stages))
+    if stages[0] != "unpruned": return "\n".join(rows)
+    for s in stages[1:]:  # the same examples scored by both: the exact McNemar test (paired_test)
+        for name, r0 in st["unpruned"].items():
+            if "correct" in r0 and "correct" in st[s].get(name, {}):
+                rows.append(f"  {s} vs unpruned, {name}: {paired_words(paired_test(r0['correct'], st[s][name]['correct']))}")
     return "\n".join(rows)
 
 # %% ../nbs/08a_cli_eval.ipynb #t16a0006
@@ -135,10 +146,16 @@ def humaneval_eval(args, model, tokenizer, stats:dict, stage:str)->dict:
     return stats
 
 def humaneval_table(stats:dict)->str:
-    "HumanEval pass@1 of every stage in `stats['humaneval']`, one line each."
+    "HumanEval pass@1 of every stage in `stats['humaneval']`, one line each, later stages paired with the unpruned model."
+    from depthprune_nb.tasks import paired_test
     st = stats["humaneval"]
     rows = [f"HumanEval pass@1 (greedy, {next(iter(st.values()))['prompt_style']} prompt)"]
+    base = st.get("unpruned")
     for stage, r in st.items():
-        rows.append(f"  {stage:9s} {r['pass@1']:.3f} ({r['passed']}/{r['n']} problems)")
+        line = f"  {stage:9s} {r['pass@1']:.3f} ({r['passed']}/{r['n']} problems)"
+        if base and stage != "unpruned" and r["n"] == base["n"]:  # the same problems: paired on the ids that passed
+            ids = sorted(set(base["passed_ids"]) | set(r["passed_ids"]))
+            line += "; vs unpruned: " + paired_words(paired_test([i in base["passed_ids"] for i in ids], [i in r["passed_ids"] for i in ids]))
+        rows.append(line)
     return "\n".join(rows)
 

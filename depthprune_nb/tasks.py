@@ -5,6 +5,7 @@
 # %% ../nbs/11_tasks.ipynb #82239a6e
 from __future__ import annotations
 import contextlib, json, logging, math, os
+from typing import NamedTuple
 from pathlib import Path
 
 from .config import ConfigError
@@ -13,8 +14,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'INPUT_PREFIX', 'OUTPUT_PREFIX', 'DEFAULT_SUITE', 'TaskFileError', 'bigbench_dir', 'task_file', 'suite_names',
-           'bigbench_prompt', 'read_task', 'lm_eval_task', 'parse_tasks', 'evaluate_tasks', 'ranked_candidates',
-           'rerank_by_tasks']
+           'bigbench_prompt', 'read_task', 'lm_eval_task', 'parse_tasks', 'evaluate_tasks', 'PairedTest', 'paired_test',
+           'ranked_candidates', 'rerank_by_tasks']
 
 # %% ../nbs/11_tasks.ipynb #ebc41053
 INPUT_PREFIX, OUTPUT_PREFIX = "\nQ: ", "\nA: "  # BIG-bench's defaults where a task sets no prefix
@@ -190,6 +191,24 @@ def evaluate_tasks(model,                       # a causal LM (`PreTrainedModel`
             samples = sorted(out["samples"][r["name"]], key=lambda s: s["doc_id"])
             res[r["name"]]["correct"] = [int(s["acc"]) for s in samples]
     return res
+
+# %% ../nbs/11_tasks.ipynb #f6090501
+class PairedTest(NamedTuple):
+    "The exact McNemar test of two models scored right/wrong on the same examples."
+    only_first:int  # examples only the first model got right
+    only_second:int # examples only the second model got right
+    p_value:float   # two-sided: how likely a split at least this uneven is if neither model is better
+
+def paired_test(first:list,  # right (1/True) or wrong (0/False) per example, the first model
+                second:list, # the same examples in the same order, the second model
+               )->PairedTest:
+    "Exact two-sided McNemar test on paired right/wrong outcomes: only the examples where the models disagree count."
+    if len(first) != len(second):
+        raise ConfigError(f"paired_test needs the same examples for both models: got {len(first)} outcomes and {len(second)}")
+    b = sum(1 for x, y in zip(first, second) if x and not y)
+    c = sum(1 for x, y in zip(first, second) if y and not x)
+    n, k = b + c, min(b, c)
+    return PairedTest(b, c, 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n))
 
 # %% ../nbs/11_tasks.ipynb #7d052426
 def ranked_candidates(result,         # a PruneResult of any criterion

@@ -206,6 +206,8 @@ def test_cli_humaneval_before_and_after(tmp_path, problems):
     he = json.loads(out.read_text())["stats"]["humaneval"]
     assert set(he) == {"unpruned", "pruned"} and he["pruned"]["n"] == 2 and he["unpruned"]["prompt_style"] == "plain"
     assert "HumanEval pass@1" in r.stdout and "unpruned" in r.stdout
+    lost = len(set(he["unpruned"]["passed_ids"]) - set(he["pruned"]["passed_ids"]))
+    assert f"vs unpruned: lost {lost}, gained" in r.stdout  # paired on the same problems
 
 
 def test_auto_prompt_style_follows_the_chat_template(tiny_model_and_tokenizer):

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from depthprune_nb.config import ConfigError
 from depthprune_nb.testing import save_tiny_model
-from depthprune_nb.tasks import (evaluate_tasks, read_task, bigbench_prompt, bigbench_dir, parse_tasks, TaskFileError,
+from depthprune_nb.tasks import (evaluate_tasks, paired_test, read_task, bigbench_prompt, bigbench_dir, parse_tasks, TaskFileError,
                                  INPUT_PREFIX, OUTPUT_PREFIX)
 
 
@@ -145,9 +145,11 @@ def test_cli_scores_the_tasks_before_and_after_pruning(tmp_path, capsys):
     tok = AutoTokenizer.from_pretrained(model_dir)
     for stage, folder in (("unpruned", model_dir), ("pruned", out)):  # the same numbers as evaluate_tasks on each model
         m = AutoModelForCausalLM.from_pretrained(folder).eval()
-        assert st[stage]["phrases"] == evaluate_tasks(m, tok, [f], limit=5)["phrases"], stage
+        assert st[stage]["phrases"] == evaluate_tasks(m, tok, [f], limit=5, per_example=True)["phrases"], stage
     printed = capsys.readouterr().out
     assert "phrases" in printed and "unpruned" in printed and "pruned" in printed
+    t = paired_test(st["unpruned"]["phrases"]["correct"], st["pruned"]["phrases"]["correct"])  # the same examples, paired
+    assert f"pruned vs unpruned, phrases: lost {t.only_first}, gained {t.only_second}" in printed
 
 
 def test_cli_task_rerank_records_every_candidate_and_deletes_the_pick(tmp_path):
