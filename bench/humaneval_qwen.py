@@ -23,8 +23,9 @@ every program run by depthprune_nb.sandbox (this script passes allow_code_execut
 Pruning: `layer_importance(model, data, n)` (method ppl_window, the exact fast engine) on --nsamples WikiText-2 test
 windows of --seqlen tokens; the chosen layers are deleted with `temporarily_deleted` while HumanEval runs.
 Results go to --out (JSON, rewritten after every run; several processes may share one --out: each save merges
-its runs into what is on disk, under a lock, so the unpruned and pruned runs can be measured side by side). Paired comparison with the unpruned model on the same
-problems: the exact McNemar test (two-sided binomial on the discordant problems).
+its runs into what is on disk, under a lock, so the unpruned and pruned runs can be measured side by side).
+Paired comparison with the unpruned model (and of a healed model with the pruned one) on the same problems: the
+exact McNemar test (`depthprune_nb.tasks.paired_test`), remade from the runs on every save.
 """
 import argparse, json, math, os, platform, sys, time
 from pathlib import Path
