@@ -25,7 +25,7 @@ import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
 from depthprune_nb.gguf import load_model_and_tokenizer
-from depthprune_nb.models import gguf_path, model_source
+from depthprune_nb.models import get_model, gguf_path, model_source
 from depthprune_nb.parts import locate
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.ppl import ppl_deleting
@@ -170,7 +170,7 @@ def main(argv=None):
     a.threads = a.threads or 1
     torch.set_num_threads(a.threads)
     gguf_file, package, t_start = gguf_path(a.model), model_source(a.model), time.perf_counter()
-    inputs = dict(model_sha256=sha256(gguf_file), text_sha256=sha256(a.text_file))
+    inputs = dict(model_sha256=get_model(a.model).sha256, text_sha256=sha256(a.text_file))  # gguf_path checked the file against it
     if a.check:
         moved = [k for k, v in inputs.items() if k in ref["meta"] and ref["meta"][k] != v]
         if moved: sys.exit(f"not the reference's inputs ({', '.join(moved)} differ from {a.against}): "
