@@ -47,7 +47,7 @@ def mib(b): return f"{b / 2**20:,.0f} MiB"
 
 def machine()->str:
     "The machine in words: CPU model and torch capability (bfloat16 is fast only with native support), threads, load."
-    from depthprune_nb.dtype_choice import device_capability
+    from depthprune_nb.engine.dtype_choice import device_capability
     load = open("/proc/loadavg").read().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     cap = device_capability("cpu")
     bf16 = {True: "with", False: "without", None: "unknown"}[cap["onednn_bfloat16"]]
@@ -77,7 +77,7 @@ def tokenizer_and_windows(vocab_size:int, seqlen:int, nsamples:int, train_frac:f
 
 def compare(title:str, model, data, n:int, runs:dict):
     "Run the reference and each engine variant on the same model and data; print the figures."
-    from depthprune_nb.search import reference_search
+    from depthprune_nb.engine.reference import reference_search
     L = len(model.model.layers) if hasattr(model, "model") and hasattr(model.model, "layers") else None
     print(f"\n## {title}\n")
     results = {}
@@ -102,8 +102,8 @@ def compare(title:str, model, data, n:int, runs:dict):
 
 def llama32(quick:bool):
     from transformers import LlamaConfig, LlamaForCausalLM
-    from depthprune_nb.search import reference_search
-    from depthprune_nb.engine import fast_search
+    from depthprune_nb.engine.reference import reference_search
+    from depthprune_nb import fast_search
     H, seqlen, ns, n = (128, 64, 2, 2) if quick else (256, 256, 4, 2)
     tok, _, data = tokenizer_and_windows(4096, seqlen, ns)
     cfg = LlamaConfig(hidden_size=H, intermediate_size=int(H * 2.6875), num_attention_heads=max(2, H // 64),
@@ -126,8 +126,9 @@ def llama32(quick:bool):
 
 def opt125m(quick:bool):
     from transformers import OPTConfig, OPTForCausalLM
-    from depthprune_nb.search import reference_search
-    from depthprune_nb.engine import fast_search, head_logits, probe_layer_calls
+    from depthprune_nb.engine.reference import reference_search
+    from depthprune_nb import fast_search
+    from depthprune_nb.engine.replay import head_logits, probe_layer_calls
     from depthprune_nb.parts import locate
     seqlen, ns, n = (64, 1, 2) if quick else (256, 2, 2)
     tok, _, data = tokenizer_and_windows(4096, seqlen, ns)
@@ -191,7 +192,7 @@ def train_structured(quick:bool):
 
 
 def structured(quick:bool):
-    from depthprune_nb.engine import fast_search, approx_search
+    from depthprune_nb import fast_search, approx_search
     model, data = train_structured(quick)
     n = 2
     print(f"\n## C. A model with real layer structure (n = {n}): exact table vs early abort vs approximate vs mix mode\n")

@@ -19,9 +19,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from depthprune_nb.data import get_wikitext_dataset  # noqa: E402
-from depthprune_nb.gguf import load_model_and_tokenizer  # noqa: E402
-from depthprune_nb.search import reference_search  # noqa: E402
-from depthprune_nb.exact import fast_search  # noqa: E402
+from depthprune_nb.io.gguf import load_model_and_tokenizer  # noqa: E402
+from depthprune_nb.engine.reference import reference_search  # noqa: E402
+from depthprune_nb.engine.exact import fast_search  # noqa: E402
 
 TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from depthprune_nb import get_calib_eval_datasets, load_model_and_tokenizer, smollm2_gguf_path
-from depthprune_nb.checkpoint import SearchCheckpoint, weights_digest
-from depthprune_nb.sleb import sleb_search
+from depthprune_nb.engine.checkpoint import SearchCheckpoint, weights_digest
+from depthprune_nb.criteria.sleb import sleb_search
 
 TEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw-v1/test.txt"
 
@@ -27,7 +27,7 @@ def main(argv=None):
     p.add_argument("--nsamples", type=int, default=4); p.add_argument("--seqlen", type=int, default=128)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    from depthprune_nb.dtype_choice import device_capability
+    from depthprune_nb.engine.dtype_choice import device_capability
     print(f"Machine: {device_capability('cpu')}")  # CPU model and capability (sleb_search here: the model's float32)
     model, tok = load_model_and_tokenizer(smollm2_gguf_path())
     calib, _ = get_calib_eval_datasets(None, "cpu", a.seqlen, text_file=TEXT, tokenizer=tok, nsamples=a.nsamples, eval_nsamples=1)

@@ -56,8 +56,8 @@ def load(folder, seqlen, nsamples):
 
 
 def one_n(model, data, n, ref_samples, skip):
-    from depthprune_nb.engine import fast_search, approx_search
-    from depthprune_nb.search import reference_search
+    from depthprune_nb import fast_search, approx_search
+    from depthprune_nb.engine.reference import reference_search
     before = {k: v.clone() for k, v in model.state_dict().items()}
     runs = {
         "fp32 table": lambda: fast_search(model, data, n, progress=False),
@@ -153,7 +153,7 @@ def main():
           f"Command: python bench/bench_smollm2.py {' '.join(sys.argv[1:])}\n")
     model, data = load(folder, a.seqlen, a.nsamples)
     skip = [s.strip() for s in a.skip.split(",") if s.strip()]
-    from depthprune_nb.dtype_choice import choose_compute_dtype
+    from depthprune_nb.engine.dtype_choice import choose_compute_dtype
     choice = choose_compute_dtype(model)
     print(f"{choice}\n")
     if choice.compute_dtype != "bfloat16" and not a.force_bf16:

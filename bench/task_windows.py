@@ -15,7 +15,7 @@ first) on a BIG-bench task (default discourse_marker_prediction):
 
     DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows.py \
         --out nbs/criteria_results/task_windows_smollm2.json
-    # a real model of depthprune_nb.models, after `compare_criteria.py --model NAME --methods ppl_window angular
+    # a real model of depthprune_nb.io.models, after `compare_criteria.py --model NAME --methods ppl_window angular
     # block_influence sleb --ns 1 2 3 4`; the criteria's picks only:
     DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows.py --model gemma-3-270m --top_k 0
 
@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
-from depthprune_nb.gguf import load_model_and_tokenizer
-from depthprune_nb.models import gguf_path
+from depthprune_nb.io.gguf import load_model_and_tokenizer
+from depthprune_nb.io.models import gguf_path
 from depthprune_nb.parts import locate
 from depthprune_nb.ppl import ppl_deleting
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.surgery import temporarily_deleted
-from depthprune_nb.tasks import evaluate_tasks, paired_test, read_task
+from depthprune_nb.eval.tasks import evaluate_tasks, paired_test, read_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Path(os.environ.get("DEPTHPRUNE_TEXT_FILE", ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"))
@@ -81,7 +81,7 @@ def by_n(out:dict):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="smollm2", help="smollm2 or a name in depthprune_nb.models.MODELS")
+    p.add_argument("--model", default="smollm2", help="smollm2 or a name in depthprune_nb.io.models.MODELS")
     p.add_argument("--task", default="discourse_marker_prediction")
     p.add_argument("--eval_limit", type=int, default=100)
     p.add_argument("--calib_limit", type=int, default=50)

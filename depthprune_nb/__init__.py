@@ -3,40 +3,40 @@ __version__ = "0.1.0"
 # The public API, importable from the top level as the reference tutorial's code reads, grouped by level.
 # Entry points: search, prune, heal.
 from .pruner import ModelPruner, layer_importance, search_each_n, save_pruned
-from .exact import fast_search
-from .approx import approx_search
-from .search import reference_search, evaluate_result
+from .engine.exact import fast_search
+from .engine.approx import approx_search
+from .engine.reference import reference_search, evaluate_result
 from .heal import heal  # needs `pip install peft` only when called
 # Settings and results.
 from .config import Config, LayerImportancePruneConfig, LayerImportanceConfig, EngineOptions
 from .result import PruneResult, layer_range
 # Scale: several processes, resumable searches, the cost before the run.
-from .distributed import distributed_search
-from .checkpoint import SearchCheckpoint
-from .plan import plan_search
+from .engine.distributed import distributed_search
+from .engine.checkpoint import SearchCheckpoint
+from .engine.plan import plan_search
 # Criteria other than the window search.
-from .angular import angular_search, angular_distance_proxy
-from .block_influence import block_influence, block_influence_search
-from .sleb import sleb_search
+from .criteria.angular import angular_search, angular_distance_proxy
+from .criteria.block_influence import block_influence, block_influence_search
+from .criteria.sleb import sleb_search
 # Input and output: data, models, GGUF files, plots.
 from .data import get_wikitext_dataset, get_calib_eval_datasets
 from .ppl import perplexity
 from .surgery import delete_layers, temporarily_deleted
-from .gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
+from .io.gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
 from .plots import plot_heatmap, plot_proxy  # also adds PruneResult.plot
-from .models import gguf_path, load_real_model, models_table
+from .io.models import gguf_path, load_real_model, models_table
 # Does the pruned model still work? Task accuracy (lm-eval, needs the [eval] extra only when called) and HumanEval.
-from .tasks import evaluate_tasks, rerank_by_tasks
-from .humaneval import run_humaneval, check_completion
+from .eval.tasks import evaluate_tasks, rerank_by_tasks
+from .eval.humaneval import run_humaneval, check_completion
 # Errors.
 from .config import ConfigError
 from .parts import FieldError
 from .data import RemoteCodeError
-from .gguf import GGUFError
+from .io.gguf import GGUFError
 from .pruner import SaveDirError
-from .models import ModelFileError
-from .tasks import TaskFileError
-from .sandbox import CodeExecutionRefused
+from .io.models import ModelFileError
+from .eval.tasks import TaskFileError
+from .eval.sandbox import CodeExecutionRefused
 # Lower-level pieces, kept importable from here for earlier code (their pages document them).
 from .data import split_windows
 from .parts import ModelParts, locate
@@ -63,15 +63,8 @@ __all__ = [
 ]
 
 
-_RENAMED = {"sweep": "search_each_n"}  # old name -> new, kept for one release
-
 def __getattr__(name):  # the explorer imports ipywidgets: loaded on first use, not with the package
     if name in ("explore", "PruneExplorer"):
         from . import explorer
         return getattr(explorer, name)
-    if name in _RENAMED:
-        import warnings
-        warnings.warn(f"depthprune_nb.{name} is deprecated and will be removed in the next release: use {_RENAMED[name]}",
-                      DeprecationWarning, stacklevel=2)
-        return globals()[_RENAMED[name]]
     raise AttributeError(f"module 'depthprune_nb' has no attribute {name!r}")

@@ -7,7 +7,7 @@ Same flags as the `depthprune` console script (`depthprune --help`).
 """
 import sys
 
-from depthprune_nb.cli import main
+from depthprune_nb.cli.prune import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,8 +21,8 @@ def wikitext()->Path:
 
 
 def depthprune(*args, env:dict|None=None, timeout:int=900)->subprocess.CompletedProcess:
-    "Run the command line (`depthprune_nb.cli.main`) in a fresh Python, as a user's shell would; output captured as text."
-    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import main; sys.exit(main())", *map(str, args)],
+    "Run the command line (`depthprune_nb.cli.prune.main`) in a fresh Python, as a user's shell would; output captured as text."
+    return subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli.prune import main; sys.exit(main())", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 

@@ -4,7 +4,7 @@ import json, sys
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb import distributed
+from depthprune_nb.engine import distributed
 
 
 def arithmetic(b:int, seed:int=0)->torch.Tensor:

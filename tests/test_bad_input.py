@@ -102,7 +102,7 @@ def test_good_input_still_prunes(gemma2):
 
 def test_nan_losses_name_their_window_and_samples(tmp_path, caplog):
     "A NaN input-embedding row poisons the samples that use its token: the warning names them; the search then fails clearly."
-    from depthprune_nb.engine import fast_search
+    from depthprune_nb import fast_search
     model = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path / "l", family="llama", num_layers=4)).eval()
     assert not model.config.tie_word_embeddings  # a tied head would make every sample's loss NaN
     V = model.get_input_embeddings().weight.shape[0]
@@ -122,9 +122,10 @@ def test_nan_losses_name_their_window_and_samples(tmp_path, caplog):
 
 def test_out_of_memory_is_retried_with_smaller_chunks(gemma2, monkeypatch, caplog):
     "A simulated accelerator OOM on chunks over 2 samples: the chunk is split, the table is unchanged, the user is told."
-    from depthprune_nb import engine, sweeps
+    from depthprune_nb import fast_search
+    from depthprune_nb.engine import sweeps
     data = windows(gemma2, n=7)
-    whole = engine.fast_search(gemma2, data, 1, chunk_size=7, progress=False)
+    whole = fast_search(gemma2, data, 1, chunk_size=7, progress=False)
     sweep, sizes = sweeps.Engine.sweep, []
     def tight(self, idx, *a, **kw):
         sizes.append(len(idx))
@@ -132,7 +133,7 @@ def test_out_of_memory_is_retried_with_smaller_chunks(gemma2, monkeypatch, caplo
         return sweep(self, idx, *a, **kw)
     monkeypatch.setattr(sweeps.Engine, "sweep", tight)
     with caplog.at_level("WARNING", logger="depthprune_nb"):
-        res = engine.fast_search(gemma2, data, 1, chunk_size=7, progress=False)
+        res = fast_search(gemma2, data, 1, chunk_size=7, progress=False)
     assert sizes == [7, 4, 2, 2, 2, 1], sizes        # 7 fails, 4 fails, then pieces of 2 (and the odd one)
     assert res.stats["oom_retries"] == 2 and any("retrying in chunks of 2" in r.getMessage() for r in caplog.records)
     for s, v in whole.ppl_by_start.items(): assert abs(res.ppl_by_start[s] / v - 1) < 1e-6
@@ -141,4 +142,4 @@ def test_out_of_memory_is_retried_with_smaller_chunks(gemma2, monkeypatch, caplo
     def none_fit(self, idx, *a, **kw): raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
     monkeypatch.setattr(sweeps.Engine, "sweep", none_fit)
     with pytest.raises(torch.OutOfMemoryError, match="with a single sample of 16 tokens: use shorter windows"):
-        engine.fast_search(gemma2, data, 1, chunk_size=2, progress=False)
+        fast_search(gemma2, data, 1, chunk_size=2, progress=False)

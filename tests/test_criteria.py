@@ -137,7 +137,7 @@ def test_one_dataset_behaves_as_before(llama_dir):
     "The reference's call: no evaluation data, the same choice, the evaluation fields None."
     model, data = load(llama_dir), windows(4)
     res = ModelPruner(LayerImportancePruneConfig(delete_layer_num=2), progress=False).search(model, data)
-    from depthprune_nb.engine import fast_search
+    from depthprune_nb import fast_search
     assert res.deleted_layers == fast_search(model, data, 2, progress=False).deleted_layers
     assert (res.eval_baseline_ppl, res.eval_ppl, res.eval_runner_up_ppl, res.eval_gap) == (None, None, None, None)
     assert res.method == "ppl_window" and "evaluation windows" not in str(res)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from depthprune_nb.gguf import smollm2_gguf_path
+from depthprune_nb.io.gguf import smollm2_gguf_path
 from conftest import WIKITEXT as TEXT
 
 ROOT = Path(__file__).resolve().parents[1]

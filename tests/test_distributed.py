@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
     text = base / "text.txt"
     text.write_text(TEXT.read_text()[:20000])
     args = ["--model_dir", model, "--text_file", text, *FLAGS]
-    from depthprune_nb.cli import main  # one process: in this one
+    from depthprune_nb.cli.prune import main  # one process: in this one
     assert main([*map(str, args), "--result_json", str(base / "one.json")]) == 0
     return args, json.loads((base / "one.json").read_text()), base
 
@@ -104,7 +104,7 @@ def test_exact_early_abort_and_approx_on_two_processes(tmp_path):
 def test_criteria_on_two_processes_give_the_one_process_pick(setup, tmp_path, method):
     "`--method` under torchrun: SLEB's rounds share the samples (each an exact search) and agree with one process; a one-pass criterion runs whole on each rank and agrees too."
     args, _, base = setup
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     assert main([*map(str, args), "--method", method, "--result_json", str(tmp_path / "one.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())
     out = tmp_path / "two.json"

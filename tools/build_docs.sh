@@ -24,7 +24,7 @@ chmod +x "$stub/quarto"
 rm -rf _proc
 PATH="$stub:$PATH" nbdev_proc_nbs --n_workers "${DOCS_WORKERS:-2}"
 
-# nbdev names each page by the `output-file` of its front matter (05_plots.ipynb -> plots.html),
+# nbdev names each page by the `output-file` of its front matter (52_plots.ipynb -> plots.html),
 # and the doc links it writes point there; smalldocs names pages after the notebook. Rename the
 # processed notebooks to their output-file names (and the sidebar entries with them) so that
 # the site has nbdev's page names.

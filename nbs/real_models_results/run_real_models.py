@@ -33,8 +33,8 @@ PROMPTS = ("The capital of France is", "def fibonacci(n):")
 
 
 def gguf_file(name:str)->Path:
-    "The verified GGUF file of `name` (assembled once from its chunk packages by `depthprune_nb.models.gguf_path`)."
-    from depthprune_nb.models import gguf_path
+    "The verified GGUF file of `name` (assembled once from its chunk packages by `depthprune_nb.io.models.gguf_path`)."
+    from depthprune_nb.io.models import gguf_path
     return Path(gguf_path(name))
 
 
@@ -59,7 +59,7 @@ def ratio_n(parts, params:int, target:float=0.10)->int:
 
 def gguf_after(src:Path, layers:list, model)->dict:
     "Bytes of the pruned GGUF (written to a temporary folder, then deleted), or why it was refused."
-    from depthprune_nb.gguf import write_pruned_gguf
+    from depthprune_nb.io.gguf import write_pruned_gguf
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as d:
         try: g = write_pruned_gguf(src, Path(d) / "pruned.gguf", layers, model=model)
         except Exception as e: return dict(gguf_bytes_after=None, gguf_refused=f"{type(e).__name__}: {e}")
@@ -94,7 +94,7 @@ def summary(r, eval_set:bool=True)->dict:
 
 def run(a)->dict:
     from depthprune_nb.data import get_calib_eval_datasets, window_bos, wikitext_text
-    from depthprune_nb.gguf import load_model_and_tokenizer
+    from depthprune_nb.io.gguf import load_model_and_tokenizer
     from depthprune_nb.parts import locate
     from depthprune_nb.pruner import layer_importance
     from depthprune_nb.surgery import temporarily_deleted

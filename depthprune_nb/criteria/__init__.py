@@ -1,0 +1,1 @@
+"""Criteria other than the perplexity window search: the angular distance proxy, block influence and SLEB."""
