@@ -65,7 +65,8 @@ def layer_importance(model:nn.Module,         # a causal LM
     check_data(data, model)
     if eval_data is not None: check_data(eval_data, model)
     if options is None and "compute_dtype" not in kwargs: o = replace(o, compute_dtype="auto") # the default here
-    choice = choose_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device, method, extra.get("checkpoint"))
+    choice = choose_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device, method,
+                                  checkpointed=extra.get("checkpoint") is not None)
     o = replace(o, compute_dtype=choice.compute_dtype) # "auto" resolved here, once; the choice goes into the result
     if method != "ppl_window":
         if o.compute_dtype is not None and method != "sleb":

@@ -202,7 +202,7 @@ def save_tiny_gguf(path:str|Path,          # the `.gguf` file to write
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     return path
 
-# %% ../nbs/01_testing.ipynb #3ee9701b
+# %% ../nbs/01_testing.ipynb #45dfeee3
 def arithmetic_sequences(b:int,             # how many sequences
                          g:torch.Generator, # draws their starts and strides
                         )->torch.Tensor:    # `LongTensor[b, 24]`

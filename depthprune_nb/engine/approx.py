@@ -14,7 +14,7 @@ from ..config import EngineOptions, head_bound_refusal
 from ..parts import ModelParts
 from ..ppl import ppl_from_nlls
 from ..result import PruneResult, best_start
-from .sweeps import Engine, nonfinite_samples
+from .sweeps import Engine, nonfinite_samples, halving_rounds
 from .precision import resolve_compute_dtype, mixed_precision_search
 
 log = logging.getLogger(__name__)
@@ -59,24 +59,21 @@ def approx_search(model:nn.Module,        # a causal LM
                                                             options=plain), low, model, data, n, parts, plain)
     eng = Engine(model, data, n, parts, o, name="approx_halving")
     N = eng.N
-    k = max(1, min(N, first_samples or N // 64))
-    nlls, base, live, done, rounds = {s: [] for s in eng.starts}, [], list(eng.starts), 0, []
-    eng.bar = tqdm(total=None, desc="approximate search", disable=not eng.progress)
+    schedule = halving_rounds(N, len(eng.starts), keep_exact, first_samples)
+    nlls, base, live, rounds = {s: [] for s in eng.starts}, [], list(eng.starts), []
+    eng.open_bar(None, "approximate search")
     with eng.placement():
         eng.learn_outputs()
-        while True:
-            final = len(live) <= keep_exact or k >= N
-            upto = N if final else k
+        for r, (done, upto, _) in enumerate(schedule):
             for idx in eng.chunks(list(range(done, upto))): # new samples only; the survivors have seen the rest
                 got, b = eng.sweep(idx, live, baseline=True)
                 base += b
                 for s in live: nlls[s] += got[s]
             rounds.append(dict(samples=upto, windows=len(live)))
-            done = upto
-            if final: break
+            if r + 1 == len(schedule): break
             ranked = sorted(live, key=lambda s: (_nan_last(sum(nlls[s])), s))
-            live, k = sorted(ranked[:max(keep_exact, math.ceil(len(live) / 2))]), 2 * k
-            eng.bar.set_postfix(live=len(live), samples=k)
+            live = sorted(ranked[:schedule[r + 1][2]])                  # the better half goes on
+            eng.bar.set_postfix(live=len(live), samples=schedule[r + 1][1])
     eng.bar.close()
     table = {s: ppl_from_nlls(v) for s, v in nlls.items()}
     dropped = [s for s in eng.starts if len(nlls[s]) < N]

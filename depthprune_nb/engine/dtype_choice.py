@@ -15,14 +15,13 @@ from ..config import ConfigError
 from ..parts import ModelParts, locate
 from .placement import default_device
 from .plan import model_shape
-from .checkpoint import SearchCheckpoint
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FAST_RATIO', 'SMALL_LAYER_MACS', 'PROBE_MACS', 'SLOW_STOP', 'SlowDtypeWarning', 'cpu_name',
            'device_capability', 'layer_shapes', 'config_shapes', 'layer_macs', 'probe_speed', 'DtypeChoice', 'decide',
-           'choose_compute_dtype', 'choose_for_config']
+           'own_dtype', 'choose_compute_dtype', 'choose_for_config']
 
 # %% ../../nbs/17_engine.dtype_choice.ipynb #947a33c0
 FAST_RATIO = 1.5            # a lower precision is chosen only if its probe runs this many times faster than float32
@@ -199,7 +198,10 @@ def decide(capability:dict,  # device_capability()
 # %% ../../nbs/17_engine.dtype_choice.ipynb #48795f2c
 _LOW = ("bfloat16", "float16")
 
-def _own_dtype(model:nn.Module, parts)->torch.dtype:
+def own_dtype(model:nn.Module, # a causal LM
+              parts:ModelParts, # its located parts
+             )->torch.dtype:
+    "The dtype the model computes in: its decoder layers' floating parameters'."
     return next((p.dtype for p in parts.layers.parameters() if p.is_floating_point()), next(model.parameters()).dtype)
 
 def _agree(name:str|None, reason:str)->tuple:
@@ -239,13 +241,13 @@ def choose_compute_dtype(model:nn.Module,         # a causal LM
                          save_gpu_memory:bool=False, # mix mode: the compute device is `device`, not where the model is
                          device:str|torch.device|None=None, # compute device for `save_gpu_memory`
                          method:str="ppl_window", # the criterion: only the perplexity searches have a table to compute
-                         checkpoint:SearchCheckpoint|None=None, # a SearchCheckpoint: a checkpointed search stays in the model's own dtype
+                         checkpointed:bool=False, # the search saves a checkpoint, which holds the model's own dtype
                         )->DtypeChoice:
     "The precision to compute the search's table in on this device, and why; logs the decision and the probe's figures."
     parts = parts or locate(model)
     dev = torch.device(device or default_device()) if save_gpu_memory else parts.input_device
-    choice = _choose(requested, str(_own_dtype(model, parts))[6:], dev, layer_shapes(parts.layers[0]), method,
-                     checkpoint is not None)
+    choice = _choose(requested, str(own_dtype(model, parts))[6:], dev, layer_shapes(parts.layers[0]), method,
+                     checkpointed)
     p = choice.probe
     if requested == "auto" and method in ("ppl_window", "sleb"):
         log.info("%s%s", choice, "" if p is None else f" (probe {p['wall_s']:.2f} s{', cached' if p.get('cached') else ''})")

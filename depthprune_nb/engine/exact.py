@@ -26,29 +26,6 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'fast_search']
 
-# %% ../../nbs/20_engine.exact.ipynb #08e3571c
-def _sweep_fitting(eng:Engine, idx:list, windows:list, proxy:dict|None=None, **kw)->tuple:
-    "`eng.sweep`, cut into smaller sample chunks after an accelerator out-of-memory error (and said so); the same NLLs."
-    if eng.fits is not None and len(idx) > eng.fits:   # an earlier chunk of this size ran out of memory
-        step = eng.fits
-        parts = [_sweep_fitting(eng, idx[a:a + step], windows, proxy, **kw) for a in range(0, len(idx), step)]
-        return ({w: [x for g, _ in parts for x in g[w]] for w in parts[0][0]},
-                None if parts[0][1] is None else [x for _, b in parts for x in b])
-    mine = None if proxy is None else {s: 0.0 for s in proxy}     # added to `proxy` only if the sweep completes
-    try: got, b = eng.sweep(idx, windows, proxy=mine, **kw)
-    except torch.OutOfMemoryError as e:
-        eng._calls = eng._h0 = None
-        if torch.cuda.is_available(): torch.cuda.empty_cache()
-        if len(idx) == 1:
-            raise torch.OutOfMemoryError(f"out of memory on {eng.device} with a single sample of {eng.seqlen} tokens: use "
-                                         "shorter windows (seqlen), save_gpu_memory=True (--save_gpu_memory) or more devices") from e
-        eng.fits = (len(idx) + 1) // 2; eng.oom_retries += 1
-        log.warning(f"out of memory on {eng.device} with a chunk of {len(idx)} samples: retrying in chunks of {eng.fits}")
-        return _sweep_fitting(eng, idx, windows, proxy, **kw)
-    if proxy is not None:
-        for s in mine: proxy[s] += mine[s]
-    return got, b
-
 # %% ../../nbs/20_engine.exact.ipynb #09bf4d51
 def _best_so_far(nlls:dict, N:int)->str:
     "Progress-bar text: the window with the lowest partial NLL so far."
@@ -61,14 +38,14 @@ def _full_table(eng:Engine)->tuple:
     "Every window on every sample: one layer-major sweep per sample chunk."
     nlls, base, proxy = {s: [] for s in eng.starts}, [], {s: 0.0 for s in eng.starts}
     chunks = eng.chunks(list(range(eng.N)))
-    eng.bar = tqdm(total=eng.L * len(chunks), desc="exact search", disable=not eng.progress)
+    eng.open_bar(eng.L * len(chunks), "exact search")
     ck, done = eng.checkpoint, 0
     state = ck.begin(eng) if ck is not None else None                     # resume: the chunks already scored
     if state: nlls, base, proxy, done = state["nlls"], state["base"], state["proxy"], state["chunks_done"]
     eng.bar.update(eng.L * done)
     try:
         for c, idx in enumerate(chunks[done:], start=done):
-            got, b = _sweep_fitting(eng, idx, eng.starts, baseline=True, proxy=proxy)
+            got, b = eng.sweep_fitting(idx, eng.starts, baseline=True, proxy=proxy)
             base += b
             for s in eng.starts: nlls[s] += got[s]
             done = c + 1
@@ -92,7 +69,7 @@ def _early_abort(eng:Engine)->tuple:
     N, chunks = eng.N, eng.chunks(list(range(eng.N)))
     nlls, base = {s: [] for s in eng.starts}, []
     proxy, proxy0 = {s: 0.0 for s in eng.starts}, {s: 0.0 for s in eng.starts}
-    eng.bar = tqdm(total=eng.L * (2 * len(chunks) - 1), desc="exact search (early abort)", disable=not eng.progress)
+    eng.open_bar(eng.L * (2 * len(chunks) - 1), "exact search (early abort)")
     got, b = eng.sweep(chunks[0], eng.starts, baseline=True, proxy=proxy0)           # 1. first chunk, all windows
     base += b
     for s in eng.starts: nlls[s] += got[s]; proxy[s] += proxy0[s]
@@ -106,13 +83,13 @@ def _early_abort(eng:Engine)->tuple:
         base += b; nlls[first] += got[first]
         if use_stash:
             stash.pop(first, None); stashes[c] = stash
-            eng.stash_bytes += sum(tensor_bytes(t) for t in stash.values())
+            eng.hold(sum(tensor_bytes(t) for t in stash.values()))
     bound = ppl_from_nlls(nlls[first])
     bound = bound if math.isfinite(bound) else math.inf
     live, stopped = [s for s in eng.starts if s != first], {}
     def drop(c, s):
         t = stashes.get(c, {}).pop(s, None)
-        if t is not None: eng.stash_bytes -= tensor_bytes(t)
+        if t is not None: eng.hold(-tensor_bytes(t))
     def stop_hopeless(k):
         for s in list(live):
             if math.isnan(sum(nlls[s])) or _lower_bound(nlls[s], N) > bound * (1 + 1e-9):
@@ -150,22 +127,21 @@ def fast_search(model:nn.Module,        # a causal LM
     o = EngineOptions.of(options, **settings)
     err = None if checkpoint is None else checkpoint_refusal("ppl_window", "fast", early_abort, o.compute_dtype)
     if err: raise err
-    if checkpoint is not None and o.compute_dtype == "auto": o = replace(o, compute_dtype=None) # a checkpoint saves the model's own dtype
     if early_abort and o.head_bound:
         raise ConfigError("early_abort=True and head_bound=True are two ways to skip work in the exact search: choose one "
                           "(head_bound keeps every window's layers and skips most head passes; early abort skips samples)")
-    low = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device)
+    low = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device, checkpointed=checkpoint is not None)
     if low is not None:
         plain = replace(o, compute_dtype=None)
         return mixed_precision_search(lambda: fast_search(model, data, n, parts, early_abort=early_abort, options=plain),
                                       low, model, data, n, parts, plain)
     eng = Engine(model, data, n, parts, o, name="fast_early_abort" if early_abort else "fast_head_bound" if o.head_bound else "fast_exact",
+                 checkpoint=checkpoint, rank_chunks=not early_abort, # early abort decides after every chunk: one-process chunks
                  cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8)
-    eng.checkpoint = checkpoint
     if eng.device.type == "cuda": torch.cuda.reset_peak_memory_stats(eng.device)
     with eng.placement():
         eng.learn_outputs()
-        if o.head_bound: table, baseline, lower, proxy, extra = head_bound_table(eng, _sweep_fitting)
+        if o.head_bound: table, baseline, lower, proxy, extra = head_bound_table(eng)
         else: table, baseline, lower, proxy, extra = (_early_abort if early_abort else _full_table)(eng)
     st = eng.stats(**extra)
     eng.log_cost(st)

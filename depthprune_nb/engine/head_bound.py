@@ -79,7 +79,7 @@ def _base_scores(eng:Engine, ids:torch.Tensor, state:torch.Tensor, k:int)->tuple
         tops.append(logits[:, :e - s].topk(min(k, logits.shape[-1]), dim=-1).indices.cpu())
         if first is None: first = logits[0, :min(e - s, 32)].float().cpu()
         del logits
-    eng.head_calls += math.ceil((T - 1) / t); eng.head_passes += m
+    eng.count_head(calls=math.ceil((T - 1) / t), passes=m)
     return [x / (T - 1) for x in sums], torch.cat(tops, 1), first
 
 def _bound_nlls(eng:Engine, head:nn.Linear, ids:torch.Tensor, states:list, top:torch.Tensor, counts:dict)->list:
@@ -149,12 +149,12 @@ class _Bounds:
         for w, st in sorted(zip(windows, states), key=lambda x: (_nan_last(so_far[x[0]]), x[0])):
             if used + tensor_bytes(st) > self.allowance: break
             self.kept.setdefault((c, w), []).append(st.to("cpu") if host else st)
-            used += tensor_bytes(st); self.kept_bytes += tensor_bytes(st); self.eng.stash_bytes += tensor_bytes(st)
+            used += tensor_bytes(st); self.kept_bytes += tensor_bytes(st); self.eng.hold(tensor_bytes(st))
 
 def _nan_last(x:float)->float: return math.inf if math.isnan(x) else x
 
 # %% ../../nbs/19_engine.head_bound.ipynb #35153f37
-def _exact_nlls(eng:Engine, b:_Bounds, todo:list, sweep)->dict:
+def _exact_nlls(eng:Engine, b:_Bounds, todo:list)->dict:
     "Full-head per-sample NLLs of the windows in `todo`: from kept final states where there are some, else by sweeping them again."
     out = {s: [] for s in todo}
     for c, idx in enumerate(eng.chunks(list(range(eng.N)))):
@@ -165,7 +165,7 @@ def _exact_nlls(eng:Engine, b:_Bounds, todo:list, sweep)->dict:
             ids = torch.cat([eng.data[i] for i in idx]).to(eng.parts.input_device)
             with torch.inference_mode():
                 got.update(zip(kept, eng.head_nlls(ids, [torch.cat(b.kept[c, s]) for s in kept])))
-        if again: got.update(sweep(eng, idx, again)[0])
+        if again: got.update(eng.sweep_fitting(idx, again)[0])
         for s in todo: out[s] += got[s]
     return out
 
@@ -178,18 +178,17 @@ def _contenders(bounds:dict, exact:dict, tol:float)->list:
 
 # %% ../../nbs/19_engine.head_bound.ipynb #5484cf55
 def head_bound_table(eng:Engine,       # the search's engine, outputs learnt
-                     sweep,            # `sweep(eng, idx, windows, **kw)`: the exact search's sweep (with its out-of-memory retry)
                      top_k:int=TOP_K,  # the unpruned model's top tokens per position that join each sample's rows
                     )->tuple:          # (table, baseline PPL, lower-bound starts, proxy, extra stats), as _full_table returns
     "The exact search's pick and the PPL of every window that could be the pick or the runner-up; every other window its lower bound."
     b, chunks, ck, done = _Bounds(eng, top_k), eng.chunks(list(range(eng.N))), eng.checkpoint, 0
-    eng.bar = tqdm(total=eng.L * len(chunks), desc="exact search (head bound)", disable=not eng.progress)
+    eng.open_bar(eng.L * len(chunks), "exact search (head bound)")
     state = ck.begin(eng) if ck is not None else None                     # resume: the chunks already bounded
     if state: b.nlls, b.base, b.proxy, done = state["nlls"], state["base"], state["proxy"], state["chunks_done"]
     eng.bar.update(eng.L * done)
     try:                                                                   # 1. every window bounded, the unpruned model exact
         for c, idx in enumerate(chunks[done:], start=done):
-            got, base = sweep(eng, idx, eng.starts, baseline=True, proxy=b.proxy, heads=b.heads(c))
+            got, base = eng.sweep_fitting(idx, eng.starts, baseline=True, proxy=b.proxy, heads=b.heads(c))
             b.base += base
             for s in eng.starts: b.nlls[s] += got[s]
             done = c + 1
@@ -202,7 +201,7 @@ def head_bound_table(eng:Engine,       # the search's engine, outputs learnt
     exact, rounds = {}, []
     todo = sorted((s for s in eng.starts if math.isfinite(_mean(b.nlls[s]))), key=lambda s: (_mean(b.nlls[s]), s))[:2]
     while todo:                                                            # 2. the full head where the bound cannot decide
-        exact.update(_exact_nlls(eng, b, todo, sweep))
+        exact.update(_exact_nlls(eng, b, todo))
         rounds.append(list(todo))
         eng.bar.set_postfix(exact=len(exact))
         todo = _contenders(b.nlls, exact, tol)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 from ..config import ConfigError, METHODS
+from .sweeps import sweep_streams, default_chunk, halving_rounds
 
 # %% auto #0
 __all__ = ['UNGATED', 'ONE_PASS', 'read_config', 'ModelShape', 'model_shape', 'layer_flops', 'head_flops', 'layer_bytes',
@@ -118,15 +119,11 @@ def pass_counts(L:int, n:int, N:int, engine:str="fast", keep_exact:int=3)->dict:
     if engine == "reference": return dict(layer_passes=N * (L + W * (L - n)), head_passes=N * (W + 1))
     if engine == "fast": return dict(layer_passes=N * (L + (L - n) * (L - n + 1) // 2), head_passes=N * (W + 1))
     if engine != "approx": raise ConfigError(f"engine={engine!r} is not known; valid: ['fast', 'reference', 'approx']")
-    k, done, live, lp, hp = max(1, N // 64), 0, W, 0, 0  # approx_search's schedule with its defaults
-    while True:
-        final = live <= keep_exact or k >= N
-        upto = N if final else k
+    lp = hp = 0
+    for done, upto, live in halving_rounds(N, W, keep_exact):  # approx_search's own schedule, with its defaults
         lp += (upto - done) * (L + live * (L - n) // 2)  # the survivors' windows taken as average ones
         hp += (upto - done) * (live + 1)
-        done = upto
-        if final: return dict(layer_passes=lp, head_passes=hp)
-        live, k = max(keep_exact, math.ceil(live / 2)), 2 * k
+    return dict(layer_passes=lp, head_passes=hp)
 
 ONE_PASS = ("angular", "angular_all", "block_influence") # criteria that choose from one plain forward per window
 
@@ -182,11 +179,6 @@ class Plan:
     def to_dict(self)->dict: return asdict(self)
 
 # %% ../../nbs/16_engine.plan.ipynb #717e4d60
-def _chunk(N_rank, chunk_size, budget, per_sample):
-    "The engine's default chunk: at most 8 samples, fewer if their states would pass the memory budget."
-    if chunk_size: return int(chunk_size)
-    return max(1, min(N_rank, 8, budget // per_sample if budget else 8))
-
 def _activation_bytes(s:ModelShape, streams:int, chunk:int, T:int, act_bytes:int)->int:
     held = chunk * streams * T * s.hidden * act_bytes              # the hidden states held per sample (a sweep: W + n + 3)
     logits = min(1 << 30, chunk * T * s.vocab * 4)                  # one position chunk of float32 logits
@@ -231,8 +223,8 @@ def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, ch
     out = dict(mine=criterion_passes(L, n, Nr, method, engine), report=rep, calls=0.0, chunk=None, moves=0, act=0)
     for Lr, nr in rounds:
         W = Lr - nr + 1
-        streams = W + nr + 3  # as the engine budgets one sweep
-        chunk = _chunk(Nr, chunk_size, budget, streams * T * s.hidden * act)
+        streams = sweep_streams(W, nr)  # the engine's own budget of one sweep, and its chunk
+        chunk = default_chunk(Nr, chunk_size, budget, streams * T * s.hidden * act)
         c = pass_counts(Lr, nr, Nr, engine)
         out["calls"] += (c["layer_passes"] + c["head_passes"]) / (1 if engine == "reference" else chunk)
         out["moves"] += c["layer_passes"] if engine == "reference" else math.ceil(Nr / chunk) * Lr
@@ -304,14 +296,19 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
         notes.append(f"the output head ({s.vocab:,} rows) is {share:.0%} of this search's matrix work: head_bound=True (--head_bound) "
                      "keeps the answer exact and gives the full head only to the windows a bound cannot rule out")
     total = dict(layer_passes=mine["layer_passes"] + rep["layer_passes"], head_passes=mine["head_passes"] + rep["head_passes"])
-    return Plan(s.model_type, L, n, nsamples, seqlen, engine, world_size, Nr, cand, c["chunk"],
-                mine["layer_passes"], mine["head_passes"], flops(total) + bound_flops,
-                brute["layer_passes"], brute["head_passes"], flops(brute),
-                int((L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)) * (1 + (low or 0) / dtype_bytes)), c["act"],
-                save_gpu_memory, moves, bmoves, moves * lb, bmoves * lb, tflops,
-                _seconds(flops(total) + bound_flops, c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
-                _seconds(flops(brute), bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes,
-                method, rep["layer_passes"], rep["head_passes"], compute_dtype if low else None, rows, brute["head_passes"] * s.vocab, hb)
+    return Plan(model_type=s.model_type, num_layers=L, n=n, nsamples=nsamples, seqlen=seqlen, engine=engine,
+                world_size=world_size, samples_per_rank=Nr, windows=cand, chunk_size=c["chunk"],
+                layer_passes=mine["layer_passes"], head_passes=mine["head_passes"], flops=flops(total) + bound_flops,
+                brute_force_layer_passes=brute["layer_passes"], brute_force_head_passes=brute["head_passes"],
+                brute_force_flops=flops(brute),
+                weight_bytes=int((L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)) * (1 + (low or 0) / dtype_bytes)),
+                activation_bytes=c["act"], mix_mode=save_gpu_memory, weight_moves=moves, brute_force_weight_moves=bmoves,
+                moved_bytes=moves * lb, brute_force_moved_bytes=bmoves * lb, tflops=tflops,
+                est_s=_seconds(flops(total) + bound_flops, c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
+                brute_force_est_s=_seconds(flops(brute), bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes=notes,
+                method=method, report_layer_passes=rep["layer_passes"], report_head_passes=rep["head_passes"],
+                compute_dtype=compute_dtype if low else None, head_rows=rows, brute_force_head_rows=brute["head_passes"] * s.vocab,
+                head_bound=hb)
 
 # %% ../../nbs/16_engine.plan.ipynb #5641dd2f
 def _si(x:float, unit:str="")->str:

@@ -16,7 +16,7 @@ from ..ppl import ppl_from_nlls
 from ..result import PruneResult, best_start, params_after_deleting
 from .placement import default_device
 from .sweeps import Engine
-from .dtype_choice import choose_compute_dtype
+from .dtype_choice import choose_compute_dtype, own_dtype
 
 log = logging.getLogger(__name__)
 
@@ -24,27 +24,24 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'resolve_compute_dtype', 'weights_cast', 'to_rescore', 'mixed_precision_search']
 
 # %% ../../nbs/18_engine.precision.ipynb #0a94439d
-def _own_dtype(model:nn.Module, parts:ModelParts)->torch.dtype:
-    "The dtype the model computes in: its decoder layers' floating parameters'."
-    return next((p.dtype for p in parts.layers.parameters() if p.is_floating_point()), next(model.parameters()).dtype)
-
 def resolve_compute_dtype(model:nn.Module,        # a causal LM
                   compute_dtype,          # None, a name in `COMPUTE_DTYPES`, or a `torch.dtype`
                   parts:ModelParts|None=None, # located parts; detected if None
                   save_gpu_memory:bool=False, # mix mode: the compute device is `device`, not where the model is
                   device:str|torch.device|None=None, # compute device for `save_gpu_memory`
+                  checkpointed:bool=False, # the search saves a checkpoint ("auto" then keeps the model's own dtype)
                  )->torch.dtype|None:     # the dtype to search in, or None for the model's own
     "The dtype to search in: `compute_dtype` validated; float16 for bfloat16 where the device lacks it; None when it is the model's own dtype."
     if compute_dtype is None: return None
-    if compute_dtype == "auto": # decided per device and model, see dtype_choice
-        compute_dtype = choose_compute_dtype(model, "auto", parts, save_gpu_memory, device).compute_dtype
+    if compute_dtype == "auto": # decided per device and model in one place: dtype_choice
+        compute_dtype = choose_compute_dtype(model, "auto", parts, save_gpu_memory, device, checkpointed=checkpointed).compute_dtype
         if compute_dtype is None: return None
     name = str(compute_dtype).replace("torch.", "")
     if name not in COMPUTE_DTYPES:
         raise ConfigError(f"compute_dtype={compute_dtype!r} is invalid: valid values are None (the model's own dtype) "
                           f"and {', '.join(repr(d) for d in COMPUTE_DTYPES)}")
     parts = parts or locate(model)
-    low, own = getattr(torch, name), _own_dtype(model, parts)
+    low, own = getattr(torch, name), own_dtype(model, parts)
     dev = torch.device(device or default_device()) if save_gpu_memory else parts.input_device
     if low == torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         log.info("this GPU has no bfloat16 support: computing the table in float16"); low = torch.float16
@@ -116,7 +113,7 @@ def mixed_precision_search(search,              # search() runs the search (in w
     t0, parts = time.perf_counter(), parts or locate(model)
     with weights_cast(model, low): lo = search()
     eng = Engine(model, data, n, parts, options, name="confirm")
-    eng.bar = tqdm(total=None, desc=f"confirming in {str(_own_dtype(model, parts))[6:]}", disable=not eng.progress)
+    eng.open_bar(None, f"confirming in {str(own_dtype(model, parts))[6:]}")
     with eng.placement():
         eng.learn_outputs()
         exact, base, margin, rounds = _confirm(eng, lo, torch.finfo(low).eps)
@@ -132,7 +129,7 @@ def mixed_precision_search(search,              # search() runs the search (in w
     if "head_rows" in lo.stats: # head_bound counted rows, not passes: the confirmation's full heads are V rows each
         st.update(low_precision_head_rows=lo.stats["head_rows"],
                   head_rows=lo.stats["head_rows"] + eng.head_passes * model.get_output_embeddings().weight.shape[0])
-    log.info(f"confirmed {len(exact)} of {len(table)} windows in {str(_own_dtype(model, parts))[6:]} "
+    log.info(f"confirmed {len(exact)} of {len(table)} windows in {str(own_dtype(model, parts))[6:]} "
              f"(margin {margin:.2e}) in {conf['wall_s']:.1f} s; low-precision table {lo.stats['wall_s']:.1f} s")
     return PruneResult(delete_layer_num=n, baseline_ppl=base, ppl_by_start=table, deleted_layers=list(range(best, best + n)),
                        num_layers_before=L, num_layers_after=L - n, params_before=lo.params_before,

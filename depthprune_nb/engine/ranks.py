@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['launched', 'init_from_env', 'rank', 'world_size', 'is_main', 'finish', 'shard_bounds', 'share_sweeps']
+__all__ = ['launched', 'init_from_env', 'rank', 'world_size', 'is_main', 'finish', 'shard_bounds', 'ChunkSharing']
 
 # %% ../../nbs/12_engine.ranks.ipynb #dc13a6b3
 def launched()->bool:
@@ -50,20 +50,27 @@ def _merge(parts:list, windows)->tuple:
     return got, base, inc
 
 # %% ../../nbs/12_engine.ranks.ipynb #84364823
-def share_sweeps(eng):
-    "Make `eng.sweep` share each chunk out: this rank sweeps its block, and all ranks get the whole chunk's NLLs back."
-    local, world = eng.sweep, world_size()
-    if eng.name != "fast_early_abort":  # early abort decides after every chunk: its chunks stay the one-process ones
-        eng.chunk = min(eng.N, eng.chunk * world)  # elsewhere the chunk size is per rank
-    def sweep(idx, windows, baseline=False, proxy=None, stash=None, start_states=None, heads=None):
-        a, b = shard_bounds(len(idx), rank(), world)
+class ChunkSharing:
+    "Each sweep's sample chunk shared out between the ranks: this rank sweeps its block, every rank gets the whole chunk's NLLs."
+    def __init__(self, world:int): # the number of ranks
+        self.world = world
+
+    def sweep(self,
+              local,                 # `local(idx, windows, baseline=, proxy=, **kw)`: the sweep of one process
+              idx:list,              # sample indices of the whole chunk
+              windows:list,          # window starts to score
+              baseline:bool=False,   # also score the unpruned model
+              proxy:dict|None=None,  # accumulates the whole chunk's angular-distance proxy, as `local` would
+              **kw,                  # the rest of `local`'s arguments
+             )->tuple:               # (NLLs per window, baseline NLLs), in sample order, the same on every rank
+        "The whole chunk's NLLs, each rank having swept only its own block of it."
+        a, b = shard_bounds(len(idx), rank(), self.world)
         inc = None if proxy is None else {s: 0.0 for s in proxy}
-        if a < b: got, base = local(idx[a:b], windows, baseline, inc, stash, start_states, heads)
+        if a < b: got, base = local(idx[a:b], windows, baseline=baseline, proxy=inc, **kw)
         else: got, base = {w: [] for w in windows}, ([] if baseline else None)  # a chunk smaller than the world
-        parts = [None] * world
+        parts = [None] * self.world
         dist.all_gather_object(parts, (got, base, inc))
         got, base, inc = _merge(parts, windows)
         if proxy is not None:
             for s in inc: proxy[s] += inc[s]
         return got, base
-    eng.sweep = sweep

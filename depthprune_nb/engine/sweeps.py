@@ -10,6 +10,7 @@ import torch
 from collections.abc import Callable
 from torch import nn
 from fastcore.basics import patch
+from tqdm.auto import tqdm
 
 from ..config import EngineOptions
 from ..parts import ModelParts, locate, angular_distance
@@ -17,12 +18,44 @@ from ..ppl import window_nll, ppl_from_nlls, check_data
 from ..result import PruneResult, model_label, best_start, candidate_starts, params_after_deleting
 from .placement import default_device, is_dispatched, weights_on_host, tensor_bytes, available_memory, peak_rss
 from .replay import probe_layer_calls, head_logits
-from .ranks import world_size, share_sweeps
+from .ranks import world_size, ChunkSharing
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Engine', 'nonfinite_samples']
+__all__ = ['log', 'sweep_streams', 'default_chunk', 'halving_rounds', 'Engine', 'nonfinite_samples']
+
+# %% ../../nbs/14_engine.sweeps.ipynb #cdc665c6
+def sweep_streams(windows:int, # candidate windows the sweep scores
+                  n:int,       # layers per window
+                 )->int:       # hidden states one sweep budgets per sample
+    "The states one sweep holds per sample: every window's, the unpruned stream and those waiting to enter a window."
+    return windows + n + 3
+
+def default_chunk(N:int,             # samples (on this rank)
+                  chunk_size,        # the user's chunk size; None: decided here
+                  budget:int|None,   # bytes of states a sweep may hold; None: unknown (the cap decides)
+                  per_sample:int,    # bytes one sample's states take (`sweep_streams` x state bytes)
+                  cap:int=8,         # at most this many samples per sweep
+                 )->int:
+    "Samples per sweep: `chunk_size` if given, else as many as `budget` holds, at least 1 and at most `cap` and `N`."
+    if chunk_size: return int(chunk_size)
+    fit = cap if budget is None else max(1, budget // per_sample)
+    return min(N, cap, fit)
+
+def halving_rounds(N:int,              # samples
+                   windows:int,        # candidate windows
+                   keep_exact:int=3,   # windows scored on every sample at the end
+                   first_samples:int|None=None, # samples in the first round; `max(1, N // 64)` if None
+                  )->list:             # (samples scored before, samples after, windows live) per round
+    "Successive halving's rounds: each round scores the live windows on new samples, then keeps the better half."
+    k, done, live, out = max(1, min(N, first_samples or N // 64)), 0, windows, []
+    while True:
+        final = live <= keep_exact or k >= N
+        upto = N if final else k
+        out.append((done, upto, live))
+        if final: return out
+        done, live, k = upto, max(keep_exact, math.ceil(live / 2)), 2 * k
 
 # %% ../../nbs/14_engine.sweeps.ipynb #6f582668
 class Engine:
@@ -32,6 +65,8 @@ class Engine:
                  options:EngineOptions|None=None, # placement, memory, batching (`compute_dtype` is the caller's)
                  name:str="fast",              # the engine's name in `stats`
                  cap:int=8,                    # at most this many samples per sweep by default
+                 checkpoint=None,              # a `SearchCheckpoint` when the search saves its progress
+                 rank_chunks:bool=True,        # under torchrun, chunks of `chunk` samples per rank (False: the one-process chunks)
                 ):
         o = self.options = options or EngineOptions()
         save_gpu_memory, device, chunk_size, memory_budget = o.save_gpu_memory, o.device, o.chunk_size, o.memory_budget
@@ -52,10 +87,9 @@ class Engine:
             memory_budget = (torch.cuda.mem_get_info(self.device)[0] // 2 if self.device.type == "cuda"
                              else available_memory() // 2)
         self.budget = int(memory_budget)
-        fit = max(1, self.budget // ((len(self.starts) + n + 3) * self.sample_bytes))
         if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of samples")
-        self.chunk = int(chunk_size or min(self.N, cap, fit))
+        self.chunk = default_chunk(self.N, chunk_size, self.budget, sweep_streams(len(self.starts), n) * self.sample_bytes, cap)
         self.call_tokens = call_tokens or (0 if self.device.type == "cpu" else 32768)
         self.name, self.progress, self.out_lens, self.bar = name, progress, {}, None
         self.layer_passes = self.head_passes = self.weight_moves = self.sweeps = 0
@@ -63,15 +97,33 @@ class Engine:
         self.setup_weight_moves = self.probe_layer_passes = self.stash_bytes = 0
         self.head_batch, self.head_calls = head_batch, 0
         self.t0 = time.perf_counter()
-        self.checkpoint = None # a `SearchCheckpoint` when the search saves its progress
+        self.checkpoint = checkpoint
         self.fits, self.oom_retries = None, 0 # samples per sweep that fit after an out-of-memory error
-        if o.distributed and world_size() > 1: share_sweeps(self) # under torchrun: each rank sweeps its part of every chunk
+        # under torchrun each rank sweeps its block of every chunk, so by default a chunk holds `chunk` samples per rank
+        self.sharing = ChunkSharing(world_size()) if o.distributed and world_size() > 1 else None
+        if self.sharing is not None and rank_chunks: self.chunk = min(self.N, self.chunk * self.sharing.world)
 
     def chunks(self, idx:list)->list:
         "`idx` cut into sample chunks."
         return [idx[a:a + self.chunk] for a in range(0, len(idx), self.chunk)]
 
 # %% ../../nbs/14_engine.sweeps.ipynb #c711a44d
+@patch
+def open_bar(self:Engine, total:int|None, desc:str):
+    "This search's progress bar (shown if `progress`): each sweep advances it a step per layer."
+    self.bar = tqdm(total=total, desc=desc, disable=not self.progress)
+    return self.bar
+
+@patch
+def hold(self:Engine, nbytes:int):
+    "Count `nbytes` of states a search keeps between sweeps (negative: released); `park` adds them to what is held."
+    self.stash_bytes += nbytes
+
+@patch
+def count_head(self:Engine, calls:int, passes:int):
+    "Count head work done outside `head_nlls` (a head that computes some rows): calls, and passes (one window on one sample)."
+    self.head_calls += calls; self.head_passes += passes
+
 @patch
 def placement(self:Engine):
     "Context for the whole search: mix-mode placement, or nothing."
@@ -165,7 +217,7 @@ def head_nlls(self:Engine, ids:torch.Tensor, states:list)->list:
 # %% ../../nbs/14_engine.sweeps.ipynb #6641e248
 @patch
 @torch.inference_mode()
-def sweep(self:Engine,
+def sweep_here(self:Engine,
           idx:list,                # sample indices of this chunk
           windows:list,            # window starts to score
           baseline:bool=False,     # also score the unpruned model
@@ -174,7 +226,7 @@ def sweep(self:Engine,
           start_states:dict|None=None, # window start -> its start state, from an earlier `stash`: no unpruned stream
           heads:Callable|None=None, # `heads(ids, keys, states)`: per-sample NLLs of each stream ("base" first if `baseline`); None: the full head
          )->tuple:
-    "Per-sample NLLs of `idx` for each window in `windows` (and the unpruned model if `baseline`), layer-major."
+    "Per-sample NLLs of `idx` for each window in `windows` (and the unpruned model if `baseline`), layer-major, in this process."
     n, L = self.n, self.L
     ids = torch.cat([self.data[i] for i in idx]).to(self.parts.input_device)
     self._calls, self._moves, self.sweeps = {}, 0, self.sweeps + 1
@@ -209,6 +261,36 @@ def sweep(self:Engine,
     base_nlls, nlls = got.pop("base", None), got
     self._calls = self._h0 = None
     return nlls, base_nlls
+
+# %% ../../nbs/14_engine.sweeps.ipynb #b8c3d03e
+@patch
+def sweep(self:Engine, idx:list, windows:list, **kw)->tuple:
+    "Per-sample NLLs of `idx` for each window in `windows` (as `sweep_here`): under torchrun, each rank sweeps its share."
+    if self.sharing is None: return self.sweep_here(idx, windows, **kw)
+    return self.sharing.sweep(self.sweep_here, idx, windows, **kw)
+
+@patch
+def sweep_fitting(self:Engine, idx:list, windows:list, proxy:dict|None=None, **kw)->tuple:
+    "`sweep`, cut into smaller sample chunks after an accelerator out-of-memory error (and said so); the same NLLs."
+    if self.fits is not None and len(idx) > self.fits:   # an earlier chunk of this size ran out of memory
+        step = self.fits
+        parts = [self.sweep_fitting(idx[a:a + step], windows, proxy, **kw) for a in range(0, len(idx), step)]
+        return ({w: [x for g, _ in parts for x in g[w]] for w in parts[0][0]},
+                None if parts[0][1] is None else [x for _, b in parts for x in b])
+    mine = None if proxy is None else {s: 0.0 for s in proxy}     # added to `proxy` only if the sweep completes
+    try: got, b = self.sweep(idx, windows, proxy=mine, **kw)
+    except torch.OutOfMemoryError as e:
+        self._calls = self._h0 = None
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+        if len(idx) == 1:
+            raise torch.OutOfMemoryError(f"out of memory on {self.device} with a single sample of {self.seqlen} tokens: use "
+                                         "shorter windows (seqlen), save_gpu_memory=True (--save_gpu_memory) or more devices") from e
+        self.fits = (len(idx) + 1) // 2; self.oom_retries += 1
+        log.warning(f"out of memory on {self.device} with a chunk of {len(idx)} samples: retrying in chunks of {self.fits}")
+        return self.sweep_fitting(idx, windows, proxy, **kw)
+    if proxy is not None:
+        for s in mine: proxy[s] += mine[s]
+    return got, b
 
 # %% ../../nbs/14_engine.sweeps.ipynb #f7385bc2
 @patch
