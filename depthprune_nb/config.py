@@ -5,7 +5,7 @@
 # %% ../nbs/00_config.ipynb #097fb127
 from __future__ import annotations
 import json, operator
-from dataclasses import dataclass, field, fields, asdict, replace
+from dataclasses import dataclass, fields, asdict, replace
 from pathlib import Path
 
 # %% auto #0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/54_demo.ipynb #d76c29bf
 from __future__ import annotations
-import hashlib, inspect, json, math, os, time, logging
+import hashlib, inspect, json, math, time, logging
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 

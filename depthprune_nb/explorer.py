@@ -4,7 +4,7 @@
 
 # %% ../nbs/53_explorer.ipynb #e3c21d2b
 from __future__ import annotations
-import html, io, math, json
+import html, io, math
 from pathlib import Path
 
 import matplotlib.pyplot as plt

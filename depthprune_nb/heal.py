@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError
-from .data import cut_windows, default_seqlen, text_windows
+from .data import default_seqlen, text_windows
 from .parts import ModelParts, locate
 from .ppl import check_data
 

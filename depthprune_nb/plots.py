@@ -5,8 +5,6 @@
 # %% ../nbs/52_plots.ipynb #54c9e740
 from __future__ import annotations
 import math
-from pathlib import Path
-import torch
 import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.colors import LogNorm
@@ -14,7 +12,6 @@ from matplotlib.ticker import MaxNLocator
 from fastcore.basics import patch
 
 from .result import PruneResult, layer_range
-from .criteria.angular import angular_distance_proxy
 
 
 # %% auto #0

@@ -14,7 +14,7 @@ from torch import nn
 from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_config, check_layer_indices, EngineOptions
 from .parts import ModelParts, locate
 from .ppl import check_data, perplexity
-from .result import PruneResult, candidate_starts, params_after_deleting, fill_runner_up, model_label
+from .result import PruneResult, candidate_starts, fill_runner_up
 from .engine.reference import reference_search, evaluate_result
 from .engine.placement import layers_offloaded
 from .engine.precision import resolve_compute_dtype, mixed_precision_search
@@ -117,11 +117,8 @@ def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:
     with ctx:
         base = perplexity(model, data)
         with temporarily_deleted(model, layers, parts): after = perplexity(model, data)
-    L = parts.num_layers
-    return PruneResult(delete_layer_num=len(layers), baseline_ppl=base, ppl_by_start={layers[0]: after}, deleted_layers=layers,
-                       num_layers_before=L, num_layers_after=L - len(layers), params_before=sum(p.numel() for p in model.parameters()),
-                       params_after=params_after_deleting(parts, layers), stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
-                       model_name=model_label(model), method="explicit")
+    return PruneResult.of(parts, layers, base, {layers[0]: after}, stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
+                          method="explicit")
 
 # %% ../nbs/50_pruner.ipynb #6ca25872
 class ModelPruner:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 from torch import nn
+from fastcore.basics import patch
 
 from .config import ConfigError
 from .parts import ModelParts, locate
@@ -196,6 +197,25 @@ def params_after_deleting(parts:ModelParts, layers:list)->int:
     gone = {id(p) for i in layers for p in parts.layers[i].parameters()}
     return sum(p.numel() for p in parts.model.parameters() if id(p) not in gone)
 
+# %% ../nbs/05_result.ipynb #df950d6b
+@patch(cls_method=True)
+def of(cls:PruneResult,
+       parts:ModelParts,          # the searched model's located parts (`parts.model` is the model)
+       deleted_layers,            # the pick: the layers to delete, in the model's current numbering
+       baseline_ppl:float,        # PPL of the unpruned model
+       ppl_by_start:dict,         # the criterion's table: window (or first deleted layer) -> PPL
+       params_before:int|None=None, # the model's parameter count (counted here if None)
+       model_name:str|None=None,  # the model's name (`model_label` if None)
+       **fields,                  # the other fields: `stats`, `lower_bound_starts`, `method`, `scores`, ...
+      )->PruneResult:
+    "A search's result: its table, pick and measurements, with the layer and parameter counts that follow from them."
+    deleted, L, model = list(deleted_layers), parts.num_layers, parts.model
+    return cls(delete_layer_num=len(deleted), baseline_ppl=baseline_ppl, ppl_by_start=ppl_by_start, deleted_layers=deleted,
+               num_layers_before=L, num_layers_after=L - len(deleted),
+               params_before=sum(p.numel() for p in model.parameters()) if params_before is None else params_before,
+               params_after=params_after_deleting(parts, deleted),
+               model_name=model_label(model) if model_name is None else model_name, **fields)
+
 # %% ../nbs/05_result.ipynb #0ad87e5e
 def criterion_setup(model:nn.Module,            # the causal LM a criterion will score
                     data:list,                  # calibration windows, `LongTensor[1, seqlen]`
@@ -229,8 +249,5 @@ def criterion_result(model:nn.Module,      # the causal LM (unchanged)
     again, more = (0 if baseline_nlls else 1), (1 if runner_up else 0) # forwards of the full model, of the runner-up
     stats = dict(stats, report_layer_passes=N * (again * L + (1 + more) * (L - n)),
                  report_head_passes=N * (again + 1 + more), report_wall_s=time.perf_counter() - t0)
-    return PruneResult(delete_layer_num=n, baseline_ppl=base, ppl_by_start={deleted[0]: pick}, deleted_layers=deleted,
-                       num_layers_before=L, num_layers_after=L - n, params_before=sum(p.numel() for p in model.parameters()),
-                       params_after=params_after_deleting(parts, deleted), proxy_by_start=proxy_by_start, stats=stats,
-                       model_name=model_label(model), method=method,
-                       runner_up_layers=runner_up, runner_up_ppl=ru, scores=scores)
+    return PruneResult.of(parts, deleted, base, {deleted[0]: pick}, proxy_by_start=proxy_by_start, stats=stats, method=method,
+                          runner_up_layers=runner_up, runner_up_ppl=ru, scores=scores)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/07_criteria.angular.ipynb #886e4cb3
 from __future__ import annotations
-import math, time
+import time
 
 import torch
 import torch.nn.functional as F

@@ -11,9 +11,9 @@ from torch import nn
 
 from ..engine.checkpoint import SearchCheckpoint, check_kind, model_fingerprint
 from ..engine.checkpoint import open_state, state_path, write_state
-from ..config import ConfigError, EngineOptions, checkpoint_refusal
+from ..config import EngineOptions, checkpoint_refusal
 from ..parts import ModelParts, locate
-from ..result import PruneResult, model_label, params_after_deleting, runner_up_start, criterion_setup
+from ..result import PruneResult, model_label, runner_up_start, criterion_setup
 from ..engine.core import search_function
 from ..surgery import temporarily_deleted
 
@@ -59,11 +59,9 @@ def _sleb_result(st:dict, k:int, baseline:float, L:int, params_before:int, parts
                  brute_force_layer_passes=sum((L - r) * (L - r - 1) * N for r in range(k)),
                  brute_force_head_passes=sum((L - r) * N for r in range(k)))
     if k < len(st["removal_order"]): stats["wall_s"] = sum(keep["round_wall_s"])
-    return PruneResult(delete_layer_num=k, baseline_ppl=baseline, ppl_by_start={deleted[0]: keep["round_ppl"][-1]},
-                       deleted_layers=deleted, num_layers_before=L, num_layers_after=L - k, params_before=params_before,
-                       params_after=params_after_deleting(parts, deleted), stats=stats, model_name=model_name, method="sleb",
-                       runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
-                       runner_up_ppl=None if second is None else table[second], scores=scores)
+    return PruneResult.of(parts, deleted, baseline, {deleted[0]: keep["round_ppl"][-1]}, params_before, model_name,
+                          stats=stats, method="sleb", runner_up_layers=None if second is None else sorted(order[:-1] + [second]),
+                          runner_up_ppl=None if second is None else table[second], scores=scores)
 
 def sleb_search(model:nn.Module,            # a causal LM
                 data:list,                  # calibration windows, `LongTensor[1, seqlen]`

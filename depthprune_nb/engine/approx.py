@@ -8,7 +8,6 @@ import math, logging
 from dataclasses import replace
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import EngineOptions, head_bound_refusal
 from ..parts import ModelParts

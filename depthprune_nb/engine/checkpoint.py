@@ -172,6 +172,3 @@ def interrupted(self:SearchCheckpoint, done:int, chunks:int):
     "Say where the search stopped and how to go on (Ctrl-C)."
     log.warning(f"search interrupted after {done} of {chunks} sample chunks; progress saved to {self.path}. "
                 "Run the same command with --resume (or resume=True) to continue from there")
-
-# %% ../../nbs/13_engine.checkpoint.ipynb #7b15d020
-from ..config import checkpoint_refusal # its home is config; importable from here as before

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError
 from ..parts import ModelParts, locate
 from .placement import default_device
 from .plan import model_shape

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, EngineOptions, checkpoint_refusal
 from ..parts import ModelParts

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..ppl import window_nll, ppl_from_nlls

@@ -8,12 +8,11 @@ import math, time, logging, contextlib
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, COMPUTE_DTYPES, EngineOptions
 from ..parts import ModelParts, locate
 from ..ppl import ppl_from_nlls
-from ..result import PruneResult, best_start, params_after_deleting
+from ..result import PruneResult, best_start
 from .placement import default_device
 from .sweeps import Engine
 from .dtype_choice import choose_compute_dtype, own_dtype
@@ -131,9 +130,7 @@ def mixed_precision_search(search,              # search() runs the search (in w
                   head_rows=lo.stats["head_rows"] + eng.head_passes * model.get_output_embeddings().weight.shape[0])
     log.info(f"confirmed {len(exact)} of {len(table)} windows in {str(own_dtype(model, parts))[6:]} "
              f"(margin {margin:.2e}) in {conf['wall_s']:.1f} s; low-precision table {lo.stats['wall_s']:.1f} s")
-    return PruneResult(delete_layer_num=n, baseline_ppl=base, ppl_by_start=table, deleted_layers=list(range(best, best + n)),
-                       num_layers_before=L, num_layers_after=L - n, params_before=lo.params_before,
-                       params_after=params_after_deleting(parts, range(best, best + n)),
-                       lower_bound_starts=[s for s in lo.lower_bound_starts if s not in exact],
-                       estimated_starts=lo.estimated_starts, proxy_by_start=lo.proxy_by_start, stats=st,
-                       model_name=lo.model_name, low_precision_starts=[s for s in table if s not in exact])
+    return PruneResult.of(parts, range(best, best + n), base, table, lo.params_before, lo.model_name,
+                          lower_bound_starts=[s for s in lo.lower_bound_starts if s not in exact],
+                          estimated_starts=lo.estimated_starts, proxy_by_start=lo.proxy_by_start, stats=st,
+                          low_precision_starts=[s for s in table if s not in exact])

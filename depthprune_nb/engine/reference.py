@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, EngineOptions
 from ..parts import ModelParts, locate
 from ..ppl import check_data, perplexity, ppl_deleting
-from ..result import PruneResult, best_start, candidate_starts, model_label, params_after_deleting
+from ..result import PruneResult, best_start, candidate_starts
 from ..surgery import temporarily_deleted
-from .placement import default_device, is_dispatched, layers_offloaded
+from .placement import layers_offloaded
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,10 @@ def reference_search(model:nn.Module,        # a causal LM
                 table[s] = perplexity(model, data)
     best = best_start(table)
     L = parts.num_layers
-    return PruneResult(delete_layer_num=n, baseline_ppl=baseline, ppl_by_start=table, deleted_layers=list(range(best, best + n)),
-                       num_layers_before=L, num_layers_after=L - n, params_before=sum(p.numel() for p in model.parameters()),
-                       params_after=params_after_deleting(parts, range(best, best + n)),
+    return PruneResult.of(parts, range(best, best + n), baseline, table,
                        stats=dict(engine="reference", layer_passes=L * len(data) + len(starts) * (L - n) * len(data),
                                   head_passes=(len(starts) + 1) * len(data), wall_s=time.perf_counter() - t0,
-                                  weight_moves=(moves or {}).get("weight_moves", 0)),
-                       model_name=model_label(model))
+                                  weight_moves=(moves or {}).get("weight_moves", 0)))
 
 # %% ../../nbs/15_engine.reference.ipynb #645a1e2f
 def evaluate_result(result:PruneResult,         # what a search chose (layers in the model's current numbering)

@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from ..config import EngineOptions
 from ..parts import ModelParts, locate, angular_distance
-from ..ppl import window_nll, ppl_from_nlls, check_data
-from ..result import PruneResult, model_label, best_start, candidate_starts, params_after_deleting
+from ..ppl import window_nll, check_data
+from ..result import PruneResult, best_start, candidate_starts
 from .placement import default_device, is_dispatched, weights_on_host, tensor_bytes, available_memory, peak_rss
 from .replay import probe_layer_calls, head_logits
 from .ranks import world_size, ChunkSharing
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'sweep_streams', 'default_chunk', 'halving_rounds', 'Engine', 'nonfinite_samples']
 
-# %% ../../nbs/14_engine.sweeps.ipynb #cdc665c6
+# %% ../../nbs/14_engine.sweeps.ipynb #35c78b27
 def sweep_streams(windows:int, # candidate windows the sweep scores
                   n:int,       # layers per window
                  )->int:       # hidden states one sweep budgets per sample
@@ -262,7 +262,7 @@ def sweep_here(self:Engine,
     self._calls = self._h0 = None
     return nlls, base_nlls
 
-# %% ../../nbs/14_engine.sweeps.ipynb #b8c3d03e
+# %% ../../nbs/14_engine.sweeps.ipynb #97c79085
 @patch
 def sweep(self:Engine, idx:list, windows:list, **kw)->tuple:
     "Per-sample NLLs of `idx` for each window in `windows` (as `sweep_here`): under torchrun, each rank sweeps its share."
@@ -320,11 +320,8 @@ def log_cost(self:Engine, st:dict):
 def result(self:Engine, table:dict, baseline:float, lower:list, proxy, stats:dict)->PruneResult:
     "The `PruneResult`: the best window among those scored completely."
     best = best_start({s: v for s, v in table.items() if s not in lower})
-    L, n = self.L, self.n
-    return PruneResult(delete_layer_num=n, baseline_ppl=baseline, ppl_by_start=table, deleted_layers=list(range(best, best + n)),
-                       num_layers_before=L, num_layers_after=L - n, params_before=sum(p.numel() for p in self.model.parameters()),
-                       params_after=params_after_deleting(self.parts, range(best, best + n)), lower_bound_starts=lower,
-                       proxy_by_start=proxy, stats=stats, model_name=model_label(self.model))
+    return PruneResult.of(self.parts, range(best, best + self.n), baseline, table, lower_bound_starts=lower,
+                          proxy_by_start=proxy, stats=stats)
 
 # %% ../../nbs/14_engine.sweeps.ipynb #6eb17b23
 def nonfinite_samples(nlls:dict, # window start -> per-sample NLLs, in sample order
