@@ -24,8 +24,9 @@ def one_line_error(capsys, argv:list)->str:
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, f"exit code {rc}, stderr: {err[-500:]}"
-    assert err.count("\n") == 1 and err.startswith("depthprune: error: ") and "Traceback" not in err, err[-500:]
-    return err
+    last = err.rstrip("\n").split("\n")[-1]  # a loader's progress bar may come before it, on the same stream
+    assert last.startswith("depthprune: error: ") and err.count("depthprune: error: ") == 1 and "Traceback" not in err, err[-500:]
+    return last
 
 
 OK = {"input": "x", "target_scores": {"a": 1, "b": 0}}
@@ -112,3 +113,137 @@ def test_cli_refuses_a_bad_task_file_with_one_line(tmp_path, capsys, name):
     (f.write_bytes if isinstance(HOSTILE[name], bytes) else f.write_text)(HOSTILE[name])
     err = one_line_error(capsys, ["--model_dir", str(tmp_path / "no_model"), "--tasks", str(f), "--quiet"])
     assert str(f) in err, f"the message does not name the task file: {err}"
+
+# ---------------------------------------------------------------------------------------------- save targets
+import shutil, subprocess
+import depthprune_nb.cli as cli
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from depthprune_nb.testing import save_tiny_model
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", family="llama", num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    pytest.importorskip("gguf")
+    from depthprune_nb.testing import save_tiny_gguf
+    return save_tiny_gguf(tmp_path_factory.mktemp("g") / "tiny.gguf", num_layers=4)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    "Loading a model, or starting the search, fails the test: a refusal must come before both."
+    def boom(*a, **k): raise AssertionError("the model was loaded before the save target was refused")
+    monkeypatch.setattr(cli, "load_model", boom); monkeypatch.setattr(cli, "load_gguf_model", boom)
+
+
+@pytest.fixture
+def no_search(monkeypatch):
+    "Starting the search fails the test (loading is allowed: a GGUF's size is known once it is loaded)."
+    def boom(*a, **k): raise AssertionError("the search started before the save target was refused")
+    monkeypatch.setattr(cli, "pruner_class", lambda *a, **k: boom)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    "Mount a real tmpfs (`mount -o OPTIONS`) under tmp_path; the test is skipped where this user cannot mount."
+    made = []
+    def mount(name:str, options:str)->Path:
+        d = tmp_path / name; d.mkdir()
+        if os.geteuid() != 0 or not shutil.which("mount"): pytest.skip("mounting a tmpfs needs root")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], capture_output=True, text=True)
+        if r.returncode: pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:100]}")
+        made.append(d); return d
+    yield mount
+    for d in made: subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def full_disk(monkeypatch, free:int=100 * 1024):
+    "Every file system reports `free` bytes free (shutil.disk_usage), as a nearly full disk would."
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+
+
+def args_for(model, *extra)->list:
+    return ["--model_dir", str(model), "--text_file", str(Path(__file__).resolve().parents[2] / "shared" / "data" /
+            "wikitext-2-raw-v1" / "test.txt"), "--nsamples", "2", "--seqlen", "32", "--eval_nsamples", "0", "--quiet", *map(str, extra)]
+
+
+@pytest.mark.parametrize("option", ["--save_dir", "--result_json"])
+def test_a_target_under_a_file_is_refused_before_loading(tiny_llama, tmp_path, capsys, no_loading, option):
+    "A parent that is a regular file defeats root too: today this was found only when saving, after the search."
+    (tmp_path / "a_file").write_text("mine")
+    target = tmp_path / "a_file" / "out"
+    err = one_line_error(capsys, args_for(tiny_llama, option, target))
+    assert f"{option}='{target}' cannot be written: '{tmp_path / 'a_file'}' is a file, not a folder" in err
+    assert (tmp_path / "a_file").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+def test_a_gguf_target_under_a_file_is_refused_before_loading(tiny_gguf, tmp_path, capsys, no_loading):
+    (tmp_path / "a_file").write_text("mine")
+    err = one_line_error(capsys, args_for(tiny_gguf, "--save_gguf", tmp_path / "a_file" / "x.gguf"))
+    assert "--save_gguf=" in err and "is a file, not a folder" in err
+
+
+def test_a_read_only_file_system_is_refused_before_loading(tiny_llama, tiny_gguf, tmpfs, capsys, no_loading):
+    "A real read-only tmpfs: root cannot write there either (os.access and statvfs both say so)."
+    ro = tmpfs("ro", "ro,size=1m")
+    err = one_line_error(capsys, args_for(tiny_llama, "--save_dir", ro / "out"))
+    assert f"--save_dir='{ro / 'out'}' cannot be written: '{ro}' is on a read-only file system" in err
+    err = one_line_error(capsys, args_for(tiny_gguf, "--save_gguf", ro / "sub" / "x.gguf"))
+    assert f"--save_gguf='{ro / 'sub' / 'x.gguf'}' cannot be written: '{ro}' is on a read-only file system" in err
+
+
+def test_a_folder_this_user_may_not_write_is_refused_before_loading(tiny_llama, tmp_path, capsys, no_loading, monkeypatch):
+    "What a non-root user meets on a chmod 0555 folder (root may write there, so os.access is made to answer as for them)."
+    locked = tmp_path / "locked"; locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == locked else real(p, mode, **k))
+    err = one_line_error(capsys, args_for(tiny_llama, "--save_dir", locked / "out"))
+    assert f"--save_dir='{locked / 'out'}' cannot be written: this user may not write in '{locked}'" in err
+
+
+def test_a_full_file_system_is_refused_before_loading(tiny_llama, tmpfs, capsys, no_loading):
+    "A real 64 KiB tmpfs: the pruned tiny checkpoint (~0.25 MiB, estimated from its safetensors header) cannot fit."
+    full = tmpfs("full", "size=64k")
+    err = one_line_error(capsys, args_for(tiny_llama, "--save_dir", full / "out"))
+    assert f"--save_dir='{full / 'out'}' (about " in err and f"more room than the file system holding '{full}' has (0.1 MiB free)" in err
+
+
+def test_a_full_disk_is_refused_for_every_source(tiny_llama, tiny_gguf, tmp_path, capsys, monkeypatch, no_search):
+    "disk_usage made to report 100 KiB free: safetensors and GGUF targets refused before loading; a GGUF's --save_dir "
+    "(its dequantized size is known once loaded) before the search."
+    full_disk(monkeypatch)
+    loads = []
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: loads.append(a) or (_ for _ in ()).throw(AssertionError("loaded")))
+    err = one_line_error(capsys, args_for(tiny_llama, "--save_dir", tmp_path / "out"))
+    assert "--save_dir=" in err and "(0.1 MiB free)" in err and not loads
+    err = one_line_error(capsys, args_for(tiny_gguf, "--save_gguf", tmp_path / "x.gguf"))
+    assert "--save_gguf=" in err and "more room" in err
+    err = one_line_error(capsys, args_for(tiny_gguf, "--save_dir", tmp_path / "from_gguf"))
+    assert "--save_dir=" in err and "more room" in err
+    assert sorted(os.listdir(tmp_path)) == [], "a refused save left something behind"
+
+
+def test_targets_on_one_file_system_add_up(tiny_gguf, tmp_path, capsys, monkeypatch, no_search):
+    "Each of --save_gguf and --save_dir would fit alone (the file system reports room for the larger one); not both."
+    biggest, check = [0], cli.check_free_space
+    def spy(needs):
+        biggest[0] = max([biggest[0]] + [int(n * 1.05) + 2**20 for *_, n in needs])
+        return check(needs)
+    monkeypatch.setattr(cli, "check_free_space", spy)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - biggest[0], biggest[0]))
+    err = one_line_error(capsys, args_for(tiny_gguf, "--save_gguf", tmp_path / "x.gguf", "--save_dir", tmp_path / "d"))
+    assert f"--save_dir='{tmp_path / 'd'}' (about" in err and f"and --save_gguf='{tmp_path / 'x.gguf'}' (about" in err, err
+
+
+def test_an_existing_save_dir_is_left_as_it_was(tiny_llama, tmp_path, capsys, monkeypatch, no_loading):
+    "--overwrite on a full disk: refused before anything is written; the user's files are byte-for-byte unchanged."
+    out = tmp_path / "out"; out.mkdir()
+    (out / "model.safetensors").write_bytes(b"an earlier save"); (out / "notes.txt").write_text("mine")
+    full_disk(monkeypatch)
+    err = one_line_error(capsys, args_for(tiny_llama, "--save_dir", out, "--overwrite"))
+    assert "more room" in err
+    assert (out / "model.safetensors").read_bytes() == b"an earlier save" and (out / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["out"] and sorted(os.listdir(out)) == ["model.safetensors", "notes.txt"]
