@@ -173,7 +173,7 @@ def writable_folder(option:str,      # the flag, for the message (`--save_dir`)
     "The folder `path` will be written in, after refusing one that cannot be: a file, a read-only file system, no permission."
     where = _existing(Path(os.path.abspath(path)).parent)
     why = (f"{str(where)!r} is a file, not a folder" if not where.is_dir() else
-           f"{str(where)!r} is on a read-only file system" if os.statvfs(where).f_flag & os.ST_RDONLY else
+           f"{str(where)!r} is on a read-only file system" if hasattr(os, "statvfs") and os.statvfs(where).f_flag & os.ST_RDONLY else
            f"this user may not write in {str(where)!r}" if not os.access(where, os.W_OK | os.X_OK) else None)
     if why is None and Path(path).is_dir() and not os.access(path, os.W_OK | os.X_OK): # an existing --save_dir: files replaced in it
         why = f"this user may not write in {str(path)!r}"
