@@ -235,6 +235,8 @@ def check_save_targets(args, cfg, gsrc:tuple|None, local_src:str|None)->bool: # 
     "Before the model loads: every save target writable, and roomy where the source's size is known without loading it."
     for option in ("--save_dir", "--save_gguf", "--result_json"):
         if (path := getattr(args, option[2:], None)): writable_folder(option, path)
+    if getattr(args, "result_json", None) and Path(args.result_json).is_dir():
+        raise SaveTargetError(f"--result_json={args.result_json!r} is a folder; name the JSON file to write")
     needs = _gguf_need(args, gsrc)
     if args.save_dir and local_src and (sizes := safetensors_bytes(local_src, args.dtype)):
         extra = sum(f.stat().st_size for f in Path(local_src).iterdir() if f.is_file() and f.suffix not in (".safetensors", ".bin", ".pt", ".gguf"))

@@ -180,6 +180,11 @@ def test_a_target_under_a_file_is_refused_before_loading(tiny_llama, tmp_path, c
     assert (tmp_path / "a_file").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["a_file"]
 
 
+def test_a_result_json_that_is_a_folder_is_refused_before_loading(tiny_llama, tmp_path, capsys, no_loading):
+    err = one_line_error(capsys, args_for(tiny_llama, "--result_json", tmp_path))
+    assert f"--result_json='{tmp_path}' is a folder; name the JSON file to write" in err
+
+
 def test_a_gguf_target_under_a_file_is_refused_before_loading(tiny_gguf, tmp_path, capsys, no_loading):
     (tmp_path / "a_file").write_text("mine")
     err = one_line_error(capsys, args_for(tiny_gguf, "--save_gguf", tmp_path / "a_file" / "x.gguf"))
@@ -215,10 +220,10 @@ def test_a_full_disk_is_refused_for_every_source(tiny_llama, tiny_gguf, tmp_path
     "disk_usage made to report 100 KiB free: safetensors and GGUF targets refused before loading; a GGUF's --save_dir "
     "(its dequantized size is known once loaded) before the search."
     full_disk(monkeypatch)
-    loads = []
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: loads.append(a) or (_ for _ in ()).throw(AssertionError("loaded")))
+    def no_load(*a, **k): raise AssertionError("a safetensors checkpoint was loaded before its --save_dir was refused")
+    monkeypatch.setattr(cli, "load_model", no_load)
     err = one_line_error(capsys, args_for(tiny_llama, "--save_dir", tmp_path / "out"))
-    assert "--save_dir=" in err and "(0.1 MiB free)" in err and not loads
+    assert "--save_dir=" in err and "(0.1 MiB free)" in err
     err = one_line_error(capsys, args_for(tiny_gguf, "--save_gguf", tmp_path / "x.gguf"))
     assert "--save_gguf=" in err and "more room" in err
     err = one_line_error(capsys, args_for(tiny_gguf, "--save_dir", tmp_path / "from_gguf"))
