@@ -96,7 +96,7 @@ def _over(what:str,  # the field and where it is, e.g. `'t.json': examples[3] ha
          )->str:
     "The refusal of a field larger than `TASK_LIMITS[key]`."
     return (f"{what} {value:,} {unit}; at most {TASK_LIMITS[key]:,} are valid "
-            f"(depthprune_nb.tasks.TASK_LIMITS[{key!r}])")
+            f"({__name__}.TASK_LIMITS[{key!r}])") # the module's name wherever it lives
 
 def load_task_json(f:Path)->object:
     "The JSON in task file `f`, after checks that keep reading and parsing it within TASK_LIMITS."

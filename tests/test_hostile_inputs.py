@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from depthprune_nb.tasks import read_task, TaskFileError
-from depthprune_nb.cli import main
+try:  # the sub-package layout (depthprune_nb/eval/, depthprune_nb/cli/), else the flat one before it
+    from depthprune_nb.eval import tasks
+    from depthprune_nb.cli import prune as cli
+except ImportError:
+    from depthprune_nb import tasks, cli
+read_task, TaskFileError, main = tasks.read_task, tasks.TaskFileError, cli.main
 
 
 def task(path:Path, examples=None, text:str|None=None)->Path:
@@ -116,7 +120,6 @@ def test_cli_refuses_a_bad_task_file_with_one_line(tmp_path, capsys, name):
 
 # ---------------------------------------------------------------------------------------------- save targets
 import shutil, subprocess
-import depthprune_nb.cli as cli
 
 
 @pytest.fixture(scope="module")
