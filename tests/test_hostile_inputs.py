@@ -120,6 +120,7 @@ def test_cli_refuses_a_bad_task_file_with_one_line(tmp_path, capsys, name):
 
 # ---------------------------------------------------------------------------------------------- save targets
 import shutil, subprocess
+from conftest import WIKITEXT
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +170,9 @@ def full_disk(monkeypatch, free:int=100 * 1024):
 
 
 def args_for(model, *extra)->list:
-    return ["--model_dir", str(model), "--text_file", str(Path(__file__).resolve().parents[2] / "shared" / "data" /
-            "wikitext-2-raw-v1" / "test.txt"), "--nsamples", "2", "--seqlen", "32", "--eval_nsamples", "0", "--quiet", *map(str, extra)]
+    "A small run's flags (the refusals below come before any text is read)."
+    return ["--model_dir", str(model), "--text_file", str(WIKITEXT), "--nsamples", "2", "--seqlen", "32",
+            "--eval_nsamples", "0", "--quiet", *map(str, extra)]
 
 
 @pytest.mark.parametrize("option", ["--save_dir", "--result_json"])
