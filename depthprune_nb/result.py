@@ -197,7 +197,7 @@ def params_after_deleting(parts:ModelParts, layers:list)->int:
     gone = {id(p) for i in layers for p in parts.layers[i].parameters()}
     return sum(p.numel() for p in parts.model.parameters() if id(p) not in gone)
 
-# %% ../nbs/05_result.ipynb #df950d6b
+# %% ../nbs/05_result.ipynb #d62a4b59
 @patch(cls_method=True)
 def of(cls:PruneResult,
        parts:ModelParts,          # the searched model's located parts (`parts.model` is the model)

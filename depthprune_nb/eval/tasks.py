@@ -4,7 +4,7 @@
 
 # %% ../../nbs/57_eval.tasks.ipynb #82239a6e
 from __future__ import annotations
-import contextlib, json, logging, math, os
+import contextlib, itertools, json, logging, math, os, re, reprlib
 from typing import NamedTuple
 from pathlib import Path
 
@@ -13,9 +13,9 @@ from ..config import ConfigError
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'INPUT_PREFIX', 'OUTPUT_PREFIX', 'DEFAULT_SUITE', 'TaskFileError', 'bigbench_dir', 'task_file', 'suite_names',
-           'bigbench_prompt', 'read_task', 'lm_eval_task', 'parse_tasks', 'evaluate_tasks', 'PairedTest', 'paired_test',
-           'ranked_candidates', 'rerank_by_tasks']
+__all__ = ['log', 'INPUT_PREFIX', 'OUTPUT_PREFIX', 'DEFAULT_SUITE', 'TASK_LIMITS', 'TaskFileError', 'bigbench_dir', 'task_file',
+           'suite_names', 'bigbench_prompt', 'json_depth', 'load_task_json', 'read_task', 'lm_eval_task', 'parse_tasks',
+           'evaluate_tasks', 'PairedTest', 'paired_test', 'ranked_candidates', 'rerank_by_tasks']
 
 # %% ../../nbs/57_eval.tasks.ipynb #ebc41053
 INPUT_PREFIX, OUTPUT_PREFIX = "\nQ: ", "\nA: "  # BIG-bench's defaults where a task sets no prefix
@@ -68,23 +68,92 @@ def bigbench_prompt(task:dict,    # the task file's top level (for its prefixes)
     return (task.get("task_prefix", "") + task.get("example_input_prefix", INPUT_PREFIX) + example["input"]
             + task.get("example_output_prefix", OUTPUT_PREFIX)).strip()
 
+# %% ../../nbs/57_eval.tasks.ipynb #c28a0002
+TASK_LIMITS = dict(bytes=256 * 2**20, # the task file's size
+                   depth=32,          # JSON nesting (a BIG-bench task needs 4: task, examples, example, target_scores)
+                   examples=200_000,  # examples in one file
+                   choices=1_000,     # choices (target_scores entries) in one example
+                   chars=100_000,     # characters in one text field: an input, a choice, a prefix
+                  )
+
+_STRING, _NOT_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"'), re.compile(r'[^\[\]{}]+')
+
+def json_depth(text:str)->int:
+    "How deep `text` nests JSON arrays and objects: one linear pass, no recursion, so safe on any input."
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+
+# %% ../../nbs/57_eval.tasks.ipynb #c28a0004
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = 60
+_brief.maxlist = _brief.maxdict = 4
+_short = _brief.repr # a value in a message: never a megabyte of it
+
+def _over(what:str,  # the field and where it is, e.g. `'t.json': examples[3] has`
+          value:int, # its size
+          unit:str,  # what `value` counts
+          key:str,   # its entry in TASK_LIMITS
+         )->str:
+    "The refusal of a field larger than `TASK_LIMITS[key]`."
+    return (f"{what} {value:,} {unit}; at most {TASK_LIMITS[key]:,} are valid "
+            f"({__name__}.TASK_LIMITS[{key!r}])") # the module's name wherever it lives
+
+def load_task_json(f:Path)->object:
+    "The JSON in task file `f`, after checks that keep reading and parsing it within TASK_LIMITS."
+    size = f.stat().st_size
+    if size > TASK_LIMITS["bytes"]: raise TaskFileError(_over(f"{str(f)!r} holds", size, "bytes", "bytes"))
+    try: text = f.read_text(encoding="utf-8")
+    except ValueError as e: raise TaskFileError(f"{str(f)!r} is not valid JSON: {e}") from None # not UTF-8
+    depth = json_depth(text) # TaskFileError is a ValueError: checked outside the `try` below
+    if depth > TASK_LIMITS["depth"]:
+        raise TaskFileError(_over(f"{str(f)!r} nests JSON arrays/objects", depth, "levels deep (a BIG-bench task: 4)", "depth"))
+    try: return json.loads(text)
+    except (ValueError, RecursionError) as e: raise TaskFileError(f"{str(f)!r} is not valid JSON: {e}") from None
+
 # %% ../../nbs/57_eval.tasks.ipynb #9a536d79
+def _check_scores(where:str, ts)->str|None:
+    "Why `target_scores` `ts` of the example at `where` cannot pick one gold choice, or None."
+    if not isinstance(ts, dict) or len(ts) < 2:
+        return f"{where}: 'target_scores' must map at least two choices to scores, got {_short(ts)}"
+    if len(ts) > TASK_LIMITS["choices"]: return _over(f"{where}: 'target_scores' has", len(ts), "choices", "choices")
+    long = next((k for k in ts if len(k) > TASK_LIMITS["chars"]), None)
+    if long is not None: return _over(f"{where}: the choice {_short(long)} has", len(long), "characters", "chars")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ts.values()):
+        return f"{where}: 'target_scores' values must be numbers, got {_short(ts)}"
+    bad = next((k for k, v in ts.items() if isinstance(v, float) and not math.isfinite(v)), None)
+    if bad is not None:
+        return (f"{where}: 'target_scores'[{_short(bad)}] is {ts[bad]!r}; scores must be finite numbers "
+                "(NaN or infinity cannot mark the gold choice)")
+    top = max(ts.values())
+    tied = [k for k, v in ts.items() if v == top]
+    if len(tied) > 1: return f"{where}: the gold choice is ambiguous: {_short(tied)} tie for the highest target score {top!r}"
+    return None
+
 def _check_example(f:Path, i:int, e)->str|None:
     "Why example `i` of file `f` cannot be scored, or None."
     where = f"{str(f)!r}: examples[{i}]"
     if not isinstance(e, dict): return f"{where} is a JSON {type(e).__name__}, not an object"
-    if not isinstance(e.get("input"), str): return f"{where} has no text 'input' (got {e.get('input')!r})"
-    ts = e.get("target_scores")
-    if ts is None: return f"{where} has no 'target_scores': only multiple-choice BIG-bench tasks can be scored"
-    if not isinstance(ts, dict) or len(ts) < 2:
-        return f"{where}: 'target_scores' must map at least two choices to scores, got {ts!r}"
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ts.values()):
-        return f"{where}: 'target_scores' values must be numbers, got {ts!r}"
-    top = max(ts.values())
-    tied = [k for k, v in ts.items() if v == top]
-    if len(tied) > 1: return f"{where}: the gold choice is ambiguous: {tied} tie for the highest target score {top!r}"
-    return None
+    if not isinstance(e.get("input"), str): return f"{where} has no text 'input' (got {_short(e.get('input'))})"
+    if len(e["input"]) > TASK_LIMITS["chars"]: return _over(f"{where}: 'input' has", len(e["input"]), "characters", "chars")
+    if e.get("target_scores") is None: return f"{where} has no 'target_scores': only multiple-choice BIG-bench tasks can be scored"
+    return _check_scores(where, e["target_scores"])
 
+def _check_task(f:Path, t)->list:
+    "The examples of task object `t` read from `f`, after checking everything but their range."
+    if not isinstance(t, dict): raise TaskFileError(f"{str(f)!r} holds a JSON {type(t).__name__}, not a BIG-bench task object")
+    ex = t.get("examples")
+    if not isinstance(ex, list) or not ex:
+        raise TaskFileError(f"{str(f)!r} has no 'examples' (got {_short(ex)}): a BIG-bench task lists its examples there")
+    if len(ex) > TASK_LIMITS["examples"]: raise TaskFileError(_over(f"{str(f)!r}: 'examples' has", len(ex), "examples", "examples"))
+    for i, e in enumerate(ex):
+        why = _check_example(f, i, e)
+        if why: raise TaskFileError(why)
+    for k in ("task_prefix", "example_input_prefix", "example_output_prefix"):
+        if k in t and not isinstance(t[k], str): raise TaskFileError(f"{str(f)!r}: {k!r} must be a string, got {_short(t[k])}")
+        if k in t and len(t[k]) > TASK_LIMITS["chars"]: raise TaskFileError(_over(f"{str(f)!r}: {k!r} has", len(t[k]), "characters", "chars"))
+    return ex
+
+# %% ../../nbs/57_eval.tasks.ipynb #c28a0005
 def read_task(task:str|os.PathLike,        # a task name or the path of a BIG-bench `task.json` (see task_file)
               limit:int|None=None,         # keep the first `limit` examples (after `start`); None: all
               start:int=0,                 # skip this many examples first (e.g. a calibration slice at the end)
@@ -92,17 +161,8 @@ def read_task(task:str|os.PathLike,        # a task name or the path of a BIG-be
              )->dict:                      # `{"name", "path", "docs", "chance", "total"}`
     "The examples of a BIG-bench task as prompts, choices and gold indices, in file order, after checking the whole file."
     f = task_file(task, data_dir)
-    try: t = json.loads(f.read_text(encoding="utf-8"))
-    except ValueError as e: raise TaskFileError(f"{str(f)!r} is not valid JSON: {e}") from None
-    if not isinstance(t, dict): raise TaskFileError(f"{str(f)!r} holds a JSON {type(t).__name__}, not a BIG-bench task object")
-    ex = t.get("examples")
-    if not isinstance(ex, list) or not ex:
-        raise TaskFileError(f"{str(f)!r} has no 'examples' (got {ex!r}): a BIG-bench task lists its examples there")
-    for i, e in enumerate(ex):
-        why = _check_example(f, i, e)
-        if why: raise TaskFileError(why)
-    for k in ("task_prefix", "example_input_prefix", "example_output_prefix"):
-        if k in t and not isinstance(t[k], str): raise TaskFileError(f"{str(f)!r}: {k!r} must be a string, got {t[k]!r}")
+    t = load_task_json(f)
+    ex = _check_task(f, t)
     if limit is not None and (not isinstance(limit, int) or limit < 1): raise ConfigError(f"limit={limit!r} must be a positive integer or None")
     if not isinstance(start, int) or not 0 <= start < len(ex):
         raise ConfigError(f"start={start!r} must be an integer in [0, {len(ex)}) for {str(f)!r} ({len(ex)} examples)")
