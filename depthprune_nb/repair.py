@@ -97,7 +97,7 @@ def _tapped_forward(model:nn.Module, ids:torch.Tensor, got:dict)->dict:
     if missing: raise RuntimeError(f"the forward never reached the hooks for {sorted(missing)}: is `parts` for this model?")
     return dict(got)
 
-# %% ../nbs/04b_repair.ipynb #999099dd
+# %% ../nbs/04b_repair.ipynb #4451f793
 @contextmanager
 def _nudged(module:nn.Module, delta:torch.Tensor):
     "Inside the block, `delta` is added to `module`'s output."
@@ -110,22 +110,23 @@ def residual_gain(model:nn.Module,  # a causal LM
                   start:int,        # first deleted layer; the map folds into layer `start-1`
                   fold_path:str,    # the down projection inside layer `start-1`
                   ids:torch.Tensor, # a `[1, T]` window of token ids (its first 16 tokens are used)
-                  tol:float=1e-2,   # largest remainder off `g delta`, relative to the response
+                  tol:float|None=None, # largest remainder off `g delta`, relative to the response; None: 1e-2 (float32+), 5e-2 (16-bit)
                  )->float:          # g: the layer's output moves by `g delta` when the down projection's moves by `delta`
     "How the down projection's output enters the residual stream: the scalar gain, or a `FoldError` where it is not linear."
     ids, where = ids[:, :16], f"{model.config.model_type}: layers[{start - 1}].{fold_path}"
     with window_taps(parts, start, 0, fold_path) as got:
         base = _tapped_forward(model, ids, got)
-        g = torch.Generator().manual_seed(0)
-        delta = (torch.randn(base["fold"].shape, generator=g, dtype=torch.float64) * base["fold"].double().std().cpu())
-        delta = delta.to(base["fold"].device, base["fold"].dtype)
+        g = torch.Generator().manual_seed(0)  # a nudge as large as the state itself, entry by entry: well above bf16 rounding
+        scale = base["cut"].double().abs() + base["fold"].double().abs().mean()
+        delta = (torch.randn(scale.shape, generator=g, dtype=torch.float64) * scale.cpu()).to(base["fold"].device, base["fold"].dtype)
         with _nudged(get_module(parts.layers[start - 1], fold_path), delta): moved = _tapped_forward(model, ids, got)
+    tol = tol if tol is not None else (5e-2 if delta.element_size() < 4 else 1e-2)
     r, d = (moved["cut"] - base["cut"]).double(), delta.double()
     gain = ((r * d).sum() / (d * d).sum()).item()
     off = ((r - gain * d).norm() / r.norm().clamp_min(1e-30)).item()
     if not off <= tol or abs(gain) < 1e-6:
         raise FoldError(f"{where}: its output does not reach the residual stream linearly (nudging it moved the layer's "
-                        f"output {off:.0%} away from any multiple of the nudge; gain {gain:.3g}): a norm or a nonlinearity "
+                        f"output {off:.1%} away from any multiple of the nudge; gain {gain:.3g}): a norm or a nonlinearity "
                         "sits after it, so a map folded into it would not act linearly")
     return gain
 
