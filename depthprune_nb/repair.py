@@ -149,13 +149,13 @@ class LinearRepair:
     @property
     def fold_layer(self)->int: return self.start - 1
 
-# %% ../nbs/04b_repair.ipynb #f34786a2
+# %% ../nbs/04b_repair.ipynb #7d0338c0
 def _check_window(parts:ModelParts, start:int, n:int)->list:
     "The deleted layers of window (start, n), checked; a `FoldError` where no layer precedes the cut."
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"n={n!r} is invalid: a repair replaces at least one layer (an int >= 1)")
-    layers = check_layer_indices(list(range(start, start + n)) if isinstance(start, int) else start,
-                                 parts.num_layers, "window (start, n)")
+    for name, v, low in (("start", start, 0), ("n", n, 1)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ConfigError(f"{name}={v!r} is invalid: it must be an int >= {low}")
+    layers = check_layer_indices(list(range(start, start + n)), parts.num_layers, "window (start, n)")
     if start == 0:
         raise FoldError(f"start=0: no decoder layer precedes the cut, so there is no down projection to fold the map into "
                         "(folding it into the input embedding would also change a tied output head); use start >= 1")

@@ -145,10 +145,19 @@ def test_window_at_layer_0_is_refused(checkpoint):
     model = load(checkpoint("llama"))
     with pytest.raises(FoldError, match="start=0: no decoder layer precedes the cut"): fit_linear_repair(model, windows(2), 0, 2)
 
-@pytest.mark.parametrize("start, n, msg", [(5, 2, "window (start, n)"), (2, 0, "n=0 is invalid"), (1, 6, "window (start, n)")])
+@pytest.mark.parametrize("start, n, msg", [(5, 2, "window (start, n)"), (2, 0, "n=0 is invalid"), (-1, 2, "start=-1 is invalid"), (1.0, 2, "start=1.0 is invalid"), (1, 6, "window (start, n)")])
 def test_bad_window(start, n, msg, checkpoint):
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         fit_linear_repair(load(checkpoint("llama")), windows(2), start, n)
+
+def test_window_to_the_end(checkpoint):
+    "A window that ends at the last layer fits to the state entering the final norm."
+    model, data = load(checkpoint("llama")), windows(4)
+    full = logits(model, data)
+    rep = repair_window(model, data, N_LAYERS - 2, 2)
+    plain = logits(delete_layers(load(checkpoint("llama")), rep.deleted), data)
+    assert locate(model).num_layers == N_LAYERS - 2 and rep.unexplained < 1
+    assert (logits(model, data) - full).abs().mean() < (plain - full).abs().mean(), "repair moved the fitted data away"
 
 def test_gemma2_refusal_names_the_norm(checkpoint):
     with pytest.raises(FoldError, match=r"gemma2: layers\[2\]\.post_feedforward_layernorm normalizes the MLP output"):
