@@ -135,7 +135,7 @@ def test_repair_saves_and_reloads(family, checkpoint, tmp_path):
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     back.eval()
     assert type(back) is type(model) and config(back) == config(plain)
-    torch.testing.assert_close(logits(back, [ids]), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits(back, [ids]), want, rtol=0, atol=0)
     assert greedy(back, ids) == gen, "reloaded generation differs"
 
 
