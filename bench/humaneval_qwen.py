@@ -229,7 +229,7 @@ def heal_and_measure(a, model, tok, text, layers, style, info, one):
     "A copy of the model with `layers` deleted, LoRA-healed on --heal_on's text (never HumanEval's), then HumanEval on the same problems."
     import copy, gc, tempfile
     from depthprune_nb.data import get_wikitext_dataset
-    from depthprune_nb.heal import heal
+    from depthprune_nb.recover.heal import heal
     from depthprune_nb.ppl import perplexity
     from depthprune_nb.surgery import delete_layers
     data = "WikiText-2 test text"

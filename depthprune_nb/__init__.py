@@ -6,7 +6,7 @@ from .pruner import ModelPruner, layer_importance, search_each_n, save_pruned
 from .engine.exact import fast_search
 from .engine.approx import approx_search
 from .engine.reference import reference_search, evaluate_result
-from .heal import heal  # needs `pip install peft` only when called
+from .recover.heal import heal  # needs `pip install peft` only when called
 # Settings and results.
 from .config import Config, LayerImportancePruneConfig, LayerImportanceConfig, EngineOptions
 from .result import PruneResult, layer_range

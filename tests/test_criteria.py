@@ -253,14 +253,14 @@ needs_peft = pytest.mark.skipif(__import__("importlib").util.find_spec("peft") i
 
 
 def test_heal_without_peft_says_how_to_get_it(monkeypatch, llama_dir):
-    from depthprune_nb.heal import heal
+    from depthprune_nb.recover.heal import heal
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
     with pytest.raises(ImportError, match="pip install peft"): heal(load(llama_dir), windows(2), steps=1)
 
 
 @needs_peft
 def test_heal_trains_on_calibration_windows_and_is_judged_on_others(llama_dir, tmp_path):
-    from depthprune_nb.heal import heal
+    from depthprune_nb.recover.heal import heal
     from depthprune_nb.surgery import delete_layers
     stream = torch.randint(0, 200, (1, 32 * 10), generator=torch.Generator().manual_seed(1))
     calib, held = split_windows(cut_windows(stream, 32, progress=False), nsamples=6)
@@ -290,7 +290,7 @@ def heal_text(k=12):
 def test_heal_on_text_is_the_fine_tune_on_its_windows(llama_dir, tmp_path):
     "Text, as a str or a file, is tokenized and cut by cut_windows: the same windows give the same losses and weights."
     from depthprune_nb.data import load_tokenizer
-    from depthprune_nb.heal import heal
+    from depthprune_nb.recover.heal import heal
     from depthprune_nb.surgery import delete_layers
     tok, text = load_tokenizer(llama_dir), heal_text()
     ws = cut_windows(tok(text, return_tensors="pt").input_ids, 32, progress=False)
@@ -309,7 +309,7 @@ def test_heal_on_text_is_the_fine_tune_on_its_windows(llama_dir, tmp_path):
 @needs_peft
 def test_heal_refuses_text_it_cannot_cut_and_leaves_the_model_alone(llama_dir, tmp_path):
     from depthprune_nb.data import load_tokenizer
-    from depthprune_nb.heal import heal
+    from depthprune_nb.recover.heal import heal
     tok, model = load_tokenizer(llama_dir), load(llama_dir)
     with pytest.raises(ConfigError, match=r"data is text \([\d,]+ characters\) but tokenizer=None: pass tokenizer="):
         heal(model, heal_text(), steps=1)

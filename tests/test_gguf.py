@@ -86,7 +86,7 @@ def test_unknown_architecture_is_refused(tmp_path):
 def test_write_refuses_a_healed_model_and_writes_an_unhealed_one(tmp_path):
     "A healed model's kept blocks are no longer the source's bytes: copying them would silently lose the fine-tune."
     from depthprune_nb.config import ConfigError
-    from depthprune_nb.heal import heal
+    from depthprune_nb.recover.heal import heal
     from depthprune_nb.surgery import delete_layers
     src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=4)
     model, tok = load_model_and_tokenizer(src)

@@ -68,7 +68,7 @@ def test_real_tokenizer_forced_bos(tmp_path, wikitext):
 
 
 def test_heal_cuts_text_by_the_same_rule(tmp_path):
-    from depthprune_nb.heal import _training_windows
+    from depthprune_nb.recover.heal import _training_windows
     model = type("M", (), {"config": type("C", (), {"max_position_embeddings": 64})()})()
     ws = _training_windows("x" * 300, BosPositionTokenizer(), 50, model)
     assert [int(w[0, 0]) for w in ws] == [BOS] * (300 // 49) and text_positions(ws) == list(range(49 * len(ws)))

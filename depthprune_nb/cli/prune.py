@@ -317,7 +317,7 @@ def run(args)->dict:
 
 def heal_from_args(args, model, data:list, eval_data:list|None, res):
     "Heal the pruned model on the calibration windows; record the cost and the evaluation PPL after in `res.stats`."
-    from depthprune_nb.heal import heal
+    from depthprune_nb.recover.heal import heal
     from depthprune_nb.ppl import perplexity
     model, info = heal(model, data, steps=args.heal_steps, progress=not args.quiet)
     res.stats["heal"] = {k: v for k, v in info.items() if k != "losses"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
-from depthprune_nb.heal import heal
+from depthprune_nb.recover.heal import heal
 from depthprune_nb.ppl import perplexity
 from depthprune_nb.surgery import delete_layers
 
