@@ -6,15 +6,14 @@
 from __future__ import annotations
 import argparse, functools, logging, time
 
-from ..config import ConfigError, LayerImportancePruneConfig
-from ..result import PruneResult
+from ..config import ConfigError
 from ..pruner import ModelPruner
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'add_task_args', 'task_list', 'task_eval', 'paired_words', 'task_table', 'TaskRerankPruner', 'pruner_class',
-           'add_humaneval_args', 'humaneval_check', 'humaneval_eval', 'humaneval_table']
+__all__ = ['log', 'add_task_args', 'task_list', 'task_eval', 'paired_words', 'task_table', 'pruner_class', 'add_humaneval_args',
+           'humaneval_check', 'humaneval_eval', 'humaneval_table']
 
 # %% ../../nbs/60_cli.evaluation.ipynb #t16a0002
 def add_task_args(p:argparse.ArgumentParser):
@@ -77,35 +76,13 @@ def task_table(stats:dict)->str:
     return "\n".join(rows)
 
 # %% ../../nbs/60_cli.evaluation.ipynb #t16a0006
-class TaskRerankPruner(ModelPruner):
-    "A `ModelPruner` whose pick is the criterion's top `--task_rerank` candidates re-ranked by task accuracy (`rerank_by_tasks`)."
-    def __init__(self, *args, cli_args:argparse.Namespace|None=None, tokenizer:object|None=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.cli_args, self.tokenizer = cli_args, tokenizer
-
-    def search(self, model, data, eval_data:list|None=None)->PruneResult:
-        "The criterion's search, then the re-ranking; a changed pick is measured like an explicit `delete_layers_index`."
-        from depthprune_nb.eval.tasks import rerank_by_tasks
-        from depthprune_nb.config import as_algo_config
-        from dataclasses import replace
-        a, res = self.cli_args, super().search(model, data, eval_data)
-        rr = rerank_by_tasks(model, self.tokenizer, res, task_list(a), eval_limit=a.task_limit, calib_limit=a.task_calib_n,
-                             top_k=a.task_rerank, batch_size=a.task_batch_size, data_dir=a.task_data_dir, parts=self.locate(model))
-        if rr["changed"]:
-            d = dict(as_algo_config(self.config).to_dict(), delete_layers_index=rr["pick"])
-            new = ModelPruner(LayerImportancePruneConfig.from_dict(d), options=replace(self.options, progress=False)).search(model, data, eval_data)
-            new.method, new.model_name = f"{res.method}+task_rerank", res.model_name
-            new.stats["criterion_pick"] = dict(deleted_layers=res.deleted_layers, calib_ppl=res.best_ppl, eval_ppl=res.eval_ppl)
-            res = new
-        res.stats["task_rerank"] = rr
-        log.info("task re-ranking of %d candidates in %.1f s: %s", len(rr["candidates"]), rr["wall_s"],
-                 f"pick changed from {rr['criterion_pick']} to {rr['pick']}" if rr["changed"] else "pick unchanged")
-        return res
-
 def pruner_class(args, tokenizer):
     "The pruner the flags ask for: `ModelPruner`, or with `--task_rerank` one that re-ranks by tasks."
     if getattr(args, "task_rerank", None) is None: return ModelPruner
-    return functools.partial(TaskRerankPruner, cli_args=args, tokenizer=tokenizer)
+    from depthprune_nb.eval.rerank import TaskRerankPruner
+    return functools.partial(TaskRerankPruner, tokenizer=tokenizer, tasks=task_list(args), eval_limit=args.task_limit,
+                             calib_limit=args.task_calib_n, top_k=args.task_rerank, batch_size=args.task_batch_size,
+                             data_dir=args.task_data_dir)
 
 # %% ../../nbs/60_cli.evaluation.ipynb #h16b0002
 def add_humaneval_args(p:argparse.ArgumentParser):

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/61_cli.prune.ipynb #f64d7cd5
 from __future__ import annotations
-import argparse, contextlib, functools, json, logging, math, os, re, shutil, sys, time
+import argparse, functools, json, logging, math, os, re, shutil, sys, time
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from ..config import ConfigError, LayerImportancePruneConfig, COMPUTE_DTYPES
 from ..data import get_wikitext_dataset, load_tokenizer, check_remote_code, remote_code_refusal
 from ..parts import locate
 from ..engine.placement import default_device
-from ..pruner import ModelPruner, check_save_dir, save_pruned
+from ..pruner import check_save_dir, save_pruned
 from ..config import ENGINES
 from ..io.gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
 from ..engine import distributed
@@ -21,7 +21,6 @@ from ..config import METHODS
 from ..data import get_calib_eval_datasets, default_seqlen, window_bos
 from ..engine.checkpoint import SearchCheckpoint
 from ..config import checkpoint_refusal, head_bound_refusal
-from ..result import PruneResult
 from .evaluation import (add_task_args, task_list, task_eval, task_table, pruner_class, add_humaneval_args,
                                     humaneval_check, humaneval_eval, humaneval_table)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import ConfigError, EngineOptions
 from ..result import PruneResult
-from .ranks import world_size, shard_bounds
+from .ranks import world_size
 from .core import search_function
 
 # %% auto #0
