@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 
-try:  # the sub-package layout (depthprune_nb/eval/, depthprune_nb/cli/), else the flat one before it
-    from depthprune_nb.eval import tasks
-    from depthprune_nb.cli import prune as cli
-except ImportError:
-    from depthprune_nb import tasks, cli
+from depthprune_nb.eval import tasks
+from depthprune_nb.cli import prune as cli
 read_task, TaskFileError, main = tasks.read_task, tasks.TaskFileError, cli.main
 
 

@@ -56,7 +56,7 @@ def test_world_size_splits_the_samples():
 
 
 def test_cli_plan_reads_config_json_alone(tiny, tmp_path, capsys, monkeypatch):
-    from depthprune_nb import cli
+    from depthprune_nb.cli import prune as cli
     only = tmp_path / "only-config"; only.mkdir()
     shutil.copy(tiny[0] / "config.json", only / "config.json")
     monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("--plan loaded the model"))
@@ -97,7 +97,7 @@ def test_one_pass_criteria_are_not_shared_over_ranks_and_sleb_is():
 
 
 def test_cli_plan_follows_method(tiny, tmp_path, capsys):
-    from depthprune_nb import cli
+    from depthprune_nb.cli import prune as cli
     only = tmp_path / "only-config"; only.mkdir()
     shutil.copy(tiny[0] / "config.json", only / "config.json")
     assert cli.main(["--model_dir", str(only), "--plan", "--delete_layer_num", "2", "--nsamples", "8", "--seqlen", "32",
