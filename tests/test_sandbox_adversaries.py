@@ -1,0 +1,125 @@
+"""Files and programs as adversaries (issue 28): a completion must not be able to write its own verdict, and every
+process a program starts must die with the call. Each attack here passed (or escaped) on the sandbox before this issue."""
+import os, signal, time, secrets
+from pathlib import Path
+
+import pytest
+
+from depthprune_nb.humaneval import check_completion, check_completions
+from depthprune_nb.sandbox import run_program
+
+TOY = {"task_id": "toy/0", "prompt": 'def add(a, b):\n    "Sum of a and b."\n', "entry_point": "add",
+       "canonical_solution": "    return a + b\n", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"}
+RUN = dict(allow_code_execution=True)
+
+# Completions that solve nothing and try to make the harness report a pass anyway.
+CHEATS = {
+    "os._exit replaced": "    import os; os._exit = lambda *a: None\n    return None\n",
+    "posix._exit replaced too": "    import os, posix; os._exit = posix._exit = lambda *a: None\n    return None\n",
+    "sys.exit patched": "    import sys, os; sys.exit = os._exit = lambda *a: None\n    return None\n",
+    "always-equal answer": "    class Eq:\n        def __eq__(self, o): return True\n    return Eq()\n",
+    "token found in the stack frames": (
+        "    import sys, os\n"
+        "    f = sys._getframe()\n"
+        "    while f is not None:\n"
+        "        for v in list(f.f_locals.values()):\n"
+        "            if isinstance(v, str) and len(v) == 32:\n"
+        "                for fd in (1, 2): os.write(fd, (chr(10) + v + ' passed' + chr(10)).encode())\n"
+        "        f = f.f_back\n"
+        "    os._exit(0)\n"),
+    "harness monkeypatched": (
+        "    import sys\n"
+        "    for m in list(sys.modules.values()):\n"
+        "        if getattr(m, 'main', None) is not None and hasattr(m, 'set_limits'):\n"
+        "            m.disable_destructive = lambda: []\n"
+        "    import os; os._exit = lambda *a: None\n"
+        "    return None\n"),
+}
+
+# Attacks that today's sandbox already refused (the harness's own checks, Landlock's signal scoping); kept so they stay refused.
+REFUSED_BEFORE = {
+    "AssertionError silenced": "    import builtins; builtins.AssertionError = type('X', (BaseException,), {})\n    return None\n",
+    "libc _exit(0) in place of os._exit": "    import ctypes, os; os._exit = lambda *a: ctypes.CDLL(None)._exit(0)\n    return None\n",
+    "kill the parent": "    import os, ctypes; ctypes.CDLL(None).kill(os.getppid(), 9)\n    return None\n",
+    "a check of its own": "    return None\n\ndef check(candidate):\n    pass\n",
+}
+
+
+@pytest.mark.parametrize("name", list(CHEATS) + list(REFUSED_BEFORE))
+def test_a_cheating_completion_does_not_pass(name):
+    r = check_completion(TOY, {**CHEATS, **REFUSED_BEFORE}[name], **RUN)
+    assert not r["passed"], (name, r)
+    assert check_completion(TOY, TOY["canonical_solution"], **RUN)["passed"]  # the honest answer still does
+
+
+def test_five_cheats_score_zero():
+    "The red-team's run: five answers that all `return None` after replacing os._exit scored pass@1 = 1.0."
+    res = check_completions([TOY] * 5, [CHEATS["os._exit replaced"]] * 5, workers=2, **RUN)
+    assert sum(r["passed"] for r in res) == 0, res
+
+
+def test_examinee_exceptions_keep_their_type():
+    r = check_completion(TOY, "    raise ValueError('nope')\n", **RUN)
+    assert not r["passed"] and "ValueError" in r["result"], r
+
+
+def _alive_with(marker:str)->list:
+    "Processes (not zombies) whose command line contains `marker`."
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit(): continue
+        try:
+            if marker.encode() in (d / "cmdline").read_bytes() and (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(d.name))
+        except OSError: pass
+    return found
+
+
+def _wait_gone(marker, seconds=2.0):
+    end = time.monotonic() + seconds
+    while _alive_with(marker) and time.monotonic() < end: time.sleep(0.05)
+    return _alive_with(marker)
+
+
+# A child that leaves the session with fork() through libc (past the guard) and then sleeps under a marked name.
+SETSID_ESCAPE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None)
+if libc.fork() == 0:
+    libc.setsid()
+    if libc.fork() == 0:
+        libc.execv(b"/bin/sleep", (ctypes.c_char_p * 3)(b"/bin/sleep", b"{marker}", None))
+        os._exit(0)
+    os._exit(0)
+"""
+
+
+def test_setsid_child_dies_with_the_call():
+    marker = "3" + str(secrets.randbelow(10**6)).zfill(6) + ".5"   # a valid sleep argument, unique in /proc
+    r = run_program(SETSID_ESCAPE.replace("{marker}", marker), processes=8, landlock=False, **RUN)
+    left = _wait_gone(marker, 0.5)
+    for pid in left: os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes outlived run_program: {left} ({r})"
+
+
+FORK_BOMB = """
+import ctypes, os
+libc = ctypes.CDLL(None)
+n = 0
+while True:
+    n += 1
+    if libc.fork() == 0 and n % 2:   # half the children become marked sleepers, the rest go on forking
+        libc.execv(b"/bin/sleep", (ctypes.c_char_p * 3)(b"/bin/sleep", b"{marker}", None))
+"""
+
+
+def test_fork_bomb_is_stopped_on_time():
+    "A fork bomb within a cap of 16 processes: the call ends within its timeout + 2 s and nothing survives it."
+    marker = "3" + str(secrets.randbelow(10**6)).zfill(6) + ".25"
+    t0 = time.monotonic()
+    r = run_program(FORK_BOMB.replace("{marker}", marker), timeout=3, processes=16, landlock=False, **RUN)
+    secs = time.monotonic() - t0
+    left = _wait_gone(marker, 0.5)
+    for pid in left: os.kill(pid, signal.SIGKILL)
+    assert not r["passed"] and secs < 3 + 2, (secs, r)
+    assert not left, f"{len(left)} fork-bomb processes outlived run_program ({r})"
