@@ -12,9 +12,11 @@ __all__ = ['SYS_CREATE_RULESET', 'SYS_ADD_RULE', 'SYS_RESTRICT_SELF', 'CREATE_RU
            'PR_SET_NO_NEW_PRIVS', 'FS_EXECUTE', 'FS_WRITE_FILE', 'FS_READ_FILE', 'FS_READ_DIR', 'FS_REMOVE_DIR',
            'FS_REMOVE_FILE', 'FS_MAKE_CHAR', 'FS_MAKE_DIR', 'FS_MAKE_REG', 'FS_MAKE_SOCK', 'FS_MAKE_FIFO',
            'FS_MAKE_BLOCK', 'FS_MAKE_SYM', 'FS_REFER', 'FS_TRUNCATE', 'NET_BIND_TCP', 'NET_CONNECT_TCP',
-           'SCOPE_ABSTRACT_UNIX_SOCKET', 'SCOPE_SIGNAL', 'CLONE_NEWNS', 'CLONE_NEWPID', 'MS_NOSUID', 'MS_NODEV',
-           'MS_NOEXEC', 'MS_REC', 'MS_PRIVATE', 'PR_SET_PDEATHSIG', 'PR_SET_CHILD_SUBREAPER', 'NAMESPACE_PID_MAX',
-           'CodeExecutionRefused', 'require_code_execution', 'landlock_abi', 'landlock_confine', 'set_limits',
+           'SCOPE_ABSTRACT_UNIX_SOCKET', 'SCOPE_SIGNAL', 'PR_CAPBSET_DROP', 'PR_SET_SECUREBITS', 'SECBIT_NOROOT',
+           'SECBIT_NOROOT_LOCKED', 'SECBIT_NO_SETUID_FIXUP', 'SECBIT_NO_SETUID_FIXUP_LOCKED', 'CLONE_NEWNS',
+           'CLONE_NEWPID', 'MS_RDONLY', 'MS_NOSUID', 'MS_NODEV', 'MS_NOEXEC', 'MS_REMOUNT', 'MS_BIND', 'MS_REC',
+           'MS_PRIVATE', 'PR_SET_PDEATHSIG', 'PR_SET_CHILD_SUBREAPER', 'NAMESPACE_PID_MAX', 'CodeExecutionRefused',
+           'require_code_execution', 'landlock_abi', 'landlock_confine', 'drop_capabilities', 'set_limits',
            'disable_destructive', 'new_namespaces', 'main', 'to_plain', 'from_plain', 'ExamineeError', 'examiner_main',
            'pids_cgroup', 'run_program', 'run_examined', 'sandbox_protections']
 
@@ -87,6 +89,22 @@ def landlock_confine(scratch:str)->dict:
     if not ok: return {"landlock": 0, "landlock_error": err}
     return {"landlock": abi, "landlock_net": abi >= 4, "landlock_signals": abi >= 6}
 
+# %% ../nbs/12_sandbox.ipynb #a147f5bb
+PR_CAPBSET_DROP, PR_SET_SECUREBITS = 24, 28
+SECBIT_NOROOT, SECBIT_NOROOT_LOCKED, SECBIT_NO_SETUID_FIXUP, SECBIT_NO_SETUID_FIXUP_LOCKED = 1, 2, 4, 8
+_CAPABILITY_VERSION_3 = 0x20080522
+
+class _CapHeader(ctypes.Structure): _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class _CapData(ctypes.Structure): _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+def drop_capabilities()->bool:
+    "Drop every capability of this process for good (root becomes an ordinary uid 0); whether it worked."
+    if platform.system() != "Linux": return False
+    libc = _libc()
+    libc.prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED, 0, 0, 0)
+    for cap in range(64): libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)   # beyond the last capability: EINVAL, harmless
+    return libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), ctypes.byref((_CapData * 2)())) == 0
+
 # %% ../nbs/12_sandbox.ipynb #4868a0cd
 def set_limits(cpu_seconds:int, memory_bytes:int, file_bytes:int, processes:int)->dict:
     "Lower the resource limits of this process (and anything it starts); what was set."
@@ -140,6 +158,7 @@ def _worker(spec:dict, status:dict):
     os.setpgid(0, 0)
     status["limits"] = set_limits(spec["cpu_seconds"], spec["memory_bytes"], spec["file_bytes"], spec["processes"])
     status.update(landlock_confine(os.getcwd()) if spec["landlock"] else {"landlock": 0})
+    status["capabilities_dropped"] = drop_capabilities()
     status["disabled"] = len(disable_destructive()) if spec["guard"] else 0
     sys.stdout.write(f"{spec['status_token']} status {json.dumps(status)}\n"); sys.stdout.flush()
     g = {"__name__": "__humaneval__", "__builtins__": __builtins__}
@@ -156,7 +175,7 @@ def _worker(spec:dict, status:dict):
 # %% ../nbs/12_sandbox.ipynb #44717ae4
 # Linux constants, from sched.h, sys/mount.h and linux/prctl.h
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 1 << 12, 1 << 14, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 
 def _die_with_parent(parent:int):
@@ -177,6 +196,14 @@ def new_namespaces()->dict:
     return {"pid_namespace": True, "private_mounts": private}
 
 # %% ../nbs/12_sandbox.ipynb #6bf925b6
+def _seal_mounts()->bool:
+    "Make read-only what a program could lift its caps with: `/proc/sys` (the namespace's pid_max) and the cgroup file system."
+    libc = _libc()
+    ok = (libc.mount(b"/proc/sys", b"/proc/sys", None, ctypes.c_ulong(MS_BIND | MS_REC), None) == 0
+          and libc.mount(None, b"/proc/sys", None, ctypes.c_ulong(MS_BIND | MS_REMOUNT | MS_RDONLY), None) == 0)
+    if os.path.isdir("/sys/fs/cgroup"): ok = _mount("/sys/fs/cgroup", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k") and ok
+    return ok
+
 def _scratch_tmpfs(scratch:str, disk_bytes:int, ns:dict)->int|None:
     "Mount a tmpfs of `disk_bytes` on `scratch` (seen only inside the namespace); its size, or None where it could not."
     if not ns.get("private_mounts"): return None
@@ -206,6 +233,7 @@ def _init(spec:dict, ns:dict):
     if ns["pid_namespace"] and ns.get("private_mounts"): ns["proc"] = _mount("/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     else: _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)   # orphans come back to this process, to be swept
     ns.update(_process_cap(spec.get("cgroup_cap"), ns))
+    if ns.get("proc"): ns["sealed_mounts"] = _seal_mounts()     # after pid_max was set
     if not any(ns[k] for k in ("processes_cap", "namespace_pid_max", "RLIMIT_NPROC_enforced")):
         sys.stderr.write("\nsandbox: refused to run: nothing here can cap the number of processes (no pids cgroup, no PID "
                          "namespace, and RLIMIT_NPROC does not apply to root)\n"); os._exit(71)
@@ -503,9 +531,10 @@ def _read_tail(folder:str, name:str, n:int)->str:
     return p.read_bytes()[-n:].decode("utf-8", "replace") if p.exists() else ""
 
 def _status(stdout:str, status_token:str)->dict|None:
-    "What the worker reported was applied (the program's own word: it runs in the process that prints it)."
-    st = next((json.loads(l.split(" status ", 1)[1]) for l in stdout.splitlines() if l.startswith(f"{status_token} status ")), None)
-    return st
+    "What the worker reported it applied: the first status line, written before the program ran; None if unreadable."
+    line = next((l for l in stdout.splitlines() if l.startswith(f"{status_token} status ")), None)
+    try: return json.loads(line.split(" status ", 1)[1]) if line else None
+    except ValueError: return None
 
 # %% ../nbs/12_sandbox.ipynb #5a2c1621
 def _make_removable(folder:str):

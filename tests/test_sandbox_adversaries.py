@@ -123,3 +123,30 @@ def test_fork_bomb_is_stopped_on_time():
     for pid in left: os.kill(pid, signal.SIGKILL)
     assert not r["passed"] and secs < 3 + 2, (secs, r)
     assert not left, f"{len(left)} fork-bomb processes outlived run_program ({r})"
+
+
+@pytest.fixture(scope="module")
+def protections():
+    "What the sandbox applies on this machine (the worker's report from a program that does nothing)."
+    return run_program("pass", **RUN)["status"]
+
+
+@pytest.mark.parametrize("program", [
+    "open('/proc/sys/kernel/pid_max', 'w').write('30000')",                                   # the namespace's process cap
+    "import os; open('/sys/fs/cgroup/pids/cgroup.procs', 'w').write(str(os.getpid()))",      # out of the run's cgroup
+    "import ctypes; assert ctypes.CDLL(None).umount2(b'/proc', 2) == 0",                       # uncover the machine's /proc
+    "import ctypes; assert ctypes.CDLL(None).umount2(b'/sys/fs/cgroup', 2) == 0",
+    "st = open('/proc/self/status').read()\nassert 'CapEff:\\t0000000000000000' not in st, 'no capabilities'",
+])
+def test_caps_cannot_be_lifted_from_inside_even_without_landlock(program, protections):
+    if not protections.get("sealed_mounts"): pytest.skip("no PID and mount namespace on this machine: nothing is sealed")
+    r = run_program(program, landlock=False, **RUN)
+    assert not r["passed"], r
+
+
+def test_the_examinee_sees_no_process_of_ours(protections):
+    "In its PID namespace the examinee sees its process 1 and itself, not the examiner or the caller."
+    if not protections.get("proc"): pytest.skip("no PID namespace with its own /proc on this machine")
+    r = check_completion(TOY, "    import os\n    assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, 2]\n"
+                              "    return a + b\n", **RUN)
+    assert r["passed"], r
