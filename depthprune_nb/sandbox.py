@@ -180,7 +180,7 @@ PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 
 def _die_with_parent(parent:int):
     "Be killed when the process that started this one ends (checked: it may already have ended)."
-    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if platform.system() == "Linux": _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() not in (parent, 0): os._exit(70)   # 0: the parent is outside this process's PID namespace
 
 def _mount(target:str, fstype:str, flags:int, data:str|None=None)->bool:
@@ -231,7 +231,7 @@ def _exit_status(status:int)->int:
 def _init(spec:dict, ns:dict):
     "Process 1 of the namespace (or a subreaper without one): prepare the scratch folder, run the worker, reap, exit with its status."
     if ns["pid_namespace"] and ns.get("private_mounts"): ns["proc"] = _mount("/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    else: _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)   # orphans come back to this process, to be swept
+    elif platform.system() == "Linux": _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back here, to be swept
     ns.update(_process_cap(spec.get("cgroup_cap"), ns))
     if ns.get("proc"): ns["sealed_mounts"] = _seal_mounts()     # after pid_max was set
     if not any(ns[k] for k in ("processes_cap", "namespace_pid_max", "RLIMIT_NPROC_enforced")):
@@ -427,7 +427,7 @@ def _cgroup_pids(cg:Path|None)->set:
 def _proc_table()->dict:
     "pid -> (parent pid, state, start time) of every process this /proc shows."
     table = {}
-    for d in os.listdir("/proc"):
+    for d in (os.listdir("/proc") if os.path.isdir("/proc") else []):
         if not d.isdigit(): continue
         try: stat = Path("/proc", d, "stat").read_text().rsplit(")", 1)[1].split()
         except OSError: continue
@@ -458,7 +458,9 @@ def _kill_everything(root:int, cg:Path|None, seconds:float=5.0)->bool:
         known |= {(p, table[p][2]) for p in _cgroup_pids(cg) if p in table}
         left = {(p, t) for p, t in known if p in table and table[p][2] == t and table[p][1] != "Z"}  # the same processes, still alive
         if not left: return True
-        if time.monotonic() > end: return False
+        if time.monotonic() > end:
+            sys.stderr.write(f"sandbox: {len(left)} processes of a run still alive after {seconds} s of SIGKILL\n")
+            return False
         for pid, _ in left: _kill(pid)
         time.sleep(0.002)
 

@@ -150,3 +150,22 @@ def test_the_examinee_sees_no_process_of_ours(protections):
     r = check_completion(TOY, "    import os\n    assert sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == [1, 2]\n"
                               "    return a + b\n", **RUN)
     assert r["passed"], r
+
+
+@pytest.mark.parametrize("problem,completion", [
+    (TOY, "    print('adding', a, b)\n    return helper(a) + b\n\ndef helper(x):\n    return x\n"),   # prints, a helper after
+    (TOY | {"test": "def check(candidate):\n    assert candidate((1,), (2,)) == (1, 2) and candidate({1: 2}, {}) is None\n"},
+     "    if isinstance(a, dict): return None\n    return a + b\n"),                                   # tuples, dicts, None
+    (TOY | {"test": "def check(candidate):\n    try:\n        candidate(1, 'x')\n    except TypeError:\n        return\n    assert False\n"},
+     "    return a + b\n"),                                                                             # an expected exception
+    (TOY | {"prompt": "def helper(x):\n    return 2 * x\n\n" + TOY["prompt"],
+            "test": "def check(candidate):\n    assert candidate(helper(1), 3) == 5\n"}, "    return a + b\n"),  # the prompt's helper
+])
+def test_honest_completions_still_pass(problem, completion):
+    r = check_completion(problem, completion, **RUN)
+    assert r["passed"], r
+
+
+def test_an_examinee_that_exits_at_import_fails():
+    r = check_completion(TOY, "    return a + b\nimport os\nos._exit(0)\n", **RUN)
+    assert not r["passed"] and "ended without answering" in r["result"], r
