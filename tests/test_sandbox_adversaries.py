@@ -169,3 +169,12 @@ def test_honest_completions_still_pass(problem, completion):
 def test_an_examinee_that_exits_at_import_fails():
     r = check_completion(TOY, "    return a + b\nimport os\nos._exit(0)\n", **RUN)
     assert not r["passed"] and "ended without answering" in r["result"], r
+
+
+def test_scratch_disk_is_capped(protections):
+    "Many files, each under the per-file limit, stop at the scratch folder's size."
+    if not protections.get("disk_cap"): pytest.skip("no mount namespace here: the scratch folder has no size cap")
+    fill = "for i in range(40):\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))\n"
+    r = run_program(fill, file_mb=4, disk_mb=8, **RUN)
+    assert not r["passed"] and "No space left on device" in r["result"], r
+    assert run_program("open('big', 'wb').write(b'x' * (5 << 20))", file_mb=4, disk_mb=8, **RUN)["result"].endswith("File too large")
