@@ -63,6 +63,15 @@ def test_examinee_exceptions_keep_their_type():
     assert not r["passed"] and "ValueError" in r["result"], r
 
 
+def test_process_cap_binds_root():
+    "RLIMIT_NPROC does not bind root; the cap must: of 40 forks, at most `processes` - 1 succeed."
+    forks = ("import ctypes, os\nlibc = ctypes.CDLL(None)\nok = 0\n"
+             "for _ in range(40):\n    pid = libc.fork()\n    if pid == 0:\n        import time; time.sleep(5); os._exit(0)\n"
+             "    ok += pid > 0\nassert ok <= 15, f'{ok} forks succeeded'\n")
+    r = run_program(forks, processes=16, landlock=False, timeout=3, **RUN)
+    assert r["passed"], r
+
+
 def _alive_with(marker:str)->list:
     "Processes (not zombies) whose command line contains `marker`."
     found = []
@@ -108,13 +117,15 @@ libc = ctypes.CDLL(None)
 n = 0
 while True:
     n += 1
-    if libc.fork() == 0 and n % 2:   # half the children become marked sleepers, the rest go on forking
-        libc.execv(b"/bin/sleep", (ctypes.c_char_p * 3)(b"/bin/sleep", b"{marker}", None))
+    if libc.fork() == 0:
+        libc.setsid()                  # out of the process group that a timeout kills
+        if n % 2:                      # half the children become marked sleepers, the rest go on forking
+            libc.execv(b"/bin/sleep", (ctypes.c_char_p * 3)(b"/bin/sleep", b"{marker}", None))
 """
 
 
 def test_fork_bomb_is_stopped_on_time():
-    "A fork bomb within a cap of 16 processes: the call ends within its timeout + 2 s and nothing survives it."
+    "A fork bomb, each child in a session of its own, capped at 16 processes: the call ends within timeout + 2 s, nothing survives."
     marker = "3" + str(secrets.randbelow(10**6)).zfill(6) + ".25"
     t0 = time.monotonic()
     r = run_program(FORK_BOMB.replace("{marker}", marker), timeout=3, processes=16, landlock=False, **RUN)
