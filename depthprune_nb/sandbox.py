@@ -397,13 +397,15 @@ def _cgroup_parents()->list:
     except OSError: return found
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","): found.append(Path("/sys/fs/cgroup/pids", path.lstrip("/")))
-        elif controllers == "": 
-            d = Path("/sys/fs/cgroup", path.lstrip("/"))
-            try:
-                if "pids" in (d / "cgroup.subtree_control").read_text().split(): found.append(d)
-            except OSError: pass
-    return found
+        rel = path.lstrip("/")   # in a container the mount may start at our own cgroup: try its root too
+        if "pids" in controllers.split(","): found += [Path("/sys/fs/cgroup/pids", rel), Path("/sys/fs/cgroup/pids")]
+        elif controllers == "":
+            for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                for d in (Path(root, rel), Path(root)):
+                    try:
+                        if "pids" in (d / "cgroup.subtree_control").read_text().split(): found.append(d)
+                    except OSError: pass
+    return list(dict.fromkeys(found))
 
 def pids_cgroup(max_pids:int, name:str)->Path|None:
     "A new cgroup that lets at most `max_pids` processes (and threads) live in it, or None where none can be made."
