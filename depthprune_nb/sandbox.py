@@ -407,9 +407,20 @@ def _cgroup_parents()->list:
                     except OSError: pass
     return list(dict.fromkeys(found))
 
+_CGROUP_PREFIX = "depthprune-sandbox-"
+
+def _remove_stale_cgroups(parent:Path):
+    "Empty run cgroups whose maker has died (killed before it could remove them): `depthprune-sandbox-<pid>-...`."
+    for d in parent.glob(f"{_CGROUP_PREFIX}*"):
+        try:
+            maker = int(d.name[len(_CGROUP_PREFIX):].split("-")[0])
+            if not Path(f"/proc/{maker}").exists() and not (d / "cgroup.procs").read_text().strip(): d.rmdir()
+        except (ValueError, OSError): pass
+
 def pids_cgroup(max_pids:int, name:str)->Path|None:
     "A new cgroup that lets at most `max_pids` processes (and threads) live in it, or None where none can be made."
     for parent in _cgroup_parents():
+        _remove_stale_cgroups(parent)
         d = parent / name
         try:
             d.mkdir()
@@ -469,7 +480,7 @@ def _kill_everything(root:int, cg:Path|None, seconds:float=5.0)->bool:
 # %% ../nbs/12_sandbox.ipynb #492aaf3c
 def _launch(mode:str, spec:dict, timeout:float, io_dir:str, cwd:str, max_pids:int)->tuple:
     "Start this file with `mode` in a cgroup of its own, send `spec`, wait `timeout` s, kill all it started; (return code, timed out, seconds)."
-    cg = pids_cgroup(max_pids, f"depthprune-sandbox-{secrets.token_hex(8)}")
+    cg = pids_cgroup(max_pids, f"{_CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
     out_p, err_p = Path(io_dir, "stdout"), Path(io_dir, "stderr")
     t0 = time.monotonic()
     with open(out_p, "wb") as out, open(err_p, "wb") as err:
