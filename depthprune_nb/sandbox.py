@@ -462,12 +462,12 @@ def _kill(pid:int):
     try: os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError): pass
 
-def _kill_everything(root:int, cg:Path|None, seconds:float=5.0)->bool:
-    "SIGKILL `root`, everything below it and everything in the cgroup `cg` until none is left; whether none is."
+def _kill_everything(root:int|None, cg:Path|None, seconds:float=5.0)->bool:
+    "SIGKILL `root` (a child not yet reaped), everything below it and everything in the cgroup `cg` until none is left; whether none is."
     end, known = time.monotonic() + seconds, set()
     while True:
         table = _proc_table()
-        known |= _descendants(root, table)     # remembered: a killed parent's children move to another parent
+        if root is not None: known |= _descendants(root, table)  # remembered: a killed parent's children move to another parent
         known |= {(p, table[p][2]) for p in _cgroup_pids(cg) if p in table}
         left = {(p, t) for p, t in known if p in table and table[p][2] == t and table[p][1] != "Z"}  # the same processes, still alive
         if not left: return True
@@ -494,8 +494,8 @@ def _launch(mode:str, spec:dict, timeout:float, io_dir:str, cwd:str, max_pids:in
         except (BrokenPipeError, OSError): pass
         try: proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired: timed_out = True
-        finally:
-            _kill_everything(proc.pid, cg)
+        finally:   # once reaped, the first process's pid may belong to someone else: sweep by the cgroup alone
+            _kill_everything(proc.pid if proc.returncode is None else None, cg)
             proc.wait()
             seconds = time.monotonic() - t0
             _remove_cgroup(cg)
