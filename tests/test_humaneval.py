@@ -8,7 +8,8 @@ import pytest
 from depthprune_nb.eval import sandbox
 from depthprune_nb.eval.humaneval import (check_completion, check_completions, extract_completion, read_problems,
                                      run_humaneval, humaneval_prompt, resolve_prompt_style)
-from depthprune_nb.eval.sandbox import CodeExecutionRefused, landlock_abi, run_program
+from depthprune_nb.eval.sandbox import CodeExecutionRefused, run_program
+from depthprune_nb.eval.confine import landlock_abi
 
 from conftest import WIKITEXT
 

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/61_cli.prune.ipynb #f64d7cd5
 from __future__ import annotations
-import argparse, functools, json, logging, math, os, re, shutil, sys, time
+import argparse, json, logging, os, shutil, sys, time
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from ..engine import distributed
 from ..config import METHODS
 from ..data import get_calib_eval_datasets, default_seqlen, window_bos
 from ..engine.checkpoint import SearchCheckpoint
+from ..io.targets import SaveTargetError, writable_folder, safetensors_bytes, pruned_bytes, check_free_space
 from ..config import checkpoint_refusal, head_bound_refusal
 from .evaluation import (add_task_args, task_list, task_eval, task_table, pruner_class, add_humaneval_args,
                                     humaneval_check, humaneval_eval, humaneval_table)
@@ -28,8 +29,7 @@ log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
-           'load_gguf_model', 'SaveTargetError', 'writable_folder', 'safetensors_bytes', 'pruned_bytes',
-           'check_free_space', 'check_save_targets', 'check_save_room', 'run', 'heal_from_args', 'main',
+           'load_gguf_model', 'check_save_targets', 'check_save_room', 'run', 'heal_from_args', 'main',
            'checkpoint_kwargs', 'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../../nbs/61_cli.prune.ipynb #c8bc5808
@@ -156,74 +156,7 @@ def load_gguf_model(args,                     # parsed `depthprune` arguments (`
     log.info("loaded %s from GGUF, dequantized to %s", model.name_or_path, model.dtype)
     return model, tok
 
-# %% ../../nbs/61_cli.prune.ipynb #c28b0002
-class SaveTargetError(OSError):
-    "A save target that cannot take the result: refused before the model loads (or, for its size, before the search)."
-
-def _existing(path:str|Path)->Path:
-    "`path` made absolute, or its nearest ancestor that exists."
-    p = Path(os.path.abspath(path))
-    while not os.path.lexists(p) and p != p.parent: p = p.parent
-    return p
-
-def writable_folder(option:str,      # the flag, for the message (`--save_dir`)
-                    path:str|Path,   # the file or folder the save will create or replace
-                   )->Path:          # the existing folder the save writes in (for its free space)
-    "The folder `path` will be written in, after refusing one that cannot be: a file, a read-only file system, no permission."
-    where = _existing(Path(os.path.abspath(path)).parent)
-    why = (f"{str(where)!r} is a file, not a folder" if not where.is_dir() else
-           f"{str(where)!r} is on a read-only file system" if hasattr(os, "statvfs") and os.statvfs(where).f_flag & os.ST_RDONLY else
-           f"this user may not write in {str(where)!r}" if not os.access(where, os.W_OK | os.X_OK) else None)
-    if why is None and Path(path).is_dir() and not os.access(path, os.W_OK | os.X_OK): # an existing --save_dir: files replaced in it
-        why = f"this user may not write in {str(path)!r}"
-    if why: raise SaveTargetError(f"{option}={str(path)!r} cannot be written: {why}")
-    return where
-
-# %% ../../nbs/61_cli.prune.ipynb #c28b0004
-_ST_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2} # else 1
-
-def safetensors_bytes(folder:str|Path,   # a local checkpoint folder
-                      dtype:str="auto",  # `--dtype`: floating tensors are loaded (and saved) in it unless auto
-                     )->tuple|None:      # `(bytes outside the layers, [bytes of each layer])`; None if the folder cannot tell
-    "The checkpoint's tensor bytes as loaded in `dtype`, from the safetensors headers alone (no weights read)."
-    files, out = sorted(Path(folder).glob("*.safetensors")), {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
-    other, layers = 0, {}
-    try:
-        for f in files:
-            with open(f, "rb") as h:
-                n = int.from_bytes(h.read(8), "little")
-                if n > 100 * 2**20: return None  # not a header worth reading
-                header = json.loads(h.read(n))
-            for name, t in header.items():
-                if name == "__metadata__": continue
-                size = out if out and t["dtype"].startswith(("F", "BF")) else _ST_BYTES.get(t["dtype"], 1)
-                b, m = math.prod(t["shape"]) * size, re.search(r"\.(\d+)\.", name) # decoder layers: `<path>.<i>.`
-                if m: layers[int(m[1])] = layers.get(int(m[1]), 0) + b
-                else: other += b
-    except (OSError, ValueError, TypeError, KeyError, AttributeError): return None
-    return (other, [layers[i] for i in sorted(layers)]) if files else None
-
-def pruned_bytes(other:int, layers:list, k:int)->int:
-    "The size after deleting `k` layers: the smallest `k`, so never an underestimate."
-    return other + sum(layers) - sum(sorted(layers)[:k])
-
 # %% ../../nbs/61_cli.prune.ipynb #c28b0005
-def _mib(n:int)->str: return f"{n / 2**20:,.1f} MiB"
-
-def check_free_space(needs:list, # `(option, path, bytes)` for each target
-                    ):
-    "Refuse targets whose file system has too little free space for all the targets on it, with 5% + 1 MiB to spare."
-    by_fs = {}
-    for option, path, n in needs:
-        where = writable_folder(option, path)
-        by_fs.setdefault(os.stat(where).st_dev, (where, []))[1].append((option, path, int(n * 1.05) + 2**20))
-    for where, items in by_fs.values():
-        need, free = sum(n for *_, n in items), shutil.disk_usage(where).free
-        if need > free:
-            what = " and ".join(f"{o}={str(p)!r} (about {_mib(n)})" for o, p, n in items)
-            raise SaveTargetError(f"{what} need{'s' if len(items) == 1 else ''} more room than the file system holding "
-                                  f"{str(where)!r} has ({_mib(free)} free): free some space or choose another path")
-
 def _k(cfg)->int: return len(cfg.delete_layers_index) if cfg.delete_layers_index else cfg.delete_layer_num
 
 def _gguf_need(args, gsrc)->list:
