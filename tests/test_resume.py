@@ -135,7 +135,7 @@ def test_cli_checkpoint_dir_and_resume(tmp_path, capsys):
 # SLEB: finished rounds in sleb_state.json, the round in progress as the engine's own chunk checkpoint in round{r}/
 
 import logging
-from depthprune_nb import engine
+from depthprune_nb.engine import core as engine  # the searches by name: SLEB calls its fast_search
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.criteria.sleb import sleb_search
 
