@@ -46,15 +46,11 @@ def mib(b): return f"{b / 2**20:,.0f} MiB"
 
 
 def machine()->str:
-    "The machine in words: CPU model and torch capability (bfloat16 is fast only with native support), threads, load."
-    from depthprune_nb.engine.dtype_choice import device_capability
+    "The machine in words (`machine_summary`), and the load at the start: the machine may be shared."
+    from depthprune_nb.engine.dtype_choice import machine_summary
     load = open("/proc/loadavg").read().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
-    cap = device_capability("cpu")
-    bf16 = {True: "with", False: "without", None: "unknown"}[cap["onednn_bfloat16"]]
-    return (f"{os.cpu_count()} CPU cores ({cap['name']}, torch CPU capability {cap['capability']}, {bf16} oneDNN bfloat16), "
-            f"no GPU; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch threads; load average at start {' '.join(load)} "
-            f"(the machine is shared: wall times are noisy, ratios within one run are what count)")
+    return (f"{machine_summary()}; load average at start {' '.join(load)} "
+            f"(wall times are noisy on a shared machine, ratios within one run are what count)")
 
 
 _TOKENIZED = {}

@@ -30,9 +30,8 @@ def load()->str: return " ".join(open("/proc/loadavg").read().split()[:3]) if Pa
 
 
 def machine()->str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
+    from depthprune_nb.engine.dtype_choice import machine_summary
+    return machine_summary()
 
 
 def split_engine(spec:str, default_dtype:str|None)->tuple[str, str|None]:

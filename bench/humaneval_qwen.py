@@ -160,13 +160,14 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     from depthprune_nb.eval.humaneval import read_problems, run_humaneval
     from depthprune_nb.eval.sandbox import sandbox_protections
+    from depthprune_nb.engine.dtype_choice import machine_summary
     he, text = find_shared("humaneval", "HumanEval.jsonl.gz"), find_shared("wikitext-2-raw-v1", "test.txt")
     if he is None or not model_available(a.model):
         print(f"skipped: HumanEval file ({he}) or model ({a.model}) absent"); return 0
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     rec = json.loads(out.read_text()) if out.exists() else {}
     mine = set()  # the runs this process measured: a save writes only these over what is on disk
-    rec.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared",
+    rec.update(machine=f"{machine_summary()}, shared",
                torch_threads=a.threads, model=str(a.model), limit=a.limit, max_new_tokens=a.max_new_tokens,
                batch_size=a.batch_size, protections=sandbox_protections(allow_code_execution=True))
     rec.setdefault("runs", {})

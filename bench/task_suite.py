@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from depthprune_nb.engine.dtype_choice import machine_summary  # noqa: E402
 from depthprune_nb.io.gguf import load_model_and_tokenizer
 from depthprune_nb.io.models import gguf_path
 from depthprune_nb.eval.tasks import evaluate_tasks, read_task, suite_names, bigbench_dir
@@ -52,7 +53,7 @@ def main():
     res = json.loads(out.read_text()) if out.exists() else {}
     if res.get("limit") not in (None, a.limit): raise SystemExit(f"{out} was measured with limit={res['limit']}, not {a.limit}")
     res.update(limit=a.limit, rule=RULE.format(limit=a.limit), data=str(bigbench_dir()),
-               machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared (see load averages)",
+               machine=f"{machine_summary()}, shared (see load averages)",
                command=f"OMP_NUM_THREADS=1 python bench/task_suite.py --limit {a.limit} --out {a.out}")
     res.setdefault("models", {})
     tasks = sorted(suite_names(), key=lambda t: cost(t, a.limit))

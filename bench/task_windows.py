@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from depthprune_nb.engine.dtype_choice import machine_summary  # noqa: E402
 from depthprune_nb.data import get_calib_eval_datasets
 from depthprune_nb.io.gguf import load_model_and_tokenizer
 from depthprune_nb.io.models import gguf_path
@@ -131,7 +132,7 @@ def main():
                calib_examples=f"last {a.calib_limit} of {total} (file order)" if a.top_k else None, seqlen=128, calib_windows=len(calib),
                eval_windows=len(held), search_wall_s=search_s and round(search_s, 1), baseline_calib_ppl=baseline,
                criteria_ns=a.criteria_ns, criteria_picks=picks,
-               machine=f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1 torch thread",
+               machine=f"{machine_summary()}, shared with other jobs",
                command="DEPTHPRUNE_BIGBENCH=../shared/data/bigbench OMP_NUM_THREADS=1 python bench/task_windows.py "
                        f"--model {a.model} --eval_limit {a.eval_limit} --calib_limit {a.calib_limit} --top_k {a.top_k} --criteria_ns "
                        + " ".join(map(str, a.criteria_ns)), rows=[])

@@ -34,3 +34,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory):
+    "`get(family, num_layers)`: a tiny model of `family` saved once per session (weights drawn with std 0.1)."
+    from depthprune_nb.testing import save_tiny_model
+    made = {}
+    def get(family:str, num_layers:int):
+        if (family, num_layers) not in made:
+            made[family, num_layers] = save_tiny_model(tmp_path_factory.mktemp(family), family=family, num_layers=num_layers, init_std=0.1)
+        return made[family, num_layers]
+    return get

@@ -31,14 +31,9 @@ def _one_thread(one_thread): pass
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    "A saved tiny model per family, written once per session."
-    made = {}
-    def get(family):
-        if family not in made:
-            made[family] = save_tiny_model(tmp_path_factory.mktemp(family), family=family, num_layers=N_LAYERS, init_std=0.1)
-        return made[family]
-    return get
+def checkpoint(family_checkpoint):
+    "A saved tiny model per family with N_LAYERS layers, written once per session."
+    return lambda family: family_checkpoint(family, N_LAYERS)
 
 
 def load(path): return AutoModelForCausalLM.from_pretrained(path).eval()

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/17_engine.dtype_choice.ipynb #adf990ab
 from __future__ import annotations
-import logging, platform, time, warnings
+import logging, os, platform, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FAST_RATIO', 'SMALL_LAYER_MACS', 'PROBE_MACS', 'SLOW_STOP', 'SlowDtypeWarning', 'cpu_name',
-           'device_capability', 'layer_shapes', 'config_shapes', 'layer_macs', 'probe_speed', 'DtypeChoice', 'decide',
-           'own_dtype', 'choose_compute_dtype', 'choose_for_config']
+           'device_capability', 'machine_summary', 'layer_shapes', 'config_shapes', 'layer_macs', 'probe_speed',
+           'DtypeChoice', 'decide', 'own_dtype', 'choose_compute_dtype', 'choose_for_config']
 
 # %% ../../nbs/17_engine.dtype_choice.ipynb #947a33c0
 FAST_RATIO = 1.5            # a lower precision is chosen only if its probe runs this many times faster than float32
@@ -61,6 +61,14 @@ def device_capability(device, # a torch device (or its name)
         return dict(device=str(dev), name=torch.cuda.get_device_name(dev), compute_capability=f"{cap[0]}.{cap[1]}",
                     rocm=torch.version.hip is not None, bfloat16_native=_cuda_bf16_native(dev))
     return dict(device=str(dev), name=dev.type)
+
+def machine_summary()->str:
+    "This machine in one line, for benchmark records: cores, CPU model, torch's CPU capability and bfloat16 support, threads."
+    cap = device_capability("cpu")
+    bf16 = {True: "with", False: "without", None: "unknown"}[cap["onednn_bfloat16"]]
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPU cores ({cap['name']}, torch CPU capability {cap['capability']}, {bf16} oneDNN bfloat16), "
+            f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)")
 
 # %% ../../nbs/17_engine.dtype_choice.ipynb #b493c32f
 def layer_shapes(layer:nn.Module, # one decoder layer

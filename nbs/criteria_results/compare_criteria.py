@@ -30,6 +30,7 @@ from depthprune_nb.parts import locate
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.ppl import ppl_deleting
 from depthprune_nb.criteria.sleb import sleb_prefix
+from depthprune_nb.engine.dtype_choice import cpu_name
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -197,12 +198,6 @@ def main(argv=None):
         rows += new; save(n)
     print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
     return report(rows, ref["rows"], a.rtol, a.against) if a.check else 0
-
-
-def cpu_name()->str:
-    "The CPU's model name (Linux), else the platform's processor string."
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return platform.processor()
 
 
 if __name__ == "__main__":

@@ -98,9 +98,10 @@ def run(a)->dict:
     from depthprune_nb.parts import locate
     from depthprune_nb.pruner import layer_importance
     from depthprune_nb.surgery import temporarily_deleted
+    from depthprune_nb.engine.dtype_choice import cpu_name
     torch.set_num_threads(a.threads)
     info = dict(model=a.model, settings=dict(vars(a), prompts=list(PROMPTS)), machine=dict(
-        cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+        cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
         python=platform.python_version(), torch=torch.__version__, load_average_start=os.getloadavg()))
     t0 = time.perf_counter()
     if a.quick:
