@@ -156,9 +156,9 @@ def _tensor_info(h:_Header)->tuple:
 
 # %% ../nbs/10_gguf.ipynb #2f071196
 def _check_placement(tensors:dict, name:str, size:int):
-    "Every tensor inside the file and no two sharing a byte."
-    prev = None
-    for tn, t in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].n_bytes)):
+    "Every tensor inside the file and no two sharing a byte (the second named is the later in the file's list)."
+    prev, order = None, {tn: i for i, tn in enumerate(tensors)}
+    for tn, t in sorted(tensors.items(), key=lambda kv: (kv[1].start, order[kv[0]])):
         if t.start + t.n_bytes > size:
             raise GGUFError(f"{name} is truncated: tensor data of {tn} lies past the end of the file ({size:,} bytes)")
         if prev is not None and t.start < tensors[prev].start + tensors[prev].n_bytes and t.n_bytes:
