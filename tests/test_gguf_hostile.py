@@ -309,3 +309,25 @@ def test_a_running_writers_files_are_kept_and_unknown_writers_files_age_out(tmp_
     assert sorted(p.name for p in remove_stale_tmp(tmp_path, ["m.gguf", "m-float32"])) == sorted(
         p.name for p in (legacy, elsewhere, folder))
     assert mine.exists() and other.exists()
+
+
+def test_the_float32_copy_in_the_cache_is_checked_too(tiny, tmp_path, monkeypatch):
+    "load_real_model's safetensors copy is a cache as well: a byte flipped in it (mtime kept) is caught and the copy rebuilt."
+    from depthprune_nb.models import load_real_model
+    m = fake_chunked_model(tmp_path / "site", tiny.read_bytes(), n=2, name="tiny-model")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    cache = tmp_path / "cache"
+    model, tok = load_real_model(m, cache=cache)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad(): want = model(ids).logits
+    folder = next(p for p in cache.iterdir() if p.name.endswith("-float32"))
+    weights = folder / "model.safetensors"
+    import json
+    head = weights.read_bytes()[:8 + struct.unpack("<Q", weights.read_bytes()[:8])[0]]
+    begin = json.loads(head[8:])["model.norm.weight"]["data_offsets"][0]
+    flip_keeping_mtime(weights, len(head) + begin + 3)  # the exponent of the final norm's first weight
+    back, _ = load_real_model(m, cache=cache)
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, want, rtol=0, atol=0)
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]  # no temporary or moved-away folder left
+    again, _ = load_real_model(m, cache=cache)  # the rebuilt copy passes its check and is what loads now
+    with torch.no_grad(): torch.testing.assert_close(again(ids).logits, want, rtol=0, atol=0)
