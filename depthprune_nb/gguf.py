@@ -108,7 +108,7 @@ def _skip_strings(h:_Header, n:int, key:str):
     buf, pos, size, length = h.buf, h.pos, len(h.buf), struct.Struct(h.end + "Q").unpack_from
     for i in range(n):
         if pos + 8 > size or pos + 8 + length(buf, pos)[0] > size:
-            h.pos = pos; h.take(size + 1 - pos, f"string {i:,} of array {key}")
+            raise GGUFError(f"{h.name}: string {i:,} of array {key} (at offset {pos:,}) runs past the end of the file")
         pos += 8 + length(buf, pos)[0]
     h.pos = pos
 
