@@ -132,15 +132,13 @@ def check_loading_info(info:dict,  # the `loading_info` of `from_pretrained(...,
                        model_dir,  # where the model came from, for the message
                       ):
     "Refuse weights that do not match config.json: transformers would fill the gaps with random weights, only warning."
-    missing, mismatched = info.get("missing_keys") or [], info.get("mismatched_keys") or []
-    if missing or mismatched:
-        bad = sorted(missing) + [k if isinstance(k, str) else k[0] for k in mismatched]
+    missing, mismatched, unused = info.get("missing_keys") or [], info.get("mismatched_keys") or [], info.get("unexpected_keys") or []
+    if missing or mismatched or unused:
+        bad = sorted(missing) + [k if isinstance(k, str) else k[0] for k in mismatched] + sorted(unused)
         raise OSError(f"the weights in model_dir={str(model_dir)!r} do not match its config.json: {len(missing)} tensor(s) "
-                      f"missing, {len(mismatched)} of the wrong shape (e.g. {', '.join(bad[:3])}); loading would fill "
-                      "them with random values. Was config.json (e.g. its layer count) or a weights file edited or replaced?")
-    if info.get("unexpected_keys"):
-        log.warning("model_dir=%r holds %d tensor(s) the model does not use (e.g. %s)", str(model_dir),
-                    len(info["unexpected_keys"]), ", ".join(sorted(info["unexpected_keys"])[:3]))
+                      f"missing, {len(mismatched)} of the wrong shape, {len(unused)} the model does not use (e.g. "
+                      f"{', '.join(bad[:3])}); loading would fill missing ones with random values. Was config.json (e.g. "
+                      "its layer count) or a weights file edited or replaced?")
 
 # %% ../../nbs/61_cli.prune.ipynb #f0f8d2b8
 def load_gguf_model(args,                     # parsed `depthprune` arguments (`model_dir`, `gguf_file`, `dtype`, `multi_gpu`)

