@@ -4,7 +4,7 @@
 
 # %% ../../nbs/13_engine.checkpoint.ipynb #fc12ffe1
 from __future__ import annotations
-import hashlib, json, logging, os
+import hashlib, json, logging
 from pathlib import Path
 
 import torch
@@ -13,12 +13,13 @@ from fastcore.basics import patch
 
 from ..config import ConfigError
 from .ranks import rank, world_size
+from ..io.files import write_atomic
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FORMAT', 'KINDS', 'weights_digest', 'data_digest', 'model_fingerprint', 'search_fingerprint', 'state_path',
-           'write_atomic', 'write_state', 'read_checkpoint', 'check_kind', 'open_state', 'SearchCheckpoint']
+           'write_state', 'read_checkpoint', 'check_kind', 'open_state', 'SearchCheckpoint']
 
 # %% ../../nbs/13_engine.checkpoint.ipynb #058fcd0f
 def weights_digest(model:nn.Module)->str:
@@ -67,17 +68,6 @@ def state_path(folder:Path, # the checkpoint folder
     "The state file in `folder`: `stem`.json, or under torchrun one per rank, `stem`.rank{r}of{w}.json."
     r, w = rank(), world_size()
     return Path(folder) / (f"{stem}.json" if w == 1 else f"{stem}.rank{r}of{w}.json")
-
-def write_atomic(path:Path, text:str):
-    "Write `text` to `path` so that a crash leaves the old file or the new one, never half of one: temp file, fsync, rename, fsync the folder."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
 
 def write_state(path:Path, fingerprint:dict, state:dict):
     "Save `state` with the `fingerprint` of its search, as a checksummed checkpoint file, atomically."

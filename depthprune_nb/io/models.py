@@ -4,18 +4,18 @@
 
 # %% ../../nbs/41_io.models.ipynb #965523de
 from __future__ import annotations
-import hashlib, importlib.metadata, json, logging, os, re, shutil, socket, sys, tempfile, time
+import hashlib, importlib.metadata, json, logging, os, shutil, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from .files import tmp_prefix, remove_stale_tmp, write_atomic
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MODELS', 'STALE_TMP_AGE', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'install_command', 'cache_dir',
-           'models_table', 'tmp_prefix', 'remove_stale_tmp', 'gguf_path', 'model_source', 'load_real_model',
-           'fake_chunked_model']
+__all__ = ['log', 'MODELS', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'install_command', 'cache_dir', 'models_table',
+           'gguf_path', 'model_source', 'load_real_model', 'fake_chunked_model']
 
 # %% ../../nbs/41_io.models.ipynb #22fce01a
 @dataclass(frozen=True)
@@ -145,49 +145,6 @@ def _sha256(paths:list, out=None)->str:
                 if out is not None: out.write(block)
     return h.hexdigest()
 
-# %% ../../nbs/41_io.models.ipynb #c8f075fd
-STALE_TMP_AGE = 3600 # seconds without a write after which a temporary file whose writer cannot be checked is removed
-
-def _host()->str: return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0])[:32] or "host"
-
-def tmp_prefix(name:str, # the file or folder name the temporary one will be renamed to
-              )->str:
-    "Prefix of a temporary name beside `name` that says which process writes it: `.{name}.{host}-{pid}.`"
-    return f".{name}.{_host()}-{os.getpid()}."
-
-def _alive(pid:int)->bool|None:
-    "Whether process `pid` runs on this machine; None where that cannot be asked (Windows: signal 0 would kill it)."
-    if sys.platform == "win32": return None
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
-
-# %% ../../nbs/41_io.models.ipynb #2e773b0d
-_TMP_TAIL = re.compile(r"^(?:(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.)?[a-z0-9_]{8}(?:\.tmp)?$")
-
-def _stale(path:Path, host:str|None, pid:str|None, now:float)->bool:
-    "True if the writer of temporary `path` is gone: a dead pid on this host, else no write for `STALE_TMP_AGE` seconds."
-    age = now - path.lstat().st_mtime
-    alive = _alive(int(pid)) if pid is not None and host == _host() else None
-    return age > STALE_TMP_AGE if alive is None else not alive or age > 24 * 3600 # a day: the pid was reused
-
-def remove_stale_tmp(folder:str|Path, # where the temporary files were written
-                     names:list,      # the target names whose temporary files to look for
-                    )->list:          # the paths removed
-    "Remove temporary files and folders of `names` in `folder` left by writers that were killed; running writers' are kept."
-    folder, now, gone = Path(folder), time.time(), []
-    if not folder.is_dir(): return gone
-    for p in folder.iterdir():
-        name = next((n for n in names if p.name.startswith(f".{n}.")), None)
-        m = name and _TMP_TAIL.match(p.name[len(name) + 2:])
-        try:
-            if not m or not _stale(p, m["host"], m["pid"], now): continue
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        except FileNotFoundError: continue # its writer finished or another run removed it meanwhile
-        log.info("removed %s, left by a killed writer", p); gone.append(p)
-    return gone
-
 # %% ../../nbs/41_io.models.ipynb #dea3b3f1
 def _marker(m:GGUFModel, cache:Path)->Path: return cache / f"{m.file}.verified.json"
 
@@ -195,21 +152,12 @@ def _stamp(path:Path)->dict:
     st = path.stat()
     return dict(path=str(path.resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns)
 
-def _write_atomic(path:Path, text:str):
-    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f: f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-
 def _record(path:Path, m:GGUFModel, cache:Path):
     "Write the record of a verified file (for people: it is never trusted instead of the hash)."
     text = json.dumps(dict(_stamp(path), sha256=m.sha256))
     try: same = _marker(m, cache).read_text() == text
     except OSError: same = False
-    if not same: _write_atomic(_marker(m, cache), text)
+    if not same: write_atomic(_marker(m, cache), text)
 
 def _verify(path:Path, m:GGUFModel, cache:Path)->bool:
     "Hash all of `path`; on a match record it (marker in `cache`) and return True."
