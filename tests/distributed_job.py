@@ -4,7 +4,7 @@ import json, sys
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb.engine import distributed
+from depthprune_nb.engine import distributed, ranks
 
 
 def arithmetic(b:int, seed:int=0)->torch.Tensor:
@@ -39,7 +39,7 @@ def search_all(model_dir:str, N:int=16)->dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    distributed.init_from_env()
+    ranks.init_from_env()
     out = search_all(sys.argv[1])
-    if distributed.is_main(): open(sys.argv[2], "w").write(json.dumps(out))
-    distributed.finish()
+    if ranks.is_main(): open(sys.argv[2], "w").write(json.dumps(out))
+    ranks.finish()

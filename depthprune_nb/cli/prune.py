@@ -16,7 +16,7 @@ from ..engine.placement import default_device
 from ..pruner import check_save_dir, save_pruned
 from ..config import ENGINES
 from ..io.gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
-from ..engine import distributed
+from ..engine import distributed, ranks
 from ..config import METHODS
 from ..data import get_calib_eval_datasets, default_seqlen, window_bos
 from ..engine.checkpoint import SearchCheckpoint
@@ -185,8 +185,8 @@ def check_save_room(args, model, parts, cfg, gsrc:tuple|None=None):
 def run(args)->dict:
     "Load, search, prune and save as `args` say; returns the result as a dict."
     if args.plan: return plan_from_args(args)
-    if distributed.init_from_env(): distributed.check_supported(args.engine)
-    main_rank = distributed.is_main()
+    if ranks.init_from_env(): distributed.check_supported(args.engine)
+    main_rank = ranks.is_main()
     cfg = algo_config_from_args(args)
     humaneval_check(args) # --humaneval without --allow_code_execution: refused before the model loads
     if getattr(args, "head_bound", False) and (err := head_bound_refusal(cfg.method, args.engine)): raise err # before loading
@@ -214,7 +214,7 @@ def run(args)->dict:
     if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
     he_unpruned = humaneval_eval(args, model, tokenizer, {}, "unpruned") if main_rank else {}
     pruner = pruner_class(args, tokenizer)(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
-                         distributed=distributed.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
+                         distributed=ranks.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
     res.stats.update(unpruned); res.stats.update(he_unpruned)
@@ -223,8 +223,8 @@ def run(args)->dict:
     if args.heal_steps:
         model = heal_from_args(args, model, data, eval_data, res)
         if main_rank: task_eval(args, model, tokenizer, res.stats, "healed"); humaneval_eval(args, model, tokenizer, res.stats, "healed")
-    if distributed.world_size() > 1: res.stats.update(world_size=distributed.world_size(), passes_are_per_rank=True)
-    if not main_rank: distributed.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
+    if ranks.world_size() > 1: res.stats.update(world_size=ranks.world_size(), passes_are_per_rank=True)
+    if not main_rank: ranks.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
     print(res)
     if "tasks" in res.stats: print(task_table(res.stats))
     if "humaneval" in res.stats: print(humaneval_table(res.stats))
@@ -242,7 +242,7 @@ def run(args)->dict:
         ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(parts.input_device)
         gen = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         print("generation:", tokenizer.decode(gen[0], skip_special_tokens=True))
-    distributed.finish()
+    ranks.finish()
     return res.to_dict()
 
 def heal_from_args(args, model, data:list, eval_data:list|None, res):
