@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 from ..config import ConfigError, METHODS
+from ..parts import LAYER_COUNT_FIELDS
 from .sweeps import sweep_streams, default_chunk, halving_rounds
 
 # %% auto #0
@@ -18,7 +19,7 @@ __all__ = ['UNGATED', 'ONE_PASS', 'read_config', 'ModelShape', 'model_shape', 'l
 
 # %% ../../nbs/16_engine.plan.ipynb #ce28c820
 _FIELDS = dict(
-    layers=("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
+    layers=tuple(LAYER_COUNT_FIELDS), # the fields surgery updates: one list of them, in parts
     hidden=("hidden_size", "n_embd", "d_model"),
     heads=("num_attention_heads", "n_head", "n_heads", "num_heads"),
     kv_heads=("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"),
