@@ -81,10 +81,9 @@ def load(model_path:str, cache_dir:str|None):
 
 
 def mcnemar(a:list, b:list)->dict:
-    "`paired_test` (exact two-sided McNemar) on paired pass/fail lists, under this file's keys."
+    "`paired_test` (exact two-sided McNemar) on paired pass/fail lists, as this file records it."
     from depthprune_nb.eval.tasks import paired_test
-    t = paired_test(a, b)
-    return {"only_first_passed": t.only_first, "only_second_passed": t.only_second, "p_value": round(t.p_value, 4)}
+    return paired_test(a, b).record("passed", digits=4)
 
 
 def passed(run:dict)->list: return [x["passed"] for x in run["results"]]

@@ -43,9 +43,8 @@ TEXT = Path(os.environ.get("DEPTHPRUNE_TEXT_FILE", ROOT.parent / "shared/data/wi
 
 
 def mcnemar_exact(a:list, b:list)->dict:
-    "`paired_test` (exact two-sided McNemar) of paired 0/1 outcomes, under this file's keys."
-    t = paired_test(a, b)
-    return dict(only_first_right=t.only_first, only_second_right=t.only_second, p_value=t.p_value)
+    "`paired_test` (exact two-sided McNemar) of paired 0/1 outcomes, as this file records it."
+    return paired_test(a, b).record("right")
 
 
 def summarize(out:dict):

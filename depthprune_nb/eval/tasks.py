@@ -259,6 +259,13 @@ class PairedTest(NamedTuple):
     only_second:int # examples only the second model got right
     p_value:float   # two-sided: how likely a split at least this uneven is if neither model is better
 
+    def record(self, outcome:str="right", # what a 1 means, in the keys: "right", "passed", ...
+               digits:int|None=None,      # round the p-value to this many digits (None: as computed)
+              )->dict:                    # `{"only_first_<outcome>", "only_second_<outcome>", "p_value"}`
+        "The test as a JSON record, under the keys results files use."
+        return {f"only_first_{outcome}": self.only_first, f"only_second_{outcome}": self.only_second,
+                "p_value": self.p_value if digits is None else round(self.p_value, digits)}
+
 def paired_test(first:list,  # right (1/True) or wrong (0/False) per example, the first model
                 second:list, # the same examples in the same order, the second model
                )->PairedTest:
