@@ -12,7 +12,7 @@ licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache S
 statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Mature", "Inactive"]
 lic = licenses[cfg["license"]]
 requirements = cfg.get("requirements", "").split()
-eval_requirements = cfg.get("eval_requirements", "").split()  # task accuracy (depthprune_nb.tasks)
+eval_requirements = cfg.get("eval_requirements", "").split()  # task accuracy (depthprune_nb.eval.tasks)
 dev_requirements = cfg.get("dev_requirements", "").split() + eval_requirements
 min_python = cfg["min_python"]
 
