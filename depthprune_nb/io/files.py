@@ -10,27 +10,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'STALE_TMP_AGE', 'write_atomic', 'tmp_prefix', 'remove_stale_tmp']
-
-# %% ../../nbs/06a_io.files.ipynb #fl000006
-def write_atomic(path:str|Path, # the file to write
-                 text:str,      # its whole new content
-                 mode:int=0o644, # its permissions
-                ):
-    "Write `text` to `path` so that a crash leaves the old file or the new one, never half of one: temp file, fsync, rename, fsync the folder."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    if hasattr(os, "O_DIRECTORY"): # the rename itself on disk (POSIX)
-        d = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try: os.fsync(d)
-        finally: os.close(d)
+__all__ = ['log', 'STALE_TMP_AGE', 'tmp_prefix', 'remove_stale_tmp', 'write_atomic']
 
 # %% ../../nbs/06a_io.files.ipynb #c8f075fd
 STALE_TMP_AGE = 3600 # seconds without a write after which a temporary file whose writer cannot be checked is removed
@@ -74,3 +54,23 @@ def remove_stale_tmp(folder:str|Path, # where the temporary files were written
         except FileNotFoundError: continue # its writer finished or another run removed it meanwhile
         log.info("removed %s, left by a killed writer", p); gone.append(p)
     return gone
+
+# %% ../../nbs/06a_io.files.ipynb #fl000006
+def write_atomic(path:str|Path, # the file to write
+                 text:str,      # its whole new content
+                 mode:int=0o644, # its permissions
+                ):
+    "Write `text` to `path` so that a crash leaves the old file or the new one, never half of one: temp file, fsync, rename, fsync the folder."
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
+    if hasattr(os, "O_DIRECTORY"): # the rename itself on disk (POSIX)
+        d = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try: os.fsync(d)
+        finally: os.close(d)
