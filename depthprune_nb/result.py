@@ -205,7 +205,7 @@ def of(cls:PruneResult,
        baseline_ppl:float,        # PPL of the unpruned model
        ppl_by_start:dict,         # the criterion's table: window (or first deleted layer) -> PPL
        params_before:int|None=None, # the model's parameter count (counted here if None)
-       model_name:str|None=None,  # the model's name (`model_label` if None)
+       model_name:str|None=None,  # the model's name (model_label if None)
        **fields,                  # the other fields: `stats`, `lower_bound_starts`, `method`, `scores`, ...
       )->PruneResult:
     "A search's result: its table, pick and measurements, with the layer and parameter counts that follow from them."

@@ -35,7 +35,7 @@ def sweep_streams(windows:int, # candidate windows the sweep scores
 def default_chunk(N:int,             # samples (on this rank)
                   chunk_size,        # the user's chunk size; None: decided here
                   budget:int|None,   # bytes of states a sweep may hold; None: unknown (the cap decides)
-                  per_sample:int,    # bytes one sample's states take (`sweep_streams` x state bytes)
+                  per_sample:int,    # bytes one sample's states take (sweep_streams x state bytes)
                   cap:int=8,         # at most this many samples per sweep
                  )->int:
     "Samples per sweep: `chunk_size` if given, else as many as `budget` holds, at least 1 and at most `cap` and `N`."
@@ -65,7 +65,7 @@ class Engine:
                  options:EngineOptions|None=None, # placement, memory, batching (`compute_dtype` is the caller's)
                  name:str="fast",              # the engine's name in `stats`
                  cap:int=8,                    # at most this many samples per sweep by default
-                 checkpoint=None,              # a `SearchCheckpoint` when the search saves its progress
+                 checkpoint:object=None,       # a SearchCheckpoint when the search saves its progress
                  rank_chunks:bool=True,        # under torchrun, chunks of `chunk` samples per rank (False: the one-process chunks)
                 ):
         o = self.options = options or EngineOptions()

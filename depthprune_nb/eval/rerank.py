@@ -21,7 +21,7 @@ __all__ = ['log', 'TaskRerankPruner']
 # %% ../../nbs/59_eval.rerank.ipynb #rr000006
 class TaskRerankPruner(ModelPruner):
     "A `ModelPruner` whose pick is its criterion's top `top_k` candidates re-ranked by task accuracy (`rerank_by_tasks`)."
-    def __init__(self, config,                  # the pruning config, as `ModelPruner` takes it
+    def __init__(self, config,                  # the pruning config, as ModelPruner takes it
                  tokenizer,                     # the model's tokenizer (the tasks are scored with it)
                  tasks:list,                    # task names or `task.json` paths
                  eval_limit:int,                # the first `eval_limit` examples of each task are reported: never re-ranked on
@@ -29,7 +29,7 @@ class TaskRerankPruner(ModelPruner):
                  top_k:int=5,                   # candidates to re-rank
                  batch_size:int=1,              # lm-eval batch size
                  data_dir:str|Path|None=None,   # the BIG-bench data folder
-                 **kwargs):                     # `ModelPruner`'s other arguments (engine, options, ...)
+                 **kwargs):                     # ModelPruner's other arguments (engine, options, ...)
         super().__init__(config, **kwargs)
         self.tokenizer, self.tasks, self.eval_limit, self.calib_limit = tokenizer, tasks, eval_limit, calib_limit
         self.top_k, self.batch_size, self.data_dir = top_k, batch_size, data_dir

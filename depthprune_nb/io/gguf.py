@@ -60,7 +60,7 @@ def smollm2_gguf_path()->Path:
 
 # %% ../../nbs/40_io.gguf.ipynb #823bcd1b
 def read_gguf(path:str|Path, # a GGUF file
-              complete:bool=False, # also require every tensor of every block (`check_gguf_complete`): a model to load
+              complete:bool=False, # also require every tensor of every block (check_gguf_complete): a model to load
              )->gguf.GGUFReader:
     "A `gguf.GGUFReader` on `path`, opened only after `scan_gguf` found its header sound; `GGUFError` otherwise."
     scan = scan_gguf(path)

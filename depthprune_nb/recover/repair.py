@@ -71,7 +71,7 @@ class _Enough(Exception): "Raised by the last hook once its states are captured:
 def window_taps(parts:ModelParts, # where the model keeps its layers and final norm
                 start:int,        # first deleted layer; the map folds into layer `start-1`
                 n:int,            # layers deleted (0: stop right after layer `start-1`)
-                fold_path:str,    # the down projection inside layer `start-1`, from `fold_target`
+                fold_path:str,    # the down projection inside layer `start-1`, from fold_target
                ):
     "Record `fold` (down projection output of layer start-1), `cut` (state entering layer start) and `end` (state after the window) in the yielded dict; the forward stops at `end`."
     layers, got = parts.layers, {}
@@ -149,6 +149,10 @@ class LinearRepair:
     @property
     def fold_layer(self)->int: return self.start - 1
 
+    def __repr__(self):
+        return (f"LinearRepair(start={self.start}, n={self.n}, num_layers={self.num_layers}, fold_path={self.fold_path!r}, "
+                f"gain={self.gain:.4g}, tokens={self.tokens:,}, ridge={self.ridge:g}, unexplained={self.unexplained:.4f})")
+
 # %% ../../nbs/09_recover.repair.ipynb #7d0338c0
 def _check_window(parts:ModelParts, start:int, n:int)->list:
     "The deleted layers of window (start, n), checked; a `FoldError` where no layer precedes the cut."
@@ -219,7 +223,7 @@ def _folded(module:nn.Module, T:torch.Tensor)->tuple:
     return w.to(module.weight.dtype), b
 
 def plan_repair(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
-                rep:LinearRepair,           # from `fit_linear_repair`
+                rep:LinearRepair,           # from fit_linear_repair
                 parts:ModelParts|None=None, # where the layers live; detected if None
                )->list:                     # the edits, not yet applied
     "Every edit that folds `rep` into layer `start-1` and deletes its window, computed without changing anything."
@@ -237,7 +241,7 @@ def plan_repair(model:nn.Module,            # the model `rep` was fitted on, not
 
 # %% ../../nbs/09_recover.repair.ipynb #529fa1a3
 def apply_repair(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
-                 rep:LinearRepair,           # from `fit_linear_repair`
+                 rep:LinearRepair,           # from fit_linear_repair
                  parts:ModelParts|None=None, # where the layers live; detected if None
                 )->nn.Module:                # the same model, pruned and repaired in place
     "Delete `rep`'s window and fold its map into the down projection of the layer before the cut, all or nothing."
