@@ -192,7 +192,7 @@ def _check_vocab(scan:GGUFScan, name:str):
         if key in scan.arrays and scan.arrays[key] != n:
             raise GGUFError(f"{name}: field {key} has {scan.arrays[key]:,} entries for {n:,} tokens")
 
-def check_gguf_complete(scan:GGUFScan, # `scan_gguf` of the file
+def check_gguf_complete(scan:GGUFScan, # what scan_gguf read of the file
                         name:str,      # the file, for messages
                        ):
     "Refuse a file that does not hold a whole model: a bad block count, a missing or extra block tensor, no embedding or vocabulary."
