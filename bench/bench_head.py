@@ -51,7 +51,7 @@ def one(model, parts, data, n, engine):
 
 def main(argv=None):
     from depthprune_nb.data import get_calib_eval_datasets
-    from depthprune_nb.io.gguf import load_model_and_tokenizer
+    from depthprune_nb.io.load import load_model_and_tokenizer
     from depthprune_nb.parts import locate
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gemma-3-270m")

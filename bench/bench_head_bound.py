@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from depthprune_nb.data import get_wikitext_dataset  # noqa: E402
-from depthprune_nb.io.gguf import load_model_and_tokenizer  # noqa: E402
+from depthprune_nb.io.load import load_model_and_tokenizer  # noqa: E402
 from depthprune_nb.engine.reference import reference_search  # noqa: E402
 from depthprune_nb.engine.exact import fast_search  # noqa: E402
 

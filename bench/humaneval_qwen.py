@@ -13,6 +13,8 @@ All 164 problems, one process per model side by side into one file (bench/result
     python bench/humaneval_qwen.py $F --styles chat &
     python bench/humaneval_qwen.py $F --styles "" --prune_style chat --prune 1 &      # likewise --prune 2
     python bench/humaneval_qwen.py $F --styles "" --prune_style chat --prune 2 --heal_steps 40 --heal_on python --heal_only &
+    python bench/humaneval_qwen.py $F --styles "" --prune_style chat --prune 1 --repair_on python --repair_only &  # linear repair
+                                                  # fitted on 32 x 256 tokens of Python source; likewise --prune 2
     wait; python bench/humaneval_qwen.py --pair_only --out bench/results/humaneval_qwen05_full.json
 
 The model is a name in depthprune_nb.io.models.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
@@ -68,7 +70,8 @@ def load(model_path:str, cache_dir:str|None):
     from depthprune_nb.io.models import MODELS, load_real_model
     if model_path in MODELS: return load_real_model(model_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from depthprune_nb.io.gguf import load_model_and_tokenizer, serializable
+    from depthprune_nb.io.gguf import serializable
+    from depthprune_nb.io.load import load_model_and_tokenizer
     if cache_dir and (Path(cache_dir) / "config.json").exists():
         model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32).eval()
         model.name_or_path = Path(model_path).stem
@@ -102,7 +105,7 @@ def pair_runs(runs:dict):
         base = runs.get(f"unpruned/{style}")
         if kind != "unpruned" and base and base["n"] >= r["n"]: r["vs_unpruned"] = vs_unpruned(passed(base)[:r["n"]], r)
         pruned = runs.get(f"pruned_n{kind.rsplit('_n', 1)[-1]}/{style}")
-        if kind.startswith("healed") and pruned and pruned["n"] == r["n"] and pruned.get("deleted_layers") == r.get("deleted_layers"):
+        if kind.startswith(("healed", "repaired")) and pruned and pruned["n"] == r["n"] and pruned.get("deleted_layers") == r.get("deleted_layers"):
             r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
 
 
@@ -150,6 +153,12 @@ def main(argv=None):
     ap.add_argument("--pair_only", action="store_true", help="load no model: remake the paired tests of every run in --out "
                     "(after processes that shared it finished in any order)")
     ap.add_argument("--heal_lr", type=float, default=5e-4)
+    ap.add_argument("--repair_on", choices=("wikitext", "python"), default=None, help="also measure each pruned model with the "
+                    "linear repair (depthprune_nb.recover.repair) fitted on --repair_windows windows of --repair_seqlen tokens of "
+                    "this text (run key repaired_<text>_n<n>); with --repair_only the plain pruned run is not measured again")
+    ap.add_argument("--repair_windows", type=int, default=32)
+    ap.add_argument("--repair_seqlen", type=int, default=256)
+    ap.add_argument("--repair_only", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
     if a.pair_only:
@@ -216,6 +225,9 @@ def main(argv=None):
         if a.heal_only:
             heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, one)
             continue
+        if a.repair_on:
+            repair_and_measure(a, model, tok, text, res.deleted_layers, style, info, one, parts)
+            if a.repair_only: continue
         if a.reuse and prev and prev.get("deleted_layers") == res.deleted_layers and prev["n"] == len(problems):
             r = prev; print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
         else:
@@ -223,6 +235,24 @@ def main(argv=None):
                 r = one(f"pruned_n{n}/{style}", style, info)
         if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, one)
     return 0
+
+
+def repair_and_measure(a, model, tok, text, layers, style, info, one, parts):
+    "The linear repair of deleting `layers`, fitted on --repair_on's text (never HumanEval's), folded in while HumanEval runs."
+    import tempfile
+    from depthprune_nb.data import get_wikitext_dataset
+    from depthprune_nb.recover.repair import fit_linear_repair, temporarily_repaired
+    data = "WikiText-2 test text (its first windows)"
+    if a.repair_on == "python": text, data = python_code_text(tempfile.mkdtemp())
+    fit = get_wikitext_dataset(a.model, "cpu", a.repair_seqlen, text_file=text, tokenizer=tok, nsamples=a.repair_windows, progress=False)
+    t = time.perf_counter()
+    rep = fit_linear_repair(model, fit, layers[0], len(layers), parts=parts)
+    extra = dict(info, repair=dict(data=data, windows=len(fit), seqlen=a.repair_seqlen, positions=rep.tokens, ridge=rep.ridge,
+                                   unexplained=rep.unexplained, fit_s=round(time.perf_counter() - t, 1)))
+    print(f"repair ({a.repair_on}) of {layers}: {rep.tokens} positions, {100 * rep.unexplained:.1f}% unexplained, "
+          f"{time.perf_counter() - t:.0f} s", flush=True)
+    with temporarily_repaired(model, rep, parts):
+        one(f"repaired_{a.repair_on}_n{len(layers)}/{style}", style, extra)
 
 
 def heal_and_measure(a, model, tok, text, layers, style, info, one):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from depthprune_nb.engine.dtype_choice import machine_summary  # noqa: E402
-from depthprune_nb.io.gguf import load_model_and_tokenizer
+from depthprune_nb.io.load import load_model_and_tokenizer
 from depthprune_nb.io.models import gguf_path
 from depthprune_nb.eval.tasks import evaluate_tasks, read_task, suite_names, bigbench_dir
 

@@ -30,7 +30,7 @@ import torch
 
 from depthprune_nb.engine.dtype_choice import machine_summary  # noqa: E402
 from depthprune_nb.data import get_calib_eval_datasets
-from depthprune_nb.io.gguf import load_model_and_tokenizer
+from depthprune_nb.io.load import load_model_and_tokenizer
 from depthprune_nb.io.models import gguf_path
 from depthprune_nb.parts import locate
 from depthprune_nb.ppl import ppl_deleting

@@ -22,7 +22,8 @@ from .criteria.sleb import sleb_search
 from .data import get_wikitext_dataset, get_calib_eval_datasets
 from .ppl import perplexity
 from .surgery import delete_layers, temporarily_deleted
-from .io.gguf import find_gguf, load_model_and_tokenizer, smollm2_gguf_path, write_pruned_gguf
+from .io.gguf import find_gguf, smollm2_gguf_path, write_pruned_gguf
+from .io.load import load_model_and_tokenizer
 from .plots import plot_heatmap, plot_proxy  # also adds PruneResult.plot
 from .io.models import gguf_path, load_real_model, models_table
 # Does the pruned model still work? Task accuracy (lm-eval, needs the [eval] extra only when called) and HumanEval.
@@ -31,7 +32,7 @@ from .eval.humaneval import run_humaneval, check_completion
 # Errors.
 from .config import ConfigError
 from .parts import FieldError
-from .data import RemoteCodeError
+from .io.hub import RemoteCodeError
 from .io.gguf import GGUFError
 from .pruner import SaveDirError
 from .io.models import ModelFileError

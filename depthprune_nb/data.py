@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_data.ipynb #dddee922
 from __future__ import annotations
-import json, logging
+import logging
 from pathlib import Path
 
 import torch
@@ -12,13 +12,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError
+from .io.hub import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CODE_CONFIGS', 'BOS_CHOICES', 'wikitext_text', 'RemoteCodeError', 'remote_code_files', 'check_remote_code',
-           'remote_code_refusal', 'load_tokenizer', 'cut_windows', 'default_seqlen', 'adds_bos', 'window_bos',
-           'text_windows', 'get_wikitext_dataset', 'split_windows', 'get_calib_eval_datasets']
+__all__ = ['log', 'BOS_CHOICES', 'wikitext_text', 'cut_windows', 'default_seqlen', 'adds_bos', 'window_bos', 'text_windows',
+           'get_wikitext_dataset', 'split_windows', 'get_calib_eval_datasets']
 
 # %% ../nbs/06_data.ipynb #62721479
 def wikitext_text(split:str="test",        # "test", "validation" or "train"
@@ -37,82 +37,6 @@ def wikitext_text(split:str="test",        # "test", "validation" or "train"
             "Without network access pass text_file=<a local text file> (the rows joined with '\\n\\n', "
             "e.g. shared/data/wikitext-2-raw-v1/test.txt), or --text_file on the command line.") from e
     return "\n\n".join(rows)
-
-# %% ../nbs/06_data.ipynb #a1c0de02
-class RemoteCodeError(PermissionError):
-    "A model ships Python code that loading it would run, and `trust_remote_code` was not given."
-
-CODE_CONFIGS = ("config.json", "tokenizer_config.json") # files whose "auto_map" names a model's own modules
-
-def _module_files(auto_map)->list[str]:
-    "'modeling_x.XModel' -> 'modeling_x.py'; 'other/repo--modeling_x.XModel' -> 'modeling_x.py from other/repo'."
-    refs = auto_map.values() if isinstance(auto_map, dict) else auto_map if isinstance(auto_map, list) else []
-    out = []
-    for ref in refs:
-        if isinstance(ref, list): out += _module_files(ref); continue
-        if not isinstance(ref, str) or "." not in ref: continue
-        repo, _, mod = ref.rpartition("--")
-        out.append(mod.rsplit(".", 1)[0] + ".py" + (f" from {repo}" if repo else ""))
-    return out
-
-def remote_code_files(model_dir:str|Path, # a local model folder; a Hub id gives []
-                     )->list[str]:
-    "The Python files a local model folder's `auto_map` would import (and so run) when it is loaded."
-    d, files = Path(model_dir), []
-    for name in CODE_CONFIGS:
-        p = d / name
-        if not p.is_file(): continue
-        try: cfg = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError): continue # not JSON: the loader itself reports that file
-        if isinstance(cfg, dict): files += _module_files(cfg.get("auto_map"))
-    return sorted(set(files))
-
-# %% ../nbs/06_data.ipynb #a1c0de03
-def _native_hint(model_dir)->str:
-    "A note when transformers has built-in code for the folder's `model_type`, so the folder's own code is not needed."
-    try:
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-        mt = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except Exception: return ""
-    if mt not in CONFIG_MAPPING_NAMES: return ""
-    return (f" transformers has its own code for model_type {mt!r}: a copy of the folder whose config.json "
-            "has no \"auto_map\" loads with that code instead, and runs none of the folder's.")
-
-def check_remote_code(model_dir:str|Path,          # a local model folder or a Hub id
-                      trust_remote_code:bool=False, # the user's explicit consent to run the model's own code
-                     )->list[str]:                 # the files that will run (empty for most models)
-    "Refuse, before anything is imported, a local model that ships code unless `trust_remote_code`."
-    files = remote_code_files(model_dir)
-    if files and not trust_remote_code:
-        raise RemoteCodeError(
-            f"model_dir={str(model_dir)!r} ships its own Python code, which loading it would run: {', '.join(files)} "
-            "(named by \"auto_map\" in its config). Nothing of it was run. Read those files; if you trust them, pass "
-            "--trust_remote_code on the command line, or trust_remote_code=True in Python." + _native_hint(model_dir))
-    if files: log.warning("trust_remote_code: loading %s runs its own code: %s", model_dir, ", ".join(files))
-    return files
-
-def remote_code_refusal(err:Exception, model_dir)->RemoteCodeError|None:
-    "transformers' own refusal (a Hub model that needs its code) restated with our flag, or None for other errors."
-    if "trust_remote_code" not in str(err): return None
-    return RemoteCodeError(
-        f"model_dir={str(model_dir)!r} needs its own Python code to load, and nothing of it was run "
-        f"(transformers: {str(err).strip().splitlines()[0]}). If you have read that code and trust it, pass "
-        "--trust_remote_code on the command line, or trust_remote_code=True in Python.")
-
-# %% ../nbs/06_data.ipynb #ec438240
-def load_tokenizer(model_dir:str|Path, # a local model folder or a Hub id
-                   trust_remote_code:bool=False, # run a tokenizer's own Python code if it ships some
-                  ):
-    "The tokenizer saved with `model_dir`, with a clear error when it cannot be had."
-    from transformers import AutoTokenizer
-    check_remote_code(model_dir, trust_remote_code)
-    try: return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        refusal = remote_code_refusal(e, model_dir)
-        if refusal is not None: raise refusal from None
-        raise OSError(f"could not load a tokenizer from model_dir={str(model_dir)!r}: {type(e).__name__}: {e}. "
-                      "Pass the path of a local model folder that contains tokenizer files, "
-                      "or pass tokenizer=... explicitly.") from e
 
 # %% ../nbs/06_data.ipynb #8871930c
 def cut_windows(ids:torch.Tensor,     # `[1, N]` or `[N]` token ids of the whole text

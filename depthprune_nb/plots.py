@@ -59,7 +59,7 @@ def plot(self:PruneResult,
     ax.scatter(exact, [fin[s] for s in exact], color="C0", s=22, zorder=2, label="PPL with the window deleted")
     unconf = [s for s in xs if s in lowp and s not in lb and s not in est]
     if unconf: ax.scatter(unconf, [fin[s] for s in unconf], marker="s", facecolors="white", edgecolors="C0", s=22,
-                          zorder=3, label=f"{self.stats.get('compute_dtype', 'low precision')}, not confirmed")
+                          zorder=3, label=f"{self.stats.compute_dtype or 'low precision'}, not confirmed")
     low = [s for s in xs if s in lb]
     if low: ax.scatter(low, [fin[s] for s in low], marker="^", facecolors="white", edgecolors="C1", s=40,
                        zorder=3, label="lower bound (search stopped early)")

@@ -5,7 +5,8 @@
 # %% ../nbs/05_result.ipynb #d792861c
 from __future__ import annotations
 import json, math, time
-from dataclasses import dataclass, field, asdict
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
 from torch import nn
@@ -16,8 +17,47 @@ from .parts import ModelParts, locate
 from .ppl import check_data, ppl_deleting, ppl_from_nlls
 
 # %% auto #0
-__all__ = ['PruneResult', 'format_ppl', 'layer_range', 'best_start', 'candidate_starts', 'runner_up_start', 'fill_runner_up',
-           'model_label', 'params_after_deleting', 'criterion_setup', 'criterion_result']
+__all__ = ['SearchStats', 'PruneResult', 'format_ppl', 'layer_range', 'best_start', 'candidate_starts', 'runner_up_start',
+           'fill_runner_up', 'model_label', 'params_after_deleting', 'criterion_setup', 'criterion_result']
+
+# %% ../nbs/05_result.ipynb #f4c9c20f
+@dataclass
+class SearchStats(MutableMapping):
+    "The cost of a search: the figures every engine reports, typed, and the rest in `more`; reads like a dict."
+    engine:str|None=None         # the engine or criterion that computed the table
+    layer_passes:int|None=None   # decoder-layer forward passes, each of one layer over one window
+    head_passes:int|None=None    # final-norm and LM-head passes, each over one window
+    head_rows:int|None=None      # vocabulary rows the head bound computed (where it ran)
+    wall_s:float|None=None       # wall time of the search, seconds
+    compute_dtype:str|None=None  # the precision of a table not computed in the model's own dtype
+    more:dict=field(default_factory=dict) # figures only some engines report (chunks, weight moves, memory, ...)
+
+    @classmethod
+    def of(cls, d:object=None)->SearchStats: # a dict (e.g. read back from JSON), a SearchStats, or None
+        "A `SearchStats` from `d`'s keys: the typed ones to their fields, every other to `more`."
+        if isinstance(d, cls): return d
+        d = dict(d or {})
+        return cls(**{k: d.pop(k) for k in _TYPED if k in d}, more=d)
+
+    def _typed(self, k)->bool: return k in _TYPED
+    def __getitem__(self, k):
+        if self._typed(k):
+            if (v := getattr(self, k)) is None: raise KeyError(k)
+            return v
+        return self.more[k]
+    def __setitem__(self, k, v):
+        if self._typed(k): setattr(self, k, v)
+        else: self.more[k] = v
+    def __delitem__(self, k):
+        if self._typed(k):
+            if getattr(self, k) is None: raise KeyError(k)
+            setattr(self, k, None)
+        else: del self.more[k]
+    def __iter__(self): return iter([k for k in _TYPED if getattr(self, k) is not None] + list(self.more))
+    def __len__(self): return sum(1 for _ in self)
+    def to_dict(self)->dict: return dict(self.items())
+
+_TYPED = ("engine", "layer_passes", "head_passes", "head_rows", "wall_s", "compute_dtype")
 
 # %% ../nbs/05_result.ipynb #d504ab70
 def _int_keys(d): return None if d is None else {int(k): float(v) for k, v in d.items()}
@@ -37,7 +77,7 @@ class PruneResult:
     lower_bound_starts:list=field(default_factory=list) # starts whose PPL is only a lower bound (stopped early)
     estimated_starts:list=field(default_factory=list) # starts whose PPL is an estimate from a few samples (approximate search)
     proxy_by_start:dict|None=None        # angular distance between the states entering layers i and i+n
-    stats:dict=field(default_factory=dict) # cost figures of the search: layer passes, wall time, memory, ...
+    stats:SearchStats=field(default_factory=SearchStats) # what the search cost: layer passes, wall time, memory, ... (a dict is converted)
     model_name:str=""                    # name or path of the model, for tables and plots
     low_precision_starts:list=field(default_factory=list) # starts whose PPL is a low-precision estimate, not confirmed in the model's own dtype
     method:str="ppl_window"              # the criterion that chose the layers (`layer_importance(method=...)`)
@@ -57,6 +97,7 @@ class PruneResult:
         self.low_precision_starts = sorted(int(i) for i in self.low_precision_starts)
         if self.runner_up_layers is not None: self.runner_up_layers = [int(i) for i in self.runner_up_layers]
         self.scores = _int_keys(self.scores)
+        self.stats = SearchStats.of(self.stats)
 
     @property
     def best_start(self)->int: return self.deleted_layers[0]
@@ -73,7 +114,7 @@ class PruneResult:
         "The same on the evaluation windows; negative means the runner-up would have been the better choice."
         return None if self.eval_runner_up_ppl is None or self.eval_ppl is None else _rel(self.eval_runner_up_ppl, self.eval_ppl)
 
-    def to_dict(self)->dict: return asdict(self)
+    def to_dict(self)->dict: return {**asdict(self), "stats": self.stats.to_dict()} # stats flat, as a dict
     def to_json(self, path:str|Path|None=None)->str:
         "The result as JSON text (non-finite PPLs as strings); also written to `path` if given."
         d = self.to_dict()
@@ -124,7 +165,7 @@ def _table(self:PruneResult)->str:
     rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
-    if lowp: rows.append(f"(low precision): computed in {self.stats.get('compute_dtype', 'low precision')}, not confirmed; "
+    if lowp: rows.append(f"(low precision): computed in {self.stats.compute_dtype or 'low precision'}, not confirmed; "
                          f"every other row in the model's own precision")
     rows += _summary_lines(self)
     return "\n".join(rows)

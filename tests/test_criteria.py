@@ -210,7 +210,7 @@ def test_hub_route_uses_two_splits(monkeypatch):
 
 
 def test_real_text_split_shares_no_window(tmp_path, wikitext):
-    from depthprune_nb.data import load_tokenizer
+    from depthprune_nb.io.hub import load_tokenizer
     tok = load_tokenizer(save_tiny_model(tmp_path / "m", family="opt", num_layers=2))
     calib, held = get_calib_eval_datasets(None, seqlen=256, text_file=wikitext, tokenizer=tok, nsamples=16)
     assert len(calib) == 16 and len(held) == 16
@@ -289,7 +289,7 @@ def heal_text(k=12):
 @needs_peft
 def test_heal_on_text_is_the_fine_tune_on_its_windows(llama_dir, tmp_path):
     "Text, as a str or a file, is tokenized and cut by cut_windows: the same windows give the same losses and weights."
-    from depthprune_nb.data import load_tokenizer
+    from depthprune_nb.io.hub import load_tokenizer
     from depthprune_nb.recover.heal import heal
     from depthprune_nb.surgery import delete_layers
     tok, text = load_tokenizer(llama_dir), heal_text()
@@ -308,7 +308,7 @@ def test_heal_on_text_is_the_fine_tune_on_its_windows(llama_dir, tmp_path):
 
 @needs_peft
 def test_heal_refuses_text_it_cannot_cut_and_leaves_the_model_alone(llama_dir, tmp_path):
-    from depthprune_nb.data import load_tokenizer
+    from depthprune_nb.io.hub import load_tokenizer
     from depthprune_nb.recover.heal import heal
     tok, model = load_tokenizer(llama_dir), load(llama_dir)
     with pytest.raises(ConfigError, match=r"data is text \([\d,]+ characters\) but tokenizer=None: pass tokenizer="):

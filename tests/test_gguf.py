@@ -4,7 +4,8 @@ import json, subprocess, sys
 import pytest
 import torch
 
-from depthprune_nb.io.gguf import read_gguf, load_model_and_tokenizer, write_pruned_gguf, smollm2_gguf_path, GGUFError
+from depthprune_nb.io.gguf import read_gguf, write_pruned_gguf, smollm2_gguf_path, GGUFError
+from depthprune_nb.io.load import load_model_and_tokenizer
 from depthprune_nb.testing import save_tiny_gguf
 from conftest import depthprune
 

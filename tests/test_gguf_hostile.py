@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from depthprune_nb.config import ConfigError
-from depthprune_nb.io.gguf import (GGUFError, check_load_report, load_model_and_tokenizer, read_gguf, scan_gguf,
-                                smollm2_gguf_path, write_pruned_gguf)
+from depthprune_nb.io.gguf import GGUFError, read_gguf, scan_gguf, smollm2_gguf_path, write_pruned_gguf
+from depthprune_nb.io.hub import check_load_report
+from depthprune_nb.io.load import load_model_and_tokenizer
 from depthprune_nb.io.models import MODELS, ModelFileError, fake_chunked_model, gguf_path
 from depthprune_nb.io.files import STALE_TMP_AGE, remove_stale_tmp, tmp_prefix
 from depthprune_nb.testing import save_tiny_gguf, save_tiny_model

@@ -137,7 +137,7 @@ def tiny_gguf(tmp_path_factory):
 def no_loading(monkeypatch):
     "Loading a model, or starting the search, fails the test: a refusal must come before both."
     def boom(*a, **k): raise AssertionError("the model was loaded before the save target was refused")
-    monkeypatch.setattr(cli, "load_model", boom); monkeypatch.setattr(cli, "load_gguf_model", boom)
+    monkeypatch.setattr(cli, "load_model", boom); monkeypatch.setattr(cli, "load_gguf_from_args", boom)
 
 
 @pytest.fixture

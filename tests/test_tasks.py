@@ -221,7 +221,7 @@ def test_smollm2_discourse_marker_prediction_matches_the_earlier_figure(tmp_path
     once, split at the prompt's token count), so a few examples may flip. Measured here: acc 0.65 (acc_norm 0.64), one
     example of 100 apart. Cost: about 1,000 log-likelihood rows; 32 min for the scoring (35 min with loading) on 2 shared
     cores at load average 15-33 with batch_size=16 - minutes even on a quiet machine, so CI may deselect it (-k "not smollm2")."""
-    from depthprune_nb.io.gguf import load_model_and_tokenizer
+    from depthprune_nb.io.load import load_model_and_tokenizer
     t = json.loads(DMP.read_text())
     ex = list(t["examples"]); random.Random(0).shuffle(ex); t["examples"] = ex[:100]
     f = write_task(tmp_path / "discourse_marker_prediction_100", t["examples"], **{k: v for k, v in t.items() if k != "examples"})

@@ -65,7 +65,7 @@ def test_model_code_runs_only_with_the_flag(coded_model, tmp_path):
 
 def test_python_loaders_refuse_model_code_by_default(coded_model):
     from depthprune_nb.cli.prune import load_model
-    from depthprune_nb.data import RemoteCodeError, load_tokenizer
+    from depthprune_nb.io.hub import RemoteCodeError, load_tokenizer
     d, marker, env = coded_model
     for load in (load_model, load_tokenizer):
         with pytest.raises(RemoteCodeError, match="trust_remote_code=True"): load(d)
@@ -208,5 +208,5 @@ def test_a_config_edited_to_more_layers_than_the_weights_hold_is_refused(tiny_ll
     (d / "config.json").write_text(json.dumps(cfg))
     before = snapshot(d)
     r = depthprune("--model_dir", d, "--quiet")
-    assert r.returncode == 2 and "do not match its config.json" in r.stderr and "missing" in r.stderr, r.stderr
+    assert r.returncode == 2 and "do not match the model it describes" in r.stderr and "missing" in r.stderr, r.stderr
     assert snapshot(d) == before

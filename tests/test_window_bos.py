@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from depthprune_nb.config import ConfigError
-from depthprune_nb.data import (adds_bos, get_calib_eval_datasets, get_wikitext_dataset, load_tokenizer, text_windows,
+from depthprune_nb.data import (adds_bos, get_calib_eval_datasets, get_wikitext_dataset, text_windows,
                                 window_bos)
+from depthprune_nb.io.hub import load_tokenizer
 from depthprune_nb.testing import save_tiny_model
 from conftest import depthprune
 

@@ -4,18 +4,18 @@
 
 # %% ../../nbs/61_cli.prune.ipynb #f64d7cd5
 from __future__ import annotations
-import argparse, json, logging, os, shutil, sys, time
+import argparse, logging, os, sys, time
 from pathlib import Path
 
-import torch
-
 from ..config import ConfigError, LayerImportancePruneConfig, COMPUTE_DTYPES
-from ..data import get_wikitext_dataset, load_tokenizer, check_remote_code, remote_code_refusal
+from ..data import get_wikitext_dataset
+from ..io.hub import load_hf_model, load_tokenizer
 from ..parts import locate
 from ..engine.placement import default_device
 from ..pruner import check_save_dir, save_pruned
 from ..config import ENGINES
-from ..io.gguf import resolve_gguf, load_model_and_tokenizer, check_save_gguf, write_pruned_gguf, gguf_source
+from ..io.gguf import resolve_gguf, check_save_gguf, write_pruned_gguf, gguf_source
+from ..io.load import load_model_and_tokenizer
 from ..engine import distributed, ranks
 from ..config import METHODS
 from ..data import get_calib_eval_datasets, default_seqlen, window_bos
@@ -28,9 +28,9 @@ from .evaluation import (add_task_args, task_list, task_eval, task_table, pruner
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'check_loading_info',
-           'load_gguf_model', 'check_save_targets', 'check_save_room', 'run', 'heal_from_args', 'main',
-           'checkpoint_kwargs', 'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
+__all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'load_gguf_from_args',
+           'check_save_targets', 'check_save_room', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs',
+           'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../../nbs/61_cli.prune.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -97,23 +97,10 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
 
 def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,
                trust_remote_code:bool=False):
-    "Load a causal LM the way the chosen mode needs it, with a clear error when it cannot be had."
-    from transformers import AutoModelForCausalLM
-    check_remote_code(model_dir, trust_remote_code) # before transformers imports anything of the folder
-    dt = dtype if dtype == "auto" else getattr(torch, dtype)
-    kw = dict(dtype=dt, trust_remote_code=trust_remote_code, weights_only=True)
-    if multi_gpu: kw["device_map"] = "auto"
-    try: model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kw)
-    except Exception as e:
-        refusal = remote_code_refusal(e, model_dir)
-        if refusal is not None: raise refusal from None
-        damaged = ("the weights could not be parsed: a truncated or edited .safetensors file? Copy or download it again. "
-                   if "safetensor" in type(e).__name__.lower() else "")
-        raise OSError(f"could not load a causal LM from model_dir={model_dir!r}: {type(e).__name__}: {e}. {damaged}"
-                      "Pass a local folder holding config.json and the weights (and a tokenizer).") from e
-    check_loading_info(info, model_dir)
+    "Load a causal LM (not a GGUF) the way the chosen mode needs it: across GPUs, on the CPU (mix mode), or on the device."
+    model = load_hf_model(model_dir, dtype, "auto" if multi_gpu else None, trust_remote_code)
     if not multi_gpu and not save_gpu_memory: model.to(default_device())
-    return model.eval()
+    return model
 
 WINDOW_BOS = {"auto": "auto", "on": True, "off": False} # --window_bos -> the `bos` of the data functions
 
@@ -127,21 +114,8 @@ def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
     return get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
                                    args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples, bos)
 
-# %% ../../nbs/61_cli.prune.ipynb #b2c0de03
-def check_loading_info(info:dict,  # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
-                       model_dir,  # where the model came from, for the message
-                      ):
-    "Refuse weights that do not match config.json: transformers would fill the gaps with random weights, only warning."
-    missing, mismatched, unused = info.get("missing_keys") or [], info.get("mismatched_keys") or [], info.get("unexpected_keys") or []
-    if missing or mismatched or unused:
-        bad = sorted(missing) + [k if isinstance(k, str) else k[0] for k in mismatched] + sorted(unused)
-        raise OSError(f"the weights in model_dir={str(model_dir)!r} do not match its config.json: {len(missing)} tensor(s) "
-                      f"missing, {len(mismatched)} of the wrong shape, {len(unused)} the model does not use (e.g. "
-                      f"{', '.join(bad[:3])}); loading would fill missing ones with random values. Was config.json (e.g. "
-                      "its layer count) or a weights file edited or replaced?")
-
 # %% ../../nbs/61_cli.prune.ipynb #f0f8d2b8
-def load_gguf_model(args,                     # parsed `depthprune` arguments (`model_dir`, `gguf_file`, `dtype`, `multi_gpu`)
+def load_gguf_from_args(args,                  # parsed `depthprune` arguments (`model_dir`, `gguf_file`, `dtype`, `multi_gpu`)
                     save_gpu_memory:bool=False, # leave the weights on the CPU (mix mode)
                    )->tuple:                  # `(model, tokenizer)`
     "The model (dequantized) and tokenizer of the GGUF file that `--model_dir` / `--gguf_file` name."
@@ -203,7 +177,7 @@ def run(args)->dict:
     sized = check_save_targets(args, cfg, gsrc, local_src) # writable, and room for the result: not found out after the search
     t0 = time.perf_counter()
     trust = getattr(args, "trust_remote_code", False)
-    if gsrc: model, tokenizer = load_gguf_model(args, cfg.save_gpu_memory)
+    if gsrc: model, tokenizer = load_gguf_from_args(args, cfg.save_gpu_memory)
     else:
         model = load_model(args.model_dir, args.dtype, args.multi_gpu, cfg.save_gpu_memory, trust)
         tokenizer = load_tokenizer(args.model_dir, trust)

@@ -40,7 +40,7 @@ def sleb_rounds(model:nn.Module, data:list, n:int, parts:ModelParts, engine:str=
                 raise
         table = {kept[s]: v for s, v in res.ppl_by_start.items()}
         rounds.append(dict(removed=kept[res.best_start], ppl=res.best_ppl, before=res.baseline_ppl, table=table,
-                           layer_passes=res.stats.get("layer_passes", 0), head_passes=res.stats.get("head_passes", 0),
+                           layer_passes=res.stats.layer_passes or 0, head_passes=res.stats.head_passes or 0,
                            wall_s=time.perf_counter() - t0, resumed=False))
         removed.append(kept[res.best_start])
         if checkpoint is not None: _save_rounds(checkpoint, rounds)

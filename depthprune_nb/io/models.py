@@ -230,7 +230,8 @@ def load_real_model(name:str|GGUFModel,   # a name in MODELS
                     cache:str|Path|None=None,   # default cache_dir()
                    )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
     "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
-    from depthprune_nb.io.gguf import load_model_and_tokenizer, serializable
+    from depthprune_nb.io.gguf import serializable
+    from depthprune_nb.io.load import load_model_and_tokenizer
     m, path = get_model(name), gguf_path(name, cache)
     folder = (Path(cache) if cache is not None else cache_dir()) / _float32_folder(m)
     if _float32_copy_ok(folder, m):

@@ -94,7 +94,7 @@ def summary(r, eval_set:bool=True)->dict:
 
 def run(a)->dict:
     from depthprune_nb.data import get_calib_eval_datasets, window_bos, wikitext_text
-    from depthprune_nb.io.gguf import load_model_and_tokenizer
+    from depthprune_nb.io.load import load_model_and_tokenizer
     from depthprune_nb.parts import locate
     from depthprune_nb.pruner import layer_importance
     from depthprune_nb.surgery import temporarily_deleted
