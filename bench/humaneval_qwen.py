@@ -98,15 +98,15 @@ def vs_unpruned(base:list, run:dict)->dict:
 
 
 def pair_runs(runs:dict):
-    """Each run's paired tests, derived from the runs themselves: every pruned or healed run against the unpruned one (same style,
-    the same first problems), every healed run against the pruned run it started from."""
+    """Each run's paired tests, derived from the runs themselves: every pruned, healed or repaired run against the unpruned one
+    (same style, the same first problems), every healed or repaired run against the pruned run it started from."""
     for key, r in runs.items():
         kind, style = key.split("/")
         base = runs.get(f"unpruned/{style}")
         if kind != "unpruned" and base and base["n"] >= r["n"]: r["vs_unpruned"] = vs_unpruned(passed(base)[:r["n"]], r)
         pruned = runs.get(f"pruned_n{kind.rsplit('_n', 1)[-1]}/{style}")
-        if kind.startswith(("healed", "repaired")) and pruned and pruned["n"] == r["n"] and pruned.get("deleted_layers") == r.get("deleted_layers"):
-            r["vs_pruned"] = mcnemar(passed(pruned), passed(r))
+        if kind.startswith(("healed", "repaired")) and pruned and pruned["n"] >= r["n"] and pruned.get("deleted_layers") == r.get("deleted_layers"):
+            r["vs_pruned"] = mcnemar(passed(pruned)[:r["n"]], passed(r))  # the same first problems
 
 
 def merge_save(out:Path, rec:dict, mine:set):
