@@ -169,3 +169,29 @@ def test_smollm2_windows_match_brute_force(wikitext):
     assert_matches(r, kl, ppl, base, "smollm2 n=2")
     print(f"\nsmollm2: KL pick {r.deleted_layers} (KL {r.kl_by_start[r.best_start]:.4f}), PPL pick "
           f"{pick(ppl)}; largest rel. KL difference {max(abs(r.kl_by_start[s] / v - 1) for s, v in kl.items()):.1e}")
+
+
+def test_two_processes_give_the_one_process_kl_table(family_checkpoint, tmp_path, wikitext):
+    "`depthprune --method kl` under torchrun (2 processes, gloo on loopback): each rank sweeps its share, the table is one process's."
+    import os, socket, subprocess, sys
+    from pathlib import Path
+    text = tmp_path / "text.txt"
+    text.write_text(wikitext.read_text()[:20000])
+    args = ["--model_dir", family_checkpoint("llama", L), "--text_file", text, "--delete_layer_num", 2, "--method", "kl",
+            "--nsamples", 4, "--seqlen", 32, "--eval_nsamples", 0, "--quiet"]
+    one = depthprune(*args, "--result_json", tmp_path / "one.json")
+    assert one.returncode == 0, one.stderr
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    env.pop("RANK", None); env.pop("WORLD_SIZE", None)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                          f"--master_port={port}", "-m", "depthprune_nb.cli", *map(str, args), "--result_json", str(tmp_path / "two.json")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert b["stats"]["world_size"] == 2 and b["deleted_layers"] == a["deleted_layers"]
+    for key in ("kl_by_start", "ppl_by_start"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]: assert abs(b[key][k] / a[key][k] - 1) <= 1e-6, (key, k, a[key][k], b[key][k])
