@@ -42,7 +42,7 @@ def check_layer_indices(layers,                       # layer indices to delete,
 
 # %% ../nbs/00_config.ipynb #da92d0a5
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32") # valid `compute_dtype` names ("auto": see dtype_choice)
-METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb") # see layer_importance
+METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb", "kl") # see layer_importance
 ENGINES = ("fast", "reference", "approx") # the search engines of `layer_importance(engine=...)`
 
 @dataclass
@@ -180,8 +180,8 @@ def checkpoint_refusal(method:str="ppl_window", # the criterion
                       )->ConfigError|None:      # why these settings cannot be checkpointed; None when they can
     "The `ConfigError` saying why a search with these settings cannot save and resume its progress, or None when it can."
     where = "checkpoint= (--checkpoint_dir)"
-    if method not in ("ppl_window", "sleb"):
-        return ConfigError(f"{where} saves the perplexity searches, method 'ppl_window' or 'sleb'; method={method!r} runs "
+    if method not in ("ppl_window", "sleb", "kl"):
+        return ConfigError(f"{where} saves the exact searches, method 'ppl_window', 'sleb' or 'kl'; method={method!r} runs "
                            "one forward pass, with nothing to resume: drop the checkpoint")
     if engine != "fast" or early_abort:
         return ConfigError(f"{where} works with the exact fast engine only (engine 'fast' without early abort), not "
@@ -198,6 +198,8 @@ def head_bound_refusal(method:str="ppl_window", # the criterion
                       )->ConfigError|None:      # why `head_bound=True` cannot apply to these settings; None when it can
     "The `ConfigError` saying why the head bound cannot be used with these settings, or None when it can."
     if engine == "fast" and method in ("ppl_window", "sleb"): return None
+    if method == "kl": return ConfigError("head_bound=True (--head_bound) bounds perplexities; method 'kl' needs every "
+                                          "window's whole next-token distribution, so every head row: drop it")
     return ConfigError(f"head_bound=True (--head_bound) applies to the exact search (engine 'fast', method 'ppl_window' or "
                        f"'sleb'), not to engine={engine!r} with method={method!r}: the reference engine is the plain brute "
                        "force, the approximate engine skips windows by samples, the one-pass criteria score no head; drop it")

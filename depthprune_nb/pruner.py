@@ -23,6 +23,7 @@ from .engine.core import search_function
 from .criteria.angular import angular_search, angular_distance_proxy
 from .criteria.block_influence import block_influence_search
 from .criteria.sleb import sleb_search
+from .engine.kl import kl_search, kl_reference_search
 from .config import METHODS, ENGINES, checkpoint_refusal, head_bound_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .io.gguf import serializable, gguf_source
@@ -69,7 +70,7 @@ def layer_importance(model:nn.Module,         # a causal LM
                                   checkpointed=extra.get("checkpoint") is not None)
     o = replace(o, compute_dtype=choice.compute_dtype) # "auto" resolved here, once; the choice goes into the result
     if method != "ppl_window":
-        if o.compute_dtype is not None and method != "sleb":
+        if o.compute_dtype is not None and method not in ("sleb", "kl"):
             raise ConfigError(f"compute_dtype={o.compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
                               f"or 'sleb'), not to method={method!r}, which runs one forward pass: leave it None")
         res = _by_criterion(model, data, delete_layer_num, parts, method, engine, early_abort, o, extra)
@@ -86,6 +87,12 @@ def layer_importance(model:nn.Module,         # a causal LM
 
 def _by_criterion(model, data, n, parts, method, engine, early_abort, options, extra)->PruneResult:
     "The criteria other than the window search, each from its own module."
+    if method == "kl":
+        if engine == "approx" or early_abort:
+            raise ConfigError(f"method 'kl' is computed exactly (engine 'fast', or 'reference' for the brute force), not "
+                              f"with engine={engine!r}" + (" and early_abort=True" if early_abort else "") + ": drop it")
+        if engine == "reference": return kl_reference_search(model, data, n, parts, options=options)
+        return kl_search(model, data, n, parts, options=options, **extra)
     if method == "sleb":
         return sleb_search(model, data, n, parts, engine, options=options,
                            **(dict(extra, early_abort=early_abort) if engine == "fast" else extra))

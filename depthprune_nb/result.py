@@ -88,6 +88,7 @@ class PruneResult:
     eval_runner_up_ppl:float|None=None   # evaluation PPL with `runner_up_layers` deleted
     scores:dict|None=None                # the criterion's score per candidate (window start or layer); lowest is deleted first
     dtype_choice:dict|None=None          # the precision the table was computed in and why (`dtype_choice.DtypeChoice`)
+    kl_by_start:dict|None=None           # window start -> mean KL(unpruned || pruned) of the next-token distributions (method "kl")
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
@@ -98,6 +99,7 @@ class PruneResult:
         if self.runner_up_layers is not None: self.runner_up_layers = [int(i) for i in self.runner_up_layers]
         self.scores = _int_keys(self.scores)
         self.stats = SearchStats.of(self.stats)
+        self.kl_by_start = _int_keys(self.kl_by_start)
 
     @property
     def best_start(self)->int: return self.deleted_layers[0]
@@ -118,7 +120,8 @@ class PruneResult:
     def to_json(self, path:str|Path|None=None)->str:
         "The result as JSON text (non-finite PPLs as strings); also written to `path` if given."
         d = self.to_dict()
-        d["ppl_by_start"] = {k: (v if math.isfinite(v) else str(v)) for k, v in d["ppl_by_start"].items()}
+        for key in ("ppl_by_start", "kl_by_start"):
+            if d[key] is not None: d[key] = {k: (v if math.isfinite(v) else str(v)) for k, v in d[key].items()}
         s = json.dumps(d, indent=2)
         if path is not None: Path(path).write_text(s)
         return s
@@ -154,15 +157,18 @@ def _table(self:PruneResult)->str:
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
     lowp = set(self.low_precision_starts)
     head = f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers; baseline PPL {format_ppl(self.baseline_ppl)}"
-    rows = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}"]
+    kl = self.kl_by_start or {}
+    rows = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}" + (f"{'KL':>12}" if kl else "")]
     for s, v in sorted(self.ppl_by_start.items()):
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
+        if kl: rel += f"{kl[s]:>12.6f}" if s in kl else f"{'':>12}"
         mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
         if s in lowp: mark += "  (low precision)"
         prefix = ">=" if s in lb else "~" if s in est else ""
         shown = self.deleted_layers if s == self.best_start else range(s, s + n) # a criterion's pick need not be a window
         rows.append(f"{s:>5}  {layer_range(shown):<14}{prefix + format_ppl(v):>12}  {rel:>11}{mark}")
-    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}; "
+    pick_kl = f", KL {kl[self.best_start]:.6f}" if self.best_start in kl else ""
+    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}{pick_kl}; "
                 f"{self.num_layers_before} -> {self.num_layers_after} layers, "
                 f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
     if lowp: rows.append(f"(low precision): computed in {self.stats.compute_dtype or 'low precision'}, not confirmed; "
@@ -174,7 +180,8 @@ def _pct(x:float|None)->str: return "n/a" if x is None or not math.isfinite(x) e
 
 def _summary_lines(self:PruneResult)->list:
     "Lines after the table: the criterion, the precision, its runner-up, and the evaluation windows' verdict."
-    rows = [] if self.method == "ppl_window" else [f"method: {self.method}"]
+    rows = [] if self.method == "ppl_window" else [f"method: {self.method}" + (" (lowest mean KL(unpruned || pruned) of the "
+            "next-token distributions, nats per predicted token)" if self.method == "kl" else "")]
     c = self.dtype_choice
     if c: rows.append(f"computed in {c['table_dtype']}" + (f", contenders confirmed in {c['confirm_dtype']}" if c["confirm_dtype"] else "")
                       + f" (compute_dtype={c['requested']!r}: {c['reason']})")

@@ -145,7 +145,7 @@ def test_one_dataset_behaves_as_before(llama_dir):
 
 
 def test_config_method_is_validated_and_used(llama_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"valid methods: \['ppl_window', 'angular', 'angular_all', 'block_influence', 'sleb'\]"):
+    with pytest.raises(ConfigError, match=r"valid methods: \['ppl_window', 'angular', 'angular_all', 'block_influence', 'sleb', 'kl'\]"):
         LayerImportancePruneConfig(method="shortgpt")
     with pytest.raises(ConfigError, match="valid methods"):
         layer_importance(load(llama_dir), windows(2), 1, method="bi")

@@ -64,7 +64,7 @@ def build_parser()->argparse.ArgumentParser:
     a("--plan", action="store_true", help="print the search's cost (passes, FLOPs, memory, time) from config.json alone and exit")
     a("--tflops", type=float, default=None, help="--plan: effective TFLOP/s of one process, for the time estimate")
     a("--world_size", type=int, default=None, help="--plan: processes sharing the samples (default: $WORLD_SIZE or 1)")
-    a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk (--method ppl_window or sleb)")
+    a("--checkpoint_dir", default=None, help="save the exact search's progress here after every sample chunk (--method ppl_window, sleb or kl)")
     a("--resume", action="store_true", help="continue the search saved in --checkpoint_dir (refused if model, data or flags differ)")
     a("--compute_dtype", default=None, choices=list(COMPUTE_DTYPES),
       help="precision of the search's table. auto (default, or the --config value): bfloat16 (float16 on GPUs without it), "
@@ -77,7 +77,7 @@ def build_parser()->argparse.ArgumentParser:
     a("--eval_nsamples", type=int, default=None, help="evaluation windows (default: all of --eval_split or "
       "--eval_text_file; from one --text_file, as many as --nsamples from its end); 0: no evaluation, as the reference")
     a("--method", default=None, choices=list(METHODS), help="criterion that chooses the layers (default ppl_window, "
-      "the exact window search)")
+      "the exact window search; kl: the window whose deletion changes the next-token distributions least, PPL beside)")
     a("--window_bos", default="auto", choices=list(WINDOW_BOS), help="lead every window with the tokenizer's BOS token: "
       "auto (where the tokenizer adds one by default, as the model was trained), on, or off (the reference's single cut)")
     a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "

@@ -55,7 +55,7 @@ def model_fingerprint(model:nn.Module, # the model as the search runs it
 def search_fingerprint(eng)->dict:
     "What makes two searches the same search: model, weights, data, n, engine, criterion, chunking and this rank's place."
     return dict(model_fingerprint(eng.model, eng.data), n=eng.n, engine=eng.name,
-                criterion="perplexity: exp(mean per-window NLL)", chunk_size=eng.chunk)
+                criterion=getattr(eng, "criterion", "perplexity: exp(mean per-window NLL)"), chunk_size=eng.chunk)
 
 # %% ../../nbs/13_engine.checkpoint.ipynb #a38d98a4
 FORMAT = "depthprune search checkpoint"
@@ -144,14 +144,16 @@ def begin(self:SearchCheckpoint, eng)->dict|None:
     st = open_state(self.path, self.fingerprint, self.resume)
     if st is None: return None
     log.info("resuming from %s: %d of %d sample chunks done", self.path, st["chunks_done"], st["chunks"])
-    return dict(chunks_done=st["chunks_done"], base=st["base"], nlls={int(k): v for k, v in st["nlls"].items()},
+    more = {k: v for k, v in st.items() if k not in ("chunks_done", "chunks", "base", "nlls", "proxy")} # a search's own, as saved
+    return dict(more, chunks_done=st["chunks_done"], base=st["base"], nlls={int(k): v for k, v in st["nlls"].items()},
                 proxy={int(k): v for k, v in st["proxy"].items()})
 
 @patch
-def save(self:SearchCheckpoint, chunks_done:int, chunks:int, nlls:dict, base:list, proxy:dict, force:bool=False):
+def save(self:SearchCheckpoint, chunks_done:int, chunks:int, nlls:dict, base:list, proxy:dict, force:bool=False,
+         **more):  # a search's own JSON-ready state beside the NLLs (e.g. the KL search's per-sample KLs), given back by `begin`
     "Save the state after `chunks_done` of `chunks` sample chunks (every `every` chunks, at the last, or if `force`)."
     if not (force or chunks_done == chunks or chunks_done % self.every == 0): return
-    write_state(self.path, self.fingerprint, dict(chunks_done=chunks_done, chunks=chunks, base=base,
+    write_state(self.path, self.fingerprint, dict(more, chunks_done=chunks_done, chunks=chunks, base=base,
                                                   nlls={str(k): v for k, v in nlls.items()},
                                                   proxy={str(k): v for k, v in proxy.items()}))
     self.saves += 1

@@ -102,9 +102,11 @@ def layer_flops(s:ModelShape, # the model's shape
     scores = s.heads * s.head_dim * (seqlen + 1)  # QK^T and AV, causal: each token sees (T+1)/2 positions on average
     return 2.0 * seqlen * (proj + mlp + scores)   # 2 FLOPs per multiply-add
 
-def head_flops(s:ModelShape, seqlen:int)->float:
-    "Forward FLOPs of the head on one window: the vocabulary projection and the softmax cross-entropy."
-    return seqlen * (2.0 * s.hidden * s.vocab + 5.0 * s.vocab)
+def head_flops(s:ModelShape, seqlen:int,
+               kl:bool=False, # method 'kl': about 5 more operations per logit (log-softmax in place, p (log p - log q), its sum)
+              )->float:
+    "Forward FLOPs of the head on one window: the vocabulary projection and the softmax cross-entropy (and the KL)."
+    return seqlen * (2.0 * s.hidden * s.vocab + (10.0 if kl else 5.0) * s.vocab)
 
 def layer_bytes(s:ModelShape, dtype_bytes:int=2)->int:
     "Bytes of one decoder layer's weights (every expert of an MoE layer counted)."
@@ -130,7 +132,8 @@ ONE_PASS = ("angular", "angular_all", "block_influence") # criteria that choose 
 
 def criterion_passes(L:int, n:int, N:int, method:str="ppl_window", engine:str="fast")->dict:
     "Layer and head passes of the choice `method` makes over `N` windows (a one-pass criterion's PPL report not included)."
-    if method == "ppl_window": return pass_counts(L, n, N, engine)
+    if method == "kl" and engine == "approx": raise ConfigError("method 'kl' is computed exactly: engine 'fast' or 'reference'")
+    if method in ("ppl_window", "kl"): return pass_counts(L, n, N, engine) # kl: the window search's sweeps, another head
     if method in ONE_PASS: return dict(layer_passes=L * N, head_passes=N)
     if method == "sleb":  # round r: an exact one-layer search over the L - r layers still there
         rounds = [pass_counts(L - r, 1, N, engine) for r in range(n)]
@@ -180,9 +183,9 @@ class Plan:
     def to_dict(self)->dict: return asdict(self)
 
 # %% ../../nbs/16_engine.plan.ipynb #717e4d60
-def _activation_bytes(s:ModelShape, streams:int, chunk:int, T:int, act_bytes:int)->int:
+def _activation_bytes(s:ModelShape, streams:int, chunk:int, T:int, act_bytes:int, logit_copies:int=1)->int:
     held = chunk * streams * T * s.hidden * act_bytes              # the hidden states held per sample (a sweep: W + n + 3)
-    logits = min(1 << 30, chunk * T * s.vocab * 4)                  # one position chunk of float32 logits
+    logits = min(1 << 30, logit_copies * chunk * T * s.vocab * 4)   # one position chunk of float32 logits (kl: and p, log p)
     mlp = chunk * T * max(s.inter, s.experts_per_tok * s.moe_inter) * 2 * act_bytes
     return int(held + logits + mlp)
 
@@ -220,7 +223,7 @@ def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, ch
         mine = criterion_passes(L, n, Nr, method)
         lp, hp = mine["layer_passes"] + rep["layer_passes"], mine["head_passes"] + rep["head_passes"]
         return dict(mine=mine, report=rep, calls=lp + hp, chunk=1, moves=lp, act=_activation_bytes(s, L + 1, 1, T, act))
-    rounds = [(L, n)] if method == "ppl_window" else [(L - r, 1) for r in range(n)]  # sleb: one 1-layer search per round
+    rounds = [(L, n)] if method in ("ppl_window", "kl") else [(L - r, 1) for r in range(n)]  # sleb: one 1-layer search per round
     out = dict(mine=criterion_passes(L, n, Nr, method, engine), report=rep, calls=0.0, chunk=None, moves=0, act=0)
     for Lr, nr in rounds:
         W = Lr - nr + 1
@@ -229,7 +232,7 @@ def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, ch
         c = pass_counts(Lr, nr, Nr, engine)
         out["calls"] += (c["layer_passes"] + c["head_passes"]) / (1 if engine == "reference" else chunk)
         out["moves"] += c["layer_passes"] if engine == "reference" else math.ceil(Nr / chunk) * Lr
-        out["act"] = max(out["act"], _activation_bytes(s, streams, chunk, T, act))
+        out["act"] = max(out["act"], _activation_bytes(s, streams, chunk, T, act, 3 if method == "kl" else 1))
         out["chunk"] = out["chunk"] or chunk
     return out
 
@@ -264,7 +267,7 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
     c = _costs(s, L, n, Nr, seqlen, method, engine, chunk_size, memory_budget, low or dtype_bytes)
     mine, rep = c["mine"], c["report"]
     brute = criterion_passes(L, n, Nr, "sleb" if method == "sleb" else "ppl_window", "reference")
-    lf, hf = layer_flops(s, seqlen), head_flops(s, seqlen)
+    lf, hf = layer_flops(s, seqlen), head_flops(s, seqlen, kl=method == "kl")
     flops = lambda p: p["layer_passes"] * lf + p["head_passes"] * hf
     lb = layer_bytes(s, dtype_bytes)
     bmoves = brute["layer_passes"] if save_gpu_memory else 0     # layers_offloaded: every layer call moves its layer
@@ -278,7 +281,10 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
         if world_size > 1: notes.append(f"{method} does not share windows over ranks: each rank runs all {nsamples}")
     if method == "sleb": notes.append(f"sleb: {n} rounds, each an exact one-layer search over the layers left; brute force: "
                                       "each round with the reference engine")
-    if method != "sleb" and method != "ppl_window": notes.append(f"brute force: the reference's window search for n={n}")
+    if method not in ("sleb", "ppl_window", "kl"): notes.append(f"brute force: the reference's window search for n={n}")
+    if method == "kl": notes.append("kl: the exact search's passes; each head pass adds the log-softmax and the KL (counted in FLOPs); "
+                                    "the head holds the unpruned log-probabilities and probabilities of a position chunk beside "
+                                    "one call's logits, within the 1 GiB logits cap; brute force: every window deleted and run")
     if nsamples % world_size and method not in ONE_PASS: notes.append(f"{nsamples} samples do not split evenly over {world_size} ranks")
     if low: notes.append(_mixed_note(compute_dtype, dtype_bytes, L, n, Nr, method))
     cand = L if method in ("block_influence", "sleb") else W
