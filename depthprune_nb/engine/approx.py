@@ -52,10 +52,12 @@ def approx_search(model:nn.Module,        # a causal LM
     o = EngineOptions.of(options, **settings)
     if o.head_bound: raise head_bound_refusal("ppl_window", "approx")
     low = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device)
-    if low is not None:
-        plain = replace(o, compute_dtype=None)
-        return mixed_precision_search(lambda: approx_search(model, data, n, parts, keep_exact=keep_exact, first_samples=first_samples,
-                                                            options=plain), low, model, data, n, parts, plain)
+    plain = replace(o, compute_dtype=None) # decided: the rounds run in whatever dtype the weights are in
+    run = lambda: _halving_search(model, data, n, parts, keep_exact, first_samples, plain)
+    return run() if low is None else mixed_precision_search(run, low, model, data, n, parts, plain)
+
+def _halving_search(model, data, n, parts, keep_exact:int, first_samples:int|None, o:EngineOptions)->PruneResult:
+    "The rounds themselves, in the weights' dtype, the settings checked and decided by `approx_search`."
     eng = Engine(model, data, n, parts, o, name="approx_halving")
     N = eng.N
     schedule = halving_rounds(N, len(eng.starts), keep_exact, first_samples)

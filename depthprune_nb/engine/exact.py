@@ -130,10 +130,13 @@ def fast_search(model:nn.Module,        # a causal LM
         raise ConfigError("early_abort=True and head_bound=True are two ways to skip work in the exact search: choose one "
                           "(head_bound keeps every window's layers and skips most head passes; early abort skips samples)")
     low = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device, checkpointed=checkpoint is not None)
-    if low is not None:
-        plain = replace(o, compute_dtype=None)
-        return mixed_precision_search(lambda: fast_search(model, data, n, parts, early_abort=early_abort, options=plain),
-                                      low, model, data, n, parts, plain)
+    plain = replace(o, compute_dtype=None) # decided: the table runs in whatever dtype the weights are in
+    if low is None: return _exact_search(model, data, n, parts, early_abort, checkpoint, plain)
+    return mixed_precision_search(lambda: _exact_search(model, data, n, parts, early_abort, None, plain),
+                                  low, model, data, n, parts, plain)
+
+def _exact_search(model, data, n, parts, early_abort:bool, checkpoint, o:EngineOptions)->PruneResult:
+    "The search itself, in the weights' dtype, its settings checked and decided by `fast_search`."
     eng = Engine(model, data, n, parts, o, name="fast_early_abort" if early_abort else "fast_head_bound" if o.head_bound else "fast_exact",
                  checkpoint=checkpoint, rank_chunks=not early_abort, # early abort decides after every chunk: one-process chunks
                  cap=min(8, max(1, math.ceil(len(data) / 8))) if early_abort else 8)
