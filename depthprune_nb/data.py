@@ -211,13 +211,16 @@ def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose
     calib_src = ("file", str(calib_text_file or text_file)) if (calib_text_file or text_file) else ("hub", calib_split)
     eval_src = ("file", str(eval_text_file or text_file)) if (eval_text_file or text_file) else ("hub", eval_split)
     tokenizer, cache, texts, names = tokenizer or load_tokenizer(model_dir), {}, {}, {}
-    for src in dict.fromkeys(s for s in (calib_src, eval_src) if s[0] == "hub"):
-        texts[src], names[src] = hub_or_shipped(src[1])
-    if SHIPPED_WIKITEXT in names.values(): # no Hub: both Hub sources become the one shipped text, cut apart below
+    try:
+        for src in dict.fromkeys(s for s in (calib_src, eval_src) if s[0] == "hub"):
+            texts[src], names[src] = wikitext_text(src[1]), f"WikiText-2 {src[1]} split from the Hugging Face Hub"
+    except ConnectionError as e: # no Hub: every Hub source becomes the one shipped text, cut apart below
         shipped_src = ("file", str(shipped_wikitext()))
+        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s (%s)%s", type(e.__cause__ or e).__name__,
+                    SHIPPED_WIKITEXT, shipped_src[1], ", its start to calibrate and its end to evaluate"
+                    if calib_src[0] == eval_src[0] == "hub" else "")
         calib_src, eval_src = [shipped_src if s[0] == "hub" else s for s in (calib_src, eval_src)]
-        texts[shipped_src] = next(t for s, t in texts.items() if names[s] == SHIPPED_WIKITEXT)
-        names[shipped_src] = SHIPPED_WIKITEXT
+        texts, names = {shipped_src: wikitext_text(text_file=shipped_src[1])}, {shipped_src: SHIPPED_WIKITEXT}
     if sources is not None: sources.update(calib=_source_name(calib_src, names), eval=_source_name(eval_src, names))
     if calib_src == eval_src:
         calib, held = split_windows(_windows_of(calib_src, model_dir, tokenizer, seqlen, cache, bos, texts.get(calib_src)),
