@@ -43,7 +43,7 @@ def wikitext_text(split:str="test",        # "test", "validation" or "train"
 WIKITEXT_TEST_SHA256 = "71fa921e51ba607b4364d8787d05f4513b41b33732dd3504ff1af8952c6e7e77" # of the joined test split
 SHIPPED_WIKITEXT = "WikiText-2 test text shipped with depthprune_nb" # how results name that source
 
-def shipped(*parts:str, # the path inside `depthprune_nb/assets/`, e.g. "humaneval", "HumanEval.jsonl.gz"
+def shipped(*parts:str, # the path inside the package's assets folder, e.g. "humaneval", "HumanEval.jsonl.gz"
            )->Path:
     "A data file shipped inside the package (its licence lies beside it)."
     return Path(str(importlib.resources.files("depthprune_nb"))).joinpath("assets", *parts)

