@@ -13,6 +13,7 @@ statuses = ["Planning", "Pre-Alpha", "Alpha", "Beta", "Production/Stable", "Matu
 lic = licenses[cfg["license"]]
 requirements = cfg.get("requirements", "").split()
 eval_requirements = cfg.get("eval_requirements", "").split()  # task accuracy (depthprune_nb.eval.tasks)
+humaneval_requirements = cfg.get("humaneval_requirements", "").split()  # HumanEval from its own package (a copy ships anyway)
 dev_requirements = cfg.get("dev_requirements", "").split() + eval_requirements
 min_python = cfg["min_python"]
 
@@ -36,8 +37,10 @@ setuptools.setup(
     ],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
+    # data shipped with the package, each set with its licence beside it (depthprune_nb/assets/README.md)
+    package_data={cfg["lib_path"]: ["assets/*.md", "assets/*/*", "assets/*/*/*"]},
     install_requires=requirements,
-    extras_require={"eval": eval_requirements, "dev": dev_requirements},
+    extras_require={"eval": eval_requirements, "humaneval": humaneval_requirements, "dev": dev_requirements},
     python_requires=">=" + min_python,
     zip_safe=False,
     entry_points={

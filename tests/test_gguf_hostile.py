@@ -271,9 +271,9 @@ def test_a_cache_assembly_killed_with_sigkill_leaves_nothing_after_the_next_run(
         import depthprune_nb.io.models as dm
         from depthprune_nb.io.models import Chunk, GGUFModel, gguf_path
         real = dm._sha256
-        def slow(paths, out=None):
+        def slow(paths, out=None, bar=None):
             if out is not None: out.write(b"part of it"); out.flush(); time.sleep(600)
-            return real(paths, out)
+            return real(paths, out, bar)
         dm._sha256 = slow
         m = {m!r}
         gguf_path(m, {str(cache)!r})

