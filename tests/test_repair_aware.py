@@ -137,6 +137,19 @@ def test_the_criterion_is_a_parameter(checkpoint):
         assert math.isclose(mean.ppl_by_start[s], math.log(v), rel_tol=1e-5), f"start {s}: mean NLL is not log PPL"
 
 
+def test_too_few_calibration_positions_are_warned_about(checkpoint, caplog):
+    "Hidden size 32 here: 2 windows of 32 tokens are 2 positions per dimension of the map, 5 windows are 5."
+    model = load(checkpoint("llama"))
+    assert model.config.hidden_size == 32
+    with caplog.at_level("WARNING", logger="depthprune_nb.recover.aware"):
+        repair_aware_search(model, windows(2), N, progress=False)
+    assert "fewer than 4 per dimension" in caplog.text and "64 calibration positions" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="depthprune_nb.recover.aware"):
+        repair_aware_search(model, windows(5), N, progress=False)
+    assert "per dimension" not in caplog.text, caplog.text
+
+
 def test_refused_settings(checkpoint):
     model = load(checkpoint("llama"))
     for k, v in [("compute_dtype", "bfloat16"), ("save_gpu_memory", True), ("head_bound", True)]:
@@ -158,7 +171,8 @@ REAL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def real_smollm2(wikitext):
-    "SmolLM2 (float32) and 4 calibration windows of 128 tokens from the start of WikiText-2 test."
+    """SmolLM2 (float32) and 4 calibration windows of 128 tokens from the start of WikiText-2 test: 512 positions for
+    576 x 576 maps, so every map fits its window's change almost exactly there (the search warns): an equality test only."""
     from depthprune_nb.data import text_windows
     from depthprune_nb.io.models import MODELS, install_command, load_real_model
     try: [importlib.metadata.distribution(p) for p in MODELS[REAL].packages]

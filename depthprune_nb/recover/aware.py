@@ -109,6 +109,14 @@ def _score_chunk(eng:Engine, idx:list, reps:dict, plain:list, heads:Callable|Non
     return got, base, repaired
 
 # %% ../../nbs/24_recover.aware.ipynb #c63236e5
+def _warn_if_few(positions:int, d:int):
+    "A warning where the fits see fewer than 4 calibration positions per dimension of the map."
+    if positions < 4 * d:
+        log.warning(f"the repairs are fitted on {positions:,} calibration positions for {d} x {d} maps, fewer than 4 per "
+                    f"dimension: each map fits those positions closely (a least-squares fit's error where it was fitted is "
+                    f"about 1 - d/positions of its error on new text), so the repaired values flatter the repair and say "
+                    f"little about which window is best; use more calibration windows (10 x {d} positions or more)")
+
 _REFUSED = dict(save_gpu_memory=False, compute_dtype=None, head_bound=False, distributed=False)
 
 def repair_aware_search(model:nn.Module,      # a causal LM in eval mode (unchanged)
@@ -136,6 +144,7 @@ def repair_aware_search(model:nn.Module,      # a causal LM in eval mode (unchan
     eng.chunk = default_chunk(eng.N, o.chunk_size, eng.budget, (sweep_streams(W, n) + eng.L - n + 1) * eng.sample_bytes)
     paths, gains, why = repairable_windows(parts, n, data[0])
     reps = fit_every_window(parts, data, n, paths, gains, ridge, o.progress)
+    _warn_if_few(eng.N * eng.seqlen, next(iter(reps.values())).T.shape[0])
     t_fit = time.perf_counter() - t0
     eng.learn_outputs()
     chunks = eng.chunks(list(range(eng.N)))
