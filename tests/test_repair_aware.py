@@ -137,6 +137,18 @@ def test_the_criterion_is_a_parameter(checkpoint):
         assert math.isclose(mean.ppl_by_start[s], math.log(v), rel_tol=1e-5), f"start {s}: mean NLL is not log PPL"
 
 
+def test_scored_on_other_windows_than_the_fits(checkpoint):
+    "`score_data`: each map fitted on `data`, each window scored on `score_data`, so every repaired value is out of sample."
+    model, data, other = load(checkpoint("qwen2")), windows(5), windows(3, seed=2)
+    res = repair_aware_search(model, data, N, progress=False, score_data=other)
+    assert res.stats["fit_layer_passes"] == len(data) * N_LAYERS and "apart" in res.stats["scored_on"]
+    for s in res.stats["repaired_ppl_by_start"]:
+        want = repaired_ppl(model, data, s, N, other)
+        assert close(res.ppl_by_start[s], want), f"start {s}: search {res.ppl_by_start[s]} vs repaired model on other windows {want}"
+    assert close(res.baseline_ppl, perplexity(model, other))
+    with temporarily_deleted(model, [2, 3]): assert close(res.stats["plain_ppl_by_start"][2], perplexity(model, other))
+
+
 def test_too_few_calibration_positions_are_warned_about(checkpoint, caplog):
     "Hidden size 32 here: 2 windows of 32 tokens are 2 positions per dimension of the map, 5 windows are 5."
     model = load(checkpoint("llama"))

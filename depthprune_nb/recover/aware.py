@@ -128,6 +128,7 @@ def repair_aware_search(model:nn.Module,      # a causal LM in eval mode (unchan
                         plain:bool=True,      # also score every window without repair (the plain exact table, in `stats`)
                         heads:Callable|None=None, # the criterion: `heads(ids, keys, states)` -> per-sample scores of each stream, as `Engine.sweep_here` takes; None: NLL by the model's own head
                         reduce:Callable=ppl_from_nlls, # per-sample scores of one window -> its table value (lower is better)
+                        score_data:list|None=None, # windows the tables are scored on; None: `data`, the windows the maps are fitted on (in-sample)
                         eval_data:list|None=None, # evaluation windows, disjoint from `data`: the pick and runner-up repaired, in the result's `eval_*` fields
                         options:EngineOptions|None=None, # chunking, memory budget, progress bars
                         **settings,           # EngineOptions fields replacing those of `options`, e.g. `chunk_size=4`
@@ -137,14 +138,15 @@ def repair_aware_search(model:nn.Module,      # a causal LM in eval mode (unchan
     bad = {k: getattr(o, k) for k, v in _REFUSED.items() if getattr(o, k) != v}
     if bad: raise ConfigError(f"repair_aware_search runs the exact engine on one device in the model's own precision; "
                               f"it does not take {bad}")
-    eng = Engine(model, data, n, parts, o, name="repair_aware")
+    if score_data is not None: check_data(data, model)
+    eng = Engine(model, data if score_data is None else score_data, n, parts, o, name="repair_aware")
     parts, t0, W = eng.parts, time.perf_counter(), len(eng.starts)
     if eval_data is not None: check_data(eval_data, model)
     # a chunk holds the plain sweep's states and the L-n+1 unpruned states the fold layers start from
     eng.chunk = default_chunk(eng.N, o.chunk_size, eng.budget, (sweep_streams(W, n) + eng.L - n + 1) * eng.sample_bytes)
     paths, gains, why = repairable_windows(parts, n, data[0])
     reps = fit_every_window(parts, data, n, paths, gains, ridge, o.progress)
-    _warn_if_few(eng.N * eng.seqlen, next(iter(reps.values())).T.shape[0])
+    _warn_if_few(reps[min(reps)].tokens, reps[min(reps)].T.shape[0])
     t_fit = time.perf_counter() - t0
     eng.learn_outputs()
     chunks = eng.chunks(list(range(eng.N)))
@@ -157,12 +159,13 @@ def repair_aware_search(model:nn.Module,      # a causal LM in eval mode (unchan
         for s, v in got.items(): plain_s[s] += v
         for s, v in fixed.items(): rep_s[s] += v
     eng.bar.close()
-    res = _aware_result(eng, reps, why, {s: reduce(v) for s, v in plain_s.items()}, rep_s, reduce, reduce(base), t_fit)
+    res = _aware_result(eng, reps, why, {s: reduce(v) for s, v in plain_s.items()}, rep_s, reduce, reduce(base), t_fit, len(data), score_data is None)
     if eval_data is not None: evaluate_repaired(res, model, reps, eval_data, parts)
     return res
 
 # %% ../../nbs/24_recover.aware.ipynb #091d5c14
-def _aware_result(eng:Engine, reps:dict, why:dict, plain:dict, rep_s:dict, reduce:Callable, baseline:float, t_fit:float)->PruneResult:
+def _aware_result(eng:Engine, reps:dict, why:dict, plain:dict, rep_s:dict, reduce:Callable, baseline:float, t_fit:float,
+                  fit_windows:int, in_sample:bool)->PruneResult:
     "The `PruneResult`: the table by repaired value (plain where a window cannot be repaired), the plain table and every fit in `stats`."
     repaired = {s: reduce(v) for s, v in rep_s.items()}
     table = {s: repaired[s] if s in repaired else plain[s] for s in eng.starts}
@@ -173,7 +176,8 @@ def _aware_result(eng:Engine, reps:dict, why:dict, plain:dict, rep_s:dict, reduc
               unexplained_by_start={s: r.unexplained for s, r in reps.items()},
               gain_by_start={s: r.gain for s, r in reps.items()}, not_repaired=why,
               fit_positions=next(iter(reps.values())).tokens, fit_s=t_fit, wall_s=time.perf_counter() - eng.t0,
-              fit_layer_passes=eng.N * eng.L, layer_passes=eng.layer_passes + eng.N * eng.L, head_passes=eng.head_passes,
+              scored_on="the windows the maps were fitted on" if in_sample else "windows apart from those the maps were fitted on",
+              fit_layer_passes=fit_windows * eng.L, layer_passes=eng.layer_passes + fit_windows * eng.L, head_passes=eng.head_passes,
               normal_equations_bytes=len(reps) * 2 * d * d * 8, peak_state_bytes=eng.peak_state_bytes,
               chunk_size=eng.chunk, num_chunks=math.ceil(eng.N / eng.chunk))
     log.info(f"repair-aware search: {len(reps)} of {len(eng.starts)} windows repaired, fit {t_fit:.1f} s, "
