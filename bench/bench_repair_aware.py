@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--neval", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--score_nsamples", type=int, default=0,
+                    help="if > 0: no timing; fit on the calibration windows, score on the next SCORE_NSAMPLES windows (score_data)")
     a = ap.parse_args()
     from depthprune_nb.io.models import MODELS, load_real_model
     try: [importlib.metadata.distribution(p) for p in MODELS[REAL].packages]
@@ -57,6 +59,13 @@ def main():
           f"{len(wins)} windows of {a.seqlen} tokens; calibration: windows 0-{a.nsamples - 1}, "
           f"evaluation: windows {mid}-{mid + a.neval - 1}", flush=True)
     perplexity(model, calib[:1])  # warm-up: one-off allocations out of the timings
+
+    if a.score_nsamples:
+        scored = wins[a.nsamples:a.nsamples + a.score_nsamples]
+        with Measured() as ma: aware = repair_aware_search(model, calib, a.n, progress=False, score_data=scored)
+        print(f"fitted on windows 0-{a.nsamples - 1}, scored on windows {a.nsamples}-{a.nsamples + a.score_nsamples - 1}: "
+              f"{ma.wall:.1f} s wall / {ma.cpu:.1f} s CPU\n\n```\n{repair_table(aware)}\n```", flush=True)
+        return _judge(model, calib, held, a.n, aware, best_start(aware.stats["plain_ppl_by_start"]), "score windows")
 
     rows, fits = [], []
     for rep in range(a.reps):
@@ -87,23 +96,30 @@ def main():
     print("\n## Table (calibration windows)\n")
     print("```\n" + repair_table(aware) + "\n```")
 
+    _judge(model, calib, held, a.n, aware, best_start(plain.ppl_by_start), "calibration windows")
+
+
+def _judge(model, calib, held, n, aware, plain_pick, where):
+    "The repair-aware pick and the plain pick on the evaluation windows, deleted plainly and repaired."
+    from depthprune_nb.ppl import perplexity
+    from depthprune_nb.recover.repair import fit_linear_repair, temporarily_repaired
+    from depthprune_nb.surgery import temporarily_deleted
+    st = aware.stats
     print("\n## Evaluation windows\n")
-    picks = {"repair-aware pick": aware.best_start, "plain pick": best_start(plain.ppl_by_start)}
+    picks = {"repair-aware pick": aware.best_start, "plain pick": plain_pick}
     base = perplexity(model, held)
     print(f"unpruned: {base:.4f}\n")
-    print("| window | chosen by | calib plain | calib repaired | eval plain | eval repaired |")
+    print(f"| window | chosen by | {where}: plain | {where}: repaired | eval plain | eval repaired |")
     print("|---|---|---|---|---|---|")
     done = {}
-    for who, s in picks.items():
-        if s in done: done[s].append(who); continue
-        done[s] = [who]
+    for who, s in picks.items(): done.setdefault(s, []).append(who)
     for s, who in done.items():
-        layers = list(range(s, s + a.n))
+        layers = list(range(s, s + n))
         with temporarily_deleted(model, layers): ep = perplexity(model, held)
         er = math.nan
         if s > 0:
-            with temporarily_repaired(model, fit_linear_repair(model, calib, s, a.n)): er = perplexity(model, held)
-        print(f"| {s}-{s + a.n - 1} | {', '.join(who)} | {st['plain_ppl_by_start'][s]:.4f} | "
+            with temporarily_repaired(model, fit_linear_repair(model, calib, s, n)): er = perplexity(model, held)
+        print(f"| {s}-{s + n - 1} | {', '.join(who)} | {st['plain_ppl_by_start'][s]:.4f} | "
               f"{st['repaired_ppl_by_start'].get(s, math.nan):.4f} | {ep:.4f} | {er:.4f} |", flush=True)
 
 
