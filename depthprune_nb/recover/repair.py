@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FOLD_PATHS', 'POST_MLP_NORMS', 'FoldError', 'fold_target', 'window_taps', 'residual_gain', 'LinearRepair',
-           'fit_linear_repair', 'plan_repair', 'apply_repair', 'temporarily_repaired', 'repair_window']
+           'fit_linear_repair', 'plan_fold', 'plan_repair', 'apply_repair', 'temporarily_repaired',
+           'temporarily_folded', 'repair_window']
 
 # %% ../../nbs/09_recover.repair.ipynb #4b174cac
 class FoldError(ConfigError):
@@ -175,6 +176,10 @@ class _NormalEquations:
         x, y = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
         self.xtx += x.T @ x; self.xty += x.T @ y
         self.yty += (y * y).sum().item(); self.rows += x.shape[0]
+    def add_taps(self, s:dict, gain:float):
+        "One window's taps (`window_taps`): X the fold output, Y what the window adds to the state beside it, over the gain."
+        x = s["fold"]; rest = s["cut"] - gain * x
+        self.add(x, (s["end"] - rest) / gain)
     def sq_err(self, T:torch.Tensor)->float:
         "`|Y - X T|^2`, from the accumulated sums."
         return self.yty - 2 * (T * self.xty).sum().item() + (T * (self.xtx @ T)).sum().item()
@@ -184,6 +189,11 @@ class _NormalEquations:
         try: return torch.linalg.solve(self.xtx + lam * torch.eye(d, dtype=torch.float64, device=self.xtx.device), self.xty)
         except RuntimeError as e:  # torch.linalg.LinAlgError is a RuntimeError
             raise FoldError(f"X^T X is singular with ridge={ridge}: use more calibration positions or a ridge > 0") from e
+    def repair(self, start:int, n:int, num_layers:int, fold_path:str, gain:float, ridge:float)->LinearRepair:
+        "The `LinearRepair` of window (start, n) solved from these sums, with the share of the window's change it leaves unexplained."
+        T = self.solve(ridge)
+        plain = self.sq_err(torch.eye(T.shape[0], dtype=T.dtype, device=T.device))
+        return LinearRepair(start, n, num_layers, fold_path, gain, T.cpu(), self.rows, ridge, self.sq_err(T) / max(plain, 1e-300))
 
 # %% ../../nbs/09_recover.repair.ipynb #2823f696
 def fit_linear_repair(model:nn.Module,           # a causal LM in eval mode, not yet pruned
@@ -204,12 +214,9 @@ def fit_linear_repair(model:nn.Module,           # a causal LM in eval mode, not
     with window_taps(parts, start, n, path) as got:
         for ids in tqdm(data, desc=f"fitting repair of {start}..{start + n - 1}", disable=not progress):
             s = _tapped_forward(model, ids, got)
-            x = s["fold"]; rest = s["cut"] - gain * x
-            eq = eq or _NormalEquations(x.shape[-1], x.device)
-            eq.add(x, (s["end"] - rest) / gain)
-    T = eq.solve(ridge)
-    plain = eq.sq_err(torch.eye(T.shape[0], dtype=T.dtype, device=T.device))
-    rep = LinearRepair(start, n, parts.num_layers, path, gain, T.cpu(), eq.rows, ridge, eq.sq_err(T) / max(plain, 1e-300))
+            eq = eq or _NormalEquations(s["fold"].shape[-1], s["fold"].device)
+            eq.add_taps(s, gain)
+    rep = eq.repair(start, n, parts.num_layers, path, gain, ridge)
     log.info("repair of layers %d..%d: %d positions, %.1f%% of the window's change left unexplained",
              start, start + n - 1, eq.rows, 100 * rep.unexplained)
     return rep
@@ -222,11 +229,11 @@ def _folded(module:nn.Module, T:torch.Tensor)->tuple:
     b = None if module.bias is None else (module.bias.data.double() @ T).to(module.bias.dtype)
     return w.to(module.weight.dtype), b
 
-def plan_repair(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
-                rep:LinearRepair,           # from fit_linear_repair
-                parts:ModelParts|None=None, # where the layers live; detected if None
-               )->list:                     # the edits, not yet applied
-    "Every edit that folds `rep` into layer `start-1` and deletes its window, computed without changing anything."
+def plan_fold(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
+              rep:LinearRepair,           # from fit_linear_repair
+              parts:ModelParts|None=None, # where the layers live; detected if None
+             )->list:                     # the edits of the down projection's weight (and bias), not yet applied
+    "The edits that fold `rep`'s map into the down projection of layer `start-1`, deleting nothing, computed without changing anything."
     parts = parts or locate(model)
     if parts.num_layers != rep.num_layers:
         raise FoldError(f"the repair was fitted on a model with {rep.num_layers} layers, this one has {parts.num_layers}: "
@@ -237,7 +244,15 @@ def plan_repair(model:nn.Module,            # the model `rep` was fitted on, not
     w, b = _folded(module, rep.T)
     edits = [TensorEdit(module.weight.data, slice(None), w, f"{where}.weight @ T")]
     if b is not None: edits.append(TensorEdit(module.bias.data, slice(None), b, f"{where}.bias @ T"))
-    return edits + plan_deletion(model, rep.deleted, parts)
+    return edits
+
+def plan_repair(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
+                rep:LinearRepair,           # from fit_linear_repair
+                parts:ModelParts|None=None, # where the layers live; detected if None
+               )->list:                     # the edits, not yet applied
+    "Every edit that folds `rep` into layer `start-1` and deletes its window, computed without changing anything."
+    parts = parts or locate(model)
+    return plan_fold(model, rep, parts) + plan_deletion(model, rep.deleted, parts)
 
 # %% ../../nbs/09_recover.repair.ipynb #529fa1a3
 def apply_repair(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
@@ -252,6 +267,13 @@ def apply_repair(model:nn.Module,            # the model `rep` was fitted on, no
 def temporarily_repaired(model:nn.Module, rep:LinearRepair, parts:ModelParts|None=None):
     "Inside the `with` block `model` is `apply_repair(model, rep)`; on exit (also on errors) it is restored exactly."
     edits = apply_edits(plan_repair(model, rep, parts))
+    try: yield model
+    finally: undo_edits(edits)
+
+@contextmanager
+def temporarily_folded(model:nn.Module, rep:LinearRepair, parts:ModelParts|None=None):
+    "Inside the `with` block `rep`'s map is folded into layer `start-1` and no layer is deleted; on exit (also on errors) restored exactly."
+    edits = apply_edits(plan_fold(model, rep, parts))
     try: yield model
     finally: undo_edits(edits)
 
