@@ -153,7 +153,7 @@ def _summary_lines(self:PruneResult)->list:
 
 def _repair_line(r:dict)->str:
     "One line for a repair record: what was folded where, and the PPLs plain vs repaired."
-    folds = ", ".join(f"{layer_range(f['deleted'])} into layers[{f['fold_layer']}].{f['fold_path']}" for f in r.get("folds", []))
+    folds = ", ".join(f"{layer_range(f['deleted'], named=True)} into layers[{f['fold_layer']}].{f['fold_path']}" for f in r.get("folds", []))
     line = f"repair {r.get('kind')}: " + (folds or "nothing folded")
     for what in ("eval", "calib"):
         p, q = r.get(f"{what}_ppl_plain"), r.get(f"{what}_ppl_repaired")
