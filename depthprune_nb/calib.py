@@ -205,7 +205,7 @@ def calib_eval_windows(model_dir:str|Path|None, # model folder or Hub id whose t
     "Calibration windows from `calib` and evaluation windows that share no token with them, and a record of the source."
     kind, path = calib_source(calib)
     tokenizer = tokenizer or load_tokenizer(model_dir)
-    rec = dict(source=kind if kind != "file" else "file", path=path, seqlen=seqlen, bos=window_bos(tokenizer, bos))
+    rec = dict(source=kind, path=path, seqlen=seqlen, bos=window_bos(tokenizer, bos))
     if kind in ("wikitext", "file"):
         calib_file = path if kind == "file" else None
         if kind == "wikitext": rec.update(path=str(text_file) if text_file else None, split=None if text_file else calib_split)
