@@ -164,8 +164,8 @@ def chat_text(model,                 # the (unpruned) causal LM whose answers ma
 
 # %% ../nbs/06b_calib.ipynb #feb51912
 def calibration_text(source:str|Path,       # a name in CALIB_SOURCES, or the path of a text file
-                     tokenizer=None,        # calib="chat": the model's tokenizer (its chat template)
-                     model=None,            # calib="chat": the model whose answers make the text
+                     tokenizer:object=None, # calib="chat": the model's tokenizer (its chat template)
+                     model:object=None,     # calib="chat": the model whose answers make the text
                      split:str="train",     # calib="wikitext" without text_file: the Hub split
                      text_file:str|Path|None=None, # calib="wikitext": a local WikiText-2 text instead of the Hub
                      info:dict|None=None,   # if given, filled with what the source adds to the record
@@ -193,7 +193,7 @@ def calib_eval_windows(model_dir:str|Path|None, # model folder or Hub id whose t
                        calib:str|Path="wikitext", # a name in CALIB_SOURCES, or the path of a text file
                        text_file:str|Path|None=None, # a local WikiText-2 text: calib="wikitext"'s, and the evaluation text
                        eval_text_file:str|Path|None=None, # a local text to evaluate on
-                       tokenizer=None,       # a tokenizer to use instead of loading one from `model_dir`
+                       tokenizer:object=None, # a tokenizer to use instead of loading one from `model_dir`
                        model:object=None,    # calib="chat": the model whose answers make the text
                        nsamples:int|None=None,      # calibration windows (default: all the source gives)
                        eval_nsamples:int|None=None, # evaluation windows; 0: none (the reference's single dataset)
