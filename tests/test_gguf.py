@@ -189,3 +189,19 @@ def test_cli_repaired_gguf_holds_the_repaired_tensor_in_f32_and_reloads_with_the
     differs = {t.name: t.tensor_type.name for t in r1.tensors if bytes(t.data) != bytes(old[t.name].data)}
     assert differs == {"blk.1.ffn_down.weight": "F32"}, differs
     assert r1.get_field("depthprune.repaired_tensors").contents() == ["blk.1.ffn_down.weight"]
+
+
+@needs_smol
+def test_smollm2_repaired_gguf_reloads_with_the_repaired_logits(tmp_path, wikitext):
+    "The real Q4_1 llama file: the repaired down projection is found by gguf's tensor-name map and written in F32."
+    from depthprune_nb.data import get_wikitext_dataset
+    from depthprune_nb.recover.repair import repair_window
+    model, tok = load_model_and_tokenizer(SMOL)
+    data = get_wikitext_dataset(None, seqlen=64, text_file=wikitext, tokenizer=tok, nsamples=4, progress=False)
+    rep = repair_window(model, data[:3], 13, 2)
+    out = write_pruned_gguf(SMOL, tmp_path / "smol-repaired.gguf", rep.deleted, model=model)
+    r = read_gguf(out)
+    assert r.get_field("depthprune.repaired_tensors").contents() == ["blk.12.ffn_down.weight"]
+    assert {t.name: t.tensor_type.name for t in r.tensors}["blk.12.ffn_down.weight"] == "F32"
+    back, _ = load_model_and_tokenizer(out)
+    with torch.no_grad(): torch.testing.assert_close(back(data[3]).logits, model(data[3]).logits, rtol=0, atol=0)
