@@ -20,6 +20,7 @@ from .criteria.block_influence import block_influence, block_influence_search
 from .criteria.sleb import sleb_search
 # Input and output: data, models, GGUF files, plots.
 from .data import get_wikitext_dataset, get_calib_eval_datasets
+from .calib import calib_eval_windows, calibration_text
 from .ppl import perplexity
 from .surgery import delete_layers, temporarily_deleted
 from .io.gguf import find_gguf, smollm2_gguf_path, write_pruned_gguf
@@ -51,7 +52,7 @@ __all__ = [
     # criteria
     "angular_search", "angular_distance_proxy", "block_influence", "block_influence_search", "sleb_search",
     # I/O: data, models, GGUF files, plots, the interactive explorer (loaded on first use)
-    "get_wikitext_dataset", "get_calib_eval_datasets", "perplexity", "delete_layers", "temporarily_deleted",
+    "get_wikitext_dataset", "get_calib_eval_datasets", "calib_eval_windows", "calibration_text", "perplexity", "delete_layers", "temporarily_deleted",
     "find_gguf", "load_model_and_tokenizer", "smollm2_gguf_path", "write_pruned_gguf", "plot_heatmap", "plot_proxy",
     "explore", "gguf_path", "load_real_model", "models_table",
     # does it still work: tasks and code

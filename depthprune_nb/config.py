@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, asdict, replace
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'LayerImportanceConfig', 'ConfigError', 'check_layer_indices',
+__all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'REPAIRS', 'LayerImportanceConfig', 'ConfigError', 'check_layer_indices',
            'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'EngineOptions', 'checkpoint_refusal',
            'head_bound_refusal']
 
@@ -44,6 +44,7 @@ def check_layer_indices(layers,                       # layer indices to delete,
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32") # valid `compute_dtype` names ("auto": see dtype_choice)
 METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb", "kl") # see layer_importance
 ENGINES = ("fast", "reference", "approx") # the search engines of `layer_importance(engine=...)`
+REPAIRS = ("linear",) # what `repair` may name besides None (recover.repair: a least-squares map folded into the weights)
 
 @dataclass
 class LayerImportancePruneConfig:
@@ -56,6 +57,7 @@ class LayerImportancePruneConfig:
     delete_layers_index:list[int]|None=None    # delete exactly these layers (0-based) and skip the search
     compute_dtype:str|None="auto"              # "auto": a low precision only where this device computes it faster (dtype_choice); "bfloat16"/"float16": search in it, contenders confirmed in the model's own; None = the model's dtype
     method:str="ppl_window"                    # the criterion that chooses the layers; one of `METHODS`
+    repair:str|None=None                       # None: plain deletion; "linear": fit a map on the calibration windows and fold it into the layer before the cut
 
     def __post_init__(self): self.validate()
 
@@ -80,6 +82,9 @@ class LayerImportancePruneConfig:
                               f"dtype) and {', '.join(repr(d) for d in COMPUTE_DTYPES)}")
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r} is not known; valid methods: {list(METHODS)}")
+        if self.repair is not None and self.repair not in REPAIRS:
+            raise ConfigError(f"repair={self.repair!r} is not known; valid values: None (plain deletion), "
+                              + ", ".join(repr(r) for r in REPAIRS))
         return self
 
     @classmethod

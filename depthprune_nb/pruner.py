@@ -27,18 +27,22 @@ from .engine.kl import kl_search, kl_reference_search
 from .config import METHODS, ENGINES, checkpoint_refusal, head_bound_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .io.gguf import serializable, gguf_source
+from .recover.repair import fold_target, residual_gain, fit_linear_repair, plan_repair, mark_folded
+from .surgery import apply_edits, undo_edits, plan_deletion
+from .parts import get_module
 from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'layer_importance', 'search_each_n', 'explicit_result',
-           'ModelPruner', 'is_checkpoint_file', 'SaveDirError', 'check_save_dir', 'source_folder', 'save_pruned']
+           'window_runs', 'check_repairable', 'repair_deleted', 'ModelPruner', 'is_checkpoint_file', 'SaveDirError',
+           'check_save_dir', 'source_folder', 'save_pruned']
 
 # %% ../nbs/50_pruner.ipynb #e5c0de00
 import os, shutil, uuid, warnings
 from fnmatch import fnmatch
-from .result import layer_range
+from .result import layer_range, _repair_line
 
 # %% ../nbs/50_pruner.ipynb #98968cf8
 def layer_importance(model:nn.Module,         # a causal LM
@@ -127,6 +131,62 @@ def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:
     return PruneResult.of(parts, layers, base, {layers[0]: after}, stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
                           method="explicit")
 
+# %% ../nbs/50_pruner.ipynb #bcbd77b8
+def window_runs(layers:list, # layer indices, any order
+               )->list:      # `(start, n)` of each run of consecutive layers, ascending
+    "Consecutive runs of `layers`: `[7, 2, 3]` -> `[(2, 2), (7, 1)]`."
+    runs = []
+    for i in sorted(int(i) for i in layers):
+        if runs and i == runs[-1][0] + runs[-1][1]: runs[-1][1] += 1
+        else: runs.append([i, 1])
+    return [tuple(r) for r in runs]
+
+def check_repairable(model:nn.Module,       # the causal LM, not yet pruned
+                     data:list,             # calibration windows (the first one's first 16 tokens are used)
+                     parts:ModelParts,      # where its layers live
+                     layers:list|None=None, # the layers that will be deleted, if known (an explicit pick); None: any window
+                    )->dict:                # fold layer -> the path of its down projection
+    "Refuse, before any search, a model whose layers cannot take a folded repair where a cut could fall; the model is unchanged."
+    L = parts.num_layers
+    fold = sorted({s - 1 for s, _ in window_runs(layers) if s > 0}) if layers is not None else range(L - 1)
+    out = {}
+    for i in fold:
+        out[i] = fold_target(parts, i)
+        residual_gain(model, parts, i + 1, out[i], data[0])
+    return out
+
+# %% ../nbs/50_pruner.ipynb #ad6e5048
+def repair_deleted(model:nn.Module,           # the causal LM, not yet pruned
+                   data:list,                 # calibration windows the maps are fitted on
+                   layers:list,               # the layers to delete, in the model's current numbering
+                   parts:ModelParts|None=None,# where its layers live; detected if None
+                   ridge:float=1e-6,          # ridge of each fit, relative to the mean diagonal of X^T X
+                   progress:bool=False,       # tqdm bars over the fits' windows
+                  )->dict:                    # the record: kind, ridge, one entry per fold (numbering before deletion), notes
+    "Delete `layers`, folding a linear repair into the layer before each consecutive run of them; all or nothing."
+    parts = parts or locate(model)
+    folds, notes, applied, modules, gone = [], [], [], [], 0
+    try:
+        for s, n in window_runs(layers):
+            now = s - gone # the run's start once the runs below it are gone
+            if now == 0:
+                applied.append(apply_edits(plan_deletion(model, list(range(n)), parts)))
+                notes.append(f"{layer_range(range(s, s + n), named=True)} deleted without repair: no layer precedes the cut")
+            else:
+                t0 = time.perf_counter()
+                rep = fit_linear_repair(model, data, now, n, ridge, parts, progress)
+                modules.append(get_module(parts.layers[rep.fold_layer], rep.fold_path))
+                applied.append(apply_edits(plan_repair(model, rep, parts)))
+                folds.append(dict(deleted=list(range(s, s + n)), fold_layer=s - 1, fold_layer_after=now - 1,
+                                  fold_path=rep.fold_path, gain=rep.gain, tokens=rep.tokens, unexplained=rep.unexplained,
+                                  fit_s=time.perf_counter() - t0))
+            gone += n
+    except BaseException:
+        for edits in reversed(applied): undo_edits(edits)
+        raise
+    for m in modules: mark_folded(model, m)
+    return dict(kind="linear", ridge=ridge, folds=folds, notes=notes)
+
 # %% ../nbs/50_pruner.ipynb #6ca25872
 class ModelPruner:
     "Find and delete the least important consecutive decoder layers of a causal LM."
@@ -161,15 +221,41 @@ class ModelPruner:
         return layer_importance(model, data, c.delete_layer_num, parts, engine=self.engine, method=c.method,
                                 early_abort=self.early_abort, eval_data=eval_data, options=o, **self.search_kwargs)
 
+    def _choose_window(self, model, data, eval_data:list|None=None)->PruneResult:
+        "The layers to delete and the table behind them: the one step a repair-aware search replaces."
+        return self.search(model, data, eval_data)
+
+    def _delete(self, model, data, eval_data:list|None, result:PruneResult):
+        "Delete `result`'s layers; with `repair`, fold the repair in and record its fits and PPLs plain vs repaired."
+        c, parts = as_algo_config(self.config), self.locate(model)
+        if not c.repair: delete_layers(model, result.deleted_layers, parts); return
+        o = self.options
+        offload = c.save_gpu_memory or o.save_gpu_memory
+        plain = {} if eval_data is None or result.eval_ppl is None else {"eval": result.eval_ppl}
+        judged = [("eval", eval_data)] if eval_data is not None else [("calib", data)] # calibration PPL only without evaluation data
+        with layers_offloaded(parts, o.device) if offload else contextlib.nullcontext():
+            for what, d in judged:
+                if what not in plain:
+                    with temporarily_deleted(model, result.deleted_layers, parts): plain[what] = perplexity(model, d)
+            rec = repair_deleted(model, data, result.deleted_layers, parts, progress=o.progress)
+            for what, d in judged: rec[f"{what}_ppl_plain"], rec[f"{what}_ppl_repaired"] = plain[what], perplexity(model, d)
+        result.repair = rec
+        log.info("%s", _repair_line(rec))
 
     def pruning_model(self,
                       model:nn.Module, # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`
                       data:list,       # calibration windows from get_wikitext_dataset
                       eval_data:list|None=None, # evaluation windows, disjoint from `data` (get_calib_eval_datasets)
                      )->nn.Module:     # the same model object, pruned in place
-        "Search, then delete the chosen layers in place; the result is kept in `self.result`."
-        result = self.search(model, data, eval_data)
-        delete_layers(model, result.deleted_layers, self.locate(model))
+        "Search, then delete the chosen layers in place (and repair them: the config's `repair`); the result is kept in `self.result`."
+        c = as_algo_config(self.config)
+        if c.repair: # refused before any search time is spent, the model unchanged
+            check_data(data, model)
+            parts = self.locate(model)
+            known = None if c.delete_layers_index is None else check_layer_indices(c.delete_layers_index, parts.num_layers)
+            check_repairable(model, data, parts, known)
+        result = self._choose_window(model, data, eval_data)
+        self._delete(model, data, eval_data, result)
         result.params_after = sum(p.numel() for p in model.parameters())
         result.num_layers_after = self.locate(model).num_layers
         self.result = result

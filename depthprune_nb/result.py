@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, math, time
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 from torch import nn
@@ -89,6 +89,8 @@ class PruneResult:
     scores:dict|None=None                # the criterion's score per candidate (window start or layer); lowest is deleted first
     dtype_choice:dict|None=None          # the precision the table was computed in and why (`dtype_choice.DtypeChoice`)
     kl_by_start:dict|None=None           # window start -> mean KL(unpruned || pruned) of the next-token distributions (method "kl")
+    calibration:dict|None=None           # where the calibration windows came from (`calib.calibration_record`): source, windows, tokens
+    repair:dict|None=None                # the repair folded in after deletion (`ModelPruner` with `repair="linear"`): its fits and PPLs
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
@@ -193,7 +195,20 @@ def _summary_lines(self:PruneResult)->list:
              f", runner-up {format_ppl(self.eval_runner_up_ppl)} (gap {_pct(self.eval_gap)})"
         rows.append(f"evaluation windows (not used to choose): baseline PPL {format_ppl(self.eval_baseline_ppl)}, "
                     f"pick {format_ppl(self.eval_ppl)} ({_pct(_rel(self.eval_ppl, self.eval_baseline_ppl))}){ru}")
+    if self.calibration: rows.append(f"calibration: {self.calibration.get('source')} ({self.calibration.get('windows')} windows)")
+    if self.repair: rows.append(_repair_line(self.repair))
     return rows
+
+def _repair_line(r:dict)->str:
+    "One line for a repair record: what was folded where, and the PPLs plain vs repaired."
+    folds = ", ".join(f"{layer_range(f['deleted'], named=True)} into layers[{f['fold_layer']}].{f['fold_path']}" for f in r.get("folds", []))
+    line = f"repair {r.get('kind')}: " + (folds or "nothing folded")
+    for what in ("eval", "calib"):
+        p, q = r.get(f"{what}_ppl_plain"), r.get(f"{what}_ppl_repaired")
+        if p is not None and q is not None:
+            label = "evaluation" if what == "eval" else "calibration (seen by the fit)"
+            line += f"; {label} PPL plain {format_ppl(p)} -> repaired {format_ppl(q)} ({_pct(_rel(q, p))})"
+    return line + "".join(f"; {s}" for s in r.get("notes", []))
 
 PruneResult.__str__ = _table
 PruneResult._repr_pretty_ = lambda self, p, cycle: p.text(_table(self))

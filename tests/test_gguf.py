@@ -148,3 +148,61 @@ def test_smollm2_engines_agree_and_the_written_gguf_matches(smol, tmp_path):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert not torch.equal(before, want)
     assert SMOL.stat().st_size - out.stat().st_size > 4_000_000 # two blocks of ~2.2 MB each
+
+
+@pytest.mark.parametrize("quantize", ["Q8_0", None])
+def test_cli_repaired_gguf_holds_the_repaired_tensor_in_f32_and_reloads_with_the_repaired_logits(tmp_path, quantize, wikitext):
+    """`--repair linear --save_gguf`: the folded down projection of the layer before the cut is written in F32 from the
+    repaired weights, every other kept tensor is the source's bytes, and transformers reads the file back with the logits of
+    the saved (safetensors) repaired model: tolerance 0, since both hold the same float32 weights."""
+    src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=5, quantize=quantize)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"delete_layers_index": [2, 3]}))
+    out, out_gguf = tmp_path / "repaired", tmp_path / "repaired.gguf"
+    r = depthprune("--model_dir", src, "--text_file", wikitext, "--config", cfg, "--repair", "linear", "--seqlen", 64,
+                   "--nsamples", 4, "--eval_nsamples", 2, "--save_dir", out, "--save_gguf", out_gguf, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "the repaired down projection(s) in F32" in r.stdout, r.stdout
+    res = json.loads((out / "prune_result.json").read_text())
+    assert res["deleted_layers"] == [2, 3] and [f["fold_layer"] for f in res["repair"]["folds"]] == [1]
+
+    from transformers import AutoModelForCausalLM
+    st = AutoModelForCausalLM.from_pretrained(out).eval()
+    gg, tok = load_model_and_tokenizer(out_gguf)
+    ids = tok("The tower is 324 metres tall", return_tensors="pt").input_ids
+    want_logits, want_gen = logits_and_generation(st, ids)
+    got_logits, got_gen = logits_and_generation(gg, ids)
+    torch.testing.assert_close(got_logits, want_logits, rtol=0, atol=0)
+    assert torch.equal(got_gen, want_gen)
+    plain, _ = load_model_and_tokenizer(src)
+    from depthprune_nb.surgery import delete_layers
+    delete_layers(plain, [2, 3])
+    with torch.no_grad(): assert not torch.equal(plain(ids).logits, want_logits), "the repair changed nothing"
+
+    r0, r1 = read_gguf(src), read_gguf(out_gguf)
+    new_of = {0: 0, 1: 1, 4: 2}
+    old = {}
+    for t in r0.tensors:
+        parts = t.name.split(".")
+        if parts[0] != "blk": old[t.name] = t
+        elif int(parts[1]) in new_of: old[".".join(["blk", str(new_of[int(parts[1])])] + parts[2:])] = t
+    assert sorted(old) == sorted(t.name for t in r1.tensors)
+    differs = {t.name: t.tensor_type.name for t in r1.tensors if bytes(t.data) != bytes(old[t.name].data)}
+    assert differs == {"blk.1.ffn_down.weight": "F32"}, differs
+    assert r1.get_field("depthprune.repaired_tensors").contents() == ["blk.1.ffn_down.weight"]
+
+
+@needs_smol
+def test_smollm2_repaired_gguf_reloads_with_the_repaired_logits(tmp_path, wikitext):
+    "The real Q4_1 llama file: the repaired down projection is found by gguf's tensor-name map and written in F32."
+    from depthprune_nb.data import get_wikitext_dataset
+    from depthprune_nb.recover.repair import repair_window
+    model, tok = load_model_and_tokenizer(SMOL)
+    data = get_wikitext_dataset(None, seqlen=64, text_file=wikitext, tokenizer=tok, nsamples=4, progress=False)
+    rep = repair_window(model, data[:3], 13, 2)
+    out = write_pruned_gguf(SMOL, tmp_path / "smol-repaired.gguf", rep.deleted, model=model)
+    r = read_gguf(out)
+    assert r.get_field("depthprune.repaired_tensors").contents() == ["blk.12.ffn_down.weight"]
+    assert {t.name: t.tensor_type.name for t in r.tensors}["blk.12.ffn_down.weight"] == "F32"
+    back, _ = load_model_and_tokenizer(out)
+    with torch.no_grad(): torch.testing.assert_close(back(data[3]).logits, model(data[3]).logits, rtol=0, atol=0)

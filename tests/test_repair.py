@@ -204,3 +204,95 @@ def test_real_model_repair_beats_plain_deletion(start, n, real_smollm2):
     print(f"\n{REAL} {start}-{start + n - 1}: eval PPL plain {plain:.2f} -> repaired {repaired:.2f} "
           f"(unexplained {rep.unexplained:.3f}; {time.time() - t:.0f} s)")
     assert repaired < plain, f"repair did not help: eval PPL {repaired:.2f} >= plain deletion's {plain:.2f}"
+
+
+# --- the pruner: repair="linear" end to end ----------------------------------------------------------------------------
+
+def test_pruner_repair_is_repair_window_on_the_calibration_windows(checkpoint):
+    "ModelPruner(repair='linear') with an explicit pick: the same fit and fold as repair_window, the record says what was done."
+    from depthprune_nb.config import LayerImportancePruneConfig
+    from depthprune_nb.pruner import ModelPruner
+    data, held = windows(4), windows(2, seed=1)
+    want = load(checkpoint("qwen2"))
+    rep = repair_window(want, data, START, N)
+    model = load(checkpoint("qwen2"))
+    pruner = ModelPruner(LayerImportancePruneConfig(delete_layers_index=[START, START + 1], repair="linear"), progress=False)
+    pruner.pruning_model(model, data, eval_data=held)
+    torch.testing.assert_close(logits(model, held), logits(want, held), rtol=0, atol=0)
+    r = pruner.result.repair
+    (fold,) = r["folds"]
+    assert (fold["deleted"], fold["fold_layer"], fold["fold_path"]) == ([START, START + 1], START - 1, "mlp.down_proj")
+    assert fold["unexplained"] == pytest.approx(rep.unexplained) and fold["tokens"] == rep.tokens
+    plain = delete_layers(load(checkpoint("qwen2")), rep.deleted)
+    from depthprune_nb.ppl import perplexity
+    assert r["eval_ppl_plain"] == pytest.approx(perplexity(plain, held), rel=1e-6)
+    assert r["eval_ppl_repaired"] == pytest.approx(perplexity(model, held), rel=1e-6)
+    assert pruner.result.deleted_layers == [START, START + 1] and pruner.result.num_layers_after == N_LAYERS - N
+
+
+def test_pruner_repairs_each_run_in_order_and_a_run_at_0_plainly(checkpoint):
+    "Runs [0], [2, 3], [5]: layer 0 deleted plainly (noted), then each later run fitted on the model the runs below left."
+    from depthprune_nb.config import LayerImportancePruneConfig
+    from depthprune_nb.pruner import ModelPruner
+    data = windows(4)
+    want = delete_layers(load(checkpoint("llama")), [0])
+    repair_window(want, data, 1, 2)   # layers 2-3, now 1-2
+    repair_window(want, data, 2, 1)   # layer 5, now 2
+    model = load(checkpoint("llama"))
+    pruner = ModelPruner(LayerImportancePruneConfig(delete_layers_index=[0, 2, 3, 5], repair="linear"), progress=False)
+    pruner.pruning_model(model, data)
+    torch.testing.assert_close(logits(model, data[:1]), logits(want, data[:1]), rtol=0, atol=0)
+    r = pruner.result.repair
+    assert [(f["deleted"], f["fold_layer"], f["fold_layer_after"]) for f in r["folds"]] == [([2, 3], 1, 0), ([5], 4, 1)]
+    assert r["notes"] == ["layer 0 deleted without repair: no layer precedes the cut"]
+    assert "calib_ppl_plain" in r and "calib_ppl_repaired" in r and "eval_ppl_plain" not in r  # no evaluation data given
+
+
+def test_pruner_repair_is_all_or_nothing(checkpoint, monkeypatch):
+    "A fit that fails after an earlier run was folded leaves the model exactly as it was."
+    import depthprune_nb.pruner as P
+    from depthprune_nb.config import LayerImportancePruneConfig
+    model, data = load(checkpoint("llama")), windows(4)
+    before = state(model)
+    real, calls = P.fit_linear_repair, []
+    def second_fails(*a, **k):
+        calls.append(1)
+        if len(calls) == 2: raise FoldError("injected")
+        return real(*a, **k)
+    monkeypatch.setattr(P, "fit_linear_repair", second_fails)
+    pruner = P.ModelPruner(LayerImportancePruneConfig(delete_layers_index=[1, 4], repair="linear"), progress=False)
+    with pytest.raises(FoldError, match="injected"): pruner.pruning_model(model, data)
+    assert len(calls) == 2 and same_state(state(model), before) and locate(model).num_layers == N_LAYERS
+
+
+@pytest.mark.parametrize("family, method", [("gemma2", "ppl_window"), ("mixtral", "block_influence")])
+def test_pruner_refuses_an_unfoldable_family_before_the_search(family, method, checkpoint, monkeypatch):
+    import depthprune_nb.pruner as P
+    from depthprune_nb.config import LayerImportancePruneConfig
+    model, data = load(checkpoint(family)), windows(2)
+    before = state(model)
+    monkeypatch.setattr(P.ModelPruner, "_choose_window", lambda *a, **k: pytest.fail("the search ran before the refusal"))
+    pruner = P.ModelPruner(LayerImportancePruneConfig(delete_layer_num=2, method=method, repair="linear"), progress=False)
+    with pytest.raises(FoldError) as e: pruner.pruning_model(model, data)
+    assert family in str(e.value) and "layers[0]" in str(e.value) and REFUSED[family] in str(e.value), str(e.value)
+    assert same_state(state(model), before) and locate(model).num_layers == N_LAYERS
+
+
+def test_pruner_repair_after_a_search_and_the_saved_result(checkpoint, tmp_path):
+    "A searched pick, repaired and saved: the checkpoint reloads with the repaired logits; prune_result.json records it."
+    import json
+    from depthprune_nb.config import LayerImportancePruneConfig
+    from depthprune_nb.pruner import ModelPruner
+    from depthprune_nb.result import PruneResult
+    model, data, held = load(checkpoint("mistral")), windows(4), windows(2, seed=1)
+    pruner = ModelPruner(LayerImportancePruneConfig(delete_layer_num=2, repair="linear"), engine="reference", progress=False)
+    pruner.pruning_model(model, data, eval_data=held)
+    res = pruner.result
+    r = res.repair
+    repaired = [i for f in r["folds"] for i in f["deleted"]]
+    assert sorted(repaired + ([0, 1] if r["notes"] else [])) == res.deleted_layers, r
+    out = save_pruned(model, tmp_path / "out", result=res)
+    back = load(out)
+    torch.testing.assert_close(logits(back, held), logits(model, held), rtol=0, atol=0)
+    saved = PruneResult.from_json(out / "prune_result.json")
+    assert saved.repair == json.loads(json.dumps(r)) and saved.method == "ppl_window" and saved.deleted_layers == res.deleted_layers

@@ -8,7 +8,6 @@ import argparse, logging, os, sys, time
 from pathlib import Path
 
 from ..config import ConfigError, LayerImportancePruneConfig, COMPUTE_DTYPES
-from ..data import get_wikitext_dataset
 from ..io.hub import load_hf_model, load_tokenizer
 from ..parts import locate
 from ..engine.placement import default_device
@@ -19,19 +18,20 @@ from ..io.load import load_model_and_tokenizer
 from ..io.models import MODELS, get_model, gguf_path
 from ..engine import distributed, ranks
 from ..config import METHODS
-from ..data import get_calib_eval_datasets, default_seqlen, window_bos
+from ..data import default_seqlen, window_bos
 from ..engine.checkpoint import SearchCheckpoint
 from ..io.targets import SaveTargetError, writable_folder, safetensors_bytes, pruned_bytes, check_free_space
-from ..config import checkpoint_refusal, head_bound_refusal
+from ..config import checkpoint_refusal, head_bound_refusal, REPAIRS
+from ..calib import CALIB_SOURCES, calib_source, calib_eval_windows
 from .evaluation import (add_task_args, task_list, task_eval, task_table, pruner_class, add_humaneval_args,
                                     humaneval_check, humaneval_eval, humaneval_table)
 
 log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
-__all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'data_from_args', 'load_gguf_from_args',
-           'model_from_args', 'check_save_targets', 'check_save_room', 'run', 'heal_from_args', 'main',
-           'checkpoint_kwargs', 'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
+__all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'calib_from_args', 'data_from_args',
+           'load_gguf_from_args', 'model_from_args', 'check_save_targets', 'check_save_room', 'run', 'heal_from_args',
+           'main', 'checkpoint_kwargs', 'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../../nbs/61_cli.prune.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -86,6 +86,12 @@ def build_parser()->argparse.ArgumentParser:
       "the exact window search; kl: the window whose deletion changes the next-token distributions least, PPL beside)")
     a("--window_bos", default="auto", choices=list(WINDOW_BOS), help="lead every window with the tokenizer's BOS token: "
       "auto (where the tokenizer adds one by default, as the model was trained), on, or off (the reference's single cut)")
+    a("--calib", default=None, help=f"calibration text: {', '.join(CALIB_SOURCES)} (the standard library's Python source; "
+      "the model's own answers through its chat template) or a text file (default wikitext: --calib_text_file, --text_file "
+      "or --calib_split)")
+    a("--repair", default=None, choices=list(REPAIRS), help="linear: after the search, fit a least-squares map on the "
+      "calibration windows for each deleted run and fold it into the layer before it (same architecture; refused before "
+      "the search for families that cannot take it); prune_result.json records its fits and PPL plain vs repaired")
     a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "
       "windows and merge the adapters (needs `pip install peft`); 0: no healing")
     add_task_args(p)
@@ -99,6 +105,7 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     if args.save_gpu_memory: d["save_gpu_memory"] = True
     if getattr(args, "compute_dtype", None): d["compute_dtype"] = args.compute_dtype
     if args.method is not None: d["method"] = args.method
+    if getattr(args, "repair", None) is not None: d["repair"] = args.repair
     return LayerImportancePruneConfig.from_dict(d)
 
 def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,
@@ -117,17 +124,22 @@ def _text_line(sources:dict, evaluated:bool)->str:
         return f"text: {sources['calib']} (calibration windows from its start, evaluation windows from its end)"
     return f"text: calibration on {sources['calib']}; evaluation on {sources['eval']}"
 
-def data_from_args(args, tokenizer, dev, seqlen:int)->tuple:
-    "(calibration windows, evaluation windows or None) as the flags say; see 'Which data chooses, which data judges'."
+def calib_from_args(args)->str:
+    "What calibrates: `--calib`, else `--calib_text_file`, else wikitext; a `ConfigError` if both are given or the source is unknown."
+    c, f = getattr(args, "calib", None), args.calib_text_file
+    if c is not None and f is not None:
+        raise ConfigError(f"--calib={c!r} and --calib_text_file={f!r} both name the calibration text: give one "
+                          "(--calib FILE is --calib_text_file FILE)")
+    src = c if c is not None else f if f is not None else "wikitext"
+    calib_source(src) # an unknown name or a missing file fails here, before the model loads
+    return src
+
+def data_from_args(args, tokenizer, dev, seqlen:int, model:object=None)->tuple:
+    "(calibration windows, evaluation windows or None, calibration record) as the flags say; see 'Which data chooses, which data judges'."
     bos, sources = WINDOW_BOS[getattr(args, "window_bos", "auto")], {}
-    if args.eval_nsamples == 0: # the reference's way: one dataset, no evaluation
-        out = get_wikitext_dataset(args.model_dir, dev, seqlen, split=args.calib_split, text_file=args.calib_text_file or
-                                   args.text_file, tokenizer=tokenizer, nsamples=args.nsamples, progress=not args.quiet,
-                                   bos=bos, sources=sources), None
-    else:
-        out = get_calib_eval_datasets(args.model_dir, dev, seqlen, args.calib_split, args.eval_split, args.text_file,
-                                      args.calib_text_file, args.eval_text_file, tokenizer, args.nsamples, args.eval_nsamples,
-                                      bos, sources=sources)
+    out = calib_eval_windows(args.model_dir, dev, seqlen, calib_from_args(args), args.text_file, args.eval_text_file, tokenizer,
+                             model, args.nsamples, args.eval_nsamples, bos, args.calib_split, args.eval_split,
+                             chat=dict(progress=not args.quiet), sources=sources)
     args.text_sources = sources # run() records it in the result
     if ranks.is_main(): print(_text_line(sources, out[1] is not None))
     return out
@@ -193,6 +205,9 @@ def run(args)->dict:
     cfg = algo_config_from_args(args)
     humaneval_check(args) # --humaneval without --allow_code_execution: refused before the model loads
     if getattr(args, "head_bound", False) and (err := head_bound_refusal(cfg.method, args.engine)): raise err # before loading
+    calib_from_args(args)
+    if cfg.repair and ranks.world_size() > 1:
+        raise ConfigError(f"--repair {cfg.repair} runs in one process: its fit is not shared out between ranks; run without torchrun")
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     if args.save_gguf and args.heal_steps:
@@ -212,7 +227,7 @@ def run(args)->dict:
         tokenizer = load_tokenizer(args.model_dir, trust)
     parts = locate(model, cfg.model_decoder_layers, cfg.layer_norm_field, cfg.layer_num_field)
     if not sized: check_save_room(args, model, parts, cfg, gsrc) # GGUF, .bin or Hub sources: sized from the model
-    data, eval_data = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen))
+    data, eval_data, calib_record = data_from_args(args, tokenizer, parts.input_device, default_seqlen(model, args.seqlen), model)
     unpruned = {}
     if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
     he_unpruned = humaneval_eval(args, model, tokenizer, {}, "unpruned") if main_rank else {}
@@ -220,6 +235,7 @@ def run(args)->dict:
                          distributed=ranks.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
     res = pruner.result
+    res.calibration = calib_record
     if getattr(args, "text_sources", None): res.stats["text"] = args.text_sources # where the windows came from
     res.stats.update(unpruned); res.stats.update(he_unpruned)
     res.stats["window_bos"] = window_bos(tokenizer, WINDOW_BOS[getattr(args, "window_bos", "auto")]) # the id leading each window, or None
@@ -241,7 +257,7 @@ def run(args)->dict:
     if args.save_gguf:
         g = write_pruned_gguf(gguf_source(model), args.save_gguf, res.deleted_layers, args.overwrite, model=model)
         print(f"wrote the pruned GGUF {g} ({Path(gguf_source(model)).stat().st_size:,} -> {g.stat().st_size:,} bytes, "
-              "kept blocks copied in their own quantization)")
+              "kept blocks copied in their own quantization" + (", the repaired down projection(s) in F32" if res.repair else "") + ")")
     if args.prompt:
         ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(parts.input_device)
         gen = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)

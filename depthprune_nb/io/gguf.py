@@ -14,6 +14,8 @@ import gguf
 from ..config import ConfigError, check_layer_indices
 from .hub import as_torch_dtype, check_load_report
 from ..parts import locate
+from ..recover.repair import folded_modules
+import numpy as np
 from .files import remove_stale_tmp, tmp_prefix
 from .gguf_scan import GGUFError, GGUF_MAGIC, BLOCK_TENSOR, is_gguf_file, scan_gguf, check_gguf_complete
 
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'resolve_gguf', 'find_gguf', 'smollm2_gguf_path', 'read_gguf',
            'swa_key', 'swa_layer_pattern', 'gguf_config', 'load_gguf_model', 'gguf_source', 'is_gguf_quantized',
-           'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'write_pruned_gguf']
+           'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'repaired_tensors',
+           'write_pruned_gguf']
 
 # %% ../../nbs/40_io.gguf.ipynb #cf24d44c
 def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the path of a `.gguf` file
@@ -248,19 +251,52 @@ def check_gguf_model(model,              # the pruned model the GGUF file is mea
                           f"deleted_layers={sorted(deleted)} leaves {want}: pass the pruned model the file is meant to "
                           "hold, and the layers deleted from it in the source file's numbering")
 
+# %% ../../nbs/40_io.gguf.ipynb #f94bbbb5
+def repaired_tensors(model:nn.Module,          # the pruned (and repaired) model the file is meant to hold
+                     reader:gguf.GGUFReader,   # the source GGUF file
+                     layout:dict,              # its gguf_layout
+                     deleted:set,              # the blocks to drop, in the source file's numbering
+                    )->dict:                   # source tensor name -> float32 array in the source tensor's (numpy) shape
+    "The tensors a folded repair changed, from `model`'s weights, named as in the source file; `GGUFError` where one has no match."
+    mods = folded_modules(model)
+    if not mods: return {}
+    parts, src = locate(model), {t.name: t for t in reader.tensors}
+    kept = [i for i in range(layout["block_count"]) if i not in deleted]
+    arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[layout["arch"]]
+    names, out = gguf.get_tensor_name_map(arch, layout["block_count"]), {}
+    for m in mods:
+        where = [(j, p) for j, layer in enumerate(parts.layers) for p, sub in layer.named_modules() if sub is m]
+        if not where: continue # its layer was deleted afterwards: nothing of it is written
+        (j, path), = where
+        for kind, w in (("weight", m.weight), ("bias", m.bias)):
+            if w is None: continue
+            hf = f"{parts.layers_path}.{kept[j]}.{path}.{kind}"
+            name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+            if name is None or name not in src:
+                raise GGUFError(f"the repair changed {hf}, but the {layout['arch']} GGUF file has no tensor for it "
+                                f"(looked for {name!r}): cannot write the repaired model as GGUF; save it with save_pruned")
+            a = w.detach().float().cpu().numpy()
+            if type(m).__name__ == "Conv1D": a = a.T # GPT-2's transposed Linear: GGUF holds the Linear layout
+            shape = tuple(int(x) for x in reversed(src[name].shape))
+            if a.shape != shape:
+                raise GGUFError(f"the repaired {hf} has shape {a.shape}, the GGUF tensor {name} {shape}: refusing to write it")
+            out[name] = np.ascontiguousarray(a, dtype=np.float32)
+    return out
+
 # %% ../../nbs/40_io.gguf.ipynb #18914ddc
 def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the search ran on)
                       dst:str|Path,        # the GGUF file to write
                       deleted_layers:list, # decoder layers to drop, in the source file's numbering
                       overwrite:bool=False,# allow replacing an existing `dst`
-                      model:nn.Module|None=None, # the pruned model the file is meant to hold: checked by check_gguf_model if given
+                      model:nn.Module|None=None, # the pruned model the file is meant to hold: checked by check_gguf_model, and its repaired tensors written (pass it for a repaired model)
                      )->Path:
-    "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte, metadata updated."
+    "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte (those a repair changed: F32 from `model`), metadata updated."
     src, dst = Path(src), check_save_gguf(dst, src, overwrite)
     reader = read_gguf(src)
     layout = gguf_layout(reader)
     deleted = set(check_layer_indices(list(deleted_layers), layout["block_count"], "deleted_layers"))
     if model is not None: check_gguf_model(model, src, dst, layout["block_count"], deleted)
+    changed = {} if model is None else repaired_tensors(model, reader, layout, deleted)
     new_idx = {old: new for new, old in enumerate(i for i in range(layout["block_count"]) if i not in deleted)}
     dst.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(dst.parent, [dst.name]) # those of a writer killed before it could clean up
@@ -273,10 +309,13 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
         if swa is not None: writer.add_array(swa_key(layout["arch"]), [v for i, v in enumerate(swa) if i not in deleted])
         writer.add_array("depthprune.deleted_layers", _original_numbering(sorted(deleted), layout))
         writer.add_uint32("depthprune.source_block_count", layout["source_block_count"])
-        kept = [(t, n) for t in reader.tensors if (n := _renamed(t.name, new_idx)) is not None]
-        for t, name in kept: writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        kept = [(t, n, changed.get(t.name)) for t in reader.tensors if (n := _renamed(t.name, new_idx)) is not None]
+        if changed: writer.add_array("depthprune.repaired_tensors", [n for t, n, a in kept if a is not None])
+        for t, name, a in kept:
+            if a is None: writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+            else: writer.add_tensor_info(name, a.shape, a.dtype, a.nbytes) # F32
         writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_ti_data_to_file()
-        for t, _ in kept: writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+        for t, _, a in kept: writer.write_tensor_data(t.data if a is None else a, tensor_endianess=reader.endianess)
         writer.close()
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, dst)

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FOLD_PATHS', 'POST_MLP_NORMS', 'FoldError', 'fold_target', 'window_taps', 'residual_gain', 'LinearRepair',
-           'fit_linear_repair', 'plan_fold', 'plan_repair', 'apply_repair', 'temporarily_repaired',
-           'temporarily_folded', 'repair_window']
+           'fit_linear_repair', 'plan_fold', 'plan_repair', 'apply_repair', 'mark_folded', 'folded_modules',
+           'temporarily_repaired', 'temporarily_folded', 'repair_window']
 
 # %% ../../nbs/09_recover.repair.ipynb #4b174cac
 class FoldError(ConfigError):
@@ -260,8 +260,20 @@ def apply_repair(model:nn.Module,            # the model `rep` was fitted on, no
                  parts:ModelParts|None=None, # where the layers live; detected if None
                 )->nn.Module:                # the same model, pruned and repaired in place
     "Delete `rep`'s window and fold its map into the down projection of the layer before the cut, all or nothing."
+    parts = parts or locate(model)
+    module = get_module(parts.layers[rep.fold_layer], rep.fold_path)
     apply_edits(plan_repair(model, rep, parts))
+    mark_folded(model, module)
     return model
+
+def mark_folded(model:nn.Module, module:nn.Module):
+    "Note that a repair changed `module`'s weights, for writers that copy the other weights' bytes from the source (GGUF)."
+    model.__dict__.setdefault("_depthprune_folded", []).append(module)
+
+def folded_modules(model:nn.Module, # a model `apply_repair` may have changed
+                  )->list:          # the down projections a repair was folded into, in the order applied
+    "The modules of `model` whose weights `apply_repair` changed (not those of `temporarily_repaired`, which restores them)."
+    return list(model.__dict__.get("_depthprune_folded", []))
 
 @contextmanager
 def temporarily_repaired(model:nn.Module, rep:LinearRepair, parts:ModelParts|None=None):
