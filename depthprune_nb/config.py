@@ -58,6 +58,7 @@ class LayerImportancePruneConfig:
     compute_dtype:str|None="auto"              # "auto": a low precision only where this device computes it faster (dtype_choice); "bfloat16"/"float16": search in it, contenders confirmed in the model's own; None = the model's dtype
     method:str="ppl_window"                    # the criterion that chooses the layers; one of `METHODS`
     repair:str|None=None                       # None: plain deletion; "linear": fit a map on the calibration windows and fold it into the layer before the cut
+    repair_score_windows:int=0                 # with repair="linear": choose the window by its PPL after its own repair, scored on this many calibration windows kept apart from the fits (0: choose before repair)
 
     def __post_init__(self): self.validate()
 
@@ -85,6 +86,15 @@ class LayerImportancePruneConfig:
         if self.repair is not None and self.repair not in REPAIRS:
             raise ConfigError(f"repair={self.repair!r} is not known; valid values: None (plain deletion), "
                               + ", ".join(repr(r) for r in REPAIRS))
+        k = self.repair_score_windows
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"repair_score_windows={k!r} is invalid: it must be an integer >= 0 (0: choose before repair)")
+        if k and self.repair is None:
+            raise ConfigError(f"repair_score_windows={k} scores windows after their repair, but repair is None: "
+                              "set repair='linear' (--repair linear) or leave repair_score_windows at 0")
+        if k and self.method != "ppl_window":
+            raise ConfigError(f"repair_score_windows={k} scores windows by their PPL after repair, so it needs "
+                              f"method='ppl_window', not method={self.method!r}")
         return self
 
     @classmethod

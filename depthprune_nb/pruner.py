@@ -28,6 +28,7 @@ from .config import METHODS, ENGINES, checkpoint_refusal, head_bound_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .io.gguf import serializable, gguf_source
 from .recover.repair import fold_target, residual_gain, fit_linear_repair, plan_repair, mark_folded
+from .recover.aware import repair_aware_search
 from .surgery import apply_edits, undo_edits, plan_deletion
 from .parts import get_module
 from transformers import PreTrainedTokenizerBase
@@ -221,9 +222,22 @@ class ModelPruner:
         return layer_importance(model, data, c.delete_layer_num, parts, engine=self.engine, method=c.method,
                                 early_abort=self.early_abort, eval_data=eval_data, options=o, **self.search_kwargs)
 
+    def _repair_split(self, data:list)->tuple:
+        "(the windows a repair is fitted on, the windows each window is scored on after its repair or None): `repair_score_windows`."
+        k = as_algo_config(self.config).repair_score_windows
+        if not k: return data, None
+        if k >= len(data):
+            raise ConfigError(f"repair_score_windows={k} leaves no calibration window to fit the repairs on ({len(data)} "
+                              "windows): use fewer, or more calibration windows (nsamples)")
+        return data[:-k], data[-k:]
+
     def _choose_window(self, model, data, eval_data:list|None=None)->PruneResult:
-        "The layers to delete and the table behind them: the one step a repair-aware search replaces."
-        return self.search(model, data, eval_data)
+        "The layers to delete and the table behind them; with `repair_score_windows`, every window scored after its own repair."
+        c = as_algo_config(self.config)
+        fit, score = self._repair_split(data)
+        if score is None or c.delete_layers_index is not None: return self.search(model, data, eval_data)
+        return repair_aware_search(model, fit, c.delete_layer_num, self.locate(model), score_data=score, eval_data=eval_data,
+                                   options=replace(self.options, compute_dtype=None), progress=self.options.progress)
 
     def _delete(self, model, data, eval_data:list|None, result:PruneResult):
         "Delete `result`'s layers; with `repair`, fold the repair in and record its fits and PPLs plain vs repaired."
@@ -231,7 +245,8 @@ class ModelPruner:
         if not c.repair: delete_layers(model, result.deleted_layers, parts); return
         o = self.options
         offload = c.save_gpu_memory or o.save_gpu_memory
-        plain = {} if eval_data is None or result.eval_ppl is None else {"eval": result.eval_ppl}
+        plain = ({} if eval_data is None or result.eval_ppl is None else # a repair-aware result's eval_ppl is already repaired
+                 {"eval": result.stats["eval_plain_ppl"] if result.method.endswith("+linear_repair") else result.eval_ppl})
         judged = [("eval", eval_data)] if eval_data is not None else [("calib", data)] # calibration PPL only without evaluation data
         with layers_offloaded(parts, o.device) if offload else contextlib.nullcontext():
             for what, d in judged:
@@ -255,7 +270,7 @@ class ModelPruner:
             known = None if c.delete_layers_index is None else check_layer_indices(c.delete_layers_index, parts.num_layers)
             check_repairable(model, data, parts, known)
         result = self._choose_window(model, data, eval_data)
-        self._delete(model, data, eval_data, result)
+        self._delete(model, self._repair_split(data)[0], eval_data, result) # the repair fitted on the windows it was chosen with
         result.params_after = sum(p.numel() for p in model.parameters())
         result.num_layers_after = self.locate(model).num_layers
         self.result = result

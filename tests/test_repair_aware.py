@@ -203,3 +203,41 @@ def test_real_model_repaired_values_are_the_repaired_models_perplexities(real_sm
         want = repaired_ppl(model, data, s, N)
         assert close(res.ppl_by_start[s], want), f"{REAL} start {s}: search {res.ppl_by_start[s]} vs repaired model {want}"
     with temporarily_deleted(model, res.deleted_layers): assert close(plain[res.best_start], perplexity(model, data))
+
+
+# ---- through ModelPruner: `repair_score_windows` --------------------------------------------------------------------------
+def test_pruner_chooses_by_the_repaired_value_on_windows_apart_and_folds_the_searched_map(checkpoint):
+    from depthprune_nb.config import LayerImportancePruneConfig
+    from depthprune_nb.pruner import ModelPruner
+    from depthprune_nb.recover.repair import apply_repair
+    data, held = windows(7), windows(2, seed=1)
+    ref = load(checkpoint("llama"))
+    want = repair_aware_search(ref, data[:-3], N, score_data=data[-3:], eval_data=held, progress=False)
+    cfg = LayerImportancePruneConfig(delete_layer_num=N, repair="linear", repair_score_windows=3, compute_dtype=None)
+    pr = ModelPruner(cfg, progress=False)
+    model = pr.pruning_model(load(checkpoint("llama")), data, eval_data=held)
+    res = pr.result
+    assert res.method == "ppl_window+linear_repair" and res.deleted_layers == want.deleted_layers
+    assert res.ppl_by_start == want.ppl_by_start
+    # the folded map is the one fitted on the windows the search fitted on (not on the scoring windows)
+    apply_repair(ref, fit_linear_repair(ref, data[:-3], res.best_start, N))
+    assert same_state(state(model), state(ref))
+    rec = res.repair
+    assert close(rec["eval_ppl_repaired"], perplexity(model, held)) and close(rec["eval_ppl_plain"], want.stats["eval_plain_ppl"])
+
+
+def test_pruner_repair_score_windows_is_checked():
+    from depthprune_nb.config import LayerImportancePruneConfig
+    with pytest.raises(ConfigError, match="repair is None"): LayerImportancePruneConfig(repair_score_windows=2)
+    with pytest.raises(ConfigError, match="integer >= 0"): LayerImportancePruneConfig(repair="linear", repair_score_windows=-1)
+    with pytest.raises(ConfigError, match="method='ppl_window'"):
+        LayerImportancePruneConfig(repair="linear", repair_score_windows=2, method="kl")
+
+
+def test_pruner_refuses_scoring_windows_that_leave_none_to_fit(checkpoint):
+    from depthprune_nb.config import LayerImportancePruneConfig
+    from depthprune_nb.pruner import ModelPruner
+    model = load(checkpoint("llama")); before = state(model)
+    cfg = LayerImportancePruneConfig(delete_layer_num=N, repair="linear", repair_score_windows=3)
+    with pytest.raises(ConfigError, match="leaves no calibration window"): ModelPruner(cfg, progress=False).pruning_model(model, windows(3))
+    assert same_state(state(model), before)

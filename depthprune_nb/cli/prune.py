@@ -92,6 +92,9 @@ def build_parser()->argparse.ArgumentParser:
     a("--repair", default=None, choices=list(REPAIRS), help="linear: after the search, fit a least-squares map on the "
       "calibration windows for each deleted run and fold it into the layer before it (same architecture; refused before "
       "the search for families that cannot take it); prune_result.json records its fits and PPL plain vs repaired")
+    a("--repair_score_windows", type=int, default=0, help="with --repair linear: choose the window by its PPL after its own "
+      "repair, scored on this many of the --nsamples calibration windows (the rest fit the maps; method ppl_window); "
+      "0: choose before repair")
     a("--heal_steps", type=int, default=0, help="after pruning, LoRA fine-tune this many steps on the calibration "
       "windows and merge the adapters (needs `pip install peft`); 0: no healing")
     add_task_args(p)
@@ -106,6 +109,7 @@ def algo_config_from_args(args)->LayerImportancePruneConfig:
     if getattr(args, "compute_dtype", None): d["compute_dtype"] = args.compute_dtype
     if args.method is not None: d["method"] = args.method
     if getattr(args, "repair", None) is not None: d["repair"] = args.repair
+    if getattr(args, "repair_score_windows", 0): d["repair_score_windows"] = args.repair_score_windows
     return LayerImportancePruneConfig.from_dict(d)
 
 def load_model(model_dir:str, dtype:str="auto", multi_gpu:bool=False, save_gpu_memory:bool=False,
