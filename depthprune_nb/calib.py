@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .data import (wikitext_text, text_windows, window_bos, load_tokenizer, get_calib_eval_datasets,
+from .io.hub import load_tokenizer
+from .data import (wikitext_text, text_windows, window_bos, get_calib_eval_datasets,
                                 get_wikitext_dataset, _count)
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ CHAT_PROMPTS = ( # the user turns of calib="chat"; the model writes the answers
     "Write a Python class for a bank account with deposit and withdraw methods that refuse overdrafts.",
 )
 
-def has_chat_template(tokenizer)->bool: return bool(getattr(tokenizer, "chat_template", None))
+def has_chat_template(tokenizer)->bool:
+    "True if `tokenizer` carries a chat template (what `calib=\"chat\"` renders its text with)."
+    return bool(getattr(tokenizer, "chat_template", None))
 
 def _fingerprint(model)->str:
     "A short hash of the model's config and a strided sample of every parameter: differs for any other model."

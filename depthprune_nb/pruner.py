@@ -27,9 +27,9 @@ from .engine.kl import kl_search, kl_reference_search
 from .config import METHODS, ENGINES, checkpoint_refusal, head_bound_refusal
 from .surgery import delete_layers, temporarily_deleted
 from .io.gguf import serializable, gguf_source
-from .recover.repair import fold_target, residual_gain, fit_linear_repair, plan_repair, mark_folded
+from .recover.repair import fold_target, residual_gain, fit_linear_repair, plan_repair
 from .recover.aware import repair_aware_search
-from .surgery import apply_edits, undo_edits, plan_deletion
+from .surgery import apply_edits, undo_edits, plan_deletion, mark_folded
 from .parts import get_module
 from transformers import PreTrainedTokenizerBase
 

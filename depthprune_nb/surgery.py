@@ -22,7 +22,8 @@ __all__ = ['log', 'LAYER_INDEX_ATTRS', 'SURGERY_RULES', 'Edit', 'TensorEdit', 'a
            'slice_per_layer', 'renumber_index_set', 'new_layer_list', 'layer_count', 'renumber_layer_indices',
            'max_window_layers', 'is_moe_layer', 'qwen_moe_layout', 'moe_layer_indices', 'first_k_dense',
            'gpt_neo_attention_types', 'gpt2_inverse_layer_scaling', 'has_sliding_layers', 'accelerate_device_map',
-           'mtp_layers', 'Rule', 'plan_deletion', 'delete_layers', 'temporarily_deleted']
+           'mtp_layers', 'Rule', 'plan_deletion', 'delete_layers', 'temporarily_deleted', 'mark_folded',
+           'folded_modules']
 
 # %% ../nbs/03_surgery.ipynb #2e149412
 @dataclass
@@ -127,12 +128,14 @@ def _rsplit_path(root, path:str):
     return root, name
 
 def new_layer_list(d:Deletion)->list:
+    "The edit that replaces the decoder `ModuleList` by one holding only the kept layers, in the model's train/eval mode."
     owner, name = _rsplit_path(d.model, d.parts.layers_path)
     layers = nn.ModuleList(d.layers)
     layers.training = getattr(owner, name).training  # a new ModuleList starts in training mode; keep the model's mode
     return [Edit(owner, name, layers, d.parts.layers_path)]
 
 def layer_count(d:Deletion)->list:
+    "The edit that sets the config's layer-count field to the number of kept layers."
     name = d.parts.num_field.rpartition(".")[2]
     return [Edit(d.config, name, d.new_n, f"config.{d.parts.num_field}")]
 
@@ -140,6 +143,7 @@ def layer_count(d:Deletion)->list:
 LAYER_INDEX_ATTRS = ("layer_idx", "layer_id")
 
 def renumber_layer_indices(d:Deletion)->list:
+    "Edits that renumber every kept layer's `layer_idx` / `layer_id` (its KV-cache slot) to its new position."
     edits = []
     for new, layer in enumerate(d.layers):
         for sub_name, sub in layer.named_modules():
@@ -151,6 +155,7 @@ def renumber_layer_indices(d:Deletion)->list:
 
 # %% ../nbs/03_surgery.ipynb #7bfdd147
 def max_window_layers(d:Deletion)->list:
+    "Qwen2/3: the edit that keeps `max_window_layers` counting the same kept layers (those before the old boundary)."
     mwl = getattr(d.config, "max_window_layers", None)
     if not isinstance(mwl, int) or mwl >= d.old_n: return []
     return _cfg_edit(d, "max_window_layers", sum(old < mwl for old in d.kept))
@@ -160,16 +165,19 @@ def is_moe_layer(layer:nn.Module)->bool:
     return any(name.rpartition(".")[2] == "experts" for name, _ in layer.named_modules())
 
 def qwen_moe_layout(d:Deletion)->list:
+    "Qwen-MoE: edits that list the kept dense layers in `mlp_only_layers` (and set `decoder_sparse_step` to 1) so a reload builds the same layers."
     if not hasattr(d.config, "decoder_sparse_step") or not hasattr(d.config, "mlp_only_layers"): return []
     dense = [new for new, layer in enumerate(d.layers) if not is_moe_layer(layer)]
     if len(dense) == d.new_n and not getattr(d.config, "num_experts", 0): return []  # a dense model: nothing to describe
     return _cfg_edit(d, "mlp_only_layers", dense) + _cfg_edit(d, "decoder_sparse_step", 1)
 
 def moe_layer_indices(d:Deletion)->list:
+    "The edit that renumbers `moe_layers` (the indices of the mixture-of-experts layers) to the kept layers' new positions."
     if not _has_list(d.config, "moe_layers"): return []
     return _cfg_edit(d, "moe_layers", [new for new, layer in enumerate(d.layers) if is_moe_layer(layer)])
 
 def first_k_dense(d:Deletion)->list:
+    "DeepSeek-style `first_k_dense_replace`: the new count of leading dense layers; refused if the kept dense layers are no longer a prefix."
     if not isinstance(getattr(d.config, "first_k_dense_replace", None), int): return []
     kinds = [is_moe_layer(layer) for layer in d.layers]
     k = kinds.index(True) if True in kinds else d.new_n
@@ -180,6 +188,7 @@ def first_k_dense(d:Deletion)->list:
 
 # %% ../nbs/03_surgery.ipynb #28fd462d
 def gpt_neo_attention_types(d:Deletion)->list:
+    "GPT-Neo: the edit that rewrites `attention_types` (run-length pairs) from the kept layers' attention kinds."
     if not (_has_list(d.config, "attention_types") and _has_list(d.config, "attention_layers")): return []
     kept = [d.config.attention_layers[i] for i in d.kept]
     runs = []
@@ -194,6 +203,7 @@ def _gpt2_scaling(attn, idx:int)->float:
     return s / float(idx + 1)
 
 def gpt2_inverse_layer_scaling(d:Deletion)->list:
+    "GPT-2 with `scale_attn_by_inverse_layer_idx`: edits that rescale each moved layer's query weights so its attention matches its new index."
     edits = []
     for new, layer in enumerate(d.layers):
         for name, attn in layer.named_modules():
@@ -217,12 +227,14 @@ def gpt2_inverse_layer_scaling(d:Deletion)->list:
 
 # %% ../nbs/03_surgery.ipynb #396879c7
 def has_sliding_layers(d:Deletion)->list:
+    "The edit that recomputes the decoder's cached `has_sliding_layers` from the kept layers' `layer_types`."
     stack, _ = _rsplit_path(d.model, d.parts.layers_path)
     if not hasattr(stack, "has_sliding_layers") or not _has_list(d.config, "layer_types"): return []
     value = any(d.config.layer_types[i] == "sliding_attention" for i in d.kept)
     return [] if stack.has_sliding_layers == value else [Edit(stack, "has_sliding_layers", value, "has_sliding_layers")]
 
 def accelerate_device_map(d:Deletion)->list:
+    "The edit that renumbers the layers' entries in accelerate's `hf_device_map` and drops the deleted ones."
     dm = getattr(d.model, "hf_device_map", None)
     if not isinstance(dm, dict): return []
     prefix, new_dm = d.parts.layers_path + ".", {}
@@ -237,6 +249,7 @@ def accelerate_device_map(d:Deletion)->list:
     return [Edit(d.model, "hf_device_map", new_dm, "hf_device_map")]
 
 def mtp_layers(d:Deletion)->list:
+    "DeepSeek-V3: the edit that sets `num_mtp_layers` to 0, since the model holds no multi-token-prediction weights and a pruned save has none."
     n = getattr(d.config, "num_mtp_layers", None)
     return _cfg_edit(d, "num_mtp_layers", 0) if isinstance(n, int) and n > 0 else []
 
@@ -332,3 +345,13 @@ def temporarily_deleted(model:nn.Module,            # a causal LM
     edits = apply_edits(plan_deletion(model, layers, parts))
     try: yield model
     finally: undo_edits(edits)
+
+# %% ../nbs/03_surgery.ipynb #d61972b9
+def mark_folded(model:nn.Module, module:nn.Module):
+    "Note that a repair changed `module`'s weights, for writers that copy the other weights' bytes from the source (GGUF)."
+    model.__dict__.setdefault("_depthprune_folded", []).append(module)
+
+def folded_modules(model:nn.Module, # a model `apply_repair` may have changed
+                  )->list:          # the down projections a repair was folded into, in the order applied
+    "The modules of `model` whose weights `apply_repair` changed (not those of `temporarily_repaired`, which restores them)."
+    return list(model.__dict__.get("_depthprune_folded", []))

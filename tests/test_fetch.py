@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from depthprune_nb.io.models import (MODELS, ModelFileError, fake_chunked_model, gguf_path, install_command,
-                                     missing_packages)
+from depthprune_nb.io.models import fake_chunked_model, gguf_path, missing_packages
+from depthprune_nb.io.registry import MODELS, ModelFileError, install_command
 
 DATA = b"GGUF" + bytes(range(256)) * 160  # the fake model's "file": 40,964 bytes
 
@@ -86,11 +86,11 @@ def test_only_the_missing_packages_are_fetched(tmp_path, monkeypatch):
 CLI = """
 import sys
 from dataclasses import replace
-from depthprune_nb.io import models
+from depthprune_nb.io import models, registry
 from depthprune_nb.cli.prune import main
 DATA = b"GGUF" + bytes(range(256)) * 160
 m = models.fake_chunked_model(sys.argv[1], DATA, n=2, name="fake-cli", wheels=True)
-models.MODELS[m.name] = m if sys.argv[2] == "-" else replace(m, sha256=sys.argv[2])  # a registry entry, for this process only
+registry.MODELS[m.name] = m if sys.argv[2] == "-" else replace(m, sha256=sys.argv[2])  # a registry entry, for this process only
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -157,7 +157,7 @@ def test_a_fetch_killed_with_sigkill_leaves_nothing_after_the_next_run(fetchable
         dm.download_wheels = stuck
         dm.gguf_path({m!r}, {str(cache)!r}, offline=False)
         """)
-    proc = subprocess.Popen([sys.executable, "-c", "from depthprune_nb.io.models import Chunk, GGUFModel\n" + code])
+    proc = subprocess.Popen([sys.executable, "-c", "from depthprune_nb.io.registry import Chunk, GGUFModel\n" + code])
     try:
         for _ in range(1200):
             if list(cache.glob(".fetchme.gguf.*/half.whl")) or proc.poll() is not None: break

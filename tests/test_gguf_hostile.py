@@ -12,7 +12,8 @@ from depthprune_nb.config import ConfigError
 from depthprune_nb.io.gguf import GGUFError, read_gguf, scan_gguf, smollm2_gguf_path, write_pruned_gguf
 from depthprune_nb.io.hub import check_load_report
 from depthprune_nb.io.load import load_model_and_tokenizer
-from depthprune_nb.io.models import MODELS, ModelFileError, fake_chunked_model, gguf_path
+from depthprune_nb.io.models import fake_chunked_model, gguf_path
+from depthprune_nb.io.registry import MODELS, ModelFileError
 from depthprune_nb.io.files import STALE_TMP_AGE, remove_stale_tmp, tmp_prefix
 from depthprune_nb.testing import save_tiny_gguf, save_tiny_model
 
@@ -269,7 +270,8 @@ def test_a_cache_assembly_killed_with_sigkill_leaves_nothing_after_the_next_run(
     left = run_until_tmp_then_kill(f"""
         import sys, time; sys.path.insert(0, {str(tmp_path / 'site')!r})
         import depthprune_nb.io.models as dm
-        from depthprune_nb.io.models import Chunk, GGUFModel, gguf_path
+        from depthprune_nb.io.models import gguf_path
+        from depthprune_nb.io.registry import Chunk, GGUFModel
         real = dm._sha256
         def slow(paths, out=None, bar=None):
             if out is not None: out.write(b"part of it"); out.flush(); time.sleep(600)

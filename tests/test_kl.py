@@ -158,7 +158,8 @@ def test_command_line(tiny, family_checkpoint, tmp_path, wikitext):
 def test_smollm2_windows_match_brute_force(wikitext):
     "SmolLM2-135M-Instruct, three 128-token WikiText windows, n = 2: the exact KL table is the brute force's, same pick."
     import importlib.metadata
-    from depthprune_nb.io.models import MODELS, install_command, load_real_model
+    from depthprune_nb.io.models import load_real_model
+    from depthprune_nb.io.registry import MODELS, install_command
     from depthprune_nb.data import get_wikitext_dataset
     try: [importlib.metadata.distribution(p) for p in MODELS["smollm2-135m-instruct"].packages]
     except importlib.metadata.PackageNotFoundError: pytest.skip(f"not installed: {install_command('smollm2-135m-instruct')}")

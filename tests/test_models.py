@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from depthprune_nb.io.models import MODELS, Chunk, ModelFileError, fake_chunked_model, get_model, gguf_path, install_command, model_source
+from depthprune_nb.io.models import fake_chunked_model, gguf_path, model_source
+from depthprune_nb.io.registry import MODELS, Chunk, ModelFileError, get_model, install_command
 
 
 def installed(name:str)->bool:

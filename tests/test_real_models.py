@@ -1,4 +1,4 @@
-"""Every real model of `depthprune_nb.io.models.MODELS`, pruned for real: the exact engine equals brute force, the pruned
+"""Every real model of `depthprune_nb.io.registry.MODELS`, pruned for real: the exact engine equals brute force, the pruned
 model saves, reloads and generates identically, Gemma-3's kept layers keep their own attention kind, and the pruned GGUF
 holds the kept blocks. Each model runs where its chunk packages are installed (CI installs Gemma-3 and the Qwen-0.5B);
 the 1.5B and the command-line runs only with DEPTHPRUNE_BIG=1 (minutes each on a 2-core CPU)."""
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import depthprune
-from depthprune_nb.io.models import MODELS, gguf_path, install_command, load_real_model
+from depthprune_nb.io.models import gguf_path, load_real_model
+from depthprune_nb.io.registry import MODELS, install_command
 
 BIG = os.environ.get("DEPTHPRUNE_BIG") == "1"
 big = pytest.mark.skipif(not BIG, reason="minutes on a CPU: set DEPTHPRUNE_BIG=1")

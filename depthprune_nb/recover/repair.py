@@ -15,14 +15,14 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, check_layer_indices
 from ..parts import FieldError, ModelParts, get_module, locate, _hidden_arg
 from ..ppl import check_data
-from ..surgery import TensorEdit, apply_edits, undo_edits, plan_deletion, is_moe_layer
+from ..surgery import TensorEdit, apply_edits, undo_edits, plan_deletion, is_moe_layer, mark_folded
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FOLD_PATHS', 'POST_MLP_NORMS', 'FoldError', 'fold_target', 'window_taps', 'residual_gain', 'LinearRepair',
-           'fit_linear_repair', 'plan_fold', 'plan_repair', 'apply_repair', 'mark_folded', 'folded_modules',
-           'temporarily_repaired', 'temporarily_folded', 'repair_window']
+           'fit_linear_repair', 'plan_fold', 'plan_repair', 'apply_repair', 'temporarily_repaired',
+           'temporarily_folded', 'repair_window']
 
 # %% ../../nbs/09_recover.repair.ipynb #4b174cac
 class FoldError(ConfigError):
@@ -162,7 +162,7 @@ def _check_window(parts:ModelParts, start:int, n:int)->list:
             raise ConfigError(f"{name}={v!r} is invalid: it must be an int >= {low}")
     layers = check_layer_indices(list(range(start, start + n)), parts.num_layers, "window (start, n)")
     if start == 0:
-        raise FoldError(f"start=0: no decoder layer precedes the cut, so there is no down projection to fold the map into "
+        raise FoldError("start=0: no decoder layer precedes the cut, so there is no down projection to fold the map into "
                         "(folding it into the input embedding would also change a tied output head); use start >= 1")
     return layers
 
@@ -265,15 +265,6 @@ def apply_repair(model:nn.Module,            # the model `rep` was fitted on, no
     apply_edits(plan_repair(model, rep, parts))
     mark_folded(model, module)
     return model
-
-def mark_folded(model:nn.Module, module:nn.Module):
-    "Note that a repair changed `module`'s weights, for writers that copy the other weights' bytes from the source (GGUF)."
-    model.__dict__.setdefault("_depthprune_folded", []).append(module)
-
-def folded_modules(model:nn.Module, # a model `apply_repair` may have changed
-                  )->list:          # the down projections a repair was folded into, in the order applied
-    "The modules of `model` whose weights `apply_repair` changed (not those of `temporarily_repaired`, which restores them)."
-    return list(model.__dict__.get("_depthprune_folded", []))
 
 @contextmanager
 def temporarily_repaired(model:nn.Module, rep:LinearRepair, parts:ModelParts|None=None):

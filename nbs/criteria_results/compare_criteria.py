@@ -25,7 +25,8 @@ import torch
 
 from depthprune_nb.data import get_calib_eval_datasets
 from depthprune_nb.io.load import load_model_and_tokenizer
-from depthprune_nb.io.models import get_model, gguf_path, model_source
+from depthprune_nb.io.models import gguf_path, model_source
+from depthprune_nb.io.registry import get_model
 from depthprune_nb.parts import locate
 from depthprune_nb.pruner import layer_importance
 from depthprune_nb.ppl import ppl_deleting
