@@ -351,7 +351,7 @@ def mark_folded(model:nn.Module, module:nn.Module):
     "Note that a repair changed `module`'s weights, for writers that copy the other weights' bytes from the source (GGUF)."
     model.__dict__.setdefault("_depthprune_folded", []).append(module)
 
-def folded_modules(model:nn.Module, # a model `apply_repair` may have changed
+def folded_modules(model:nn.Module, # a model that apply_repair may have changed
                   )->list:          # the down projections a repair was folded into, in the order applied
     "The modules of `model` whose weights `apply_repair` changed (not those of `temporarily_repaired`, which restores them)."
     return list(model.__dict__.get("_depthprune_folded", []))

@@ -64,7 +64,7 @@ def kl_head_plan(eng:Engine, # the search's engine (its memory budget and `head_
     return (min(k, eng.head_batch) if eng.head_batch else k), t
 
 def kl_heads(eng:Engine, # the search's engine, outputs learnt
-            )->Callable: # `heads(ids, keys, states)` for `Engine.sweep`
+            )->Callable: # heads(ids, keys, states) for the engine's sweep
     "The head of a KL sweep: per stream and sample, `(mean NLL, mean KL from the unpruned model)` over the T-1 predicted positions."
     def score(ids:torch.Tensor, keys:list, states:list)->list:
         assert keys[0] == "base", "a KL sweep scores the unpruned model too: its distributions are the reference"

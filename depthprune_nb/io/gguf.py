@@ -120,7 +120,7 @@ def _hub_file(repo:str, name:str)->Path:
         raise OSError(f"could not get GGUF file {name!r} of {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}); "
                       "offline, pass the path of a local .gguf file as model_dir") from e
 
-def load_gguf_model(folder:str|Path,         # the folder holding the file, or a Hub id (as `resolve_gguf` returns it)
+def load_gguf_model(folder:str|Path,         # the folder holding the file, or a Hub id (as resolve_gguf returns it)
                     name:str,                # the GGUF file's name in `folder`
                     dtype="auto",            # torch dtype or its name; "auto" is float32
                     device_map:str|dict|None=None, # passed to `from_pretrained`

@@ -29,7 +29,7 @@ __all__ = ['log', 'repairable_windows', 'fit_every_window', 'repair_aware_search
 # %% ../../nbs/24_recover.aware.ipynb #3ba1813f
 def repairable_windows(parts:ModelParts,  # the model's located parts
                        n:int,             # layers per window
-                       probe:torch.Tensor,# a `[1, T]` calibration window: `residual_gain` measures each fold on its first 16 tokens
+                       probe:torch.Tensor,# a `[1, T]` calibration window: residual_gain measures each fold on its first 16 tokens
                       )->tuple:           # (start -> fold path, start -> gain, start -> why it cannot be repaired)
     "Every candidate window's fold: where its map would go and how it enters the residual; a `FoldError` if no window can take one."
     starts, paths, gains, why = range(parts.num_layers - n + 1), {}, {}, {}
@@ -80,7 +80,7 @@ def fit_every_window(parts:ModelParts, # the model's located parts
                      gains:dict,       # start -> gain, from repairable_windows
                      ridge:float=1e-6, # ridge, relative to the mean diagonal of X^T X
                      progress:bool=False, # a tqdm bar over the windows
-                    )->dict:           # start -> its `LinearRepair`, as `fit_linear_repair` fits it
+                    )->dict:           # start -> its LinearRepair, as fit_linear_repair fits it
     "The linear repair of every window in `paths`, from one forward per calibration window up to the final norm."
     eqs, model = {}, parts.model
     with _fitting_taps(parts, n, paths, gains, eqs), torch.inference_mode():
@@ -124,9 +124,9 @@ def repair_aware_search(model:nn.Module,      # a causal LM in eval mode (unchan
                         n:int,                # layers per window
                         parts:ModelParts|None=None, # located parts; detected if None
                         *,
-                        ridge:float=1e-6,     # ridge of every fit, relative to the mean diagonal of X^T X (as `fit_linear_repair`)
+                        ridge:float=1e-6,     # ridge of every fit, relative to the mean diagonal of X^T X (as fit_linear_repair)
                         plain:bool=True,      # also score every window without repair (the plain exact table, in `stats`)
-                        heads:Callable|None=None, # the criterion: `heads(ids, keys, states)` -> per-sample scores of each stream, as `Engine.sweep_here` takes; None: NLL by the model's own head
+                        heads:Callable|None=None, # the criterion: `heads(ids, keys, states)` -> per-sample scores of each stream, as the engine's sweep takes; None: NLL by the model's own head
                         reduce:Callable=ppl_from_nlls, # per-sample scores of one window -> its table value (lower is better)
                         score_data:list|None=None, # windows the tables are scored on; None: `data`, the windows the maps are fitted on (in-sample)
                         eval_data:list|None=None, # evaluation windows, disjoint from `data`: the pick and runner-up repaired, in the result's `eval_*` fields
@@ -214,7 +214,7 @@ def _ppl_once_deleted(model:nn.Module, parts:ModelParts, reps:dict, layers:list,
 
 def evaluate_repaired(res:PruneResult,   # from repair_aware_search
                       model:nn.Module,   # the model it searched (unchanged)
-                      reps:dict,         # start -> `LinearRepair` of the windows that have one
+                      reps:dict,         # start -> LinearRepair of the windows that have one
                       eval_data:list,    # evaluation windows, disjoint from the calibration windows
                       parts:ModelParts|None=None, # located parts; detected if None
                      )->PruneResult:     # `res`, its `eval_*` fields filled in
