@@ -22,8 +22,8 @@ __all__ = ['log', 'LAYER_INDEX_ATTRS', 'SURGERY_RULES', 'Edit', 'TensorEdit', 'a
            'slice_per_layer', 'renumber_index_set', 'new_layer_list', 'layer_count', 'renumber_layer_indices',
            'max_window_layers', 'is_moe_layer', 'qwen_moe_layout', 'moe_layer_indices', 'first_k_dense',
            'gpt_neo_attention_types', 'gpt2_inverse_layer_scaling', 'has_sliding_layers', 'accelerate_device_map',
-           'mtp_layers', 'Rule', 'plan_deletion', 'delete_layers', 'temporarily_deleted', 'mark_folded',
-           'folded_modules']
+           'mtp_layers', 'Rule', 'plan_deletion', 'delete_layers', 'temporarily_deleted', 'edits_applied',
+           'mark_folded', 'folded_modules']
 
 # %% ../nbs/03_surgery.ipynb #2e149412
 @dataclass
@@ -342,9 +342,15 @@ def temporarily_deleted(model:nn.Module,            # a causal LM
                         parts:ModelParts|None=None, # where the layers live; detected if None
                        ):
     "Inside the `with` block `model` is exactly `delete_layers(model, layers)`; on exit (also on errors) it is restored exactly."
-    edits = apply_edits(plan_deletion(model, layers, parts))
-    try: yield model
-    finally: undo_edits(edits)
+    with edits_applied(plan_deletion(model, layers, parts)): yield model
+
+@contextmanager
+def edits_applied(edits:list, # planned edits, e.g. from plan_deletion
+                 ):
+    "Inside the `with` block `edits` are applied (all or nothing); on exit (also on errors) they are undone exactly."
+    done = apply_edits(edits)
+    try: yield
+    finally: undo_edits(done)
 
 # %% ../nbs/03_surgery.ipynb #d61972b9
 def mark_folded(model:nn.Module, module:nn.Module):

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, check_layer_indices
 from ..parts import FieldError, ModelParts, get_module, locate, _hidden_arg
 from ..ppl import check_data
-from ..surgery import TensorEdit, apply_edits, undo_edits, plan_deletion, is_moe_layer, mark_folded
+from ..surgery import TensorEdit, apply_edits, edits_applied, plan_deletion, is_moe_layer, mark_folded
 
 log = logging.getLogger(__name__)
 
@@ -269,16 +269,12 @@ def apply_repair(model:nn.Module,            # the model `rep` was fitted on, no
 @contextmanager
 def temporarily_repaired(model:nn.Module, rep:LinearRepair, parts:ModelParts|None=None):
     "Inside the `with` block `model` is `apply_repair(model, rep)`; on exit (also on errors) it is restored exactly."
-    edits = apply_edits(plan_repair(model, rep, parts))
-    try: yield model
-    finally: undo_edits(edits)
+    with edits_applied(plan_repair(model, rep, parts)): yield model
 
 @contextmanager
 def temporarily_folded(model:nn.Module, rep:LinearRepair, parts:ModelParts|None=None):
     "Inside the `with` block `rep`'s map is folded into layer `start-1` and no layer is deleted; on exit (also on errors) restored exactly."
-    edits = apply_edits(plan_fold(model, rep, parts))
-    try: yield model
-    finally: undo_edits(edits)
+    with edits_applied(plan_fold(model, rep, parts)): yield model
 
 def repair_window(model:nn.Module,           # a causal LM in eval mode, not yet pruned
                   data:list,                 # calibration windows, `LongTensor[1, seqlen]`
