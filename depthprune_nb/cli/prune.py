@@ -332,7 +332,8 @@ def plan_from_args(args)->dict:
                                method=cfg.method, checkpointed=bool(args.checkpoint_dir))
     p = plan_search(conf, cfg.delete_layer_num, args.nsamples, seqlen, engine=args.engine,
                     save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2,
-                    method=cfg.method, compute_dtype=choice.compute_dtype, head_bound=getattr(args, "head_bound", False))
+                    method=cfg.method, compute_dtype=choice.compute_dtype, head_bound=getattr(args, "head_bound", False),
+                    repair=cfg.repair, repair_score_windows=cfg.repair_score_windows)
     if cfg.method in ("ppl_window", "sleb"): p.notes.append(f"{choice} (on this machine; elsewhere auto may decide otherwise)")
     print(p)
     return p.to_dict()
