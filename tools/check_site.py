@@ -241,13 +241,14 @@ class Browser:
     "Headless Chromium on the DevTools protocol (--remote-debugging-pipe: it reads fd 3, writes fd 4)."
     def __init__(self, exe):
         self.profile = tempfile.mkdtemp(prefix="check-site-chromium-")
+        self.log = open(Path(self.profile) / "stderr.log", "w+b")  # a file: a full pipe would stall Chromium
         r_in, w_in = os.pipe(); r_out, w_out = os.pipe()
         def fds(): a, b = os.dup(r_in), os.dup(w_out); os.dup2(a, 3); os.dup2(b, 4)  # dup2 leaves them inheritable
         self.proc = subprocess.Popen(
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--mute-audio",
              "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={self.profile}",
              "--remote-debugging-pipe", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=False,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log, close_fds=False,
             preexec_fn=fds)
         os.close(r_in); os.close(w_out)
         self.w, self.r, self.n, self.buf = os.fdopen(w_in, "wb", 0), os.fdopen(r_out, "rb", 0), 0, b""
@@ -261,16 +262,19 @@ class Browser:
         self.n += 1; msg = dict(id=self.n, method=method, params=params)
         if session: msg["sessionId"] = session
         try: self.w.write(json.dumps(msg).encode() + b"\0")
-        except BrokenPipeError: raise RuntimeError(f"chromium exited: {self.proc.stderr.read().decode()[-2000:]}")
+        except BrokenPipeError: raise RuntimeError(f"chromium exited: {self.stderr()}")
         while True:
             while b"\0" not in self.buf:
                 chunk = self.r.read(1 << 20)
-                if not chunk: raise RuntimeError(f"chromium exited: {self.proc.stderr.read().decode()[-2000:]}")
+                if not chunk: raise RuntimeError(f"chromium exited: {self.stderr()}")
                 self.buf += chunk
             raw, self.buf = self.buf.split(b"\0", 1); m = json.loads(raw)
             if m.get("id") == self.n:
                 if "error" in m: raise RuntimeError(f"{method}: {m['error']}")
                 return m["result"]
+
+    def stderr(self):
+        self.log.seek(0); return self.log.read().decode(errors="replace")[-2000:]
 
     def evaluate(self, url, script):
         "Load `url` and return the value of `script` (an expression) once the page, its images and fonts are loaded."
@@ -278,7 +282,7 @@ class Browser:
             self.send("Page.navigate", self.session, url=url)
             expr = ("new Promise(res => { const go = () => document.fonts.ready.then(() => requestAnimationFrame(() =>"
                     f" res(JSON.stringify({{href: location.href, value: ({script})}})))); "
-                    "document.readyState === 'complete' ? go() : addEventListener('load', go); })")
+                    "document.readyState === 'complete' ? go() : (addEventListener('load', go), setTimeout(go, 30000)); })")
             r = self.send("Runtime.evaluate", self.session, expression=expr, awaitPromise=True, returnByValue=True)
             if "exceptionDetails" in r: raise RuntimeError(f"{url}: {r['exceptionDetails']}")
             v = json.loads(r["result"]["value"])
@@ -290,7 +294,7 @@ class Browser:
         except RuntimeError: pass
         try: self.proc.wait(10)
         except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
-        shutil.rmtree(self.profile, ignore_errors=True)
+        self.log.close(); shutil.rmtree(self.profile, ignore_errors=True)
 
 
 MEASURE_JS = r"""(() => {
