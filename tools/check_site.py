@@ -1,6 +1,7 @@
 """Check the built docs site the way a reader sees it. Exit 1, naming the page and the problem, if any page has:
 
-Measured in headless Chromium (a 1280 x 900 px window, the page laid out as a desktop browser lays it out):
+Measured in headless Chromium, each page laid out in a 1280 x 900 px window with its scrollbar, as a desktop browser
+lays it out (the first line printed says the content column's width and how many characters an output line holds):
 - a line of printed output that runs past its box, or a line laid out in columns (words apart by 2+ spaces, or
   indented: a printed table, `--help`) that wraps onto a second line. Printed prose may wrap (nbs/styles.css);
 - a code block (cell, source, signature) with a line that runs past its box;
@@ -14,9 +15,9 @@ Read from the HTML:
 - a link to an anchor or page that does not exist, or a markdown link left raw (e.g. inside a rendered signature);
 - a heading that repeats the entry right below it;
 - something of the build machine anywhere in a page: "Call self as a function." (a `__call__` without a docstring),
-  a model or folder named by `tempfile` (`tiny_opt_bvlusw2a`: a prefix and 8 random characters), `../shared` or
+  a model or folder named by `tempfile` (`tiny_opt_bvlusw2a`, `tmpab12cd_x`: a prefix and 8 random characters), `../shared` or
   `shared/data` (the developers' data folder);
-- something of the build machine in a cell's output: a temporary path (`/tmp/...`, `tmpab12cd_x`), a home or
+- something of the build machine in a cell's output: a temporary path (`/tmp/...`), a home or
   `site-packages` path, a warning (`FutureWarning: ...`), a memory address (`at 0x7f...`), a progress bar, the repr
   of a plotting object (`<matplotlib.legend.Legend at ...>`, `<Figure size ...>`, `[<matplotlib.lines.Line2D ...>]`);
 - a float printed with 8 or more significant digits (`0.7992972632249196`): round it;
@@ -27,8 +28,10 @@ Read from the HTML:
 
     python tools/check_site.py [_proc/_docs]    # exit 1 if anything is found, 2 if Chromium cannot be run
 
-No page is excused as a whole. Chromium (`chromium`, or the program named by $CHROMIUM) is required: without it the
-check stops with exit 2 rather than guess widths (Debian: `apt-get install chromium`; .ci/run installs it).
+No page is excused as a whole (KNOWN may name single excerpts, each with its reason; it is empty). Chromium
+(`chromium`, or the program named by $CHROMIUM) is required: without it the check stops with exit 2 after the HTML
+checks rather than guess widths from the text, which misjudged them (Debian: `apt-get install chromium`; .ci/run
+installs it). One browser, driven over the DevTools protocol on a pipe, loads every page in turn (~30 s for 57).
 """
 import base64, html, json, os, re, shutil, struct, subprocess, sys, tempfile
 from pathlib import Path
@@ -433,7 +436,9 @@ def main(argv):
               "outputs, tables and figures are measured in it, not guessed.", file=sys.stderr)
         for b in sorted(set(bad)): print(*b, sep="  |  ")
         return 2
-    measured = measure(site, list(pages), exe)
+    try: measured = measure(site, list(pages), exe)
+    except RuntimeError as e:
+        print(f"check_site: could not measure the pages in {exe}: {e}", file=sys.stderr); return 2
     for f, m in measured.items(): bad += [(str(f.relative_to(site)), *b) for b in measured_problems(m)]
     print(layout_summary(measured))
     bad = sorted(set(bad))
