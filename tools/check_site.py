@@ -15,8 +15,8 @@ Read from the HTML:
 - a link to an anchor or page that does not exist, or a markdown link left raw (e.g. inside a rendered signature);
 - a heading that repeats the entry right below it;
 - something of the build machine anywhere in a page: "Call self as a function." (a `__call__` without a docstring),
-  a model or folder named by `tempfile` (`tiny_opt_bvlusw2a`, `tmpab12cd_x`: a prefix and 8 random characters), `../shared` or
-  `shared/data` (the developers' data folder);
+  a model or folder named by `tempfile` (`tiny_opt_bvlusw2a`, `tmpab12cd_x`: a prefix and 8 random characters),
+  `../shared` or `shared/data` (the developers' data folder);
 - something of the build machine in a cell's output: a temporary path (`/tmp/...`), a home or
   `site-packages` path, a warning (`FutureWarning: ...`), a memory address (`at 0x7f...`), a progress bar, the repr
   of a plotting object (`<matplotlib.legend.Legend at ...>`, `<Figure size ...>`, `[<matplotlib.lines.Line2D ...>]`);
@@ -34,12 +34,15 @@ checks rather than guess widths from the text, which misjudged them (Debian: `ap
 installs it). One browser, driven over the DevTools protocol on a pipe, loads every page in turn (~30 s for 57).
 """
 import base64, html, json, os, re, shutil, struct, subprocess, sys, tempfile
+from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 from html.parser import HTMLParser
 
 WINDOW = (1280, 900)  # px: the browser window the pages are measured in
 MIN_TEXT_PX, SMALL_PT = 8, 8  # a figure's 8-pt text must show at least 8 px high
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+SITE_URL = "https://depthprune.github.io/depthprune_nb/"  # links to it are links inside the site
 SIDEBAR_EXEMPT = {}   # page: why it is not in the sidebar (none)
 # Single excerpts that cannot be fixed yet: (page, what, excerpt, why), each field given. Whole pages are never excused.
 KNOWN = []
@@ -147,13 +150,13 @@ def check_links(site, pages, f, p, raw):
     "Links to pages or anchors that do not exist; markdown links left raw."
     bad, files = [], {g.resolve(): q for g, (q, _) in pages.items()}
     for h in p.hrefs:
-        if h.startswith("https://depthprune.github.io/depthprune_nb/"): h = "/" + h[len("https://depthprune.github.io/depthprune_nb/"):]
+        if h.startswith(SITE_URL): h = "/" + h[len(SITE_URL):]
         if h.startswith(("http", "mailto:", "javascript:")) or "#" not in h: continue
         path, anchor = h.split("#", 1)
         target = ((site / path[1:]) if path.startswith("/") else (f.parent / path)).resolve() if path else f.resolve()
         if target not in files: bad.append((h, "missing page")); continue
         if anchor and anchor not in files[target].ids: bad.append((h, "missing anchor"))
-    for r in re.findall(r"\[<code>[^<]+</code>\]\([^)]+\)|\[`[^`]+`\]\(", raw): bad.append((r[:80], "raw markdown link"))
+    bad += [(r[:80], "raw markdown link") for r in re.findall(r"\[<code>[^<]+</code>\]\([^)]+\)|\[`[^`]+`\]\(", raw)]
     return bad
 
 
@@ -167,7 +170,6 @@ def check_outputs(p):
         for what, pat in LEAKS:
             for m in re.finditer(pat, text):
                 if any(a <= m.start() < b for a, b in reprs): continue  # reported as a repr
-                if what == "raw HTML printed as text" and reprs and "<" not in m.group(0)[:1]: continue
                 bad.append((m.group(0)[:80], what))
         bad += [(x, "float with 8+ significant digits") for x in long_floats(text)]
     return bad
@@ -176,10 +178,11 @@ def check_outputs(p):
 def check_text(raw):
     "Anywhere in a page (prose, code, signatures, outputs): leaks of the build machine and undocumented calls."
     text, bad = page_text(raw), []
-    bad += [(excerpt(text, m), '"Call self as a function." (a __call__ without a docstring)') for m in CALL_SELF.finditer(text)]
+    bad += [(excerpt(text, m), '"Call self as a function." (a __call__ without a docstring)')
+            for m in CALL_SELF.finditer(text)]
     bad += [(m.group(0), "temporary name (tempfile's random suffix): use a fixed name") for m in temp_names(text)]
     found = {excerpt(text, m) for m in SHARED.finditer(text)}
-    found |= {excerpt(raw, m) for m in SHARED.finditer(raw) if not any(m.group(0) in x for x in found)}
+    found = found or {excerpt(raw, m) for m in SHARED.finditer(raw)}  # in a link or an attribute
     bad += [(x, "the developers' data folder (../shared) named on a page") for x in sorted(found)]
     return bad
 
@@ -285,7 +288,8 @@ class Browser:
             self.send("Page.navigate", self.session, url=url)
             expr = ("new Promise(res => { const go = () => document.fonts.ready.then(() => requestAnimationFrame(() =>"
                     f" res(JSON.stringify({{href: location.href, value: ({script})}})))); "
-                    "document.readyState === 'complete' ? go() : (addEventListener('load', go), setTimeout(go, 30000)); })")
+                    "document.readyState === 'complete' ? go() : (addEventListener('load', go), setTimeout(go, 30000));"
+                    " })")
             r = self.send("Runtime.evaluate", self.session, expression=expr, awaitPromise=True, returnByValue=True)
             if "exceptionDetails" in r: raise RuntimeError(f"{url}: {r['exceptionDetails']}")
             v = json.loads(r["result"]["value"])
@@ -332,9 +336,10 @@ MEASURE_JS = r"""(() => {
       const tops = rects.map(q => q.top).sort((a, b) => a - b);
       const rows = tops.filter((t, k) => k === 0 || t - tops[k - 1] > lh / 2).length;
       const over = scrolls ? Math.max(0, ...rects.map(q => q.right - right)) : 0;
-      if ((rows > 1 || over > 0.5) && entry.lines.length < 200) entry.lines.push({text: line, rows, over: Math.round(over)});
+      if ((rows > 1 || over > 0.5) && entry.lines.length < 200)
+        entry.lines.push({text: line, rows, over: Math.round(over)});
     }
-    if (entry.lines.length) res.pres.push(entry);
+    res.pres.push(entry);
   }
   for (const t of main.querySelectorAll('table')) {
     const w = t.getBoundingClientRect().width, box = inner(t.parentElement);
@@ -371,7 +376,6 @@ def png_info(data: bytes):
 def image_bytes(src):
     if src.startswith("data:image/png;base64,"): return base64.b64decode(src.split(",", 1)[1])
     if src.startswith("file://"):
-        from urllib.parse import unquote, urlparse
         path = Path(unquote(urlparse(src).path))
         if path.exists(): return path.read_bytes()
     return None
@@ -403,18 +407,22 @@ def measured_problems(m):
         text_px = SMALL_PT / 72 * dpi * scale
         if text_px < MIN_TEXT_PX:
             fit = im["shown"] / (72 * MIN_TEXT_PX / SMALL_PT)
-            bad.append((f"{im['where']} figure {w}x{h} px at {dpi:.0f} dpi ({w/dpi:.1f} in) shown {im['shown']:.0f} px wide",
+            bad.append((f"{im['where']} figure {w}x{h} px at {dpi:.0f} dpi ({w/dpi:.1f} in) "
+                        f"shown {im['shown']:.0f} px wide",
                         f"8-pt text shows {text_px:.1f} px high (< {MIN_TEXT_PX}): draw it <= {fit:.1f} in wide"))
     return bad
 
 
 def layout_summary(measured):
     "The column width and the characters an output line holds, as measured (the most common values)."
-    from collections import Counter
     cols = Counter(round(m["column"]) for m in measured.values())
-    out = Counter((p["width"], p["cols"], p["font"]) for m in measured.values() for p in m["pres"] if p["out"] and not p["code"])
-    s = f"measured at a {WINDOW[0]}-px window: content column {cols.most_common(1)[0][0]} px" if cols else "no page measured"
-    if out: w, c, fs = out.most_common(1)[0][0]; s += f"; an output <pre> is {w} px wide at {fs:g} px: {c} characters a line"
+    out = Counter((p["width"], p["cols"], p["font"]) for m in measured.values() for p in m["pres"]
+                  if p["out"] and not p["code"])
+    if not cols: return "no page measured"
+    s = f"measured at a {WINDOW[0]}-px window: content column {cols.most_common(1)[0][0]} px"
+    if out:
+        w, c, fs = out.most_common(1)[0][0]
+        s += f"; an output <pre> is {w} px wide at {fs:g} px: {c} characters a line"
     return s
 
 
@@ -427,7 +435,8 @@ def known(b):
 
 def main(argv):
     site = Path(argv[0] if argv else "_proc/_docs")
-    if not (site / "index.html").exists(): sys.exit(f"check_site: no site at {site} (build it: bash tools/build_docs.sh)")
+    if not (site / "index.html").exists():
+        sys.exit(f"check_site: no site at {site} (build it: bash tools/build_docs.sh)")
     pages = read_site(site)
     bad = static_problems(site, pages)
     exe = find_chromium()
