@@ -1,5 +1,5 @@
 "tools/check_site.py finds each kind of problem on a made-up two-page site, and passes a clean page."
-import importlib.util, struct, zlib
+import importlib.util, itertools, struct, zlib
 from pathlib import Path
 import pytest
 
@@ -23,12 +23,18 @@ STYLE = """<style>body { margin: 0; font: 16px sans-serif; } main.content { widt
 pre.nowrap { white-space: pre; overflow: auto; } .sd-table { overflow-x: auto; } img { max-width: 100%; }</style>"""
 
 
+cell_ids = itertools.count(1)
+
+
 def page(body, sidebar=""):
     nav = f'<nav id="quarto-sidebar">{sidebar}</nav>' if sidebar else ""
     return f'<!doctype html><html><head>{STYLE}</head><body>{nav}<main class="content">{body}</main></body></html>'
 
 
-def output(text, cls=""): return f'<div class="cell" id="cell-{abs(hash(text)) % 1000}"><div class="cell-output cell-output-stdout"><pre class="{cls}"><code>{text}</code></pre></div></div>'
+def output(text, cls=""):
+    "A cell's printed output, as nbdev renders it."
+    return (f'<div class="cell" id="cell-{next(cell_ids)}"><div class="cell-output cell-output-stdout">'
+            f'<pre class="{cls}"><code>{text}</code></pre></div></div>')
 
 
 ROW = "model              n  deleted        PPL before   PPL after   change"  # a printed table's row, 68 characters
@@ -36,8 +42,10 @@ ROW = "model              n  deleted        PPL before   PPL after   change"  # 
 
 @pytest.fixture
 def site(tmp_path):
-    "index.html: clean, in the sidebar. bad.html: one of each problem, not in the sidebar."
-    (tmp_path / "images").mkdir()
+    "index.html: clean, in the sidebar. bad.html: one of each problem, not in the sidebar. sidebar.yml: a page too many."
+    (tmp_path / "sidebar.yml").write_text("website:\n  sidebar:\n    contents:\n      - index.ipynb\n      - gone.ipynb\n")
+    tmp_path = tmp_path / "_docs"  # the site, beside the processed sidebar.yml as in _proc/
+    (tmp_path / "images").mkdir(parents=True)
     (tmp_path / "images" / "small.png").write_bytes(png(500, 20, 100))   # 5 in wide, shown at its own size
     (tmp_path / "images" / "wide.png").write_bytes(png(2400, 20, 200))   # 12 in wide, shown 600 px: 8 pt -> 5.5 px
     (tmp_path / "index.html").write_text(page(
@@ -74,7 +82,8 @@ def test_static_problems(site):
         assert kind in whats, kind
     found = [x for x, w in problems(site, "bad.html") if w.startswith("stray repr")]
     assert sorted(found) == ["<Figure size 640x480 with 1 Axes>", "<matplotlib.legend.Legend at 0x7f3a2b1c0d90>"]
-    assert ("bad.html", "", "page not in the sidebar") in cs.check_sidebar(site, cs.read_site(site))
+    assert cs.check_sidebar(site, cs.read_site(site)) == [("bad.html", "", "page not in the sidebar"),
+                                                          ("sidebar.yml", "gone.html", "sidebar entry with no page")]
 
 
 def test_no_chromium_fails_loudly(site, monkeypatch, capsys):

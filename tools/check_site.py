@@ -219,7 +219,7 @@ def check_sidebar(site, pages):
               if not h.startswith(("http", "mailto:")) and h.split("#")[0]}
     for r in sorted(rels - listed - set(SIDEBAR_EXEMPT)): bad.append((r, "", "page not in the sidebar"))
     for r in sidebar_yml_pages(site) or []:
-        if r not in rels: bad.append(("index.html", r, "sidebar entry (sidebar.yml) with no page"))
+        if r not in rels: bad.append(("sidebar.yml", r, "sidebar entry with no page"))
     return bad
 
 
@@ -251,7 +251,7 @@ class Browser:
         r_in, w_in = os.pipe(); r_out, w_out = os.pipe()
         def fds(): a, b = os.dup(r_in), os.dup(w_out); os.dup2(a, 3); os.dup2(b, 4)  # dup2 leaves them inheritable
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--mute-audio",
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio",
              "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={self.profile}",
              "--remote-debugging-pipe", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log, close_fds=False,
