@@ -51,14 +51,15 @@ def site(tmp_path):
     (tmp_path / "index.html").write_text(page(
         "<h1>Clean</h1><p>Prose about tiny_opt_model and ppl_by_start.</p>" + output(ROW + "\n" + "short line, " * 20)
         + '<div class="sd-table"><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table></div>'
-        + '<img src="images/small.png">', sidebar='<a href="index.html">Clean</a>'))
+        + '<img src="images/small.png"><p><span class="math inline"><math><mi>x</mi></math></span></p>', sidebar='<a href="index.html">Clean</a>'))
     (tmp_path / "bad.html").write_text(page(
         "<h1>Bad</h1><p>Call self as a function.</p><p>Saved to <code>tiny_opt_bvlusw2a</code>.</p>"
         '<pre class="sourceCode"><code>text_file = "../shared/data/wikitext-2-raw-v1/test.txt"</code></pre>'
         + output("&lt;matplotlib.legend.Legend at 0x7f3a2b1c0d90&gt;") + output("&lt;Figure size 640x480 with 1 Axes&gt;")
         + output(ROW + "   extra column") + output("x" * 120, cls="nowrap") + output("PPL 0.7992972632249196")
         + '<div class="sd-table"><table style="width:900px"><tr><th>wide</th></tr></table></div>'
-        + '<img src="images/wide.png"><a href="#nowhere">dead</a>'))
+        + '<img src="images/wide.png"><a href="#nowhere">dead</a><p><span class="math inline">\\(x^2\\)</span></p>'
+        + '<script src="https://cdn.invalid/katex.min.js"></script>'))
     return tmp_path
 
 
@@ -78,7 +79,8 @@ def test_static_problems(site):
     "Leaks anywhere in a page, plotting reprs and long floats in outputs, dead anchors, pages not in the sidebar."
     assert problems(site, "index.html") == []
     whats = " / ".join(w for _, w in problems(site, "bad.html"))
-    for kind in ["Call self as a function", "temporary name", "../shared", "missing anchor", "float with 8+"]:
+    for kind in ["Call self as a function", "temporary name", "../shared", "missing anchor", "float with 8+",
+                 "loaded from the network"]:
         assert kind in whats, kind
     found = [x for x, w in problems(site, "bad.html") if w.startswith("stray repr")]
     assert sorted(found) == ["<Figure size 640x480 with 1 Axes>", "<matplotlib.legend.Legend at 0x7f3a2b1c0d90>"]
@@ -103,6 +105,7 @@ def test_measured_problems(site):
     assert sum("laid out in columns wraps onto 2 lines" in w for w in whats) == 1, bad
     assert sum(w.startswith("output line runs") for w in whats) == 1, bad
     assert any(x.endswith("900 > 600 px: wide") for x, w in bad if w == "table wider than its box"), bad
+    assert ("1 equation(s), first: \\(x^2\\)", "equations shown as raw TeX") in bad, bad
     small = [w for w in whats if w.startswith("8-pt text shows")]
     assert small == ["8-pt text shows 5.6 px high (< 8): draw it <= 8.3 in wide"], bad
     col = measured[site / "index.html"]["column"]

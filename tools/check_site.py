@@ -6,6 +6,7 @@ lays it out (the first line printed says the content column's width and how many
   indented: a printed table, `--help`) that wraps onto a second line. Printed prose may wrap (nbs/styles.css);
 - a code block (cell, source, signature) with a line that runs past its box;
 - a table wider than its box;
+- an equation left as raw TeX (its KaTeX or MathJax did not load: the site must work offline);
 - a figure whose text is too small on screen: the figure is shown at (displayed width / PNG width) of its pixels, and
   its 8-pt text, 8/72 in x dpi pixels in the PNG, must be at least 8 px on screen.
   (The sizes of the fonts inside a figure cannot be read from its PNG: 8 pt is the smallest text a figure should
@@ -22,6 +23,7 @@ Read from the HTML:
   of a plotting object (`<matplotlib.legend.Legend at ...>`, `<Figure size ...>`, `[<matplotlib.lines.Line2D ...>]`);
 - a float printed with 8 or more significant digits (`0.7992972632249196`): round it;
 - raw HTML printed as text (`<span style=...>` shown literally instead of rendered);
+- a script or stylesheet loaded from another host (a CDN): offline, what it renders is missing;
 - `NoneType=None` in a signature (a parameter with default `None` and no annotation: annotate it, `x:int|None=None`);
 - a page that is not in the sidebar (index.html's rendered sidebar), or a sidebar entry (_proc/sidebar.yml) with no
   page.
@@ -187,6 +189,14 @@ def check_text(raw):
     return bad
 
 
+def check_offline(raw):
+    "Scripts and stylesheets a page loads from the network."
+    tags = re.findall(r"<script\b[^>]*\bsrc=\"(https?:[^\"]+)\"|<link\b[^>]*\bhref=\"(https?:[^\"]+)\"[^>]*>", raw)
+    urls = [a or b for a, b in tags if a or re.search(r"<link\b[^>]*rel=\"stylesheet\"[^>]*" + re.escape(b), raw)]
+    return [(f"{len(urls)} file(s) from " + ", ".join(sorted({re.sub(r"^https?://([^/]+).*", r"\1", u) for u in urls})),
+             "scripts or styles loaded from the network: missing offline")] if urls else []
+
+
 def check_signatures(p):
     bad = []
     for pre in p.pres:
@@ -229,7 +239,7 @@ def static_problems(site, pages):
     for f, (p, raw) in pages.items():
         rel = str(f.relative_to(site))
         for check in (lambda: check_links(site, pages, f, p, raw), lambda: check_outputs(p), lambda: check_text(raw),
-                      lambda: check_signatures(p), lambda: check_headings(raw)):
+                      lambda: check_offline(raw), lambda: check_signatures(p), lambda: check_headings(raw)):
             bad += [(rel, *b) for b in check()]
     return bad + check_sidebar(site, pages)
 
@@ -347,6 +357,8 @@ MEASURE_JS = r"""(() => {
       res.tables.push({where: where(t), width: Math.round(w), box: Math.round(Math.min(box, res.column)),
                        head: (t.rows[0] ? t.rows[0].innerText : '').replace(/\s+/g, ' ').trim().slice(0, 60)});
   }
+  res.tex = [...main.querySelectorAll('.math')].filter(e => !e.querySelector('.katex, math, mjx-container, svg'))
+    .map(e => ({where: where(e), text: e.textContent.trim().slice(0, 60)}));
   for (const img of main.querySelectorAll('img')) {
     const w = img.getBoundingClientRect().width;
     res.imgs.push({where: where(img), src: img.currentSrc || img.src, shown: w, natural: img.naturalWidth,
@@ -397,6 +409,7 @@ def measured_problems(m):
             elif pre["out"] and not pre["code"] and ALIGNED.search(ln["text"]):
                 bad.append((f"{pre['where']} {len(ln['text'])} > {pre['cols']} chars: {text}",
                             f"output line laid out in columns wraps onto {ln['rows']} lines"))
+    if m["tex"]: bad.append((f"{len(m['tex'])} equation(s), first: {m['tex'][0]['text']}", "equations shown as raw TeX"))
     for t in m["tables"]:
         bad.append((f"{t['where']} {t['width']} > {t['box']} px: {t['head']}", "table wider than its box"))
     for im in m["imgs"]:
