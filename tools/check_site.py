@@ -198,6 +198,7 @@ def check_offline(raw):
 
 
 def check_signatures(p):
+    "Parameters shown as `NoneType=None` (a default None without an annotation)."
     bad = []
     for pre in p.pres:
         text = "".join(pre["text"])
