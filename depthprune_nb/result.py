@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_result.ipynb #d792861c
 from __future__ import annotations
-import json, math, time
+import html, json, math, textwrap, time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -155,28 +155,52 @@ def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
     text = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs) or "none"
     return f"layer{'s' if len(ls) != 1 else ''} {text}" if named else text
 
-def _table(self:PruneResult)->str:
+def _head(self:PruneResult)->str:
+    return (f"{self.model_name + ': ' if self.model_name else ''}deleting {self.delete_layer_num} of "
+            f"{self.num_layers_before} layers; baseline PPL {format_ppl(self.baseline_ppl)}")
+
+def _rows(self:PruneResult)->list:
+    "One `(start, layers, PPL, vs baseline, KL, note)` of strings per candidate window, in order."
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
-    lowp = set(self.low_precision_starts)
-    head = f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers; baseline PPL {format_ppl(self.baseline_ppl)}"
-    kl = self.kl_by_start or {}
-    rows = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}" + (f"{'KL':>12}" if kl else "")]
+    lowp, kl, rows = set(self.low_precision_starts), self.kl_by_start or {}, []
     for s, v in sorted(self.ppl_by_start.items()):
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
-        if kl: rel += f"{kl[s]:>12.6f}" if s in kl else f"{'':>12}"
-        mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
-        if s in lowp: mark += "  (low precision)"
+        mark = "<- best" if s == self.best_start else ("(lower bound)" if s in lb else "(estimate)" if s in est else "")
+        if s in lowp: mark = (mark + "  (low precision)").strip()
         prefix = ">=" if s in lb else "~" if s in est else ""
         shown = self.deleted_layers if s == self.best_start else range(s, s + n) # a criterion's pick need not be a window
-        rows.append(f"{s:>5}  {layer_range(shown):<14}{prefix + format_ppl(v):>12}  {rel:>11}{mark}")
+        rows.append((str(s), layer_range(shown), prefix + format_ppl(v), rel, f"{kl[s]:.6f}" if s in kl else "", mark))
+    return rows
+
+def _foot(self:PruneResult)->list:
+    "The lines under the table: what was deleted, what it saved, and the summary."
+    kl = self.kl_by_start or {}
     pick_kl = f", KL {kl[self.best_start]:.6f}" if self.best_start in kl else ""
-    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}{pick_kl}; "
-                f"{self.num_layers_before} -> {self.num_layers_after} layers, "
-                f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
-    if lowp: rows.append(f"(low precision): computed in {self.stats.compute_dtype or 'low precision'}, not confirmed; "
-                         f"every other row in the model's own precision")
-    rows += _summary_lines(self)
-    return "\n".join(rows)
+    rows = [f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}{pick_kl}; "
+            f"{self.num_layers_before} -> {self.num_layers_after} layers,",
+            f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})"]
+    if self.low_precision_starts:
+        rows.append(f"(low precision): computed in {self.stats.compute_dtype or 'low precision'}, not confirmed; "
+                    f"every other row in the model's own precision")
+    return rows + _summary_lines(self)
+
+def _table(self:PruneResult)->str:
+    kl = bool(self.kl_by_start)
+    lines = [_head(self), f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}" + (f"{'KL':>12}" if kl else "")]
+    for s, layers, ppl, rel, k, mark in _rows(self):
+        lines.append(f"{s:>5}  {layers:<14}{ppl:>12}  {rel:>11}" + (f"{k:>12}" if kl else "") + (f"  {mark}" if mark else ""))
+    foot = [textwrap.fill(line, 75, subsequent_indent="  ", break_on_hyphens=False) for line in _foot(self)]
+    return "\n".join(lines + foot) # the lines under the table fit 75 characters (a terminal, a docs page)
+
+def _html(self:PruneResult)->str:
+    "The same table as HTML, for notebooks and the docs: the table with a caption, the summary lines below it."
+    kl, esc = bool(self.kl_by_start), html.escape
+    cols = ["start", "layers", "PPL", "vs baseline"] + (["KL"] if kl else []) + [""]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in (r if kl else r[:4] + r[5:])) + "</tr>" for r in _rows(self))
+    foot = "".join(f"<li>{esc(line)}</li>" for line in _foot(self))
+    return (f"<table class='prune-result'><caption>{esc(_head(self))}</caption><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table><ul>{foot}</ul>")
 
 def _pct(x:float|None)->str: return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2%}"
 
@@ -212,6 +236,7 @@ def _repair_line(r:dict)->str:
 
 PruneResult.__str__ = _table
 PruneResult._repr_pretty_ = lambda self, p, cycle: p.text(_table(self))
+PruneResult._repr_html_ = _html
 
 # %% ../nbs/05_result.ipynb #b50d9d50
 def best_start(ppl_by_start:dict, # window start -> PPL
