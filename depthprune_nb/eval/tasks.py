@@ -14,9 +14,42 @@ from ..data import shipped
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'INPUT_PREFIX', 'OUTPUT_PREFIX', 'DEFAULT_SUITE', 'TASK_LIMITS', 'TaskFileError', 'bigbench_dir', 'task_file',
-           'suite_names', 'bigbench_prompt', 'json_depth', 'load_task_json', 'read_task', 'lm_eval_task', 'parse_tasks',
-           'evaluate_tasks', 'PairedTest', 'paired_test', 'ranked_candidates', 'rerank_by_tasks']
+__all__ = ['log', 'INPUT_PREFIX', 'OUTPUT_PREFIX', 'DEFAULT_SUITE', 'TASK_LIMITS', 'evaluate_tasks', 'TaskFileError',
+           'bigbench_dir', 'task_file', 'suite_names', 'bigbench_prompt', 'json_depth', 'load_task_json', 'read_task',
+           'lm_eval_task', 'parse_tasks', 'PairedTest', 'paired_test', 'ranked_candidates', 'rerank_by_tasks']
+
+# %% ../../nbs/58_eval.tasks.ipynb #ce2ba980
+def evaluate_tasks(model,                       # a causal LM (`PreTrainedModel`), pruned or not; used as it is
+                   tokenizer,                   # its tokenizer
+                   tasks,                       # task names or `task.json` paths: a list or a comma-separated string
+                   limit:int|None=None,         # score the first `limit` examples of each task (after `start`); None: all
+                   start:int=0,                 # skip this many examples first
+                   batch_size:int=1,            # lm-eval batch size (rows of prompt + choice)
+                   data_dir:str|Path|None=None, # the BIG-bench data folder (see bigbench_dir)
+                   per_example:bool=False,      # also return `"correct"`: 1/0 per example, in order (for paired tests)
+                   quiet:bool=True,             # silence lm-eval's INFO/WARNING logging
+                  )->dict:                      # task name -> `{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "chance"}`
+    "Zero-shot multiple-choice accuracy of `model` on BIG-bench `tasks`, computed by lm-eval's `HFLM`."
+    evaluator, _, HFLM = _lm_eval()
+    read = [read_task(t, limit, start, data_dir) for t in parse_tasks(tasks)] # every file checked before any scoring
+    names = [r["name"] for r in read]
+    if len(set(names)) < len(names): raise ConfigError(f"tasks name the same task twice: {names}")
+    was_training = model.training
+    with _quiet_lm_eval(quiet):
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        objs = {r["name"]: lm_eval_task(r["name"], r["docs"]) for r in read}
+        out = evaluator.evaluate(lm, {"tasks": objs, "groups": {}}, log_samples=per_example, bootstrap_iters=1000)
+    model.train(was_training)
+    res = {}
+    for r in read:
+        m = out["results"][r["name"]]
+        num = lambda k: float(m[k]) if isinstance(m[k], (int, float)) else math.nan # lm-eval gives "N/A" for one example's stderr
+        res[r["name"]] = dict(acc=num("acc,none"), acc_stderr=num("acc_stderr,none"), acc_norm=num("acc_norm,none"),
+                              acc_norm_stderr=num("acc_norm_stderr,none"), n=len(r["docs"]), chance=r["chance"])
+        if per_example:
+            samples = sorted(out["samples"][r["name"]], key=lambda s: s["doc_id"])
+            res[r["name"]]["correct"] = [int(s["acc"]) for s in samples]
+    return res
 
 # %% ../../nbs/58_eval.tasks.ipynb #ebc41053
 INPUT_PREFIX, OUTPUT_PREFIX = "\nQ: ", "\nA: "  # BIG-bench's defaults where a task sets no prefix
@@ -219,39 +252,6 @@ def parse_tasks(tasks)->list:
     tasks = [t for t in tasks if t != ""]
     if not tasks: raise ConfigError("tasks is empty: name at least one BIG-bench task (e.g. 'discourse_marker_prediction') or task.json path")
     return list(tasks)
-
-# %% ../../nbs/58_eval.tasks.ipynb #ce2ba980
-def evaluate_tasks(model,                       # a causal LM (`PreTrainedModel`), pruned or not; used as it is
-                   tokenizer,                   # its tokenizer
-                   tasks,                       # task names or `task.json` paths: a list or a comma-separated string
-                   limit:int|None=None,         # score the first `limit` examples of each task (after `start`); None: all
-                   start:int=0,                 # skip this many examples first
-                   batch_size:int=1,            # lm-eval batch size (rows of prompt + choice)
-                   data_dir:str|Path|None=None, # the BIG-bench data folder (see bigbench_dir)
-                   per_example:bool=False,      # also return `"correct"`: 1/0 per example, in order (for paired tests)
-                   quiet:bool=True,             # silence lm-eval's INFO/WARNING logging
-                  )->dict:                      # task name -> `{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "chance"}`
-    "Zero-shot multiple-choice accuracy of `model` on BIG-bench `tasks`, computed by lm-eval's `HFLM`."
-    evaluator, _, HFLM = _lm_eval()
-    read = [read_task(t, limit, start, data_dir) for t in parse_tasks(tasks)] # every file checked before any scoring
-    names = [r["name"] for r in read]
-    if len(set(names)) < len(names): raise ConfigError(f"tasks name the same task twice: {names}")
-    was_training = model.training
-    with _quiet_lm_eval(quiet):
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        objs = {r["name"]: lm_eval_task(r["name"], r["docs"]) for r in read}
-        out = evaluator.evaluate(lm, {"tasks": objs, "groups": {}}, log_samples=per_example, bootstrap_iters=1000)
-    model.train(was_training)
-    res = {}
-    for r in read:
-        m = out["results"][r["name"]]
-        num = lambda k: float(m[k]) if isinstance(m[k], (int, float)) else math.nan # lm-eval gives "N/A" for one example's stderr
-        res[r["name"]] = dict(acc=num("acc,none"), acc_stderr=num("acc_stderr,none"), acc_norm=num("acc_norm,none"),
-                              acc_norm_stderr=num("acc_norm_stderr,none"), n=len(r["docs"]), chance=r["chance"])
-        if per_example:
-            samples = sorted(out["samples"][r["name"]], key=lambda s: s["doc_id"])
-            res[r["name"]]["correct"] = [int(s["acc"]) for s in samples]
-    return res
 
 # %% ../../nbs/58_eval.tasks.ipynb #f6090501
 class PairedTest(NamedTuple):
