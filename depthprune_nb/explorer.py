@@ -140,7 +140,7 @@ def explore(results:dict,      # n -> PruneResult, all for the same model
         return PruneExplorer(results, model, tokenizer, save_dir, n, overwrite)
     r = results[n if n is not None else min(results)]
     print(r)
-    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 4.6 + 0.3 * len(results)), layout="constrained",
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7.2, 4.6 + 0.3 * len(results)), layout="constrained",
                                gridspec_kw=dict(height_ratios=[0.6 + 0.3 * len(results), 2.6]))  # 8 in: legible at page width
     plot_heatmap(results, ax=a)
     r.plot(ax=b)

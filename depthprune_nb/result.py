@@ -186,7 +186,8 @@ def _foot(self:PruneResult)->list:
 
 def _table(self:PruneResult)->str:
     kl = bool(self.kl_by_start)
-    lines = [_head(self), f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}" + (f"{'KL':>12}" if kl else "")]
+    head = textwrap.fill(_head(self), 75, subsequent_indent="  ", break_on_hyphens=False)
+    lines = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}" + (f"{'KL':>12}" if kl else "")]
     for s, layers, ppl, rel, k, mark in _rows(self):
         lines.append(f"{s:>5}  {layers:<14}{ppl:>12}  {rel:>11}" + (f"{k:>12}" if kl else "") + (f"  {mark}" if mark else ""))
     foot = [textwrap.fill(line, 75, subsequent_indent="  ", break_on_hyphens=False) for line in _foot(self)]
