@@ -63,8 +63,8 @@ def hub_or_shipped(split:str="test", # the WikiText-2 split wanted from the Hub
     "WikiText-2 `split` from the Hub, or where the Hub cannot be reached the shipped test text, with a warning that says so."
     try: return wikitext_text(split), f"WikiText-2 {split} split from the Hugging Face Hub"
     except ConnectionError as e:
-        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s (%s)%s", type(e.__cause__ or e).__name__,
-                    SHIPPED_WIKITEXT, shipped_wikitext(), "" if split == "test" else f", not the {split} split asked for")
+        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s%s", type(e.__cause__ or e).__name__,
+                    SHIPPED_WIKITEXT, "" if split == "test" else f", not the {split} split asked for")
         return wikitext_text(text_file=shipped_wikitext()), SHIPPED_WIKITEXT
 
 def _source_name(source:tuple, names:dict)->str:
@@ -216,8 +216,8 @@ def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose
             texts[src], names[src] = wikitext_text(src[1]), f"WikiText-2 {src[1]} split from the Hugging Face Hub"
     except ConnectionError as e: # no Hub: every Hub source becomes the one shipped text, cut apart below
         shipped_src = ("file", str(shipped_wikitext()))
-        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s (%s)%s", type(e.__cause__ or e).__name__,
-                    SHIPPED_WIKITEXT, shipped_src[1], ", its start to calibrate and its end to evaluate"
+        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s%s", type(e.__cause__ or e).__name__,
+                    SHIPPED_WIKITEXT, ", its start to calibrate and its end to evaluate"
                     if calib_src[0] == eval_src[0] == "hub" else "")
         calib_src, eval_src = [shipped_src if s[0] == "hub" else s for s in (calib_src, eval_src)]
         texts, names = {shipped_src: wikitext_text(text_file=shipped_src[1])}, {shipped_src: SHIPPED_WIKITEXT}
