@@ -9,36 +9,13 @@ from dataclasses import dataclass, fields, asdict, replace
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'REPAIRS', 'LayerImportanceConfig', 'ConfigError', 'check_layer_indices',
-           'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'EngineOptions', 'checkpoint_refusal',
-           'head_bound_refusal']
+__all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'REPAIRS', 'LayerImportanceConfig', 'ConfigError',
+           'LayerImportancePruneConfig', 'check_layer_indices', 'Config', 'as_algo_config', 'EngineOptions',
+           'checkpoint_refusal', 'head_bound_refusal']
 
 # %% ../nbs/00_config.ipynb #702ce146
 class ConfigError(ValueError):
     "A configuration value is invalid; the message names the field, the value and what is valid."
-
-# %% ../nbs/00_config.ipynb #d5de8ad6
-def check_layer_indices(layers,                       # layer indices to delete, e.g. `[2, 3]`
-                        num_layers:int|None=None,     # the model's decoder layers; None: only the checks that need no model
-                        field:str="delete_layers_index", # what the message calls `layers`
-                       )->list[int]:                  # the indices, sorted
-    "Layer indices to delete, checked: integers, none repeated, in `0..num_layers-1`, not all of them; a `ConfigError` naming `field` otherwise."
-    what, n = f"{field}={layers!r}", num_layers
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
-        raise ConfigError(f"{what} is invalid: give a list of layer indices (integers), e.g. [2, 3]")
-    layers = list(layers)
-    try:
-        if any(isinstance(i, bool) for i in layers): raise TypeError
-        idx = [operator.index(i) for i in layers]
-    except TypeError: raise ConfigError(f"{what} is invalid: every entry must be an integer index") from None
-    if not idx: raise ConfigError(f"{what} deletes nothing: give at least one index" + ("" if n is None else f" in 0..{n-1}"))
-    bad = [i for i in idx if i < 0 or (n is not None and i >= n)]
-    if bad: raise ConfigError(f"{what} is out of range: " + ("indices are 0-based and must be >= 0" if n is None else
-                              f"the model has {n} decoder layers, valid indices are 0..{n-1}") + f" (got {bad})")
-    dup = sorted({i for i in idx if idx.count(i) > 1})
-    if dup: raise ConfigError(f"{what} repeats layer(s) {dup}: each layer can be deleted once")
-    if n is not None and len(idx) >= n: raise ConfigError(f"{what} would delete all {n} decoder layers: at most {n-1} can go")
-    return sorted(idx)
 
 # %% ../nbs/00_config.ipynb #da92d0a5
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32") # valid `compute_dtype` names ("auto": see dtype_choice)
@@ -122,6 +99,29 @@ class LayerImportancePruneConfig:
         return s
 
 LayerImportanceConfig = LayerImportancePruneConfig
+
+# %% ../nbs/00_config.ipynb #d5de8ad6
+def check_layer_indices(layers,                       # layer indices to delete, e.g. `[2, 3]`
+                        num_layers:int|None=None,     # the model's decoder layers; None: only the checks that need no model
+                        field:str="delete_layers_index", # what the message calls `layers`
+                       )->list[int]:                  # the indices, sorted
+    "Layer indices to delete, checked: integers, none repeated, in `0..num_layers-1`, not all of them; a `ConfigError` naming `field` otherwise."
+    what, n = f"{field}={layers!r}", num_layers
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise ConfigError(f"{what} is invalid: give a list of layer indices (integers), e.g. [2, 3]")
+    layers = list(layers)
+    try:
+        if any(isinstance(i, bool) for i in layers): raise TypeError
+        idx = [operator.index(i) for i in layers]
+    except TypeError: raise ConfigError(f"{what} is invalid: every entry must be an integer index") from None
+    if not idx: raise ConfigError(f"{what} deletes nothing: give at least one index" + ("" if n is None else f" in 0..{n-1}"))
+    bad = [i for i in idx if i < 0 or (n is not None and i >= n)]
+    if bad: raise ConfigError(f"{what} is out of range: " + ("indices are 0-based and must be >= 0" if n is None else
+                              f"the model has {n} decoder layers, valid indices are 0..{n-1}") + f" (got {bad})")
+    dup = sorted({i for i in idx if idx.count(i) > 1})
+    if dup: raise ConfigError(f"{what} repeats layer(s) {dup}: each layer can be deleted once")
+    if n is not None and len(idx) >= n: raise ConfigError(f"{what} would delete all {n} decoder layers: at most {n-1} can go")
+    return sorted(idx)
 
 # %% ../nbs/00_config.ipynb #4918b377
 @dataclass
