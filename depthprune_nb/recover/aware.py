@@ -194,13 +194,13 @@ def repair_table(res:PruneResult, # from repair_aware_search
     pick_plain = best_start(plain) if plain else None
     rows = [f"{res.model_name + ': ' if res.model_name else ''}deleting {res.delete_layer_num} of {res.num_layers_before} layers; "
             f"baseline PPL {format_ppl(res.baseline_ppl)}",
-            f"{'start':>5}  {'layers':<8}{'plain':>12}{'repaired':>12}{'change':>9}{'unexplained':>13}"]
+            f"{'start':>5}  {'layers':<7}{'plain':>12}{'repaired':>12}{'change':>9}{'unexplained':>12}"]
     for s in sorted(res.ppl_by_start):
         p, r = plain.get(s, math.nan), rep.get(s, math.nan)
         ch = f"{r / p - 1:+.1%}" if s in rep and math.isfinite(p) and math.isfinite(r) else ""
         mark = ("  <- pick" if s == res.best_start else "") + ("  <- plain pick" if s == pick_plain else "")
-        rows.append(f"{s:>5}  {layer_range(range(s, s + res.delete_layer_num)):<8}{format_ppl(p) if s in plain else '':>12}"
-                    f"{format_ppl(r) if s in rep else 'no repair':>12}{ch:>9}{f'{une[s]:.3f}' if s in une else '':>13}{mark}")
+        rows.append(f"{s:>5}  {layer_range(range(s, s + res.delete_layer_num)):<7}{format_ppl(p) if s in plain else '':>12}"
+                    f"{format_ppl(r) if s in rep else 'no repair':>12}{ch:>9}{f'{une[s]:.3f}' if s in une else '':>12}{mark}")
     return "\n".join(rows)
 
 def _int(d:dict)->dict: return {int(k): v for k, v in d.items()} # JSON turns int keys into strings
