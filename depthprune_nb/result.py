@@ -197,9 +197,9 @@ def _html(self:PruneResult)->str:
     "The same table as HTML, for notebooks and the docs: the table with a caption, the summary lines below it."
     kl, esc = bool(self.kl_by_start), html.escape
     cols = ["start", "layers", "PPL", "vs baseline"] + (["KL"] if kl else []) + [""]
-    head = "".join(f"<th>{c}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in (r if kl else r[:4] + r[5:])) + "</tr>" for r in _rows(self))
-    foot = "".join(f"<li>{esc(line)}</li>" for line in _foot(self))
+    head = "\n".join(f"<th>{c}</th>" for c in cols)
+    body = "\n".join("<tr>" + "\n".join(f"<td>{esc(x)}</td>" for x in (r if kl else r[:4] + r[5:])) + "</tr>" for r in _rows(self))
+    foot = "\n".join(f"<li>{esc(line)}</li>" for line in _foot(self))
     return (f"<table class='prune-result'><caption>{esc(_head(self))}</caption><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table><ul>{foot}</ul>")
 
