@@ -75,7 +75,7 @@ class LayerImportancePruneConfig:
         return self
 
     @classmethod
-    def from_dict(cls, d:dict): # the JSON object, e.g. the tutorial's `config.json`
+    def from_dict(cls, d:dict): # the JSON object, e.g. the tutorial's config.json
         "Build a config from a dict, rejecting keys that are not fields."
         if not isinstance(d, dict): raise ConfigError(f"a config must be a JSON object (dict), got {type(d).__name__}")
         valid = [f.name for f in fields(cls)]
@@ -101,9 +101,9 @@ class LayerImportancePruneConfig:
 LayerImportanceConfig = LayerImportancePruneConfig
 
 # %% ../nbs/00_config.ipynb #d5de8ad6
-def check_layer_indices(layers,                       # layer indices to delete, e.g. `[2, 3]`
+def check_layer_indices(layers,                       # layer indices to delete, e.g. [2, 3]
                         num_layers:int|None=None,     # the model's decoder layers; None: only the checks that need no model
-                        field:str="delete_layers_index", # what the message calls `layers`
+                        field:str="delete_layers_index", # what the message calls layers
                        )->list[int]:                  # the indices, sorted
     "Layer indices to delete, checked: integers, none repeated, in `0..num_layers-1`, not all of them; a `ConfigError` naming `field` otherwise."
     what, n = f"{field}={layers!r}", num_layers
@@ -130,7 +130,7 @@ class Config:
     algo_config:LayerImportancePruneConfig|None=None # the depth-pruning settings
 
     @classmethod
-    def from_dict(cls, d:dict): # either `{"algo_config": {...}}` or the algorithm fields themselves
+    def from_dict(cls, d:dict): # either {"algo_config": {...}} or the algorithm fields themselves
         "Build from a dict, accepting the tutorial's flat JSON too."
         inner = d.get("algo_config", d) if isinstance(d, dict) else d
         if isinstance(d, dict) and "algo_config" in d and len(d) > 1:
@@ -169,7 +169,7 @@ class EngineOptions:
 
     @classmethod
     def of(cls, options:EngineOptions|None=None, # the options to start from; the defaults if None
-           **settings,                           # fields to replace, e.g. `chunk_size=4`
+           **settings,                           # fields to replace, e.g. chunk_size=4
           )->EngineOptions:
         "`options` with `settings` replacing its fields; a name that is not a field is refused with the valid ones."
         opts, rest = cls.split(options, settings)
@@ -179,7 +179,7 @@ class EngineOptions:
     @classmethod
     def split(cls, options:EngineOptions|None, # the options to start from; the defaults if None
               kwargs:dict,                     # keyword arguments: engine settings and others
-             )->tuple:                         # (the options with the settings among `kwargs` applied, the other arguments)
+             )->tuple:                         # (the options with the settings among kwargs applied, the other arguments)
         "Separate the engine settings in `kwargs` from a search's own arguments (`checkpoint`, `keep_exact`, ...)."
         if options is not None and not isinstance(options, cls):
             raise TypeError(f"options={options!r} must be an EngineOptions (or None)")
@@ -210,7 +210,7 @@ def checkpoint_refusal(method:str="ppl_window", # the criterion
 # %% ../nbs/00_config.ipynb #hbrefusal01
 def head_bound_refusal(method:str="ppl_window", # the criterion
                        engine:str="fast",       # the search engine
-                      )->ConfigError|None:      # why `head_bound=True` cannot apply to these settings; None when it can
+                      )->ConfigError|None:      # why head_bound=True cannot apply to these settings; None when it can
     "The `ConfigError` saying why the head bound cannot be used with these settings, or None when it can."
     if engine == "fast" and method in ("ppl_window", "sleb"): return None
     if method == "kl": return ConfigError("head_bound=True (--head_bound) bounds perplexities; method 'kl' needs every "

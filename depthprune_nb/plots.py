@@ -43,9 +43,9 @@ def _start_ticks(ax, starts:list, max_labels:int=16):
 @patch
 def plot(self:PruneResult,
          ax:plt.Axes|None=None,   # matplotlib Axes to draw on; a new figure if None
-         log:bool|None=None,      # log-scale y axis; automatic (`log_above`) if None
+         log:bool|None=None,      # log-scale y axis; automatic (log_above) if None
          log_above:float=10.0,    # automatic log scale when max/min of the values exceeds this
-         title:str|None=None,     # the Axes title; a default naming the model and `n` if None
+         title:str|None=None,     # the Axes title; a default naming the model and n if None
         ):
     "Perplexity after deleting each window against its start, with the baseline and the chosen window."
     if ax is None: _, ax = plt.subplots(figsize=(7, 3.6))
@@ -143,7 +143,7 @@ def _ranks(x)->np.ndarray:
         if m.sum() > 1: r[m] = r[m].mean()
     return r
 
-def rank_agreement(result:PruneResult, # a result with `proxy_by_start` filled in
+def rank_agreement(result:PruneResult, # a result with proxy_by_start filled in
                   )->dict:
     "Spearman correlation of proxy and PPL over windows, and whether their best windows agree."
     if not result.proxy_by_start:
@@ -160,7 +160,7 @@ def rank_agreement(result:PruneResult, # a result with `proxy_by_start` filled i
                 ppl_of_proxy_choice=result.ppl_by_start[proxy_best])
 
 # %% ../nbs/52_plots.ipynb #c26c82cb
-def plot_proxy(result:PruneResult, # a result with `proxy_by_start` filled in
+def plot_proxy(result:PruneResult, # a result with proxy_by_start filled in
                figsize=(7.2, 3.4), # figure size in inches: at most 7.2 wide, so that its text stays legible at page width
               ):
     "The proxy beside the perplexity over window starts, and their rank agreement; returns the Figure."

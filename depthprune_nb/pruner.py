@@ -52,8 +52,8 @@ class ModelPruner:
                  config:Config|LayerImportancePruneConfig|dict, # the pruning config (the tutorial's Config)
                  engine:str="fast",     # search engine: "fast" (exact), "reference" or "approx"
                  early_abort:bool=False, # let the fast engine stop hopeless windows early
-                 options:EngineOptions|None=None, # how the engine runs; the config's `save_gpu_memory` and `compute_dtype` apply too
-                 **kwargs):             # EngineOptions fields (`device=`, `progress=`, ...), and the search's own (`checkpoint`, ...)
+                 options:EngineOptions|None=None, # how the engine runs; the config's save_gpu_memory and compute_dtype apply too
+                 **kwargs):             # EngineOptions fields (device=, progress=, ...), and the search's own (checkpoint, ...)
         self.config = as_algo_config(config)
         if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
         self.engine, self.early_abort = engine, early_abort
@@ -115,9 +115,9 @@ class ModelPruner:
         log.info("%s", _repair_line(rec))
 
     def pruning_model(self,
-                      model:nn.Module, # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`
+                      model:nn.Module, # a causal LM, e.g. from AutoModelForCausalLM.from_pretrained
                       data:list,       # calibration windows from get_wikitext_dataset
-                      eval_data:list|None=None, # evaluation windows, disjoint from `data` (get_calib_eval_datasets)
+                      eval_data:list|None=None, # evaluation windows, disjoint from data (get_calib_eval_datasets)
                      )->nn.Module:     # the same model object, pruned in place
         "Search, then delete the chosen layers in place (and repair them: the config's `repair`); the result is kept in `self.result`."
         c = as_algo_config(self.config)
@@ -169,7 +169,7 @@ def _check_source(save_dir:Path, source_dir)->None:
 
 def check_save_dir(save_dir:str|Path,             # where the pruned model will go
                    source_dir:str|Path|None=None, # the folder the model was loaded from, if local
-                   overwrite:bool=False,          # allow replacing the checkpoint files of a non-empty `save_dir`
+                   overwrite:bool=False,          # allow replacing the checkpoint files of a non-empty save_dir
                   )->Path:
     "Refuse the source model's folder (or one above or inside it) always, and a non-empty folder unless `overwrite`."
     save_dir = Path(save_dir)
@@ -213,9 +213,9 @@ def _move_into(tmp:Path, save_dir:Path)->None:
 def save_pruned(model:nn.Module,          # the pruned model
                 save_dir:str|Path,        # the folder to write
                 tokenizer:PreTrainedTokenizerBase|None=None, # saved beside the model if given
-                result:PruneResult|None=None, # written as `prune_result.json` if given
-                source_dir:str|Path|None=None, # the original model's folder, never written; `model.name_or_path` if None
-                overwrite:bool=False,     # allow replacing the checkpoint files of a non-empty `save_dir`
+                result:PruneResult|None=None, # written as prune_result.json if given
+                source_dir:str|Path|None=None, # the original model's folder, never written; model.name_or_path if None
+                overwrite:bool=False,     # allow replacing the checkpoint files of a non-empty save_dir
                 progress:bool=False,      # show transformers' "Writing model shards" bar
                )->Path:
     "Save a pruned model (safetensors), its tokenizer and the search result to `save_dir`, all or nothing."
@@ -240,16 +240,16 @@ def save_pruned(model:nn.Module,          # the pruned model
 
 # %% ../nbs/50_pruner.ipynb #98968cf8
 def layer_importance(model:nn.Module,         # a causal LM
-                     data:list,               # calibration windows, `LongTensor[1, seqlen]`
+                     data:list,               # calibration windows, LongTensor[1, seqlen]
                      delete_layer_num:int,    # n, consecutive layers per candidate window
                      parts:ModelParts|None=None, # located parts; detected if None
                      *,
                      engine:str="fast",       # "fast" (exact), "reference" (brute force) or "approx"
-                     method:str="ppl_window", # the criterion, one of `METHODS` (see below)
+                     method:str="ppl_window", # the criterion, one of METHODS (see below)
                      early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
-                     eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
+                     eval_data:list|None=None, # evaluation windows, disjoint from data: fills the result's eval_* fields
                      options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                     **kwargs,                # EngineOptions fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...; without `options`, `compute_dtype` defaults to "auto"), and the search's own (`checkpoint`, `keep_exact`, ...)
+                     **kwargs,                # EngineOptions fields (save_gpu_memory=True, compute_dtype="bfloat16", ...; without options, compute_dtype defaults to "auto"), and the search's own (checkpoint, keep_exact, ...)
                     )->PruneResult:
     "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
@@ -300,9 +300,9 @@ def _by_criterion(model, data, n, parts, method, engine, early_abort, options, e
 
 # %% ../nbs/50_pruner.ipynb #e6b00611
 def search_each_n(model:nn.Module,    # a causal LM
-                  data:list,          # calibration windows, `LongTensor[1, seqlen]`
-                  ns,                 # window sizes to search, e.g. `range(1, 7)`
-                  proxy:bool=True,    # also compute `proxy_by_start` (one extra forward pass per window per n)
+                  data:list,          # calibration windows, LongTensor[1, seqlen]
+                  ns,                 # window sizes to search, e.g. range(1, 7)
+                  proxy:bool=True,    # also compute proxy_by_start (one extra forward pass per window per n)
                   progress:bool=False, # show progress bars
                   **kwargs,           # passed on to layer_importance (engine, save_gpu_memory, ...)
                  )->dict:             # n -> PruneResult
@@ -327,7 +327,7 @@ def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:
 
 # %% ../nbs/50_pruner.ipynb #bcbd77b8
 def window_runs(layers:list, # layer indices, any order
-               )->list:      # `(start, n)` of each run of consecutive layers, ascending
+               )->list:      # (start, n) of each run of consecutive layers, ascending
     "Consecutive runs of `layers`: `[7, 2, 3]` -> `[(2, 2), (7, 1)]`."
     runs = []
     for i in sorted(int(i) for i in layers):

