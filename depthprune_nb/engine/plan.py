@@ -330,7 +330,7 @@ def _dur(s:float|None)->str:
 def _plan_table(self:Plan)->str:
     by = f"delete {self.n} ({self.windows} windows)" if self.method == "ppl_window" else \
          f"delete {self.n} by {self.method} ({self.windows} candidates{' in round 1' if self.method == 'sleb' else ''})"
-    rows = [f"plan: {self.model_type}, {self.num_layers} layers, {by}; "
+    rows = [f"plan: {self.model_type}, {self.num_layers} layers, {by};", # two lines: each fits a 75-character terminal
             f"{self.nsamples} samples x {self.seqlen} tokens over {self.world_size} rank(s) "
             f"({self.samples_per_rank} per rank, chunks of {self.chunk_size})",
             f"{'per rank':<26}{self.engine if self.method == 'ppl_window' else self.method:>16}{'brute force':>16}",
