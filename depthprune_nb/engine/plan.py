@@ -4,7 +4,7 @@
 
 # %% ../../nbs/16_engine.plan.ipynb #24857424
 from __future__ import annotations
-import json, math
+import json, math, textwrap
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -345,7 +345,8 @@ def _plan_table(self:Plan)->str:
     at = f"time at {self.tflops:g} TFLOP/s" if self.tflops else "time"
     rows.append(f"{at:<26}{_dur(self.est_s):>16}{_dur(self.brute_force_est_s):>16}")
     rows.append(f"weights per rank {_si(self.weight_bytes, 'B')}, activations per rank about {_si(self.activation_bytes, 'B')}")
-    return "\n".join(rows + [f"note: {x}" for x in self.notes])
+    notes = [textwrap.fill(f"note: {x}", 75, subsequent_indent="  ", break_on_hyphens=False) for x in self.notes]
+    return "\n".join(rows + notes) # notes folded to 75 characters, as the lines above
 
 Plan.__str__ = _plan_table
 Plan._repr_pretty_ = lambda self, p, cycle: p.text(_plan_table(self))
