@@ -104,3 +104,30 @@ def test_cli_plan_follows_method(tiny, tmp_path, capsys):
                      "--method", "sleb"]) == 0
     out = capsys.readouterr().out
     assert "delete 2 by sleb" in out and "2 rounds" in out
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_repair_aware_passes_equal_the_search_counts(tmp_path, n):
+    "The repair-aware table's passes (fits, plain and repaired sweeps) as the plan counts them, less the pick's final refit and PPLs."
+    from depthprune_nb.recover.aware import repair_aware_search
+    from depthprune_nb.engine.plan import repair_passes
+    path = save_tiny_model(tmp_path / "l", family="llama", num_layers=6)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    data = [torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(i)) for i in range(7)]
+    st = repair_aware_search(model, data[:5], n, score_data=data[5:], progress=False).stats
+    p = plan_search(path, n, len(data), 24, repair="linear", repair_score_windows=2)
+    L, fit = 6, 5
+    final = dict(layer_passes=fit * L + 2 * fit * (L - n), head_passes=2 * fit)
+    assert p.layer_passes + p.repair_layer_passes - final["layer_passes"] == st["layer_passes"]
+    assert p.head_passes + p.repair_head_passes - final["head_passes"] == st["head_passes"]
+    assert repair_passes(L, n, 7, 2)["maps"] == len(st["repaired_ppl_by_start"])
+    assert p.normal_equations_bytes == len(st["repaired_ppl_by_start"]) * 2 * model.config.hidden_size ** 2 * 8
+
+
+def test_cli_plan_counts_the_repair(tiny, capsys):
+    from depthprune_nb.cli import prune as cli
+    path = tiny[0]
+    cli.main([f"--model_dir={path}", "--plan", "--nsamples=6", "--seqlen=24", "--delete_layer_num=1", "--repair=linear",
+              "--repair_score_windows=2"])
+    out = capsys.readouterr().out
+    assert "+ repair layer passes" in out and "fitted at once on 4 windows" in out

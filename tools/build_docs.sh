@@ -80,5 +80,6 @@ if bad: sys.exit("docs build check failed:\n  " + "\n  ".join(bad))
 print(f"docs site built: {pages} pages in {site}")
 PY
 
-# Dead anchors, markdown links left raw inside rendered signatures, headings that repeat the entry below.
+# What a reader sees, measured in headless Chromium (outputs, tables, figure text), and what the build machine leaks:
+# see tools/check_site.py.
 python tools/check_site.py _proc/_docs

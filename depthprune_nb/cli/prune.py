@@ -83,7 +83,8 @@ def build_parser()->argparse.ArgumentParser:
     a("--eval_text_file", default=None, help="local text to judge the pick on (instead of --text_file / the Hub)")
     a("--eval_nsamples", type=int, default=None, help="evaluation windows (default: all of --eval_split or "
       "--eval_text_file; from one --text_file, as many as --nsamples from its end); 0: no evaluation, as the reference")
-    a("--method", default=None, choices=list(METHODS), help="criterion that chooses the layers (default ppl_window, "
+    a("--method", default=None, choices=list(METHODS), metavar="METHOD", help=f"criterion that chooses the layers: "
+      f"{', '.join(METHODS)} (default ppl_window, "
       "the exact window search; kl: the window whose deletion changes the next-token distributions least, PPL beside)")
     a("--window_bos", default="auto", choices=list(WINDOW_BOS), help="lead every window with the tokenizer's BOS token: "
       "auto (where the tokenizer adds one by default, as the model was trained), on, or off (the reference's single cut)")
@@ -332,7 +333,8 @@ def plan_from_args(args)->dict:
                                method=cfg.method, checkpointed=bool(args.checkpoint_dir))
     p = plan_search(conf, cfg.delete_layer_num, args.nsamples, seqlen, engine=args.engine,
                     save_gpu_memory=cfg.save_gpu_memory, world_size=world, tflops=args.tflops, dtype_bytes=4 if fp32 else 2,
-                    method=cfg.method, compute_dtype=choice.compute_dtype, head_bound=getattr(args, "head_bound", False))
+                    method=cfg.method, compute_dtype=choice.compute_dtype, head_bound=getattr(args, "head_bound", False),
+                    repair=cfg.repair, repair_score_windows=cfg.repair_score_windows)
     if cfg.method in ("ppl_window", "sleb"): p.notes.append(f"{choice} (on this machine; elsewhere auto may decide otherwise)")
     print(p)
     return p.to_dict()

@@ -8,14 +8,14 @@ import json, math, textwrap
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
-from ..config import ConfigError, METHODS
+from ..config import ConfigError, METHODS, REPAIRS
 from ..parts import LAYER_COUNT_FIELDS
 from .sweeps import sweep_streams, default_chunk, halving_rounds
 
 # %% auto #0
 __all__ = ['UNGATED', 'ONE_PASS', 'read_config', 'ModelShape', 'model_shape', 'layer_flops', 'head_flops', 'layer_bytes',
-           'pass_counts', 'criterion_passes', 'report_passes', 'Plan', 'head_bound_passes', 'plan_search', 'call_count',
-           'fit_rate']
+           'pass_counts', 'criterion_passes', 'report_passes', 'Plan', 'head_bound_passes', 'repair_passes',
+           'plan_search', 'call_count', 'fit_rate']
 
 # %% ../../nbs/16_engine.plan.ipynb #ce28c820
 _FIELDS = dict(
@@ -179,6 +179,12 @@ class Plan:
     head_rows:int=0          # per rank: vocabulary rows the head computes, times samples (a full head pass: all of them)
     brute_force_head_rows:int=0
     head_bound:bool=False    # the exact search bounds windows from a few head rows (`head_bound=True`)
+    repair:str|None=None     # the repair folded in after the search (`repair="linear"`), None: plain deletion
+    repair_score_windows:int=0 # windows each candidate is scored on after its own repair (0: chosen before repair)
+    repair_layer_passes:int=0 # per rank: what the repair adds (fits, the repaired table, PPL plain vs repaired; in flops and time)
+    repair_head_passes:int=0
+    brute_force_repair_layer_passes:int=0 # the same, with every window's map fitted by a forward of its own
+    normal_equations_bytes:int=0 # float64 X^T X and X^T Y of every map fitted at once
 
     def to_dict(self)->dict: return asdict(self)
 
@@ -215,6 +221,22 @@ def head_bound_passes(L:int, n:int, N:int, # layers, window size, samples
     return dict(head_passes=full, bound_passes=N * W, bound_rows=rows, head_rows=full * vocab + N * W * rows)
 
 
+# %% ../../nbs/16_engine.plan.ipynb #135f9dd1
+def repair_passes(L:int, n:int, N:int,    # layers, window size, calibration windows
+                  score_windows:int=0,    # windows kept apart to score every candidate after its own repair (0: chosen before repair)
+                 )->dict:
+    "Layer and head passes a linear repair adds to the window search; `maps` held at once, `fits` solved in all (the pick's refit included)."
+    W, k = L - n + 1, score_windows
+    fit = N - k                           # the windows the maps are fitted on
+    final = dict(layer_passes=fit * L + 2 * fit * (L - n), head_passes=2 * fit) # refit the pick; PPL plain and repaired
+    if not k: return dict(search_samples=N, maps=1, fits=1, fit_samples=fit, brute_force_layer_passes=final["layer_passes"], **final)
+    reps = W - 1                          # start 0 has no layer before its cut to fold into
+    table = dict(layer_passes=k * (reps + (L - n - 1) * (L - n) // 2), head_passes=k * reps) # fold call + the layers after
+    lp, hp = fit * L + table["layer_passes"] + final["layer_passes"], table["head_passes"] + final["head_passes"]
+    brute = reps * fit * L + k * reps * (L - n) + final["layer_passes"] # each map fitted and scored by its own forward
+    return dict(search_samples=k, maps=reps, fits=reps + 1, fit_samples=fit, layer_passes=lp, head_passes=hp, brute_force_layer_passes=brute)
+
+
 # %% ../../nbs/16_engine.plan.ipynb #33696001
 def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, chunk_size, budget, act:int)->dict:
     "Passes, report passes, calls, sample chunk, weight moves (mix mode) and peak activations of the planned criterion."
@@ -236,6 +258,34 @@ def _costs(s:ModelShape, L:int, n:int, Nr:int, T:int, method:str, engine:str, ch
         out["chunk"] = out["chunk"] or chunk
     return out
 
+def _check_repair(repair, k, nsamples:int, **search):
+    "Refuse a repair the pruner would refuse, with the same words: an unknown repair, or a repair-aware search it cannot run."
+    if repair is not None and repair not in REPAIRS:
+        raise ConfigError(f"repair={repair!r} is not known; valid values: None (plain deletion), {', '.join(map(repr, REPAIRS))}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"repair_score_windows={k!r} is invalid: it must be an integer >= 0 (0: choose before repair)")
+    if k and repair is None: raise ConfigError(f"repair_score_windows={k} scores windows after their repair, but repair is None")
+    if k and k >= nsamples:
+        raise ConfigError(f"repair_score_windows={k} leaves no calibration window to fit the repairs on ({nsamples} windows)")
+    if repair and search["world_size"] > 1: raise ConfigError(f"repair={repair!r} runs in one process: world_size must be 1")
+    plain = dict(method="ppl_window", engine="fast", save_gpu_memory=False, compute_dtype=None, head_bound=False)
+    bad = {key: search[key] for key, v in plain.items() if k and search[key] != v and not (key == "compute_dtype" and search[key] in ("float32", None))}
+    if bad: raise ConfigError(f"a repair-aware search (repair_score_windows={k}) runs the exact engine's perplexity table "
+                              f"in the model's own precision on one device; it does not take {bad}")
+
+def _fit_flops(d:int, T:int, rp:dict)->float:
+    "FLOPs of the fits: X^T X and X^T Y of every map over its fitting windows, the solve of each, and the pick's refit."
+    return rp["fits"] * (4.0 * d * d * T * rp["fit_samples"] + 8 / 3 * d ** 3)
+
+def _repair_note(rp:dict, d:int, ne_bytes:int)->str:
+    "What the repair's passes count."
+    fit = (f"the pick's map fitted on the {rp['fit_samples']} windows" if rp["maps"] == 1 else
+           f"{rp['maps']} maps fitted at once on {rp['fit_samples']} windows, each window scored after its repair on the "
+           f"{rp['search_samples']} windows kept apart")
+    return (f"repair linear: {fit} ({rp['layer_passes']:,} layer and {rp['head_passes']:,} head passes with the final refit "
+            f"and the PPL plain vs repaired; normal equations {_si(ne_bytes, 'B')} in float64 for {d} x {d} maps; "
+            "evaluation windows, if given, add their own)")
+
 def plan_search(config_or_path,            # model folder, config.json path, dict or PretrainedConfig: no weights read
                 n:int,                     # layers to delete (delete_layer_num)
                 nsamples:int,              # calibration windows
@@ -252,6 +302,8 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
                 method:str="ppl_window",   # the criterion: "ppl_window", "angular", "angular_all", "block_influence" or "sleb"
                 compute_dtype:str|None=None, # a lower precision for the table (dtype_choice): activations in it, weights held in both
                 head_bound:bool=False,     # the exact search's head bound (head_bound=True): counted at its best case
+                repair:str|None=None,      # "linear": a least-squares map folded in after the search (repair); None: plain deletion
+                repair_score_windows:int=0, # with repair: score every window after its own repair on this many of the windows
                )->Plan:
     "The cost of a search before running it: passes, FLOPs, memory, weight moves and time, beside the brute force."
     s = model_shape(config_or_path)
@@ -262,7 +314,11 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ConfigError(f"{k}={v!r} must be a positive integer")
     if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
     if engine not in ("fast", "reference", "approx"): pass_counts(L, n, 1, engine)  # the engine's own error
-    Nr = nsamples if method in ONE_PASS else math.ceil(nsamples / world_size)
+    _check_repair(repair, repair_score_windows, nsamples, method=method, engine=engine, world_size=world_size,
+                  save_gpu_memory=save_gpu_memory, compute_dtype=compute_dtype, head_bound=head_bound)
+    rp = repair_passes(L, n, nsamples, repair_score_windows) if repair else None
+    searched = rp["search_samples"] if rp else nsamples  # repair-aware: the table is made on the windows kept apart
+    Nr = searched if method in ONE_PASS else math.ceil(searched / world_size)
     low = 2 if compute_dtype in ("bfloat16", "float16") and dtype_bytes > 2 and method in ("ppl_window", "sleb") else None
     c = _costs(s, L, n, Nr, seqlen, method, engine, chunk_size, memory_budget, low or dtype_bytes)
     mine, rep = c["mine"], c["report"]
@@ -303,19 +359,28 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
         notes.append(f"the output head ({s.vocab:,} rows) is {share:.0%} of this search's matrix work: head_bound=True (--head_bound) "
                      "keeps the answer exact and gives the full head only to the windows a bound cannot rule out")
     total = dict(layer_passes=mine["layer_passes"] + rep["layer_passes"], head_passes=mine["head_passes"] + rep["head_passes"])
+    fit_flops, ne_bytes, brute_rep, brute_all = 0.0, 0, 0, dict(brute)
+    if rp:
+        total = {k: total[k] + rp[k] for k in total}
+        fit_flops = _fit_flops(s.hidden, seqlen, rp)
+        ne_bytes, brute_rep = rp["maps"] * 2 * s.hidden * s.hidden * 8, rp["brute_force_layer_passes"]
+        brute_all = dict(layer_passes=brute["layer_passes"] + brute_rep, head_passes=brute["head_passes"] + rp["head_passes"])
+        notes.append(_repair_note(rp, s.hidden, ne_bytes))
     return Plan(model_type=s.model_type, num_layers=L, n=n, nsamples=nsamples, seqlen=seqlen, engine=engine,
                 world_size=world_size, samples_per_rank=Nr, windows=cand, chunk_size=c["chunk"],
-                layer_passes=mine["layer_passes"], head_passes=mine["head_passes"], flops=flops(total) + bound_flops,
+                layer_passes=mine["layer_passes"], head_passes=mine["head_passes"], flops=flops(total) + bound_flops + fit_flops,
                 brute_force_layer_passes=brute["layer_passes"], brute_force_head_passes=brute["head_passes"],
-                brute_force_flops=flops(brute),
+                brute_force_flops=flops(brute_all) + fit_flops,
                 weight_bytes=int((L * lb + dtype_bytes * s.vocab * s.hidden * (1 if s.tied else 2)) * (1 + (low or 0) / dtype_bytes)),
                 activation_bytes=c["act"], mix_mode=save_gpu_memory, weight_moves=moves, brute_force_weight_moves=bmoves,
                 moved_bytes=moves * lb, brute_force_moved_bytes=bmoves * lb, tflops=tflops,
-                est_s=_seconds(flops(total) + bound_flops, c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
-                brute_force_est_s=_seconds(flops(brute), bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes=notes,
+                est_s=_seconds(flops(total) + bound_flops + fit_flops, c["calls"], moves * lb, tflops, call_overhead_s, h2d_gbps),
+                brute_force_est_s=_seconds(flops(brute_all) + fit_flops, bcalls, bmoves * lb, tflops, call_overhead_s, h2d_gbps), notes=notes,
                 method=method, report_layer_passes=rep["layer_passes"], report_head_passes=rep["head_passes"],
                 compute_dtype=compute_dtype if low else None, head_rows=rows, brute_force_head_rows=brute["head_passes"] * s.vocab,
-                head_bound=hb)
+                head_bound=hb, repair=repair, repair_score_windows=repair_score_windows if repair else 0,
+                repair_layer_passes=rp["layer_passes"] if rp else 0, repair_head_passes=rp["head_passes"] if rp else 0,
+                brute_force_repair_layer_passes=brute_rep, normal_equations_bytes=ne_bytes)
 
 # %% ../../nbs/16_engine.plan.ipynb #5641dd2f
 def _si(x:float, unit:str="")->str:
@@ -324,25 +389,28 @@ def _si(x:float, unit:str="")->str:
     return f"{x:.3g} {unit}"
 
 def _dur(s:float|None)->str:
-    if s is None: return "n/a (give tflops)"
+    if s is None: return "n/a"
     return f"{s:.3g} s" if s < 120 else f"{s / 60:.3g} min" if s < 7200 else f"{s / 3600:.3g} h"
 
 def _plan_table(self:Plan)->str:
     by = f"delete {self.n} ({self.windows} windows)" if self.method == "ppl_window" else \
          f"delete {self.n} by {self.method} ({self.windows} candidates{' in round 1' if self.method == 'sleb' else ''})"
-    rows = [f"plan: {self.model_type}, {self.num_layers} layers, {by};", # two lines: each fits a 75-character terminal
-            f"{self.nsamples} samples x {self.seqlen} tokens over {self.world_size} rank(s) "
-            f"({self.samples_per_rank} per rank, chunks of {self.chunk_size})",
+    rows = [f"plan: {self.model_type}, {self.num_layers} layers, {by};", # the run on a line of its own: both fit 75 characters
+            textwrap.fill(f"{self.nsamples} samples x {self.seqlen} tokens over {self.world_size} rank(s) "
+            + (f"({self.nsamples - self.repair_score_windows} fit the maps, the table is made on "
+               f"{self.repair_score_windows}, chunks of {self.chunk_size})" if self.repair_score_windows else
+               f"({self.samples_per_rank} per rank, chunks of {self.chunk_size})"), 75, subsequent_indent="  "),
             f"{'per rank':<26}{self.engine if self.method == 'ppl_window' else self.method:>16}{'brute force':>16}",
             f"{'layer passes':<26}{self.layer_passes:>16,}{self.brute_force_layer_passes:>16,}",
             f"{'head passes':<26}{self.head_passes:>16,}{self.brute_force_head_passes:>16,}",
             *([f"{'head rows x samples':<26}{_si(self.head_rows):>16}{_si(self.brute_force_head_rows):>16}"] if self.head_rows else []),
             *([f"{'+ PPL report passes':<26}{self.report_layer_passes:>16,}{'':>16}"] if self.report_layer_passes else []),
+            *([f"{'+ repair layer passes':<26}{self.repair_layer_passes:>16,}{self.brute_force_repair_layer_passes:>16,}"] if self.repair else []),
             f"{'FLOPs':<26}{_si(self.flops):>16}{_si(self.brute_force_flops):>16}"]
     if self.mix_mode:
         rows.append(f"{'weight moves (mix mode)':<26}{self.weight_moves:>16,}{self.brute_force_weight_moves:>16,}")
         rows.append(f"{'bytes moved':<26}{_si(self.moved_bytes, 'B'):>16}{_si(self.brute_force_moved_bytes, 'B'):>16}")
-    at = f"time at {self.tflops:g} TFLOP/s" if self.tflops else "time"
+    at = f"time at {self.tflops:g} TFLOP/s" if self.tflops else "time (give tflops)"
     rows.append(f"{at:<26}{_dur(self.est_s):>16}{_dur(self.brute_force_est_s):>16}")
     rows.append(f"weights per rank {_si(self.weight_bytes, 'B')}, activations per rank about {_si(self.activation_bytes, 'B')}")
     notes = [textwrap.fill(f"note: {x}", 75, subsequent_indent="  ", break_on_hyphens=False) for x in self.notes]
