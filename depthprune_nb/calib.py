@@ -48,7 +48,7 @@ CODE_MODULES = ( # standard-library files, relative to the stdlib folder, in the
     "warnings.py", "weakref.py")
 
 def code_text(modules:tuple=CODE_MODULES, # files relative to the standard library's folder
-             )->str:                      # their source, each after a `# file: NAME` line, joined by blank lines
+             )->str:                      # their source, each after a # file: NAME line, joined by blank lines
     "The running interpreter's own standard-library source for `modules`, in order."
     root = Path(sysconfig.get_paths()["stdlib"])
     missing = [m for m in modules if not (root / m).is_file()]
@@ -194,13 +194,13 @@ def _calib_name(kind:str, rec:dict)->str:
     "How the text line names a code or chat calibration text."
     return ("Python standard-library source" if kind == "code" else "the model's own chat answers") + f" ({rec.get('sha256', '')[:12]})"
 
-def calib_eval_windows(model_dir:str|Path|None, # model folder or Hub id whose tokenizer is used (None with `tokenizer`)
+def calib_eval_windows(model_dir:str|Path|None, # model folder or Hub id whose tokenizer is used (None with tokenizer)
                        dev:str|torch.device|None=None, # device the windows are put on
                        seqlen:int=2048,      # tokens per window
                        calib:str|Path="wikitext", # a name in CALIB_SOURCES, or the path of a text file
                        text_file:str|Path|None=None, # a local WikiText-2 text: calib="wikitext"'s, and the evaluation text
                        eval_text_file:str|Path|None=None, # a local text to evaluate on
-                       tokenizer:object=None, # a tokenizer to use instead of loading one from `model_dir`
+                       tokenizer:object=None, # a tokenizer to use instead of loading one from model_dir
                        model:object=None,    # calib="chat": the model whose answers make the text
                        nsamples:int|None=None,      # calibration windows (default: all the source gives)
                        eval_nsamples:int|None=None, # evaluation windows; 0: none (the reference's single dataset)
@@ -208,7 +208,7 @@ def calib_eval_windows(model_dir:str|Path|None, # model folder or Hub id whose t
                        calib_split:str="train", # calib="wikitext" without text_file: the Hub split to calibrate on
                        eval_split:str="test",   # without eval_text_file or text_file: the Hub split to evaluate on
                        chat:dict|None=None,  # calib="chat": chat_text's prompts, max_new_tokens, cache_dir, progress
-                       sources:dict|None=None, # if given, filled with where the `calib` and `eval` windows came from
+                       sources:dict|None=None, # if given, filled with where the calib and eval windows came from
                       )->tuple:              # (calibration windows, evaluation windows or None, record)
     "Calibration windows from `calib` and evaluation windows that share no token with them, and a record of the source."
     kind, path = calib_source(calib)

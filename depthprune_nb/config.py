@@ -9,36 +9,13 @@ from dataclasses import dataclass, fields, asdict, replace
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'REPAIRS', 'LayerImportanceConfig', 'ConfigError', 'check_layer_indices',
-           'LayerImportancePruneConfig', 'Config', 'as_algo_config', 'EngineOptions', 'checkpoint_refusal',
-           'head_bound_refusal']
+__all__ = ['COMPUTE_DTYPES', 'METHODS', 'ENGINES', 'REPAIRS', 'LayerImportanceConfig', 'ConfigError',
+           'LayerImportancePruneConfig', 'check_layer_indices', 'Config', 'as_algo_config', 'EngineOptions',
+           'checkpoint_refusal', 'head_bound_refusal']
 
 # %% ../nbs/00_config.ipynb #702ce146
 class ConfigError(ValueError):
     "A configuration value is invalid; the message names the field, the value and what is valid."
-
-# %% ../nbs/00_config.ipynb #d5de8ad6
-def check_layer_indices(layers,                       # layer indices to delete, e.g. `[2, 3]`
-                        num_layers:int|None=None,     # the model's decoder layers; None: only the checks that need no model
-                        field:str="delete_layers_index", # what the message calls `layers`
-                       )->list[int]:                  # the indices, sorted
-    "Layer indices to delete, checked: integers, none repeated, in `0..num_layers-1`, not all of them; a `ConfigError` naming `field` otherwise."
-    what, n = f"{field}={layers!r}", num_layers
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
-        raise ConfigError(f"{what} is invalid: give a list of layer indices (integers), e.g. [2, 3]")
-    layers = list(layers)
-    try:
-        if any(isinstance(i, bool) for i in layers): raise TypeError
-        idx = [operator.index(i) for i in layers]
-    except TypeError: raise ConfigError(f"{what} is invalid: every entry must be an integer index") from None
-    if not idx: raise ConfigError(f"{what} deletes nothing: give at least one index" + ("" if n is None else f" in 0..{n-1}"))
-    bad = [i for i in idx if i < 0 or (n is not None and i >= n)]
-    if bad: raise ConfigError(f"{what} is out of range: " + ("indices are 0-based and must be >= 0" if n is None else
-                              f"the model has {n} decoder layers, valid indices are 0..{n-1}") + f" (got {bad})")
-    dup = sorted({i for i in idx if idx.count(i) > 1})
-    if dup: raise ConfigError(f"{what} repeats layer(s) {dup}: each layer can be deleted once")
-    if n is not None and len(idx) >= n: raise ConfigError(f"{what} would delete all {n} decoder layers: at most {n-1} can go")
-    return sorted(idx)
 
 # %% ../nbs/00_config.ipynb #da92d0a5
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32") # valid `compute_dtype` names ("auto": see dtype_choice)
@@ -98,7 +75,7 @@ class LayerImportancePruneConfig:
         return self
 
     @classmethod
-    def from_dict(cls, d:dict): # the JSON object, e.g. the tutorial's `config.json`
+    def from_dict(cls, d:dict): # the JSON object, e.g. the tutorial's config.json
         "Build a config from a dict, rejecting keys that are not fields."
         if not isinstance(d, dict): raise ConfigError(f"a config must be a JSON object (dict), got {type(d).__name__}")
         valid = [f.name for f in fields(cls)]
@@ -123,6 +100,29 @@ class LayerImportancePruneConfig:
 
 LayerImportanceConfig = LayerImportancePruneConfig
 
+# %% ../nbs/00_config.ipynb #d5de8ad6
+def check_layer_indices(layers,                       # layer indices to delete, e.g. [2, 3]
+                        num_layers:int|None=None,     # the model's decoder layers; None: only the checks that need no model
+                        field:str="delete_layers_index", # what the message calls layers
+                       )->list[int]:                  # the indices, sorted
+    "Layer indices to delete, checked: integers, none repeated, in `0..num_layers-1`, not all of them; a `ConfigError` naming `field` otherwise."
+    what, n = f"{field}={layers!r}", num_layers
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise ConfigError(f"{what} is invalid: give a list of layer indices (integers), e.g. [2, 3]")
+    layers = list(layers)
+    try:
+        if any(isinstance(i, bool) for i in layers): raise TypeError
+        idx = [operator.index(i) for i in layers]
+    except TypeError: raise ConfigError(f"{what} is invalid: every entry must be an integer index") from None
+    if not idx: raise ConfigError(f"{what} deletes nothing: give at least one index" + ("" if n is None else f" in 0..{n-1}"))
+    bad = [i for i in idx if i < 0 or (n is not None and i >= n)]
+    if bad: raise ConfigError(f"{what} is out of range: " + ("indices are 0-based and must be >= 0" if n is None else
+                              f"the model has {n} decoder layers, valid indices are 0..{n-1}") + f" (got {bad})")
+    dup = sorted({i for i in idx if idx.count(i) > 1})
+    if dup: raise ConfigError(f"{what} repeats layer(s) {dup}: each layer can be deleted once")
+    if n is not None and len(idx) >= n: raise ConfigError(f"{what} would delete all {n} decoder layers: at most {n-1} can go")
+    return sorted(idx)
+
 # %% ../nbs/00_config.ipynb #4918b377
 @dataclass
 class Config:
@@ -130,7 +130,7 @@ class Config:
     algo_config:LayerImportancePruneConfig|None=None # the depth-pruning settings
 
     @classmethod
-    def from_dict(cls, d:dict): # either `{"algo_config": {...}}` or the algorithm fields themselves
+    def from_dict(cls, d:dict): # either {"algo_config": {...}} or the algorithm fields themselves
         "Build from a dict, accepting the tutorial's flat JSON too."
         inner = d.get("algo_config", d) if isinstance(d, dict) else d
         if isinstance(d, dict) and "algo_config" in d and len(d) > 1:
@@ -169,7 +169,7 @@ class EngineOptions:
 
     @classmethod
     def of(cls, options:EngineOptions|None=None, # the options to start from; the defaults if None
-           **settings,                           # fields to replace, e.g. `chunk_size=4`
+           **settings,                           # fields to replace, e.g. chunk_size=4
           )->EngineOptions:
         "`options` with `settings` replacing its fields; a name that is not a field is refused with the valid ones."
         opts, rest = cls.split(options, settings)
@@ -179,7 +179,7 @@ class EngineOptions:
     @classmethod
     def split(cls, options:EngineOptions|None, # the options to start from; the defaults if None
               kwargs:dict,                     # keyword arguments: engine settings and others
-             )->tuple:                         # (the options with the settings among `kwargs` applied, the other arguments)
+             )->tuple:                         # (the options with the settings among kwargs applied, the other arguments)
         "Separate the engine settings in `kwargs` from a search's own arguments (`checkpoint`, `keep_exact`, ...)."
         if options is not None and not isinstance(options, cls):
             raise TypeError(f"options={options!r} must be an EngineOptions (or None)")
@@ -210,7 +210,7 @@ def checkpoint_refusal(method:str="ppl_window", # the criterion
 # %% ../nbs/00_config.ipynb #hbrefusal01
 def head_bound_refusal(method:str="ppl_window", # the criterion
                        engine:str="fast",       # the search engine
-                      )->ConfigError|None:      # why `head_bound=True` cannot apply to these settings; None when it can
+                      )->ConfigError|None:      # why head_bound=True cannot apply to these settings; None when it can
     "The `ConfigError` saying why the head bound cannot be used with these settings, or None when it can."
     if engine == "fast" and method in ("ppl_window", "sleb"): return None
     if method == "kl": return ConfigError("head_bound=True (--head_bound) bounds perplexities; method 'kl' needs every "

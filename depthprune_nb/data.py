@@ -59,12 +59,12 @@ def shipped_wikitext()->Path:
 
 # %% ../nbs/06_data.ipynb #5b1c0002
 def hub_or_shipped(split:str="test", # the WikiText-2 split wanted from the Hub
-                  )->tuple:          # `(text, source)`: source names where the text came from
+                  )->tuple:          # (text, source): source names where the text came from
     "WikiText-2 `split` from the Hub, or where the Hub cannot be reached the shipped test text, with a warning that says so."
     try: return wikitext_text(split), f"WikiText-2 {split} split from the Hugging Face Hub"
     except ConnectionError as e:
-        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s (%s)%s", type(e.__cause__ or e).__name__,
-                    SHIPPED_WIKITEXT, shipped_wikitext(), "" if split == "test" else f", not the {split} split asked for")
+        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s%s", type(e.__cause__ or e).__name__,
+                    SHIPPED_WIKITEXT, "" if split == "test" else f", not the {split} split asked for")
         return wikitext_text(text_file=shipped_wikitext()), SHIPPED_WIKITEXT
 
 def _source_name(source:tuple, names:dict)->str:
@@ -74,12 +74,12 @@ def _source_name(source:tuple, names:dict)->str:
     return source[1]
 
 # %% ../nbs/06_data.ipynb #8871930c
-def cut_windows(ids:torch.Tensor,     # `[1, N]` or `[N]` token ids of the whole text
+def cut_windows(ids:torch.Tensor,     # [1, N] or [N] token ids of the whole text
                 seqlen:int,           # tokens per window
                 nsamples:int|None=None, # keep at most this many windows; all if None
                 dev:str|torch.device|None=None, # device to put the windows on
                 progress:bool=True,   # show a tqdm bar
-                bos_id:int|None=None, # if given, every window is this token + `seqlen - 1` tokens of `ids`
+                bos_id:int|None=None, # if given, every window is this token + seqlen - 1 tokens of ids
                )->list:
     "Non-overlapping `[1, seqlen]` windows of `ids` (each led by `bos_id` if given); the remainder that does not fill one is dropped."
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
@@ -145,16 +145,16 @@ def text_windows(tokenizer,             # tokenizer of the model the windows are
 
 # %% ../nbs/06_data.ipynb #e37151f8
 def get_wikitext_dataset(model_dir:str|Path,   # model folder or Hub id whose tokenizer is used
-                         dev:str|torch.device|None=None, # device the windows are put on (e.g. `model.device`)
+                         dev:str|torch.device|None=None, # device the windows are put on (e.g. model.device)
                          seqlen:int=2048,      # tokens per window
                          split:str="test",     # WikiText-2 split
                          text_file:str|Path|None=None, # local joined text instead of the Hub (or the shipped test text)
-                         tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from `model_dir`
+                         tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from model_dir
                          nsamples:int|None=None, # keep at most this many windows
                          progress:bool=True,   # show a tqdm bar
                          trust_remote_code:bool=False, # run the tokenizer's own code if it ships some
                          bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see window_bos
-                         sources:dict|None=None, # if given, `calib` is set to where the text came from
+                         sources:dict|None=None, # if given, calib is set to where the text came from
                         )->list:
     "WikiText-2 `split`, tokenized once and cut into `[1, seqlen]` windows on `dev`; without `text_file` and the Hub, the shipped test text."
     text, name = (wikitext_text(split, text_file), None) if text_file is not None else hub_or_shipped(split)
@@ -201,11 +201,11 @@ def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose
                             text_file:str|Path|None=None, # one local text for both: split by split_windows
                             calib_text_file:str|Path|None=None, # a local text to calibrate on
                             eval_text_file:str|Path|None=None,  # a local text to evaluate on
-                            tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from `model_dir`
+                            tokenizer:PreTrainedTokenizerBase|None=None, # a tokenizer to use instead of loading one from model_dir
                             nsamples:int|None=None,      # calibration windows
                             eval_nsamples:int|None=None, # evaluation windows
                             bos="auto",           # lead each window with BOS: "auto", True, or False (the reference's cut); see window_bos
-                            sources:dict|None=None, # if given, filled with where the `calib` and `eval` windows came from
+                            sources:dict|None=None, # if given, filled with where the calib and eval windows came from
                            )->tuple:              # (calibration windows, evaluation windows)
     "Calibration and evaluation windows that share no token: separate texts, or the two ends of one text (the shipped one without the Hub)."
     calib_src = ("file", str(calib_text_file or text_file)) if (calib_text_file or text_file) else ("hub", calib_split)
@@ -216,8 +216,8 @@ def get_calib_eval_datasets(model_dir:str|Path,   # model folder or Hub id whose
             texts[src], names[src] = wikitext_text(src[1]), f"WikiText-2 {src[1]} split from the Hugging Face Hub"
     except ConnectionError as e: # no Hub: every Hub source becomes the one shipped text, cut apart below
         shipped_src = ("file", str(shipped_wikitext()))
-        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s (%s)%s", type(e.__cause__ or e).__name__,
-                    SHIPPED_WIKITEXT, shipped_src[1], ", its start to calibrate and its end to evaluate"
+        log.warning("the Hugging Face Hub cannot be reached (%s): using the %s%s", type(e.__cause__ or e).__name__,
+                    SHIPPED_WIKITEXT, ", its start to calibrate and its end to evaluate"
                     if calib_src[0] == eval_src[0] == "hub" else "")
         calib_src, eval_src = [shipped_src if s[0] == "hub" else s for s in (calib_src, eval_src)]
         texts, names = {shipped_src: wikitext_text(text_file=shipped_src[1])}, {shipped_src: SHIPPED_WIKITEXT}

@@ -46,10 +46,10 @@ def _png(result:PruneResult)->bytes:
     return buf.getvalue()
 
 def prune_and_save(model,              # the unpruned model, pruned in place
-                   result:PruneResult, # which layers to delete (`result.deleted_layers`)
-                   save_dir:str|Path,  # folder to save into; empty or new unless `overwrite`
+                   result:PruneResult, # which layers to delete (result.deleted_layers)
+                   save_dir:str|Path,  # folder to save into; empty or new unless overwrite
                    tokenizer:PreTrainedTokenizerBase|None=None, # saved alongside if given
-                   overwrite:bool=False, # let a non-empty `save_dir` be used: its checkpoint files are replaced
+                   overwrite:bool=False, # let a non-empty save_dir be used: its checkpoint files are replaced
                   )->Path:
     "Delete `result.deleted_layers` from `model` in place and save model, tokenizer and result to `save_dir`."
     save_dir = check_save_dir(save_dir, source_folder(model), overwrite)  # checked before the model is touched
@@ -68,7 +68,7 @@ class PruneExplorer:
                  model:nn.Module|None=None, # the unpruned model; without it the button is disabled
                  tokenizer:PreTrainedTokenizerBase|None=None, # saved with the model if given
                  save_dir:str|Path="pruned_model", # default folder for the button
-                 n:int|None=None,         # the `n` shown first; the smallest if None
+                 n:int|None=None,         # the n shown first; the smallest if None
                  overwrite:bool=False,    # start with the "overwrite" box ticked
                 ):
         if not results: raise ValueError("results is empty: run a search first, e.g. {n: layer_importance(model, data, n)}")
@@ -131,7 +131,7 @@ def explore(results:dict,      # n -> PruneResult, all for the same model
             model:nn.Module|None=None, # the unpruned model, for the prune button
             tokenizer:PreTrainedTokenizerBase|None=None, # saved with the model if given
             save_dir:str|Path="pruned_model", # default folder for the button
-            n:int|None=None,   # the `n` shown first (and in the static view); the smallest if None
+            n:int|None=None,   # the n shown first (and in the static view); the smallest if None
             widget:bool|None=None, # force the widget (True) or the static view (False); automatic if None
             overwrite:bool=False, # start with the widget's "overwrite" box ticked
            ):
@@ -140,7 +140,7 @@ def explore(results:dict,      # n -> PruneResult, all for the same model
         return PruneExplorer(results, model, tokenizer, save_dir, n, overwrite)
     r = results[n if n is not None else min(results)]
     print(r)
-    fig, (a, b) = plt.subplots(2, 1, figsize=(8, 4.6 + 0.3 * len(results)), layout="constrained",
+    fig, (a, b) = plt.subplots(2, 1, figsize=(7.2, 4.6 + 0.3 * len(results)), layout="constrained",
                                gridspec_kw=dict(height_ratios=[0.6 + 0.3 * len(results), 2.6]))  # 8 in: legible at page width
     plot_heatmap(results, ax=a)
     r.plot(ax=b)

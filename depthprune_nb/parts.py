@@ -146,10 +146,10 @@ def _find_num_field(config, n:int, field:str="")->str:
     raise FieldError(f"no config field among {_count_fields(config)} equals the {n} decoder layers; set layer_num_field")
 
 # %% ../nbs/02_parts.ipynb #c043a828
-def locate(model:nn.Module,    # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`
-           layers_path:str="", # `model_decoder_layers`; "" = detect
-           norm_path:str="",   # `layer_norm_field`; "" = detect
-           num_field:str="",   # `layer_num_field`; "" = detect
+def locate(model:nn.Module,    # a causal LM, e.g. from AutoModelForCausalLM.from_pretrained
+           layers_path:str="", # model_decoder_layers; "" = detect
+           norm_path:str="",   # layer_norm_field; "" = detect
+           num_field:str="",   # layer_num_field; "" = detect
           )->ModelParts:
     "Find (or check) where `model` keeps its decoder layers, final norm and layer count."
     _check_causal_lm(model)
@@ -179,8 +179,8 @@ def captured_stream(parts:ModelParts)->list:
 import math
 import torch.nn.functional as F
 
-def angular_distance(a:torch.Tensor, # hidden states `[..., H]`
-                     b:torch.Tensor, # hidden states of the same shape (moved to `a`'s device)
+def angular_distance(a:torch.Tensor, # hidden states [..., H]
+                     b:torch.Tensor, # hidden states of the same shape (moved to a's device)
                     )->float:        # mean angle over the positions, in units of pi
     "The mean angle between `a` and `b` along their last dimension, in units of pi: 0 the same direction, 1 opposite."
     cos = F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1).clamp(-1, 1)

@@ -43,9 +43,9 @@ def _start_ticks(ax, starts:list, max_labels:int=16):
 @patch
 def plot(self:PruneResult,
          ax:plt.Axes|None=None,   # matplotlib Axes to draw on; a new figure if None
-         log:bool|None=None,      # log-scale y axis; automatic (`log_above`) if None
+         log:bool|None=None,      # log-scale y axis; automatic (log_above) if None
          log_above:float=10.0,    # automatic log scale when max/min of the values exceeds this
-         title:str|None=None,     # the Axes title; a default naming the model and `n` if None
+         title:str|None=None,     # the Axes title; a default naming the model and n if None
         ):
     "Perplexity after deleting each window against its start, with the baseline and the chosen window."
     if ax is None: _, ax = plt.subplots(figsize=(7, 3.6))
@@ -143,7 +143,7 @@ def _ranks(x)->np.ndarray:
         if m.sum() > 1: r[m] = r[m].mean()
     return r
 
-def rank_agreement(result:PruneResult, # a result with `proxy_by_start` filled in
+def rank_agreement(result:PruneResult, # a result with proxy_by_start filled in
                   )->dict:
     "Spearman correlation of proxy and PPL over windows, and whether their best windows agree."
     if not result.proxy_by_start:
@@ -160,8 +160,8 @@ def rank_agreement(result:PruneResult, # a result with `proxy_by_start` filled i
                 ppl_of_proxy_choice=result.ppl_by_start[proxy_best])
 
 # %% ../nbs/52_plots.ipynb #c26c82cb
-def plot_proxy(result:PruneResult, # a result with `proxy_by_start` filled in
-               figsize=(8, 3.6),   # figure size in inches: at most 8.5 wide, so that its text stays legible at page width
+def plot_proxy(result:PruneResult, # a result with proxy_by_start filled in
+               figsize=(7.2, 3.4), # figure size in inches: at most 7.2 wide, so that its text stays legible at page width
               ):
     "The proxy beside the perplexity over window starts, and their rank agreement; returns the Figure."
     agree = rank_agreement(result)
@@ -182,7 +182,7 @@ def plot_proxy(result:PruneResult, # a result with `proxy_by_start` filled in
     rx = _ranks([result.proxy_by_start[s] for s in common])
     ax_r.plot([0, len(common) - 1], [0, len(common) - 1], color="grey", lw=0.8, ls=":")
     ax_r.scatter(rx, rp, color="C0")
-    for s, x, y in zip(common, rx, rp): ax_r.annotate(str(s), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for s, x, y in zip(common, rx, rp): ax_r.annotate(str(s), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
     for a in (ax_r.xaxis, ax_r.yaxis): a.set_major_locator(MaxNLocator(integer=True))
     ax_r.set_xlabel("proxy rank (0 = smallest distance)"); ax_r.set_ylabel("PPL rank (0 = best)")
     ax_r.set_title(f"Spearman ρ = {agree['spearman']:.2f}; same choice: {'yes' if agree['same_choice'] else 'no'}", fontsize=10)

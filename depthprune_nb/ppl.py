@@ -18,8 +18,8 @@ from .surgery import temporarily_deleted
 __all__ = ['window_nll', 'ppl_from_nlls', 'check_data', 'window_nlls', 'perplexity', 'ppl_deleting']
 
 # %% ../nbs/04_ppl.ipynb #5cc4c88c
-def window_nll(logits:torch.Tensor, # `[1, T, V]` (or `[T, V]`) logits of one window, any float dtype
-               ids:torch.Tensor,    # `[1, T]` (or `[T]`) token ids of that window
+def window_nll(logits:torch.Tensor, # [1, T, V] (or [T, V]) logits of one window, any float dtype
+               ids:torch.Tensor,    # [1, T] (or [T]) token ids of that window
                chunk:int|None=None, # positions per float32 chunk; None: about 2**20 logits (4 MB, cache-sized)
               )->float:
     "Mean next-token cross-entropy of one window over its `T-1` shifted positions, in float32."
@@ -70,7 +70,7 @@ def _check_eval_mode(model):
         raise ConfigError(f"the model is in training mode ({len(training)} modules with training=True, e.g. "
                           f"{training[:3]}): dropout would make the search random. Call model.eval() first")
 
-def check_data(data:list,                  # calibration windows, each `LongTensor[1, seqlen]`
+def check_data(data:list,                  # calibration windows, each LongTensor[1, seqlen]
                model:nn.Module|None=None,  # if given, also checked: positions, vocabulary, devices, eval mode
               )->int:
     "Validate calibration windows (and the model they will run on) and return their common `seqlen`."
@@ -98,7 +98,7 @@ def check_data(data:list,                  # calibration windows, each `LongTens
 # %% ../nbs/04_ppl.ipynb #b7953d77
 @torch.inference_mode()
 def window_nlls(model:nn.Module, # a causal LM
-                data:list,       # calibration windows, `LongTensor[1, seqlen]`
+                data:list,       # calibration windows, LongTensor[1, seqlen]
                 device:str|torch.device|None=None, # where inputs go; the input embedding's device if None
                 stop_above:float|None=None, # stop early once the running NLL sum exceeds this
                )->list[float]:
@@ -117,7 +117,7 @@ def perplexity(model:nn.Module, data:list, device:str|torch.device|None=None)->f
 
 # %% ../nbs/04_ppl.ipynb #d3231e62
 def ppl_deleting(model:nn.Module,            # a causal LM
-                 data:list,                  # windows, `LongTensor[1, seqlen]`
+                 data:list,                  # windows, LongTensor[1, seqlen]
                  layers:list,                # layers to delete while measuring, in the model's current numbering; [] for none
                  parts:ModelParts|None=None, # located parts; detected if None
                 )->float:

@@ -36,157 +36,14 @@ from transformers import PreTrainedTokenizerBase
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'layer_importance', 'search_each_n', 'explicit_result',
-           'window_runs', 'check_repairable', 'repair_deleted', 'ModelPruner', 'is_checkpoint_file', 'SaveDirError',
-           'check_save_dir', 'source_folder', 'save_pruned']
+__all__ = ['log', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'ModelPruner', 'is_checkpoint_file', 'SaveDirError',
+           'check_save_dir', 'source_folder', 'save_pruned', 'layer_importance', 'search_each_n', 'explicit_result',
+           'window_runs', 'check_repairable', 'repair_deleted']
 
 # %% ../nbs/50_pruner.ipynb #e5c0de00
 import os, shutil, uuid, warnings
 from fnmatch import fnmatch
 from .result import layer_range, _repair_line
-
-# %% ../nbs/50_pruner.ipynb #98968cf8
-def layer_importance(model:nn.Module,         # a causal LM
-                     data:list,               # calibration windows, `LongTensor[1, seqlen]`
-                     delete_layer_num:int,    # n, consecutive layers per candidate window
-                     parts:ModelParts|None=None, # located parts; detected if None
-                     *,
-                     engine:str="fast",       # "fast" (exact), "reference" (brute force) or "approx"
-                     method:str="ppl_window", # the criterion, one of `METHODS` (see below)
-                     early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
-                     eval_data:list|None=None, # evaluation windows, disjoint from `data`: fills the result's `eval_*` fields
-                     options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                     **kwargs,                # EngineOptions fields (`save_gpu_memory=True`, `compute_dtype="bfloat16"`, ...; without `options`, `compute_dtype` defaults to "auto"), and the search's own (`checkpoint`, `keep_exact`, ...)
-                    )->PruneResult:
-    "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
-    if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
-    if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
-    o, extra = EngineOptions.split(options, kwargs)
-    if o.head_bound and (err := head_bound_refusal(method, engine)): raise err # not silently ignored
-    if extra.get("checkpoint") is not None:
-        err = checkpoint_refusal(method, engine, early_abort)
-        if err: raise err
-    parts = parts or locate(model)
-    candidate_starts(parts.num_layers, delete_layer_num)
-    check_data(data, model)
-    if eval_data is not None: check_data(eval_data, model)
-    if options is None and "compute_dtype" not in kwargs: o = replace(o, compute_dtype="auto") # the default here
-    choice = choose_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device, method,
-                                  checkpointed=extra.get("checkpoint") is not None)
-    o = replace(o, compute_dtype=choice.compute_dtype) # "auto" resolved here, once; the choice goes into the result
-    if method != "ppl_window":
-        if o.compute_dtype is not None and method not in ("sleb", "kl"):
-            raise ConfigError(f"compute_dtype={o.compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
-                              f"or 'sleb'), not to method={method!r}, which runs one forward pass: leave it None")
-        res = _by_criterion(model, data, delete_layer_num, parts, method, engine, early_abort, o, extra)
-    elif engine == "reference":
-        low, plain = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device), replace(o, compute_dtype=None)
-        run = lambda: reference_search(model, data, delete_layer_num, parts, options=plain)
-        res = fill_runner_up(run() if low is None else mixed_precision_search(run, low, model, data, delete_layer_num, parts, plain))
-    else:
-        kw = dict(extra, early_abort=early_abort) if engine == "fast" else extra
-        res = fill_runner_up(search_function(engine)(model, data, delete_layer_num, parts, options=o, **kw))
-    if method in ("ppl_window", "sleb"): res.dtype_choice = choice.to_dict()
-    if eval_data is not None: evaluate_result(res, model, eval_data, parts, o.save_gpu_memory, o.device)
-    return res
-
-def _by_criterion(model, data, n, parts, method, engine, early_abort, options, extra)->PruneResult:
-    "The criteria other than the window search, each from its own module."
-    if method == "kl":
-        if engine == "approx" or early_abort:
-            raise ConfigError(f"method 'kl' is computed exactly (engine 'fast', or 'reference' for the brute force), not "
-                              f"with engine={engine!r}" + (" and early_abort=True" if early_abort else "") + ": drop it")
-        if engine == "reference": return kl_reference_search(model, data, n, parts, options=options)
-        return kl_search(model, data, n, parts, options=options, **extra)
-    if method == "sleb":
-        return sleb_search(model, data, n, parts, engine, options=options,
-                           **(dict(extra, early_abort=early_abort) if engine == "fast" else extra))
-    with layers_offloaded(parts, options.device) if options.save_gpu_memory else contextlib.nullcontext():
-        if method == "block_influence": return block_influence_search(model, data, n, parts)
-        return angular_search(model, data, n, parts, last_token=method == "angular")
-
-# %% ../nbs/50_pruner.ipynb #e6b00611
-def search_each_n(model:nn.Module,    # a causal LM
-                  data:list,          # calibration windows, `LongTensor[1, seqlen]`
-                  ns,                 # window sizes to search, e.g. `range(1, 7)`
-                  proxy:bool=True,    # also compute `proxy_by_start` (one extra forward pass per window per n)
-                  progress:bool=False, # show progress bars
-                  **kwargs,           # passed on to layer_importance (engine, save_gpu_memory, ...)
-                 )->dict:             # n -> PruneResult
-    "`layer_importance` for each `n` in `ns`, with the angular-distance proxy filled in."
-    out = {}
-    for n in ns:
-        r = layer_importance(model, data, n, progress=progress, **kwargs)
-        if proxy and r.proxy_by_start is None: r.proxy_by_start = angular_distance_proxy(model, data, n)
-        out[n] = r
-    return out
-
-# %% ../nbs/50_pruner.ipynb #35408ce3
-def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:bool=False, device:str|torch.device|None=None)->PruneResult:
-    "A `PruneResult` for deleting `layers` as given: PPL before and after, no search."
-    t0 = time.perf_counter()
-    ctx = layers_offloaded(parts, device) if save_gpu_memory else contextlib.nullcontext()
-    with ctx:
-        base = perplexity(model, data)
-        with temporarily_deleted(model, layers, parts): after = perplexity(model, data)
-    return PruneResult.of(parts, layers, base, {layers[0]: after}, stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
-                          method="explicit")
-
-# %% ../nbs/50_pruner.ipynb #bcbd77b8
-def window_runs(layers:list, # layer indices, any order
-               )->list:      # `(start, n)` of each run of consecutive layers, ascending
-    "Consecutive runs of `layers`: `[7, 2, 3]` -> `[(2, 2), (7, 1)]`."
-    runs = []
-    for i in sorted(int(i) for i in layers):
-        if runs and i == runs[-1][0] + runs[-1][1]: runs[-1][1] += 1
-        else: runs.append([i, 1])
-    return [tuple(r) for r in runs]
-
-def check_repairable(model:nn.Module,       # the causal LM, not yet pruned
-                     data:list,             # calibration windows (the first one's first 16 tokens are used)
-                     parts:ModelParts,      # where its layers live
-                     layers:list|None=None, # the layers that will be deleted, if known (an explicit pick); None: any window
-                    )->dict:                # fold layer -> the path of its down projection
-    "Refuse, before any search, a model whose layers cannot take a folded repair where a cut could fall; the model is unchanged."
-    L = parts.num_layers
-    fold = sorted({s - 1 for s, _ in window_runs(layers) if s > 0}) if layers is not None else range(L - 1)
-    out = {}
-    for i in fold:
-        out[i] = fold_target(parts, i)
-        residual_gain(model, parts, i + 1, out[i], data[0])
-    return out
-
-# %% ../nbs/50_pruner.ipynb #ad6e5048
-def repair_deleted(model:nn.Module,           # the causal LM, not yet pruned
-                   data:list,                 # calibration windows the maps are fitted on
-                   layers:list,               # the layers to delete, in the model's current numbering
-                   parts:ModelParts|None=None,# where its layers live; detected if None
-                   ridge:float=1e-6,          # ridge of each fit, relative to the mean diagonal of X^T X
-                   progress:bool=False,       # tqdm bars over the fits' windows
-                  )->dict:                    # the record: kind, ridge, one entry per fold (numbering before deletion), notes
-    "Delete `layers`, folding a linear repair into the layer before each consecutive run of them; all or nothing."
-    parts = parts or locate(model)
-    folds, notes, applied, modules, gone = [], [], [], [], 0
-    try:
-        for s, n in window_runs(layers):
-            now = s - gone # the run's start once the runs below it are gone
-            if now == 0:
-                applied.append(apply_edits(plan_deletion(model, list(range(n)), parts)))
-                notes.append(f"{layer_range(range(s, s + n), named=True)} deleted without repair: no layer precedes the cut")
-            else:
-                t0 = time.perf_counter()
-                rep = fit_linear_repair(model, data, now, n, ridge, parts, progress)
-                modules.append(get_module(parts.layers[rep.fold_layer], rep.fold_path))
-                applied.append(apply_edits(plan_repair(model, rep, parts)))
-                folds.append(dict(deleted=list(range(s, s + n)), fold_layer=s - 1, fold_layer_after=now - 1,
-                                  fold_path=rep.fold_path, gain=rep.gain, tokens=rep.tokens, unexplained=rep.unexplained,
-                                  fit_s=time.perf_counter() - t0))
-            gone += n
-    except BaseException:
-        for edits in reversed(applied): undo_edits(edits)
-        raise
-    for m in modules: mark_folded(model, m)
-    return dict(kind="linear", ridge=ridge, folds=folds, notes=notes)
 
 # %% ../nbs/50_pruner.ipynb #6ca25872
 class ModelPruner:
@@ -195,8 +52,8 @@ class ModelPruner:
                  config:Config|LayerImportancePruneConfig|dict, # the pruning config (the tutorial's Config)
                  engine:str="fast",     # search engine: "fast" (exact), "reference" or "approx"
                  early_abort:bool=False, # let the fast engine stop hopeless windows early
-                 options:EngineOptions|None=None, # how the engine runs; the config's `save_gpu_memory` and `compute_dtype` apply too
-                 **kwargs):             # EngineOptions fields (`device=`, `progress=`, ...), and the search's own (`checkpoint`, ...)
+                 options:EngineOptions|None=None, # how the engine runs; the config's save_gpu_memory and compute_dtype apply too
+                 **kwargs):             # EngineOptions fields (device=, progress=, ...), and the search's own (checkpoint, ...)
         self.config = as_algo_config(config)
         if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
         self.engine, self.early_abort = engine, early_abort
@@ -258,9 +115,9 @@ class ModelPruner:
         log.info("%s", _repair_line(rec))
 
     def pruning_model(self,
-                      model:nn.Module, # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`
+                      model:nn.Module, # a causal LM, e.g. from AutoModelForCausalLM.from_pretrained
                       data:list,       # calibration windows from get_wikitext_dataset
-                      eval_data:list|None=None, # evaluation windows, disjoint from `data` (get_calib_eval_datasets)
+                      eval_data:list|None=None, # evaluation windows, disjoint from data (get_calib_eval_datasets)
                      )->nn.Module:     # the same model object, pruned in place
         "Search, then delete the chosen layers in place (and repair them: the config's `repair`); the result is kept in `self.result`."
         c = as_algo_config(self.config)
@@ -312,7 +169,7 @@ def _check_source(save_dir:Path, source_dir)->None:
 
 def check_save_dir(save_dir:str|Path,             # where the pruned model will go
                    source_dir:str|Path|None=None, # the folder the model was loaded from, if local
-                   overwrite:bool=False,          # allow replacing the checkpoint files of a non-empty `save_dir`
+                   overwrite:bool=False,          # allow replacing the checkpoint files of a non-empty save_dir
                   )->Path:
     "Refuse the source model's folder (or one above or inside it) always, and a non-empty folder unless `overwrite`."
     save_dir = Path(save_dir)
@@ -356,9 +213,9 @@ def _move_into(tmp:Path, save_dir:Path)->None:
 def save_pruned(model:nn.Module,          # the pruned model
                 save_dir:str|Path,        # the folder to write
                 tokenizer:PreTrainedTokenizerBase|None=None, # saved beside the model if given
-                result:PruneResult|None=None, # written as `prune_result.json` if given
-                source_dir:str|Path|None=None, # the original model's folder, never written; `model.name_or_path` if None
-                overwrite:bool=False,     # allow replacing the checkpoint files of a non-empty `save_dir`
+                result:PruneResult|None=None, # written as prune_result.json if given
+                source_dir:str|Path|None=None, # the original model's folder, never written; model.name_or_path if None
+                overwrite:bool=False,     # allow replacing the checkpoint files of a non-empty save_dir
                 progress:bool=False,      # show transformers' "Writing model shards" bar
                )->Path:
     "Save a pruned model (safetensors), its tokenizer and the search result to `save_dir`, all or nothing."
@@ -380,3 +237,146 @@ def save_pruned(model:nn.Module,          # the pruned model
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return save_dir
+
+# %% ../nbs/50_pruner.ipynb #98968cf8
+def layer_importance(model:nn.Module,         # a causal LM
+                     data:list,               # calibration windows, LongTensor[1, seqlen]
+                     delete_layer_num:int,    # n, consecutive layers per candidate window
+                     parts:ModelParts|None=None, # located parts; detected if None
+                     *,
+                     engine:str="fast",       # "fast" (exact), "reference" (brute force) or "approx"
+                     method:str="ppl_window", # the criterion, one of METHODS (see below)
+                     early_abort:bool=False,  # fast engine: stop hopeless windows early (their PPL becomes a lower bound)
+                     eval_data:list|None=None, # evaluation windows, disjoint from data: fills the result's eval_* fields
+                     options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
+                     **kwargs,                # EngineOptions fields (save_gpu_memory=True, compute_dtype="bfloat16", ...; without options, compute_dtype defaults to "auto"), and the search's own (checkpoint, keep_exact, ...)
+                    )->PruneResult:
+    "Which `delete_layer_num` layers to delete by `method`, and why; the model is not changed."
+    if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
+    if method not in METHODS: raise ConfigError(f"method={method!r} is not known; valid methods: {list(METHODS)}")
+    o, extra = EngineOptions.split(options, kwargs)
+    if o.head_bound and (err := head_bound_refusal(method, engine)): raise err # not silently ignored
+    if extra.get("checkpoint") is not None:
+        err = checkpoint_refusal(method, engine, early_abort)
+        if err: raise err
+    parts = parts or locate(model)
+    candidate_starts(parts.num_layers, delete_layer_num)
+    check_data(data, model)
+    if eval_data is not None: check_data(eval_data, model)
+    if options is None and "compute_dtype" not in kwargs: o = replace(o, compute_dtype="auto") # the default here
+    choice = choose_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device, method,
+                                  checkpointed=extra.get("checkpoint") is not None)
+    o = replace(o, compute_dtype=choice.compute_dtype) # "auto" resolved here, once; the choice goes into the result
+    if method != "ppl_window":
+        if o.compute_dtype is not None and method not in ("sleb", "kl"):
+            raise ConfigError(f"compute_dtype={o.compute_dtype!r} applies to the perplexity searches (method 'ppl_window' "
+                              f"or 'sleb'), not to method={method!r}, which runs one forward pass: leave it None")
+        res = _by_criterion(model, data, delete_layer_num, parts, method, engine, early_abort, o, extra)
+    elif engine == "reference":
+        low, plain = resolve_compute_dtype(model, o.compute_dtype, parts, o.save_gpu_memory, o.device), replace(o, compute_dtype=None)
+        run = lambda: reference_search(model, data, delete_layer_num, parts, options=plain)
+        res = fill_runner_up(run() if low is None else mixed_precision_search(run, low, model, data, delete_layer_num, parts, plain))
+    else:
+        kw = dict(extra, early_abort=early_abort) if engine == "fast" else extra
+        res = fill_runner_up(search_function(engine)(model, data, delete_layer_num, parts, options=o, **kw))
+    if method in ("ppl_window", "sleb"): res.dtype_choice = choice.to_dict()
+    if eval_data is not None: evaluate_result(res, model, eval_data, parts, o.save_gpu_memory, o.device)
+    return res
+
+def _by_criterion(model, data, n, parts, method, engine, early_abort, options, extra)->PruneResult:
+    "The criteria other than the window search, each from its own module."
+    if method == "kl":
+        if engine == "approx" or early_abort:
+            raise ConfigError(f"method 'kl' is computed exactly (engine 'fast', or 'reference' for the brute force), not "
+                              f"with engine={engine!r}" + (" and early_abort=True" if early_abort else "") + ": drop it")
+        if engine == "reference": return kl_reference_search(model, data, n, parts, options=options)
+        return kl_search(model, data, n, parts, options=options, **extra)
+    if method == "sleb":
+        return sleb_search(model, data, n, parts, engine, options=options,
+                           **(dict(extra, early_abort=early_abort) if engine == "fast" else extra))
+    with layers_offloaded(parts, options.device) if options.save_gpu_memory else contextlib.nullcontext():
+        if method == "block_influence": return block_influence_search(model, data, n, parts)
+        return angular_search(model, data, n, parts, last_token=method == "angular")
+
+# %% ../nbs/50_pruner.ipynb #e6b00611
+def search_each_n(model:nn.Module,    # a causal LM
+                  data:list,          # calibration windows, LongTensor[1, seqlen]
+                  ns,                 # window sizes to search, e.g. range(1, 7)
+                  proxy:bool=True,    # also compute proxy_by_start (one extra forward pass per window per n)
+                  progress:bool=False, # show progress bars
+                  **kwargs,           # passed on to layer_importance (engine, save_gpu_memory, ...)
+                 )->dict:             # n -> PruneResult
+    "`layer_importance` for each `n` in `ns`, with the angular-distance proxy filled in."
+    out = {}
+    for n in ns:
+        r = layer_importance(model, data, n, progress=progress, **kwargs)
+        if proxy and r.proxy_by_start is None: r.proxy_by_start = angular_distance_proxy(model, data, n)
+        out[n] = r
+    return out
+
+# %% ../nbs/50_pruner.ipynb #35408ce3
+def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:bool=False, device:str|torch.device|None=None)->PruneResult:
+    "A `PruneResult` for deleting `layers` as given: PPL before and after, no search."
+    t0 = time.perf_counter()
+    ctx = layers_offloaded(parts, device) if save_gpu_memory else contextlib.nullcontext()
+    with ctx:
+        base = perplexity(model, data)
+        with temporarily_deleted(model, layers, parts): after = perplexity(model, data)
+    return PruneResult.of(parts, layers, base, {layers[0]: after}, stats=dict(engine="explicit", wall_s=time.perf_counter() - t0),
+                          method="explicit")
+
+# %% ../nbs/50_pruner.ipynb #bcbd77b8
+def window_runs(layers:list, # layer indices, any order
+               )->list:      # (start, n) of each run of consecutive layers, ascending
+    "Consecutive runs of `layers`: `[7, 2, 3]` -> `[(2, 2), (7, 1)]`."
+    runs = []
+    for i in sorted(int(i) for i in layers):
+        if runs and i == runs[-1][0] + runs[-1][1]: runs[-1][1] += 1
+        else: runs.append([i, 1])
+    return [tuple(r) for r in runs]
+
+def check_repairable(model:nn.Module,       # the causal LM, not yet pruned
+                     data:list,             # calibration windows (the first one's first 16 tokens are used)
+                     parts:ModelParts,      # where its layers live
+                     layers:list|None=None, # the layers that will be deleted, if known (an explicit pick); None: any window
+                    )->dict:                # fold layer -> the path of its down projection
+    "Refuse, before any search, a model whose layers cannot take a folded repair where a cut could fall; the model is unchanged."
+    L = parts.num_layers
+    fold = sorted({s - 1 for s, _ in window_runs(layers) if s > 0}) if layers is not None else range(L - 1)
+    out = {}
+    for i in fold:
+        out[i] = fold_target(parts, i)
+        residual_gain(model, parts, i + 1, out[i], data[0])
+    return out
+
+# %% ../nbs/50_pruner.ipynb #ad6e5048
+def repair_deleted(model:nn.Module,           # the causal LM, not yet pruned
+                   data:list,                 # calibration windows the maps are fitted on
+                   layers:list,               # the layers to delete, in the model's current numbering
+                   parts:ModelParts|None=None,# where its layers live; detected if None
+                   ridge:float=1e-6,          # ridge of each fit, relative to the mean diagonal of X^T X
+                   progress:bool=False,       # tqdm bars over the fits' windows
+                  )->dict:                    # the record: kind, ridge, one entry per fold (numbering before deletion), notes
+    "Delete `layers`, folding a linear repair into the layer before each consecutive run of them; all or nothing."
+    parts = parts or locate(model)
+    folds, notes, applied, modules, gone = [], [], [], [], 0
+    try:
+        for s, n in window_runs(layers):
+            now = s - gone # the run's start once the runs below it are gone
+            if now == 0:
+                applied.append(apply_edits(plan_deletion(model, list(range(n)), parts)))
+                notes.append(f"{layer_range(range(s, s + n), named=True)} deleted without repair: no layer precedes the cut")
+            else:
+                t0 = time.perf_counter()
+                rep = fit_linear_repair(model, data, now, n, ridge, parts, progress)
+                modules.append(get_module(parts.layers[rep.fold_layer], rep.fold_path))
+                applied.append(apply_edits(plan_repair(model, rep, parts)))
+                folds.append(dict(deleted=list(range(s, s + n)), fold_layer=s - 1, fold_layer_after=now - 1,
+                                  fold_path=rep.fold_path, gain=rep.gain, tokens=rep.tokens, unexplained=rep.unexplained,
+                                  fit_s=time.perf_counter() - t0))
+            gone += n
+    except BaseException:
+        for edits in reversed(applied): undo_edits(edits)
+        raise
+    for m in modules: mark_folded(model, m)
+    return dict(kind="linear", ridge=ridge, folds=folds, notes=notes)

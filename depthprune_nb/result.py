@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_result.ipynb #d792861c
 from __future__ import annotations
-import json, math, time
+import html, json, math, textwrap, time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -80,17 +80,17 @@ class PruneResult:
     stats:SearchStats=field(default_factory=SearchStats) # what the search cost: layer passes, wall time, memory, ... (a dict is converted)
     model_name:str=""                    # name or path of the model, for tables and plots
     low_precision_starts:list=field(default_factory=list) # starts whose PPL is a low-precision estimate, not confirmed in the model's own dtype
-    method:str="ppl_window"              # the criterion that chose the layers (`layer_importance(method=...)`)
+    method:str="ppl_window"              # the criterion that chose the layers (layer_importance(method=...))
     runner_up_layers:list|None=None      # the criterion's second choice
-    runner_up_ppl:float|None=None        # calibration PPL with `runner_up_layers` deleted
+    runner_up_ppl:float|None=None        # calibration PPL with runner_up_layers deleted
     eval_baseline_ppl:float|None=None    # PPL of the unpruned model on the evaluation windows (None: no evaluation data)
-    eval_ppl:float|None=None             # evaluation PPL with `deleted_layers` deleted
-    eval_runner_up_ppl:float|None=None   # evaluation PPL with `runner_up_layers` deleted
+    eval_ppl:float|None=None             # evaluation PPL with deleted_layers deleted
+    eval_runner_up_ppl:float|None=None   # evaluation PPL with runner_up_layers deleted
     scores:dict|None=None                # the criterion's score per candidate (window start or layer); lowest is deleted first
-    dtype_choice:dict|None=None          # the precision the table was computed in and why (`dtype_choice.DtypeChoice`)
+    dtype_choice:dict|None=None          # the precision the table was computed in and why (dtype_choice.DtypeChoice)
     kl_by_start:dict|None=None           # window start -> mean KL(unpruned || pruned) of the next-token distributions (method "kl")
-    calibration:dict|None=None           # where the calibration windows came from (`calib.calibration_record`): source, windows, tokens
-    repair:dict|None=None                # the repair folded in after deletion (`ModelPruner` with `repair="linear"`): its fits and PPLs
+    calibration:dict|None=None           # where the calibration windows came from (calib.calibration_record): source, windows, tokens
+    repair:dict|None=None                # the repair folded in after deletion (ModelPruner with repair="linear"): its fits and PPLs
 
     def __post_init__(self):
         self.ppl_by_start, self.proxy_by_start = _int_keys(self.ppl_by_start), _int_keys(self.proxy_by_start)
@@ -144,7 +144,7 @@ def format_ppl(v:float)->str:
     if not math.isfinite(v): return str(v)
     return f"{v:.{max(0, min(4, 7 - len(str(int(abs(v))))))}f}"
 
-def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
+def layer_range(layers,           # layer indices, e.g. [5, 6] or [3, 7, 8]
                 named:bool=False, # prefix "layer " or "layers "
                )->str:
     "Layers as one writes them: consecutive runs as '5–6' (en dash), runs separated by ', ' ('3, 7–8')."
@@ -155,28 +155,56 @@ def layer_range(layers,           # layer indices, e.g. `[5, 6]` or `[3, 7, 8]`
     text = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs) or "none"
     return f"layer{'s' if len(ls) != 1 else ''} {text}" if named else text
 
-def _table(self:PruneResult)->str:
+def _head(self:PruneResult)->str:
+    return (f"{self.model_name + ': ' if self.model_name else ''}deleting {self.delete_layer_num} of "
+            f"{self.num_layers_before} layers; baseline PPL {format_ppl(self.baseline_ppl)}")
+
+def _rows(self:PruneResult)->list:
+    "One `(start, layers, PPL, vs baseline, KL, note)` of strings per candidate window, in order."
     n, lb, est = self.delete_layer_num, set(self.lower_bound_starts), set(self.estimated_starts)
-    lowp = set(self.low_precision_starts)
-    head = f"{self.model_name + ': ' if self.model_name else ''}deleting {n} of {self.num_layers_before} layers; baseline PPL {format_ppl(self.baseline_ppl)}"
-    kl = self.kl_by_start or {}
-    rows = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}" + (f"{'KL':>12}" if kl else "")]
+    lowp, kl, rows = set(self.low_precision_starts), self.kl_by_start or {}, []
     for s, v in sorted(self.ppl_by_start.items()):
         rel = f"{(v / self.baseline_ppl - 1) * 100:+.2f}%" if math.isfinite(v) else "n/a"
-        if kl: rel += f"{kl[s]:>12.6f}" if s in kl else f"{'':>12}"
-        mark = "  <- best" if s == self.best_start else ("  (lower bound)" if s in lb else "  (estimate)" if s in est else "")
-        if s in lowp: mark += "  (low precision)"
+        mark = "<- best" if s == self.best_start else ("(lower bound)" if s in lb else "(estimate)" if s in est else "")
+        if s in lowp: mark = (mark + "  (low precision)").strip()
         prefix = ">=" if s in lb else "~" if s in est else ""
         shown = self.deleted_layers if s == self.best_start else range(s, s + n) # a criterion's pick need not be a window
-        rows.append(f"{s:>5}  {layer_range(shown):<14}{prefix + format_ppl(v):>12}  {rel:>11}{mark}")
+        rows.append((str(s), layer_range(shown), prefix + format_ppl(v), rel, f"{kl[s]:.6f}" if s in kl else "", mark))
+    return rows
+
+def _foot(self:PruneResult)->list:
+    "The lines under the table: what was deleted, what it saved, and the summary."
+    kl = self.kl_by_start or {}
     pick_kl = f", KL {kl[self.best_start]:.6f}" if self.best_start in kl else ""
-    rows.append(f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}{pick_kl}; "
-                f"{self.num_layers_before} -> {self.num_layers_after} layers, "
-                f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})")
-    if lowp: rows.append(f"(low precision): computed in {self.stats.compute_dtype or 'low precision'}, not confirmed; "
-                         f"every other row in the model's own precision")
-    rows += _summary_lines(self)
-    return "\n".join(rows)
+    rows = [f"deleted {layer_range(self.deleted_layers, named=True)}: PPL {format_ppl(self.best_ppl)}{pick_kl}; "
+            f"{self.num_layers_before} -> {self.num_layers_after} layers,",
+            f"{self.params_before:,} -> {self.params_after:,} parameters (prune ratio {self.prune_ratio:.2%})"]
+    if self.low_precision_starts:
+        rows.append(f"(low precision): computed in {self.stats.compute_dtype or 'low precision'}, not confirmed; "
+                    f"every other row in the model's own precision")
+    return rows + _summary_lines(self)
+
+def _table(self:PruneResult)->str:
+    kl = bool(self.kl_by_start)
+    head = textwrap.fill(_head(self), 75, subsequent_indent="  ", break_on_hyphens=False)
+    lines = [head, f"{'start':>5}  {'layers':<14}{'PPL':>12}  {'vs baseline':>11}" + (f"{'KL':>12}" if kl else "")]
+    for s, layers, ppl, rel, k, mark in _rows(self):
+        lines.append(f"{s:>5}  {layers:<14}{ppl:>12}  {rel:>11}" + (f"{k:>12}" if kl else "") + (f"  {mark}" if mark else ""))
+    foot = [textwrap.fill(line, 75, subsequent_indent="  ", break_on_hyphens=False) for line in _foot(self)]
+    return "\n".join(lines + foot) # the lines under the table fit 75 characters (a terminal, a docs page)
+
+def _html(self:PruneResult)->str:
+    "The same table as HTML, for notebooks and the docs: the table with a caption, the summary lines below it."
+    kl, esc = bool(self.kl_by_start), html.escape
+    cols = ["start", "layers", "PPL", "vs baseline"] + (["KL"] if kl else []) + [""]
+    cell = "padding:0.1em 0.8em; text-align:right; white-space:nowrap" # numbers right-aligned, columns apart
+    head = "\n".join(f"<th style='{cell}'>{c}</th>" for c in cols)
+    body = "\n".join("<tr>" + "\n".join(f"<td style='{cell}'>{esc(x)}</td>" for x in (r if kl else r[:4] + r[5:])) + "</tr>"
+                     for r in _rows(self))
+    foot = "\n".join(f"<li>{esc(line)}</li>" for line in _foot(self))
+    return (f"<table class='prune-result' style='border-collapse:collapse'>"
+            f"<caption style='caption-side:top; text-align:left'>{esc(_head(self))}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><ul>{foot}</ul>")
 
 def _pct(x:float|None)->str: return "n/a" if x is None or not math.isfinite(x) else f"{x:+.2%}"
 
@@ -212,6 +240,7 @@ def _repair_line(r:dict)->str:
 
 PruneResult.__str__ = _table
 PruneResult._repr_pretty_ = lambda self, p, cycle: p.text(_table(self))
+PruneResult._repr_html_ = _html
 
 # %% ../nbs/05_result.ipynb #b50d9d50
 def best_start(ppl_by_start:dict, # window start -> PPL
@@ -263,13 +292,13 @@ def params_after_deleting(parts:ModelParts, layers:list)->int:
 # %% ../nbs/05_result.ipynb #d62a4b59
 @patch(cls_method=True)
 def of(cls:PruneResult,
-       parts:ModelParts,          # the searched model's located parts (`parts.model` is the model)
+       parts:ModelParts,          # the searched model's located parts (parts.model is the model)
        deleted_layers,            # the pick: the layers to delete, in the model's current numbering
        baseline_ppl:float,        # PPL of the unpruned model
        ppl_by_start:dict,         # the criterion's table: window (or first deleted layer) -> PPL
        params_before:int|None=None, # the model's parameter count (counted here if None)
        model_name:str|None=None,  # the model's name (model_label if None)
-       **fields,                  # the other fields: `stats`, `lower_bound_starts`, `method`, `scores`, ...
+       **fields,                  # the other fields: stats, lower_bound_starts, method, scores, ...
       )->PruneResult:
     "A search's result: its table, pick and measurements, with the layer and parameter counts that follow from them."
     deleted, L, model = list(deleted_layers), parts.num_layers, parts.model
@@ -281,10 +310,10 @@ def of(cls:PruneResult,
 
 # %% ../nbs/05_result.ipynb #0ad87e5e
 def criterion_setup(model:nn.Module,            # the causal LM a criterion will score
-                    data:list,                  # calibration windows, `LongTensor[1, seqlen]`
+                    data:list,                  # calibration windows, LongTensor[1, seqlen]
                     n:int,                      # layers the criterion will delete
                     parts:ModelParts|None=None, # located parts; detected if None
-                   )->tuple:                    # (parts, number of decoder layers `L`, number of windows `N`)
+                   )->tuple:                    # (parts, number of decoder layers L, number of windows N)
     "The checks every criterion makes before it runs: parts located, data and model checked, `1 <= n < L`."
     parts = parts or locate(model)
     check_data(data, model)

@@ -327,7 +327,7 @@ def plan_deletion(model:nn.Module,            # a causal LM
     return edits + _unknown_per_layer_lists(d, handled)
 
 # %% ../nbs/03_surgery.ipynb #e4dcf127
-def delete_layers(model:nn.Module,            # a causal LM, e.g. from `AutoModelForCausalLM.from_pretrained`
+def delete_layers(model:nn.Module,            # a causal LM, e.g. from AutoModelForCausalLM.from_pretrained
                   layers:list[int],           # decoder layers to delete, in the model's current numbering
                   parts:ModelParts|None=None, # where the layers live; detected if None
                  )->nn.Module:                # the same model, pruned in place

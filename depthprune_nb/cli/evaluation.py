@@ -64,9 +64,10 @@ def task_table(stats:dict)->str:
     from depthprune_nb.eval.tasks import paired_test
     st = stats["tasks"]
     stages = [s for s in ("unpruned", "pruned", "healed") if s in st]
-    rows = [f"{'task':32s} {'n':>5s} {'chance':>7s} " + " ".join(f"{s:>15s}" for s in stages)]
+    w = max([4] + [len(name) for name in st[stages[0]]]) # the task column as wide as its longest name
+    rows = [f"{'task':{w}s} {'n':>5s} {'chance':>7s} " + " ".join(f"{s:>15s}" for s in stages)]
     for name, r0 in st[stages[0]].items():
-        rows.append(f"{name:32s} {r0['n']:5d} {r0['chance']:7.3f} " +
+        rows.append(f"{name:{w}s} {r0['n']:5d} {r0['chance']:7.3f} " +
                     " ".join(f"{st[s][name]['acc']:7.3f} ± {st[s][name]['acc_stderr']:.3f}" for s in stages))
     if stages[0] != "unpruned": return "\n".join(rows)
     for s in stages[1:]:  # the same examples scored by both: the exact McNemar test (paired_test)

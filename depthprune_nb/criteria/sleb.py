@@ -64,14 +64,14 @@ def _sleb_result(st:dict, k:int, baseline:float, L:int, params_before:int, parts
                           runner_up_ppl=None if second is None else table[second], scores=scores)
 
 def sleb_search(model:nn.Module,            # a causal LM
-                data:list,                  # calibration windows, `LongTensor[1, seqlen]`
+                data:list,                  # calibration windows, LongTensor[1, seqlen]
                 n:int,                      # layers to delete, one per round
                 parts:ModelParts|None=None, # located parts; detected if None
                 engine:str="fast",          # the engine that scores each round: "fast" (exact), "reference", "approx"
-                progress:bool|None=None,    # show progress bars; None: as `options` say (shown by default)
+                progress:bool|None=None,    # show progress bars; None: as options say (shown by default)
                 checkpoint:SearchCheckpoint|None=None, # save each finished round, and the round in progress by sample chunk; resume from there
                 options:EngineOptions|None=None, # how the engine of each round runs
-                **kwargs,                   # EngineOptions fields, and the round's search's own arguments (`early_abort`, `keep_exact`, ...)
+                **kwargs,                   # EngineOptions fields, and the round's search's own arguments (early_abort, keep_exact, ...)
                )->PruneResult:
     "SLEB (Song et al. 2024): `n` greedy rounds, each removing the layer whose removal gives the lowest calibration PPL."
     parts, L, N = criterion_setup(model, data, n, parts)

@@ -37,14 +37,14 @@ def _possible_gap(nlls:dict, best:int, dropped:list)->float:
 
 # %% ../../nbs/21_engine.approx.ipynb #c0dcd89d
 def approx_search(model:nn.Module,        # a causal LM
-                  data:list,              # calibration windows, `LongTensor[1, seqlen]`
-                  n:int,                  # layers per window (`delete_layer_num`)
+                  data:list,              # calibration windows, LongTensor[1, seqlen]
+                  n:int,                  # layers per window (delete_layer_num)
                   parts:ModelParts|None=None, # located parts; detected if None
                   *,
                   keep_exact:int=3,       # windows scored exactly on every sample at the end
-                  first_samples:int|None=None, # samples in the first round; `max(1, len(data) // 64)` if None
+                  first_samples:int|None=None, # samples in the first round; max(1, len(data) // 64) if None
                   options:EngineOptions|None=None, # how the engine runs, as in fast_search (the survivors within the margin are confirmed)
-                  **settings,             # EngineOptions fields replacing those of `options`
+                  **settings,             # EngineOptions fields replacing those of options
                  )->PruneResult:
     "Successive halving over samples, then the last `keep_exact` windows exactly; reports how far its pick could be from the best."
     if isinstance(keep_exact, bool) or not isinstance(keep_exact, int) or keep_exact < 1:

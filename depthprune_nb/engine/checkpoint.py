@@ -126,7 +126,7 @@ class SearchCheckpoint:
     def __init__(self,
                  folder:str|Path,   # where the checkpoint lives (created if missing)
                  resume:bool=False, # continue the search saved there; False refuses to overwrite one
-                 every:int=1,       # save after every `every` chunks (and on Ctrl-C, and at the end)
+                 every:int=1,       # save after every every chunks (and on Ctrl-C, and at the end)
                 ):
         self.folder, self.resume, self.every = Path(folder), resume, max(1, int(every))
         self.fingerprint, self.saves = None, 0
@@ -150,7 +150,7 @@ def begin(self:SearchCheckpoint, eng)->dict|None:
 
 @patch
 def save(self:SearchCheckpoint, chunks_done:int, chunks:int, nlls:dict, base:list, proxy:dict, force:bool=False,
-         **more):  # a search's own JSON-ready state beside the NLLs (e.g. the KL search's per-sample KLs), given back by `begin`
+         **more):  # a search's own JSON-ready state beside the NLLs (e.g. the KL search's per-sample KLs), given back by begin
     "Save the state after `chunks_done` of `chunks` sample chunks (every `every` chunks, at the last, or if `force`)."
     if not (force or chunks_done == chunks or chunks_done % self.every == 0): return
     write_state(self.path, self.fingerprint, dict(more, chunks_done=chunks_done, chunks=chunks, base=base,

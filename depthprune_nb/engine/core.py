@@ -15,8 +15,8 @@ from .approx import approx_search
 __all__ = ['search_function']
 
 # %% ../../nbs/22_engine.core.ipynb #8c417528
-def search_function(engine:str, # one of `ENGINES`: "fast" (exact), "reference" (brute force) or "approx"
-                   )->Callable:  # `search(model, data, n, parts=None, options=None, **its_own_arguments)`
+def search_function(engine:str, # one of ENGINES: "fast" (exact), "reference" (brute force) or "approx"
+                   )->Callable:  # search(model, data, n, parts=None, options=None, **its_own_arguments)
     "The search an engine name stands for; an unknown name is refused with the valid ones."
     if engine not in ENGINES: raise ConfigError(f"engine={engine!r} is not known; valid: {list(ENGINES)}")
     return {"fast": fast_search, "reference": reference_search, "approx": approx_search}[engine]

@@ -19,8 +19,8 @@ __all__ = ['distributed_search', 'check_supported']
 # %% ../../nbs/23_engine.distributed.ipynb #34acc135
 def distributed_search(model:nn.Module, # a causal LM, the same weights on every rank
                        data:list,       # all calibration windows, the same list on every rank
-                       n:int,           # layers per window (`delete_layer_num`)
-                       engine:str="fast", # "fast" (exact, or early abort with `early_abort=True`) or "approx"
+                       n:int,           # layers per window (delete_layer_num)
+                       engine:str="fast", # "fast" (exact, or early abort with early_abort=True) or "approx"
                        options:EngineOptions|None=None, # how each rank's engine runs
                        **kwargs,        # EngineOptions fields, and fast_search's / approx_search's own arguments
                       )->PruneResult:

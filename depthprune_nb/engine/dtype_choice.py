@@ -81,7 +81,7 @@ def layer_shapes(layer:nn.Module, # one decoder layer
             counts[s] = counts.get(s, 0) + 1
     return tuple(sorted(counts.items(), key=lambda sc: (-sc[0][0] * sc[0][1], sc[0])))
 
-def config_shapes(config, # anything `plan.read_config` takes: a folder, a config.json path, a dict
+def config_shapes(config, # anything plan.read_config takes: a folder, a config.json path, a dict
                  )->tuple: # as layer_shapes
     "The matrix shapes of one decoder layer, from the model's config alone."
     s = model_shape(config)
@@ -114,10 +114,10 @@ def _best_time(a, b, dev, reps:int)->float:
 def _pair(m:int, k:int, rows:int, dev, dtype, gen)->tuple:
     return (torch.randn(rows, k, generator=gen).to(dev, dtype), torch.randn(k, m, generator=gen).to(dev, dtype))
 
-def probe_speed(shapes:tuple,          # `layer_shapes(...)`: ((out, in), count) per distinct shape
+def probe_speed(shapes:tuple,          # layer_shapes(...): ((out, in), count) per distinct shape
                 device="cpu",          # where the search computes
                 low=torch.bfloat16,    # the lower precision to time against float32
-               )->dict:                # rows, ms per layer in each dtype, `speedup` (float32 time / low time), wall time
+               )->dict:                # rows, ms per layer in each dtype, speedup (float32 time / low time), wall time
     "Time one layer's matrix products in float32 and in `low` on `device`; cached per (device, shapes, dtype)."
     dev, shapes = torch.device(device), tuple(shapes)
     key = (str(dev), shapes, str(low))
@@ -243,10 +243,10 @@ def _choose(requested, own:str, dev:torch.device, shapes:tuple, method:str, chec
     return DtypeChoice(requested, low, low or own, own if low else None, reason, cap, p)
 
 def choose_compute_dtype(model:nn.Module,         # a causal LM
-                         requested="auto",        # "auto", a name in `COMPUTE_DTYPES`, a `torch.dtype`, or None (the model's own)
+                         requested="auto",        # "auto", a name in COMPUTE_DTYPES, a torch.dtype, or None (the model's own)
                          parts:ModelParts|None=None, # located parts; detected if None
-                         save_gpu_memory:bool=False, # mix mode: the compute device is `device`, not where the model is
-                         device:str|torch.device|None=None, # compute device for `save_gpu_memory`
+                         save_gpu_memory:bool=False, # mix mode: the compute device is device, not where the model is
+                         device:str|torch.device|None=None, # compute device for save_gpu_memory
                          method:str="ppl_window", # the criterion: only the perplexity searches have a table to compute
                          checkpointed:bool=False, # the search saves a checkpoint, which holds the model's own dtype
                         )->DtypeChoice:
@@ -260,7 +260,7 @@ def choose_compute_dtype(model:nn.Module,         # a causal LM
         log.info("%s%s", choice, "" if p is None else f" (probe {p['wall_s']:.2f} s{', cached' if p.get('cached') else ''})")
     return choice
 
-def choose_for_config(config,                  # anything `plan.read_config` takes: a folder, a config.json path, a dict
+def choose_for_config(config,                  # anything plan.read_config takes: a folder, a config.json path, a dict
                       requested="auto",        # as for choose_compute_dtype
                       own:str="float32",       # the dtype the model will be loaded in
                       device:str|torch.device|None=None, # where the search will compute; the default device if None

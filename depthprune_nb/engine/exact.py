@@ -113,14 +113,14 @@ def _early_abort(eng:Engine)->tuple:
 
 # %% ../../nbs/20_engine.exact.ipynb #efe750e7
 def fast_search(model:nn.Module,        # a causal LM
-                data:list,              # calibration windows, `LongTensor[1, seqlen]`
-                n:int,                  # layers per window (`delete_layer_num`)
+                data:list,              # calibration windows, LongTensor[1, seqlen]
+                n:int,                  # layers per window (delete_layer_num)
                 parts:ModelParts|None=None, # located parts; detected if None
                 *,
                 early_abort:bool=False, # stop windows that provably cannot win (their PPL becomes a lower bound)
-                checkpoint:SearchCheckpoint|None=None, # a SearchCheckpoint (`depthprune_nb.engine.checkpoint`): save progress, resume (exact mode)
+                checkpoint:SearchCheckpoint|None=None, # a SearchCheckpoint (depthprune_nb.engine.checkpoint): save progress, resume (exact mode)
                 options:EngineOptions|None=None, # how the engine runs: placement, memory, batching, precision
-                **settings,             # EngineOptions fields replacing those of `options`, e.g. `chunk_size=4`
+                **settings,             # EngineOptions fields replacing those of options, e.g. chunk_size=4
                )->PruneResult:
     "The reference search's result (same table, same choice), computed with prefix reuse, layer-major sweeps and a chunked head."
     o = EngineOptions.of(options, **settings)

@@ -26,16 +26,16 @@ __all__ = ['log', 'TOP_K', 'subset_nll_bound', 'vocab_rows', 'output_head', 'hea
 # %% ../../nbs/19_engine.head_bound.ipynb #c4cd0635
 TOP_K = 32 # the unpruned model's top tokens per position that join each sample's rows (measured: see the bench)
 
-def subset_nll_bound(logits:torch.Tensor, # `[..., |S|]` logits of the vocabulary rows `S` only, any float dtype
-                     target:torch.Tensor, # `[...]` where each position's target token sits in `S`
-                    )->torch.Tensor:      # `[...]` lower bounds (float32, or float64 for float64 logits) on each position's NLL
+def subset_nll_bound(logits:torch.Tensor, # [..., |S|] logits of the vocabulary rows S only, any float dtype
+                     target:torch.Tensor, # [...] where each position's target token sits in S
+                    )->torch.Tensor:      # [...] lower bounds (float32, or float64 for float64 logits) on each position's NLL
     "`LSE_S(z) - z_target` per position, in float32 or better: never above the NLL over the whole vocabulary, as `S` holds the target."
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return torch.logsumexp(z, -1) - z.gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
-def vocab_rows(top:torch.Tensor,     # token ids that should be in the subset (any shape), e.g. `[T-1, k]` top tokens
-               targets:torch.Tensor, # `[T-1]` the target tokens: always in the subset
-              )->tuple:              # (sorted unique rows `S`, position of each target in `S`)
+def vocab_rows(top:torch.Tensor,     # token ids that should be in the subset (any shape), e.g. [T-1, k] top tokens
+               targets:torch.Tensor, # [T-1] the target tokens: always in the subset
+              )->tuple:              # (sorted unique rows S, position of each target in S)
     "The vocabulary rows a bound is computed over: the union of `top` and `targets`, sorted; and where each target sits."
     rows = torch.unique(torch.cat([top.reshape(-1), targets.reshape(-1)]))
     return rows, torch.searchsorted(rows, targets.reshape(-1)).reshape(targets.shape)

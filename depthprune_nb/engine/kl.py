@@ -33,17 +33,17 @@ __all__ = ['log', 'KL_CRITERION', 'log_probs', 'kl_nll_sums', 'kl_head_plan', 'k
 # %% ../../nbs/20a_engine.kl.ipynb #d8852a55
 KL_CRITERION = "KL(unpruned || pruned): mean over windows and predicted positions, natural log" # in the checkpoint's fingerprint
 
-def log_probs(logits:torch.Tensor, # `[..., V]` logits, any float dtype; overwritten when already float32
-             )->torch.Tensor:      # `[..., V]` float32 log-probabilities
+def log_probs(logits:torch.Tensor, # [..., V] logits, any float dtype; overwritten when already float32
+             )->torch.Tensor:      # [..., V] float32 log-probabilities
     "Log-softmax over the last dimension in float32, in place where the logits are float32 already."
     z = logits.float()
     return z.sub_(torch.logsumexp(z, -1, keepdim=True))
 
-def kl_nll_sums(logits:torch.Tensor,    # `[g, m, t, V]` logits of `g` streams on `t` positions of `m` samples (overwritten)
-                base_logp:torch.Tensor, # `[m, t, V]` the unpruned model's float32 log-probabilities at those positions
-                base_p:torch.Tensor,    # `[m, t, V]` its probabilities, `base_logp.exp()`
-                targets:torch.Tensor,   # `[m, t]` each position's next token
-               )->tuple:                # (KL sums, NLL sums), each `[g, m]` float64, summed over the `t` positions
+def kl_nll_sums(logits:torch.Tensor,    # [g, m, t, V] logits of g streams on t positions of m samples (overwritten)
+                base_logp:torch.Tensor, # [m, t, V] the unpruned model's float32 log-probabilities at those positions
+                base_p:torch.Tensor,    # [m, t, V] its probabilities, base_logp.exp()
+                targets:torch.Tensor,   # [m, t] each position's next token
+               )->tuple:                # (KL sums, NLL sums), each [g, m] float64, summed over the t positions
     "Per stream and sample, the sums over positions of KL(unpruned || stream) and of the stream's next-token NLL."
     g, m, t, _ = logits.shape
     logq = log_probs(logits)
@@ -52,7 +52,7 @@ def kl_nll_sums(logits:torch.Tensor,    # `[g, m, t, V]` logits of `g` streams o
     return kl.double().sum(-1).cpu(), nll.double().sum(-1).cpu()
 
 # %% ../../nbs/20a_engine.kl.ipynb #6a7c4b02
-def kl_head_plan(eng:Engine, # the search's engine (its memory budget and `head_batch`)
+def kl_head_plan(eng:Engine, # the search's engine (its memory budget and head_batch)
                  m:int,      # samples in the sweep
                  T:int,      # tokens per sample
                 )->tuple:    # (window streams per head call, positions per call)
@@ -152,13 +152,13 @@ def kl_result(parts:ModelParts, # the searched model's parts
 
 # %% ../../nbs/20a_engine.kl.ipynb #9aca1251
 def kl_search(model:nn.Module,        # a causal LM
-              data:list,              # calibration windows, `LongTensor[1, seqlen]`
-              n:int,                  # layers per window (`delete_layer_num`)
+              data:list,              # calibration windows, LongTensor[1, seqlen]
+              n:int,                  # layers per window (delete_layer_num)
               parts:ModelParts|None=None, # located parts; detected if None
               *,
               checkpoint:SearchCheckpoint|None=None, # a SearchCheckpoint: save progress after every chunk, resume
               options:EngineOptions|None=None, # how the engine runs: placement, memory, batching
-              **settings,             # EngineOptions fields replacing those of `options`, e.g. `chunk_size=4`
+              **settings,             # EngineOptions fields replacing those of options, e.g. chunk_size=4
              )->PruneResult:
     "Every window's mean KL(unpruned || pruned) of the next-token distributions and its PPL, exactly, in the fast engine's sweeps; the lowest KL is the pick."
     o = EngineOptions.of(options, **settings)
@@ -187,10 +187,10 @@ def _sample_kl(logp:torch.Tensor, logq:torch.Tensor, tgt:torch.Tensor)->tuple:
     return nll, (logp.exp() * (logp - logq)).sum(-1).double().mean().item()
 
 def kl_reference_search(model:nn.Module,        # a causal LM
-                        data:list,              # calibration windows, `LongTensor[1, seqlen]`
-                        n:int,                  # layers per window (`delete_layer_num`)
+                        data:list,              # calibration windows, LongTensor[1, seqlen]
+                        n:int,                  # layers per window (delete_layer_num)
                         parts:ModelParts|None=None, # located parts; detected if None
-                        options:EngineOptions|None=None, # its `save_gpu_memory`, `device` and `progress` apply
+                        options:EngineOptions|None=None, # its save_gpu_memory, device and progress apply
                        )->PruneResult:
     "Brute force for method 'kl': per sample, the unpruned log-probabilities, then each window deleted in turn and the model run."
     o = options or EngineOptions()

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/16_engine.plan.ipynb #24857424
 from __future__ import annotations
-import json, math
+import json, math, textwrap
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -33,7 +33,7 @@ _FIELDS = dict(
 UNGATED = {"opt", "gpt2", "gpt_bigcode", "gpt_neo", "gptj", "codegen", "gpt_neox", "falcon", "bloom", "mpt", "phi",
            "starcoder2", "biogpt"}
 
-def read_config(src, # a model folder, a config.json or .gguf path, a dict or a `PretrainedConfig`
+def read_config(src, # a model folder, a config.json or .gguf path, a dict or a PretrainedConfig
                )->dict:
     "The model's config as a plain dict, from `config.json` (or a GGUF header) alone: never the weights."
     if hasattr(src, "to_dict"): d = src.to_dict()
@@ -212,7 +212,7 @@ def _seconds(flops, calls, moved, tflops, call_overhead_s, h2d_gbps):
 def head_bound_passes(L:int, n:int, N:int, # layers, window size, samples
                       vocab:int,           # vocabulary rows of the head
                       seqlen:int,          # tokens per window
-                      top_k:int=32,        # the unpruned model's top tokens per position in each bound (`head_bound.TOP_K`)
+                      top_k:int=32,        # the unpruned model's top tokens per position in each bound (head_bound.TOP_K)
                      )->dict:
     "Head passes of the exact search with `head_bound=True` at its best: full heads for the unpruned model, the pick and the runner-up; every window bounded from about `min(vocab, top_k * seqlen / 4)` rows (measured ~1,700 on Gemma-3-270M at 256 tokens)."
     W = L - n + 1
@@ -286,8 +286,8 @@ def _repair_note(rp:dict, d:int, ne_bytes:int)->str:
             f"and the PPL plain vs repaired; normal equations {_si(ne_bytes, 'B')} in float64 for {d} x {d} maps; "
             "evaluation windows, if given, add their own)")
 
-def plan_search(config_or_path,            # model folder, config.json path, dict or `PretrainedConfig`: no weights read
-                n:int,                     # layers to delete (`delete_layer_num`)
+def plan_search(config_or_path,            # model folder, config.json path, dict or PretrainedConfig: no weights read
+                n:int,                     # layers to delete (delete_layer_num)
                 nsamples:int,              # calibration windows
                 seqlen:int,                # tokens per window
                 engine:str="fast",         # "fast", "reference" or "approx"
@@ -300,9 +300,9 @@ def plan_search(config_or_path,            # model folder, config.json path, dic
                 h2d_gbps:float=25.0,       # host -> device bandwidth in mix mode, GB/s
                 memory_budget:int|None=None, # bytes of activations a rank may hold (the engine's memory_budget)
                 method:str="ppl_window",   # the criterion: "ppl_window", "angular", "angular_all", "block_influence" or "sleb"
-                compute_dtype:str|None=None, # a lower precision for the table (`dtype_choice`): activations in it, weights held in both
-                head_bound:bool=False,     # the exact search's head bound (`head_bound=True`): counted at its best case
-                repair:str|None=None,      # "linear": a least-squares map folded in after the search (`repair`); None: plain deletion
+                compute_dtype:str|None=None, # a lower precision for the table (dtype_choice): activations in it, weights held in both
+                head_bound:bool=False,     # the exact search's head bound (head_bound=True): counted at its best case
+                repair:str|None=None,      # "linear": a least-squares map folded in after the search (repair); None: plain deletion
                 repair_score_windows:int=0, # with repair: score every window after its own repair on this many of the windows
                )->Plan:
     "The cost of a search before running it: passes, FLOPs, memory, weight moves and time, beside the brute force."
@@ -395,11 +395,11 @@ def _dur(s:float|None)->str:
 def _plan_table(self:Plan)->str:
     by = f"delete {self.n} ({self.windows} windows)" if self.method == "ppl_window" else \
          f"delete {self.n} by {self.method} ({self.windows} candidates{' in round 1' if self.method == 'sleb' else ''})"
-    rows = [f"plan: {self.model_type}, {self.num_layers} layers, {by}; "
-            f"{self.nsamples} samples x {self.seqlen} tokens over {self.world_size} rank(s) "
+    rows = [f"plan: {self.model_type}, {self.num_layers} layers, {by};", # the run on a line of its own: both fit 75 characters
+            textwrap.fill(f"{self.nsamples} samples x {self.seqlen} tokens over {self.world_size} rank(s) "
             + (f"({self.nsamples - self.repair_score_windows} fit the maps, the table is made on "
                f"{self.repair_score_windows}, chunks of {self.chunk_size})" if self.repair_score_windows else
-               f"({self.samples_per_rank} per rank, chunks of {self.chunk_size})"),
+               f"({self.samples_per_rank} per rank, chunks of {self.chunk_size})"), 75, subsequent_indent="  "),
             f"{'per rank':<26}{self.engine if self.method == 'ppl_window' else self.method:>16}{'brute force':>16}",
             f"{'layer passes':<26}{self.layer_passes:>16,}{self.brute_force_layer_passes:>16,}",
             f"{'head passes':<26}{self.head_passes:>16,}{self.brute_force_head_passes:>16,}",
@@ -413,7 +413,8 @@ def _plan_table(self:Plan)->str:
     at = f"time at {self.tflops:g} TFLOP/s" if self.tflops else "time (give tflops)"
     rows.append(f"{at:<26}{_dur(self.est_s):>16}{_dur(self.brute_force_est_s):>16}")
     rows.append(f"weights per rank {_si(self.weight_bytes, 'B')}, activations per rank about {_si(self.activation_bytes, 'B')}")
-    return "\n".join(rows + [f"note: {x}" for x in self.notes])
+    notes = [textwrap.fill(f"note: {x}", 75, subsequent_indent="  ", break_on_hyphens=False) for x in self.notes]
+    return "\n".join(rows + notes) # notes folded to 75 characters, as the lines above
 
 Plan.__str__ = _plan_table
 Plan._repr_pretty_ = lambda self, p, cycle: p.text(_plan_table(self))

@@ -24,10 +24,10 @@ __all__ = ['log', 'resolve_compute_dtype', 'weights_cast', 'to_rescore', 'mixed_
 
 # %% ../../nbs/18_engine.precision.ipynb #0a94439d
 def resolve_compute_dtype(model:nn.Module,        # a causal LM
-                  compute_dtype,          # None, a name in `COMPUTE_DTYPES`, or a `torch.dtype`
+                  compute_dtype,          # None, a name in COMPUTE_DTYPES, or a torch.dtype
                   parts:ModelParts|None=None, # located parts; detected if None
-                  save_gpu_memory:bool=False, # mix mode: the compute device is `device`, not where the model is
-                  device:str|torch.device|None=None, # compute device for `save_gpu_memory`
+                  save_gpu_memory:bool=False, # mix mode: the compute device is device, not where the model is
+                  device:str|torch.device|None=None, # compute device for save_gpu_memory
                   checkpointed:bool=False, # the search saves a checkpoint ("auto" then keeps the model's own dtype)
                  )->torch.dtype|None:     # the dtype to search in, or None for the model's own
     "The dtype to search in: `compute_dtype` validated; float16 for bfloat16 where the device lacks it; None when it is the model's own dtype."
@@ -106,7 +106,7 @@ def mixed_precision_search(search,              # search() runs the search (in w
                            low:torch.dtype,     # the low precision, from resolve_compute_dtype
                            model:nn.Module, data:list, n:int, # as for the search
                            parts:ModelParts|None=None, # located parts; detected if None
-                           options:EngineOptions|None=None, # how the confirming engine runs (its `compute_dtype` is ignored)
+                           options:EngineOptions|None=None, # how the confirming engine runs (its compute_dtype is ignored)
                           )->PruneResult:
     "`search` in `low` precision, then its contenders rescored in the model's own; the pick is the best rescored window."
     t0, parts = time.perf_counter(), parts or locate(model)

@@ -60,12 +60,12 @@ class ChunkSharing:
         self.world = world
 
     def sweep(self,
-              local,                 # `local(idx, windows, baseline=, proxy=, **kw)`: the sweep of one process
+              local,                 # local(idx, windows, baseline=, proxy=, **kw): the sweep of one process
               idx:list,              # sample indices of the whole chunk
               windows:list,          # window starts to score
               baseline:bool=False,   # also score the unpruned model
-              proxy:dict|None=None,  # accumulates the whole chunk's angular-distance proxy, as `local` would
-              **kw,                  # the rest of `local`'s arguments
+              proxy:dict|None=None,  # accumulates the whole chunk's angular-distance proxy, as local would
+              **kw,                  # the rest of local's arguments
              )->tuple:               # (NLLs per window, baseline NLLs), in sample order, the same on every rank
         "The whole chunk's NLLs, each rank having swept only its own block of it."
         a, b = shard_bounds(len(idx), rank(), self.world)

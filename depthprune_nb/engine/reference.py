@@ -24,13 +24,13 @@ __all__ = ['log', 'reference_search', 'evaluate_result']
 
 # %% ../../nbs/15_engine.reference.ipynb #628c99b2
 def reference_search(model:nn.Module,        # a causal LM
-                     data:list,              # calibration windows, `LongTensor[1, seqlen]`
-                     n:int,                  # layers per window (`delete_layer_num`)
+                     data:list,              # calibration windows, LongTensor[1, seqlen]
+                     n:int,                  # layers per window (delete_layer_num)
                      parts:ModelParts|None=None, # located parts; detected if None
                      save_gpu_memory:bool=False, # keep layers on CPU, move each to the accelerator per call
-                     device:str|torch.device|None=None, # compute device for `save_gpu_memory`
+                     device:str|torch.device|None=None, # compute device for save_gpu_memory
                      progress:bool=True,     # show a tqdm bar
-                     options:EngineOptions|None=None, # if given, its `save_gpu_memory`, `device` and `progress` replace the three above
+                     options:EngineOptions|None=None, # if given, its save_gpu_memory, device and progress replace the three above
                     )->PruneResult:
     "Brute force: really delete each window in turn and measure perplexity with the model's own forward."
     if options is not None:
@@ -61,8 +61,8 @@ def evaluate_result(result:PruneResult,         # what a search chose (layers in
                     eval_data:list,             # evaluation windows, disjoint from the calibration windows
                     parts:ModelParts|None=None, # located parts; detected if None
                     save_gpu_memory:bool=False, # keep layers on CPU, move each to the accelerator per call
-                    device:str|torch.device|None=None, # compute device for `save_gpu_memory`
-                   )->PruneResult:               # `result`, its `eval_*` fields filled
+                    device:str|torch.device|None=None, # compute device for save_gpu_memory
+                   )->PruneResult:               # result, its eval_* fields filled
     "PPL on `eval_data` of the unpruned model, the pick and the runner-up; three forwards per evaluation window."
     check_data(eval_data, model)
     parts, t0 = parts or locate(model), time.perf_counter()

@@ -45,7 +45,7 @@ class _Stop(Exception):
 
 @contextlib.contextmanager
 def layers_replaced(layers:nn.ModuleList, # the decoder layers
-                    fn,                   # `fn(idx, layer, orig_forward, *args, **kwargs)` runs instead of `layer.forward`
+                    fn,                   # fn(idx, layer, orig_forward, *args, **kwargs) runs instead of layer.forward
                    ):
     "Temporarily replace every layer's `forward` (hooks, accelerate's included, still wrap the call); always restored."
     saved = []
@@ -61,7 +61,7 @@ def layers_replaced(layers:nn.ModuleList, # the decoder layers
 
 @contextlib.contextmanager
 def norm_input_replaced(norm:nn.Module, # the final norm
-                        fn,             # `fn(hidden)` returns the norm's new input (or raises)
+                        fn,             # fn(hidden) returns the norm's new input (or raises)
                        ):
     "Forward pre-hook on the final norm that replaces its input; always removed."
     def hook(m, args, kwargs):
@@ -74,9 +74,9 @@ def norm_input_replaced(norm:nn.Module, # the final norm
 
 # %% ../../nbs/11_engine.replay.ipynb #80742e1f
 def probe_layer_calls(parts:ModelParts,   # the model's parts
-                      ids:torch.Tensor,   # `[B, T]` token ids; `B` is the batch the calls will serve
+                      ids:torch.Tensor,   # [B, T] token ids; B is the batch the calls will serve
                       out_lens:dict,      # layer class -> tuple length (0: tensor); filled in as learnt
-                      placed:Callable|None=None, # `placed(layer)`: context putting a layer where it computes (mix mode)
+                      placed:Callable|None=None, # placed(layer): context putting a layer where it computes (mix mode)
                      )->tuple[torch.Tensor, list]:
     "The state entering layer 0 and every layer's `LayerCall`, from the model's own forward with pass-through layers."
     calls, first = [None] * parts.num_layers, []
@@ -99,8 +99,8 @@ def probe_layer_calls(parts:ModelParts,   # the model's parts
 
 # %% ../../nbs/11_engine.replay.ipynb #08fa4007
 def head_logits(parts:ModelParts,   # the model's parts
-                ids:torch.Tensor,   # `[B, t]` token ids of the positions (the head needs only their shape)
-                state:torch.Tensor, # `[B, t, H]` hidden states entering the final norm
+                ids:torch.Tensor,   # [B, t] token ids of the positions (the head needs only their shape)
+                state:torch.Tensor, # [B, t, H] hidden states entering the final norm
                 out_lens:dict,      # layer class -> tuple length, from probe_layer_calls
                )->torch.Tensor:
     "Logits of the model's own head on `state`: its forward with pass-through layers and `state` injected before the final norm."

@@ -46,7 +46,7 @@ def default_chunk(N:int,             # samples (on this rank)
 def halving_rounds(N:int,              # samples
                    windows:int,        # candidate windows
                    keep_exact:int=3,   # windows scored on every sample at the end
-                   first_samples:int|None=None, # samples in the first round; `max(1, N // 64)` if None
+                   first_samples:int|None=None, # samples in the first round; max(1, N // 64) if None
                   )->list:             # (samples scored before, samples after, windows live) per round
     "Successive halving's rounds: each round scores the live windows on new samples, then keeps the better half."
     k, done, live, out = max(1, min(N, first_samples or N // 64)), 0, windows, []
@@ -62,11 +62,11 @@ class Engine:
     "One search's shared state: the model's parts, where things compute, chunking, and what it cost."
     def __init__(self, model:nn.Module, data:list, n:int, # the search's model, calibration windows and window size
                  parts:ModelParts|None=None,   # located parts; detected if None
-                 options:EngineOptions|None=None, # placement, memory, batching (`compute_dtype` is the caller's)
-                 name:str="fast",              # the engine's name in `stats`
+                 options:EngineOptions|None=None, # placement, memory, batching (compute_dtype is the caller's)
+                 name:str="fast",              # the engine's name in stats
                  cap:int=8,                    # at most this many samples per sweep by default
                  checkpoint:object=None,       # a SearchCheckpoint when the search saves its progress
-                 rank_chunks:bool=True,        # under torchrun, chunks of `chunk` samples per rank (False: the one-process chunks)
+                 rank_chunks:bool=True,        # under torchrun, chunks of chunk samples per rank (False: the one-process chunks)
                 ):
         o = self.options = options or EngineOptions()
         save_gpu_memory, device, chunk_size, memory_budget = o.save_gpu_memory, o.device, o.chunk_size, o.memory_budget
@@ -223,8 +223,8 @@ def sweep_here(self:Engine,
           baseline:bool=False,     # also score the unpruned model
           proxy:dict|None=None,    # if given, accumulate the angular-distance proxy into it
           stash:dict|None=None,    # if given, store in it the unpruned state entering each window start
-          start_states:dict|None=None, # window start -> its start state, from an earlier `stash`: no unpruned stream
-          heads:Callable|None=None, # `heads(ids, keys, states)`: per-sample NLLs of each stream ("base" first if `baseline`); None: the full head
+          start_states:dict|None=None, # window start -> its start state, from an earlier stash: no unpruned stream
+          heads:Callable|None=None, # heads(ids, keys, states): per-sample NLLs of each stream ("base" first if baseline); None: the full head
          )->tuple:
     "Per-sample NLLs of `idx` for each window in `windows` (and the unpruned model if `baseline`), layer-major, in this process."
     n, L = self.n, self.L

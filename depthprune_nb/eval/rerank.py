@@ -23,9 +23,9 @@ class TaskRerankPruner(ModelPruner):
     "A `ModelPruner` whose pick is its criterion's top `top_k` candidates re-ranked by task accuracy (`rerank_by_tasks`)."
     def __init__(self, config,                  # the pruning config, as ModelPruner takes it
                  tokenizer,                     # the model's tokenizer (the tasks are scored with it)
-                 tasks:list,                    # task names or `task.json` paths
-                 eval_limit:int,                # the first `eval_limit` examples of each task are reported: never re-ranked on
-                 calib_limit:int=50,            # re-rank on the last `calib_limit` examples of each task
+                 tasks:list,                    # task names or task.json paths
+                 eval_limit:int,                # the first eval_limit examples of each task are reported: never re-ranked on
+                 calib_limit:int=50,            # re-rank on the last calib_limit examples of each task
                  top_k:int=5,                   # candidates to re-rank
                  batch_size:int=1,              # lm-eval batch size
                  data_dir:str|Path|None=None,   # the BIG-bench data folder

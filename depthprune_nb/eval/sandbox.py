@@ -153,7 +153,7 @@ def run_program(program:str,                 # Python source to execute
                 allow_code_execution:bool=False, # the opt-in; without it nothing runs
                 disk_mb:int=64,              # size of the scratch folder (a tmpfs in the run's own mount namespace, where one can be made)
                 isolate:bool=True,           # a PID and mount namespace for the run where the kernel allows one
-               )->dict:                      # `passed`, `result` ("passed", "failed: ...", "timed out"), `seconds`, `status`
+               )->dict:                      # passed, result ("passed", "failed: ...", "timed out"), seconds, status
     "Run `program` in a fresh, limited Python process in its own scratch folder; whether it finished without an exception."
     require_code_execution(allow_code_execution, "run_program")
     if not timeout > 0: raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
@@ -199,7 +199,7 @@ def _verdict(returncode:int, timed_out:bool, stdout:str, stderr:str, token:str, 
 
 # %% ../../nbs/56_eval.sandbox.ipynb #3fee02a3
 def run_examined(examinee:str,               # model-written Python source; its functions are what is examined
-                 examiner:str,               # trusted test code; `examinee("f")` in it is the examinee's function `f`
+                 examiner:str,               # trusted test code; examinee("f") in it is the examinee's function f
                  timeout:float=10.0,         # wall-clock seconds for both processes together; also each one's CPU-seconds limit
                  memory_mb:int=1024,         # address-space limit (RLIMIT_AS) of each process in MiB
                  file_mb:int=16,             # largest file the examinee may write (RLIMIT_FSIZE) in MiB
@@ -209,7 +209,7 @@ def run_examined(examinee:str,               # model-written Python source; its 
                  allow_code_execution:bool=False, # the opt-in; without it nothing runs
                  disk_mb:int=64,             # size of the examinee's scratch folder (a tmpfs where one can be made)
                  isolate:bool=True,          # a PID and mount namespace for the examinee where the kernel allows one
-                )->dict:                     # `passed`, `result`, `seconds`, `status` (the examinee's)
+                )->dict:                     # passed, result, seconds, status (the examinee's)
     "Run `examiner` in one process against `examinee` sandboxed in another; passed only if the examiner's code ran to its end."
     require_code_execution(allow_code_execution, "run_examined")
     if not timeout > 0: raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")

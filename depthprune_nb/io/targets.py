@@ -20,7 +20,7 @@ def _existing(path:str|Path)->Path:
     while not os.path.lexists(p) and p != p.parent: p = p.parent
     return p
 
-def writable_folder(option:str,      # the flag, for the message (`--save_dir`)
+def writable_folder(option:str,      # the flag, for the message (--save_dir)
                     path:str|Path,   # the file or folder the save will create or replace
                    )->Path:          # the existing folder the save writes in (for its free space)
     "The folder `path` will be written in, after refusing one that cannot be: a file, a read-only file system, no permission."
@@ -37,8 +37,8 @@ def writable_folder(option:str,      # the flag, for the message (`--save_dir`)
 _ST_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2} # else 1
 
 def safetensors_bytes(folder:str|Path,   # a local checkpoint folder
-                      dtype:str="auto",  # `--dtype`: floating tensors are loaded (and saved) in it unless auto
-                     )->tuple|None:      # `(bytes outside the layers, [bytes of each layer])`; None if the folder cannot tell
+                      dtype:str="auto",  # --dtype: floating tensors are loaded (and saved) in it unless auto
+                     )->tuple|None:      # (bytes outside the layers, [bytes of each layer]); None if the folder cannot tell
     "The checkpoint's tensor bytes as loaded in `dtype`, from the safetensors headers alone (no weights read)."
     files, out = sorted(Path(folder).glob("*.safetensors")), {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype)
     other, layers = 0, {}
@@ -64,7 +64,7 @@ def pruned_bytes(other:int, layers:list, k:int)->int:
 # %% ../../nbs/42_io.targets.ipynb #tg000004
 def _mib(n:int)->str: return f"{n / 2**20:,.1f} MiB"
 
-def check_free_space(needs:list, # `(option, path, bytes)` for each target
+def check_free_space(needs:list, # (option, path, bytes) for each target
                     ):
     "Refuse targets whose file system has too little free space for all the targets on it, with 5% + 1 MiB to spare."
     by_fs = {}

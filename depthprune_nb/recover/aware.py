@@ -74,7 +74,7 @@ def _fitting_taps(parts:ModelParts, n:int, paths:dict, gains:dict, eqs:dict):
 
 # %% ../../nbs/24_recover.aware.ipynb #9706a4e7
 def fit_every_window(parts:ModelParts, # the model's located parts
-                     data:list,        # calibration windows, `LongTensor[1, seqlen]` (every position is used)
+                     data:list,        # calibration windows, LongTensor[1, seqlen] (every position is used)
                      n:int,            # layers per window
                      paths:dict,       # start -> fold path, from repairable_windows
                      gains:dict,       # start -> gain, from repairable_windows
@@ -120,18 +120,18 @@ def _warn_if_few(positions:int, d:int):
 _REFUSED = dict(save_gpu_memory=False, compute_dtype=None, head_bound=False, distributed=False)
 
 def repair_aware_search(model:nn.Module,      # a causal LM in eval mode (unchanged)
-                        data:list,            # calibration windows, `LongTensor[1, seqlen]`: the repairs are fitted and scored on them
+                        data:list,            # calibration windows, LongTensor[1, seqlen]: the repairs are fitted and scored on them
                         n:int,                # layers per window
                         parts:ModelParts|None=None, # located parts; detected if None
                         *,
                         ridge:float=1e-6,     # ridge of every fit, relative to the mean diagonal of X^T X (as fit_linear_repair)
-                        plain:bool=True,      # also score every window without repair (the plain exact table, in `stats`)
-                        heads:Callable|None=None, # the criterion: `heads(ids, keys, states)` -> per-sample scores of each stream, as the engine's sweep takes; None: NLL by the model's own head
+                        plain:bool=True,      # also score every window without repair (the plain exact table, in stats)
+                        heads:Callable|None=None, # the criterion: heads(ids, keys, states) -> per-sample scores of each stream, as the engine's sweep takes; None: NLL by the model's own head
                         reduce:Callable=ppl_from_nlls, # per-sample scores of one window -> its table value (lower is better)
-                        score_data:list|None=None, # windows the tables are scored on; None: `data`, the windows the maps are fitted on (in-sample)
-                        eval_data:list|None=None, # evaluation windows, disjoint from `data`: the pick and runner-up repaired, in the result's `eval_*` fields
+                        score_data:list|None=None, # windows the tables are scored on; None: data, the windows the maps are fitted on (in-sample)
+                        eval_data:list|None=None, # evaluation windows, disjoint from data: the pick and runner-up repaired, in the result's eval_* fields
                         options:EngineOptions|None=None, # chunking, memory budget, progress bars
-                        **settings,           # EngineOptions fields replacing those of `options`, e.g. `chunk_size=4`
+                        **settings,           # EngineOptions fields replacing those of options, e.g. chunk_size=4
                        )->PruneResult:
     "Score every window of `n` layers after its own linear repair, fitted on `data`; the pick is the window best once repaired."
     o = EngineOptions.of(options, **settings)
@@ -194,13 +194,13 @@ def repair_table(res:PruneResult, # from repair_aware_search
     pick_plain = best_start(plain) if plain else None
     rows = [f"{res.model_name + ': ' if res.model_name else ''}deleting {res.delete_layer_num} of {res.num_layers_before} layers; "
             f"baseline PPL {format_ppl(res.baseline_ppl)}",
-            f"{'start':>5}  {'layers':<8}{'plain':>12}{'repaired':>12}{'change':>9}{'unexplained':>13}"]
+            f"{'start':>5}  {'layers':<7}{'plain':>12}{'repaired':>12}{'change':>9}{'unexplained':>12}"]
     for s in sorted(res.ppl_by_start):
         p, r = plain.get(s, math.nan), rep.get(s, math.nan)
         ch = f"{r / p - 1:+.1%}" if s in rep and math.isfinite(p) and math.isfinite(r) else ""
         mark = ("  <- pick" if s == res.best_start else "") + ("  <- plain pick" if s == pick_plain else "")
-        rows.append(f"{s:>5}  {layer_range(range(s, s + res.delete_layer_num)):<8}{format_ppl(p) if s in plain else '':>12}"
-                    f"{format_ppl(r) if s in rep else 'no repair':>12}{ch:>9}{f'{une[s]:.3f}' if s in une else '':>13}{mark}")
+        rows.append(f"{s:>5}  {layer_range(range(s, s + res.delete_layer_num)):<7}{format_ppl(p) if s in plain else '':>12}"
+                    f"{format_ppl(r) if s in rep else 'no repair':>12}{ch:>9}{f'{une[s]:.3f}' if s in une else '':>12}{mark}")
     return "\n".join(rows)
 
 def _int(d:dict)->dict: return {int(k): v for k, v in d.items()} # JSON turns int keys into strings
@@ -217,7 +217,7 @@ def evaluate_repaired(res:PruneResult,   # from repair_aware_search
                       reps:dict,         # start -> LinearRepair of the windows that have one
                       eval_data:list,    # evaluation windows, disjoint from the calibration windows
                       parts:ModelParts|None=None, # located parts; detected if None
-                     )->PruneResult:     # `res`, its `eval_*` fields filled in
+                     )->PruneResult:     # res, its eval_* fields filled in
     "Judge the pick and runner-up on windows the fits never saw, repaired as `apply_repair` would leave them, by `perplexity`; the plain pick's too, in `stats`."
     parts = parts or locate(model)
     res.eval_baseline_ppl = perplexity(model, eval_data)

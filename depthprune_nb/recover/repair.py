@@ -70,9 +70,9 @@ class _Enough(Exception): "Raised by the last hook once its states are captured:
 
 @contextmanager
 def window_taps(parts:ModelParts, # where the model keeps its layers and final norm
-                start:int,        # first deleted layer; the map folds into layer `start-1`
-                n:int,            # layers deleted (0: stop right after layer `start-1`)
-                fold_path:str,    # the down projection inside layer `start-1`, from fold_target
+                start:int,        # first deleted layer; the map folds into layer start-1
+                n:int,            # layers deleted (0: stop right after layer start-1)
+                fold_path:str,    # the down projection inside layer start-1, from fold_target
                ):
     "Record `fold` (down projection output of layer start-1), `cut` (state entering layer start) and `end` (state after the window) in the yielded dict; the forward stops at `end`."
     layers, got = parts.layers, {}
@@ -108,11 +108,11 @@ def _nudged(module:nn.Module, delta:torch.Tensor):
 
 def residual_gain(model:nn.Module,  # a causal LM
                   parts:ModelParts, # its layers
-                  start:int,        # first deleted layer; the map folds into layer `start-1`
-                  fold_path:str,    # the down projection inside layer `start-1`
-                  ids:torch.Tensor, # a `[1, T]` window of token ids (its first 16 tokens are used)
-                  tol:float|None=None, # largest remainder off `g delta`, relative to the response; None: 1e-2 (float32+), 5e-2 (16-bit)
-                 )->float:          # g: the layer's output moves by `g delta` when the down projection's moves by `delta`
+                  start:int,        # first deleted layer; the map folds into layer start-1
+                  fold_path:str,    # the down projection inside layer start-1
+                  ids:torch.Tensor, # a [1, T] window of token ids (its first 16 tokens are used)
+                  tol:float|None=None, # largest remainder off g delta, relative to the response; None: 1e-2 (float32+), 5e-2 (16-bit)
+                 )->float:          # g: the layer's output moves by g delta when the down projection's moves by delta
     "How the down projection's output enters the residual stream: the scalar gain, or a `FoldError` where it is not linear."
     ids, where = ids[:, :16], f"{model.config.model_type}: layers[{start - 1}].{fold_path}"
     with window_taps(parts, start, 0, fold_path) as got:
@@ -197,7 +197,7 @@ class _NormalEquations:
 
 # %% ../../nbs/09_recover.repair.ipynb #2823f696
 def fit_linear_repair(model:nn.Module,           # a causal LM in eval mode, not yet pruned
-                      data:list,                 # calibration windows, `LongTensor[1, seqlen]` (every position is used)
+                      data:list,                 # calibration windows, LongTensor[1, seqlen] (every position is used)
                       start:int,                 # first layer of the window to delete
                       n:int,                     # layers in the window
                       ridge:float=1e-6,          # ridge, relative to the mean diagonal of X^T X
@@ -229,7 +229,7 @@ def _folded(module:nn.Module, T:torch.Tensor)->tuple:
     b = None if module.bias is None else (module.bias.data.double() @ T).to(module.bias.dtype)
     return w.to(module.weight.dtype), b
 
-def plan_fold(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
+def plan_fold(model:nn.Module,            # the model rep was fitted on, not yet pruned
               rep:LinearRepair,           # from fit_linear_repair
               parts:ModelParts|None=None, # where the layers live; detected if None
              )->list:                     # the edits of the down projection's weight (and bias), not yet applied
@@ -246,7 +246,7 @@ def plan_fold(model:nn.Module,            # the model `rep` was fitted on, not y
     if b is not None: edits.append(TensorEdit(module.bias.data, slice(None), b, f"{where}.bias @ T"))
     return edits
 
-def plan_repair(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
+def plan_repair(model:nn.Module,            # the model rep was fitted on, not yet pruned
                 rep:LinearRepair,           # from fit_linear_repair
                 parts:ModelParts|None=None, # where the layers live; detected if None
                )->list:                     # the edits, not yet applied
@@ -255,7 +255,7 @@ def plan_repair(model:nn.Module,            # the model `rep` was fitted on, not
     return plan_fold(model, rep, parts) + plan_deletion(model, rep.deleted, parts)
 
 # %% ../../nbs/09_recover.repair.ipynb #529fa1a3
-def apply_repair(model:nn.Module,            # the model `rep` was fitted on, not yet pruned
+def apply_repair(model:nn.Module,            # the model rep was fitted on, not yet pruned
                  rep:LinearRepair,           # from fit_linear_repair
                  parts:ModelParts|None=None, # where the layers live; detected if None
                 )->nn.Module:                # the same model, pruned and repaired in place
@@ -277,13 +277,13 @@ def temporarily_folded(model:nn.Module, rep:LinearRepair, parts:ModelParts|None=
     with edits_applied(plan_fold(model, rep, parts)): yield model
 
 def repair_window(model:nn.Module,           # a causal LM in eval mode, not yet pruned
-                  data:list,                 # calibration windows, `LongTensor[1, seqlen]`
+                  data:list,                 # calibration windows, LongTensor[1, seqlen]
                   start:int,                 # first layer of the window to delete
                   n:int,                     # layers in the window
                   ridge:float=1e-6,          # ridge, relative to the mean diagonal of X^T X
                   parts:ModelParts|None=None,# where the layers live; detected if None
                   progress:bool=False,       # a tqdm bar over the windows
-                 )->LinearRepair:            # the fitted map; `model` is pruned and repaired in place
+                 )->LinearRepair:            # the fitted map; model is pruned and repaired in place
     "Fit the map for window `start..start+n-1`, delete the window and fold the map: one call."
     parts = parts or locate(model)
     rep = fit_linear_repair(model, data, start, n, ridge, parts, progress)
