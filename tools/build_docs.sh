@@ -52,6 +52,10 @@ if side.exists():
 print(f"renamed {len(moved)} processed notebooks to their nbdev page names")
 PY
 
+# Equations as MathML (latex2mathml), so no page loads KaTeX from a CDN: the site reads offline. The notebooks keep
+# their TeX for Quarto.
+python tools/tex_to_mathml.py _proc
+
 # Warnings smalldocs gives for Quarto-only settings that a real Quarto build uses:
 # the commonmark format (README) and keep-md.
 BENIGN='format commonmark is not built|format\.html\.keep-md is ignored'
