@@ -162,6 +162,8 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     T, ntrain = windows[0].shape[1], len(windows) - heldout
     steps = steps or (math.ceil(tokens / T) if tokens else 50)
     lr = lr or (3e-4 if train == "lora" else 1e-4)
+    ntrain = min(ntrain, steps) # windows the budget never reaches are neither cached nor recorded
+    windows = list(windows[:ntrain]) + list(windows[len(windows) - heldout:])
     layers = trained_layers(train, parts.num_layers, deleted, last_k)
     t0 = time.perf_counter()
     targets = _teacher_cache(teacher, windows, temperature, top_k, progress) if objective == "kd" else [None] * len(windows)
