@@ -230,7 +230,8 @@ def run(args)->dict:
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     heal_check(args)
     if args.save_gguf and healing(args):
-        raise ConfigError("--save_gguf copies the kept blocks' bytes from the source GGUF, but healing changes their "
+        raise ConfigError("--save_gguf copies the kept blocks' bytes from the source GGUF, but "
+                          f"{'--heal_steps' if args.heal_steps else '--heal_tokens'} changes their "
                           "weights: the file would silently lose the fine-tune. Save the healed model with --save_dir")
     # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
     local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
