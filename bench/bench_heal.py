@@ -19,12 +19,12 @@ HumanEval on the healed checkpoint with bench/humaneval_qwen.py, then the paired
 first problems in bench/results/humaneval_qwen05_full.json:
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/bench_heal.py --recover /tmp/qwen05_kd_last2 --model qwen2.5-coder-0.5b-instruct \
-        --deleted 10,11 --train last_k --windows 40 --epochs 3 --seqlen 256 --heldout 2
+        --deleted 10,11 --train last_k --windows 16 --epochs 4 --seqlen 256 --heldout 2
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/humaneval_qwen.py --model /tmp/qwen05_kd_last2 --limit 80 --styles chat \
         --batch_size 20 --max_new_tokens 256 --out bench/results/heal_qwen05_kd_humaneval.json
     PYTHONPATH=$PWD python bench/bench_heal.py --pair bench/results/heal_qwen05_kd_humaneval.json
 """
-import argparse, copy, json, platform, sys, time
+import argparse, copy, json, platform, statistics, sys, time
 from pathlib import Path
 
 import torch
@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--top_k", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--train", default="last_k,adjacent")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating which goes first; medians reported")
     ap.add_argument("--recover", default=None, help="heal once (--train, KD on code) and save the healed checkpoint in this folder")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
     ap.add_argument("--pair", default=None, help="a humaneval_qwen.py result file of a healed checkpoint: add its paired tests")
@@ -93,27 +94,31 @@ def main():
     windows = text_windows(tok, code_text(), a.seqlen, "auto", progress=False)[:a.windows]
     steps = a.windows * a.epochs
     gaps, full_kl = topk_gap(delete_layers(copy.deepcopy(teacher), deleted), teacher, windows[:2], (16, 64, 256))
-    rec = dict(bench="heal", model=a.model, deleted=deleted, windows=a.windows, epochs=a.epochs, steps=steps, seqlen=a.seqlen,
+    rec = dict(bench="heal", model=a.model, deleted=deleted, windows=a.windows, epochs=a.epochs, steps=steps, seqlen=a.seqlen, repeats=a.repeats,
                top_k=a.top_k, lr=a.lr, threads=torch.get_num_threads(), torch=torch.__version__, machine=platform.processor() or platform.machine(),
                kl_full_before=full_kl, topk_gap_before={str(k): v for k, v in gaps.items()}, runs=[])
     for train in a.train.split(","):
         kw = dict(last_k=2) if train == "last_k" else dict(deleted=deleted)
-        student = delete_layers(copy.deepcopy(teacher), deleted)
-        layers = trained_layers(train, len(student.model.layers), kw.get("deleted"), kw.get("last_k", 2))
-        t0 = time.perf_counter()
-        _, info = heal(student, windows, steps=steps, lr=a.lr, objective="kd", teacher=teacher, train=train, top_k=a.top_k,
-                       progress=False, **kw)
-        cached_wall = time.perf_counter() - t0
-        del student
-        student = delete_layers(copy.deepcopy(teacher), deleted)
-        ref, plain_wall = plain(student, teacher, windows, layers, steps, a.lr, a.top_k)
-        del student
-        tokens = steps * a.seqlen
+        layers = trained_layers(train, teacher.config.num_hidden_layers - len(deleted), kw.get("deleted"), kw.get("last_k", 2))
+        tokens, times = steps * a.seqlen, dict(cached=[], cached_loop=[], plain=[])
+        for rep in range(a.repeats):  # the two loops alternate (cached first, then plain first): the machine's load falls on both
+            for which in (("cached", "plain") if rep % 2 == 0 else ("plain", "cached")):
+                student = delete_layers(copy.deepcopy(teacher), deleted)
+                t0 = time.perf_counter()
+                if which == "cached":
+                    _, info = heal(student, windows, steps=steps, lr=a.lr, objective="kd", teacher=teacher, train=train,
+                                   top_k=a.top_k, progress=False, **kw)
+                    times["cached"].append(time.perf_counter() - t0); times["cached_loop"].append(tokens / info["tokens_per_s"])
+                else:
+                    ref, wall = plain(student, teacher, windows, layers, steps, a.lr, a.top_k)
+                    times["plain"].append(wall)
+                del student
+        med = {k: statistics.median(v) for k, v in times.items()}
         diff = max(abs(x - y) / abs(y) for x, y in zip(info["losses"], ref))
-        run = dict(train=train, trained_layers=layers, trainable_params=info["trainable_params"],
-                   cached_loop_tok_s=info["tokens_per_s"], cached_end_to_end_tok_s=tokens / cached_wall,
-                   cache_build_s=cached_wall - tokens / info["tokens_per_s"], plain_tok_s=tokens / plain_wall,
-                   loop_speedup=info["tokens_per_s"] / (tokens / plain_wall), end_to_end_speedup=plain_wall / cached_wall,
+        run = dict(train=train, trained_layers=layers, trainable_params=info["trainable_params"], repeats=a.repeats,
+                   wall_s=times, cached_loop_tok_s=tokens / med["cached_loop"], cached_end_to_end_tok_s=tokens / med["cached"],
+                   cache_build_s=med["cached"] - med["cached_loop"], plain_tok_s=tokens / med["plain"],
+                   loop_speedup=med["plain"] / med["cached_loop"], end_to_end_speedup=med["plain"] / med["cached"],
                    loss_curve_max_rel_diff=diff, first_loss=info["losses"][0], last_loss=info["losses"][-1],
                    teacher_cache_mib=info["teacher_cache_mib"], state_cache_mib=info["state_cache_mib"],
                    losses_cached=info["losses"], losses_plain=ref)

@@ -26,6 +26,10 @@ __all__ = ['log', 'TRAIN_SETS', 'HEAL_SOURCES', 'SELF_MODULES', 'TeacherTargets'
            'save_heal_state', 'load_heal_state']
 
 # %% ../../nbs/50a_recover.kd.ipynb #80d1860d
+def _scaled(x:torch.Tensor, temperature:float)->torch.Tensor:
+    "`x / temperature`, without a pass over the `[T, V]` logits when the temperature is 1."
+    return x if temperature == 1 else x / temperature
+
 @dataclass
 class TeacherTargets:
     "One window's teacher next-token distributions: full log-probabilities, or the top `k` and the rest as one bucket."
@@ -43,7 +47,7 @@ def teacher_targets(logits:torch.Tensor,  # `[T, V]` teacher logits of one windo
                     top_k:int|None=None,  # keep this many tokens a position (the rest as one bucket); None: full
                    )->TeacherTargets:
     "The teacher's log-probabilities at `temperature`, full or truncated to the top `k` plus one bucket for the rest."
-    lp = F.log_softmax(logits.detach().float() / temperature, dim=-1)
+    lp = F.log_softmax(_scaled(logits.detach().float(), temperature), dim=-1)
     if top_k is None or top_k >= lp.shape[-1]: return TeacherTargets(lp)
     v, i = lp.topk(top_k, dim=-1)
     log_rest = lp.scatter(-1, i, float("-inf")).logsumexp(-1)
@@ -55,7 +59,7 @@ def kd_loss(student_logits:torch.Tensor, # `[T, V]` student logits of the window
             temperature:float=1.0,       # the temperature the targets were made at
            )->torch.Tensor:              # scalar: mean over positions of KL(teacher || student), times temperature**2
     "KL(teacher ‖ student) on the teacher's (possibly bucketed) next-token distributions."
-    lq = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    lq = F.log_softmax(_scaled(student_logits.float(), temperature), dim=-1)
     lp = target.logp.to(lq.device)
     if target.idx is None: kl = (lp.exp() * (lp - lq)).sum(-1)
     else:
