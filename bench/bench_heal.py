@@ -19,7 +19,7 @@ HumanEval on the healed checkpoint with bench/humaneval_qwen.py, then the paired
 first problems in bench/results/humaneval_qwen05_full.json:
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/bench_heal.py --recover /tmp/qwen05_kd_last2 --model qwen2.5-coder-0.5b-instruct \
-        --deleted 10,11 --train last_k --windows 16 --epochs 4 --seqlen 256 --heldout 2
+        --deleted 10,11 --train last_k --windows 16 --epochs 2 --seqlen 256 --heldout 2 --lr 1e-5
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/humaneval_qwen.py --model /tmp/qwen05_kd_last2 --limit 80 --styles chat \
         --batch_size 20 --max_new_tokens 256 --out bench/results/heal_qwen05_kd_humaneval.json
     PYTHONPATH=$PWD python bench/bench_heal.py --pair bench/results/heal_qwen05_kd_humaneval.json

@@ -122,7 +122,7 @@ def _window_loss(model, ids, target, objective, temperature, nll_weight)->torch.
 def heal(model:nn.Module,            # a (pruned) causal LM
          data,                       # what to train on: token windows `[1, seqlen]`, text (`str`), or a text file (`Path`); calibration text, never evaluation text
          steps:int|None=None,        # optimizer steps, one window each (cycling through the windows); None: from tokens, else 50
-         lr:float|None=None,         # AdamW learning rate; None: 3e-4 for lora, 1e-4 for full layers
+         lr:float|None=None,         # AdamW learning rate; None: 3e-4 for lora, 1e-5 for full layers
          rank:int=8,                 # LoRA rank
          alpha:int=16,               # LoRA scaling numerator (`lora_alpha`)
          parts:ModelParts|None=None, # located parts; detected if None
@@ -141,7 +141,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          temperature:float=1.0,      # objective="kd": softmax temperature of both distributions
          top_k:int|None=64,          # objective="kd": teacher tokens kept a position (the rest as one bucket); None: full vocabulary
          nll_weight:float=0.0,       # objective="kd": share of next-token loss mixed in
-         heldout:int=0,              # windows set apart from the end of the data: never trained on, their loss shown and recorded
+         heldout:int=0,              # windows set apart from the end of the data: never trained on, their loss shown and recorded (before training too)
          eval_every:int=10,          # steps between held-out evaluations
          checkpoint_dir:str|Path|None=None, # save the heal's state here every checkpoint_every steps; a saved state is resumed
          checkpoint_every:int=10,    # steps between checkpoints
@@ -161,7 +161,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
                           "would change the embedding below the cached states too. Heal with train_head=False")
     T, ntrain = windows[0].shape[1], len(windows) - heldout
     steps = steps or (math.ceil(tokens / T) if tokens else 50)
-    lr = lr or (3e-4 if train == "lora" else 1e-4)
+    lr = lr or (3e-4 if train == "lora" else 1e-5)
     ntrain = min(ntrain, steps) # windows the budget never reaches are neither cached nor recorded
     windows = list(windows[:ntrain]) + list(windows[len(windows) - heldout:])
     layers = trained_layers(train, parts.num_layers, deleted, last_k)
@@ -189,12 +189,15 @@ def heal(model:nn.Module,            # a (pruned) causal LM
             return _window_loss(model, windows[i].to(dev), targets[i], objective, temperature, nll_weight)
         with started_at(parts, start, windows[0]) as box, \
              tqdm(total=steps * T, initial=done * T, unit="tok", unit_scale=True, desc="healing", disable=not progress) as bar:
+            held_loss = lambda: sum(run(ntrain + j).item() for j in range(heldout)) / heldout
+            if heldout and done == 0:
+                with torch.no_grad(): held.append([0, held_loss()])   # where healing starts from
             for step in range(done, steps):
                 loss = run(step % ntrain)
                 loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 if heldout and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                    with torch.no_grad(): held.append([step + 1, sum(run(ntrain + j).item() for j in range(heldout)) / heldout])
+                    with torch.no_grad(): held.append([step + 1, held_loss()])
                 bar.update(T); bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"held": f"{held[-1][1]:.3f}"} if held else {}))
                 if ck and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                     save_heal_state(ck, key, step + 1, params, opt, losses, held)
