@@ -303,7 +303,7 @@ def heal_check(args)->None:
     if on is not None and on not in HEAL_SOURCES and not Path(on).is_file():
         raise ConfigError(f"--heal_on {on!r} is neither a named source ({', '.join(HEAL_SOURCES)}) nor an existing text file")
 
-def heal_from_args(args, model, data:list, eval_data:list|None, res, tokenizer=None, teacher=None):
+def heal_from_args(args, model, data:list, eval_data:list|None, res, tokenizer:object|None=None, teacher:object|None=None):
     "Heal the pruned model (on --heal_on's text, else the calibration windows); record the cost and the evaluation PPL after in `res.stats`."
     from depthprune_nb.recover.heal import heal
     from depthprune_nb.recover.kd import heal_text

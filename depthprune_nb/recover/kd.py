@@ -181,7 +181,7 @@ def self_text(teacher:nn.Module, # the (unpruned) model whose continuations make
     return "\n\n".join(p + c for p, c in zip(prompts, outs))
 
 def heal_text(source:str|Path,      # a name in HEAL_SOURCES, or the path of a text file
-              tokenizer=None,       # source="self": the teacher's tokenizer
+              tokenizer:object|None=None, # source="self": the teacher's tokenizer
               teacher:nn.Module|None=None, # source="self": the unpruned model
               text_file:str|Path|None=None, # source="wikitext": a local WikiText-2 train text instead of the Hub
               **self_kwargs,        # source="self": self_text's prompts, max_new_tokens, cache_dir, progress
