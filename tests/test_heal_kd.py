@@ -186,3 +186,19 @@ def test_a_checkpoint_of_another_heal_is_refused(tiny_dir, tmp_path):
     heal(delete_layers(load(tiny_dir), [2, 3]), ws, lr=1e-3, **kw)
     with pytest.raises(ConfigError, match="holds the checkpoint of another heal"):
         heal(delete_layers(load(tiny_dir), [2, 3]), ws, lr=2e-3, **kw)
+
+
+def test_self_text_is_the_teachers_greedy_continuation_cached_per_teacher(tiny_dir, tmp_path):
+    from depthprune_nb.io.hub import load_tokenizer
+    from depthprune_nb.recover.kd import heal_text, self_prompts
+    teacher, tok = load(tiny_dir), load_tokenizer(tiny_dir)
+    prompts = self_prompts(2)
+    assert all(p.startswith("def ") and '"""' in p for p in prompts)
+    text = heal_text("self", tok, teacher, prompts=prompts, max_new_tokens=6, cache_dir=tmp_path)
+    assert text.startswith(prompts[0]) and prompts[1] in text and len(text) > sum(map(len, prompts))
+    assert len(list((tmp_path / "self").glob("*.json"))) == 1
+    assert heal_text("self", tok, teacher, prompts=prompts, max_new_tokens=6, cache_dir=tmp_path) == text  # read back
+    other = load(tiny_dir)
+    with torch.no_grad(): other.model.layers[0].mlp.down_proj.weight.mul_(2)
+    heal_text("self", tok, other, prompts=prompts, max_new_tokens=6, cache_dir=tmp_path)
+    assert len(list((tmp_path / "self").glob("*.json"))) == 2   # another teacher: its own continuations

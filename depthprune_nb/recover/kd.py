@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50a_recover.kd.ipynb #f2f4f7c0
 from __future__ import annotations
-import ast, contextlib, hashlib, json, logging, os, sysconfig, tempfile
+import ast, contextlib, hashlib, json, logging, os, sysconfig, tempfile, textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +33,16 @@ def _scaled(x:torch.Tensor, temperature:float)->torch.Tensor:
 @dataclass
 class TeacherTargets:
     "One window's teacher next-token distributions: full log-probabilities, or the top `k` and the rest as one bucket."
-    logp:torch.Tensor            # `[T, V]` (full) or `[T, k]` log-probabilities
-    idx:torch.Tensor|None=None   # `[T, k]` token ids of the kept entries (int32); None: full vocabulary
-    log_rest:torch.Tensor|None=None # `[T]` log of the mass outside the top k; None: full vocabulary
+    logp:torch.Tensor            # [T, V] (full) or [T, k] log-probabilities
+    idx:torch.Tensor|None=None   # [T, k] token ids of the kept entries (int32); None: full vocabulary
+    log_rest:torch.Tensor|None=None # [T] log of the mass outside the top k; None: full vocabulary
 
     @property
     def nbytes(self)->int:
         "Memory this window's targets take."
         return sum(t.numel() * t.element_size() for t in (self.logp, self.idx, self.log_rest) if t is not None)
 
-def teacher_targets(logits:torch.Tensor,  # `[T, V]` teacher logits of one window
+def teacher_targets(logits:torch.Tensor,  # [T, V] teacher logits of one window
                     temperature:float=1.0, # softmax temperature
                     top_k:int|None=None,  # keep this many tokens a position (the rest as one bucket); None: full
                    )->TeacherTargets:
@@ -54,7 +54,7 @@ def teacher_targets(logits:torch.Tensor,  # `[T, V]` teacher logits of one windo
     return TeacherTargets(v, i.to(torch.int32), log_rest)
 
 # %% ../../nbs/50a_recover.kd.ipynb #1659636e
-def kd_loss(student_logits:torch.Tensor, # `[T, V]` student logits of the window
+def kd_loss(student_logits:torch.Tensor, # [T, V] student logits of the window
             target:TeacherTargets,       # the teacher's targets for the same window
             temperature:float=1.0,       # the temperature the targets were made at
            )->torch.Tensor:              # scalar: mean over positions of KL(teacher || student), times temperature**2
@@ -100,9 +100,9 @@ class _Stop(Exception): "Raised to end a recording forward at the layer whose in
 
 @torch.no_grad()
 def states_entering(parts:ModelParts, # the model's parts
-                    windows:list,     # `[1, T]` token windows
+                    windows:list,     # [1, T] token windows
                     start:int,        # the layer whose input is recorded
-                   )->list:           # one `[1, T, H]` state per window
+                   )->list:           # one [1, T, H] state per window
     "The hidden states entering layer `start`, one forward per window stopped there."
     out = []
     def record(j, layer, orig, *args, **kwargs):
@@ -117,7 +117,7 @@ def states_entering(parts:ModelParts, # the model's parts
 @contextlib.contextmanager
 def started_at(parts:ModelParts, # the model's parts
                start:int,        # the first layer that runs
-               ids:torch.Tensor, # a `[1, T]` window of the shape that will be run (to learn what layers return)
+               ids:torch.Tensor, # a [1, T] window of the shape that will be run (to learn what layers return)
               ):
     "While active, the model's forward skips the layers below `start` and feeds layer `start` the state put in `box['h']`."
     out_lens, box = {}, {}
@@ -145,7 +145,7 @@ def self_prompts(n:int=64, modules:tuple=SELF_MODULES)->list:
         if not p.is_file(): continue
         for node in ast.parse(p.read_text(encoding="utf-8")).body:
             if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and (doc := ast.get_docstring(node)):
-                doc = doc.replace('"""', "'''")
+                doc = textwrap.indent(doc.replace('"""', "'''"), "    ").lstrip()   # the body's indentation
                 out.append(f"def {node.name}({ast.unparse(node.args)}):\n    \"\"\"{doc}\n    \"\"\"\n")
                 if len(out) == n: return out
     return out
