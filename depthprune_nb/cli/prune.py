@@ -287,7 +287,9 @@ def run(args)->dict:
     ranks.finish()
     return res.to_dict()
 
-def healing(args)->bool: return bool(args.heal_steps or getattr(args, "heal_tokens", None))
+def healing(args)->bool:
+    "True if the flags ask for healing after the cut (--heal_steps or --heal_tokens)."
+    return bool(args.heal_steps or getattr(args, "heal_tokens", None))
 
 def heal_check(args)->None:
     "Refuse healing flags that cannot work, before the model loads."
