@@ -10,12 +10,23 @@ from pathlib import Path
 
 import pytest
 
-WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-v1" / "test.txt"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the project's data folder beside the checkout
+SHARED_WIKITEXT = SHARED_DATA / "wikitext-2-raw-v1" / "test.txt"
+
+
+def _wikitext()->Path:
+    "The project's copy where it lies beside the checkout, else the copy shipped in the package (the same bytes, sha256 checked)."
+    if SHARED_WIKITEXT.exists(): return SHARED_WIKITEXT
+    from depthprune_nb.data import shipped_wikitext
+    try: return shipped_wikitext()
+    except FileNotFoundError: return SHARED_WIKITEXT  # neither: the tests that need it skip, naming this path
+
+WIKITEXT = _wikitext()
 
 
 @pytest.fixture(scope="session")
 def wikitext()->Path:
-    "The local WikiText-2 test text (../shared/data beside the checkout); a test that asks for it is skipped where it is absent."
+    "The WikiText-2 test text (../shared/data beside the checkout, else the package's copy); a test that asks for it is skipped where both are absent."
     if not WIKITEXT.exists(): pytest.skip(f"WikiText-2 test text not found at {WIKITEXT}")
     return WIKITEXT
 

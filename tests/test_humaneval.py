@@ -11,12 +11,15 @@ from depthprune_nb.eval.humaneval import (check_completion, check_completions, e
 from depthprune_nb.eval.sandbox import CodeExecutionRefused, run_program
 from depthprune_nb.eval.confine import landlock_abi
 
-from conftest import WIKITEXT
+from conftest import SHARED_DATA
 
-HUMANEVAL = Path(os.environ.get("DEPTHPRUNE_HUMANEVAL", WIKITEXT.parents[1] / "humaneval" / "HumanEval.jsonl.gz"))
+HUMANEVAL = Path(os.environ.get("DEPTHPRUNE_HUMANEVAL", SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"))
 if not HUMANEVAL.exists():  # a worktree one level deeper than the checkout: look above it too
     HUMANEVAL = next((p / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz" for p in Path(__file__).resolve().parents
                       if (p / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz").exists()), HUMANEVAL)
+if not HUMANEVAL.exists():  # no project data beside the checkout: the copy shipped in the package
+    from depthprune_nb.data import shipped
+    HUMANEVAL = shipped("humaneval", "HumanEval.jsonl.gz")
 
 TOY = {"task_id": "toy/0", "prompt": 'def add(a, b):\n    "Sum of a and b."\n', "entry_point": "add",
        "canonical_solution": "    return a + b\n", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"}

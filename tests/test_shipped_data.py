@@ -11,7 +11,7 @@ from depthprune_nb.data import (SHIPPED_WIKITEXT, WIKITEXT_TEST_SHA256, get_cali
 from depthprune_nb.eval.humaneval import humaneval_path, read_problems
 from depthprune_nb.eval.tasks import DEFAULT_SUITE, bigbench_dir, suite_names
 
-from conftest import WIKITEXT, depthprune
+from conftest import SHARED_WIKITEXT as WIKITEXT, depthprune
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = WIKITEXT.parents[1]  # ../shared/data: the project's copies, where present
