@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating which goes first; medians reported")
     ap.add_argument("--recover", default=None, help="heal once (--train, KD on code) and save the healed checkpoint in this folder")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
+    ap.add_argument("--record", default=None, help="--recover: where the healing record goes (default "
+                    "bench/results/heal_recover_<model>_<train>.json)")
     ap.add_argument("--pair", default=None, help="a humaneval_qwen.py result file of a healed checkpoint: add its paired tests")
     a = ap.parse_args()
     if a.pair: return pair(a.pair)
@@ -153,7 +155,7 @@ def recover(a):
     rec = dict(model=a.model, deleted=deleted, data="Python standard-library source (depthprune_nb.calib.code_text)",
                threads=torch.get_num_threads(), torch=torch.__version__, total_wall_s=time.perf_counter() - t0,
                **{k: v for k, v in info.items() if k != "losses"}, losses=info["losses"])
-    (ROOT / "bench" / "results" / f"heal_recover_{a.model}_{a.train}.json").write_text(json.dumps(rec, indent=1))
+    Path(a.record or ROOT / "bench" / "results" / f"heal_recover_{a.model}_{a.train}.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps({k: v for k, v in rec.items() if k != "losses"}))
 
 

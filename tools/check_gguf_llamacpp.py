@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from depthprune_nb.data import shipped_wikitext
 
 
 def llamacpp_ppl(path:Path, windows:list, threads:int)->float:
@@ -43,7 +44,7 @@ def main():
     p.add_argument("name"); p.add_argument("--delete", type=int, nargs="+", default=[2, 3])
     p.add_argument("--seqlen", type=int, default=768); p.add_argument("--windows", type=int, default=1)
     p.add_argument("--start_char", type=int, default=400_000); p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--text_file", default=str(Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw-v1/test.txt"))
+    p.add_argument("--text_file", default=str(shipped_wikitext()))
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)

@@ -32,11 +32,12 @@ from depthprune_nb.pruner import layer_importance
 from depthprune_nb.ppl import ppl_deleting
 from depthprune_nb.criteria.sleb import sleb_prefix
 from depthprune_nb.engine.dtype_choice import cpu_name
+from depthprune_nb.data import shipped_wikitext
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = HERE / "smollm2.json"
-TEXT_FILE = ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"
+TEXT_FILE = shipped_wikitext()  # the WikiText-2 raw test text shipped in the package (sha256 checked)
 METHODS = ("ppl_window", "angular", "angular_all", "block_influence", "sleb")
 # Relative tolerance on every PPL of a rerun row. The forwards are float32 on the CPU, the same windows in the same
 # order: on one machine with one thread a rerun gives the same bits (measured on the build machine: all 40 rows,

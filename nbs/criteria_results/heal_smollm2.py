@@ -16,6 +16,7 @@ from depthprune_nb.data import get_calib_eval_datasets
 from depthprune_nb.recover.heal import heal
 from depthprune_nb.ppl import perplexity
 from depthprune_nb.surgery import delete_layers
+from depthprune_nb.data import shipped_wikitext
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -23,7 +24,7 @@ ROOT = HERE.parents[1]
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--text_file", default=str(ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"))
+    p.add_argument("--text_file", default=str(shipped_wikitext()))
     p.add_argument("--ns", type=int, nargs="+", default=[0, 2, 4],
                    help="layers removed (picks of the exact window search); 0: the unpruned model, the control")
     p.add_argument("--method", default="ppl_window", help="whose picks to heal, from smollm2.json")

@@ -24,10 +24,11 @@ import argparse, json, math, os, platform, resource, sys, tempfile, time
 from pathlib import Path
 
 import torch
+from depthprune_nb.data import shipped_wikitext
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-TEXT_FILE = ROOT.parent / "shared/data/wikitext-2-raw-v1/test.txt"
+TEXT_FILE = shipped_wikitext()  # the WikiText-2 raw test text shipped in the package (sha256 checked)
 NAMES = ("smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 PROMPTS = ("The capital of France is", "def fibonacci(n):")
 
