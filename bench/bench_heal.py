@@ -75,6 +75,9 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--train", default="last_k,adjacent")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each loop, alternating which goes first; medians reported")
+    ap.add_argument("--bf16", action="store_true", help="also time the cached loop with the student in bfloat16 (heal's "
+                    "compute_dtype='bfloat16'; the float32 loops are the baseline) and record what compute_dtype='auto' decides")
+    ap.add_argument("--compute_dtype", default="float32", help="--recover: heal's compute_dtype (float32, bfloat16 or auto)")
     ap.add_argument("--recover", default=None, help="heal once (--train, KD on code) and save the healed checkpoint in this folder")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
     ap.add_argument("--record", default=None, help="--recover: where the healing record goes (default "
@@ -102,20 +105,25 @@ def main():
     for train in a.train.split(","):
         kw = dict(last_k=2) if train == "last_k" else dict(deleted=deleted)
         layers = trained_layers(train, teacher.config.num_hidden_layers - len(deleted), kw.get("deleted"), kw.get("last_k", 2))
-        tokens, times = steps * a.seqlen, dict(cached=[], cached_loop=[], plain=[])
-        for rep in range(a.repeats):  # the two loops alternate (cached first, then plain first): the machine's load falls on both
-            for which in (("cached", "plain") if rep % 2 == 0 else ("plain", "cached")):
+        tokens, times = steps * a.seqlen, dict(cached=[], cached_loop=[], plain=[], bf16=[], bf16_loop=[])
+        order = ("cached", "plain") + (("bf16",) if a.bf16 else ())
+        for rep in range(a.repeats):  # the loops alternate (each goes first in turn): the machine's load falls on all
+            for which in order[rep % len(order):] + order[:rep % len(order)]:
                 student = delete_layers(copy.deepcopy(teacher), deleted)
                 t0 = time.perf_counter()
                 if which == "cached":
                     _, info = heal(student, windows, steps=steps, lr=a.lr, objective="kd", teacher=teacher, train=train,
-                                   top_k=a.top_k, progress=False, **kw)
+                                   top_k=a.top_k, progress=False, compute_dtype=None, **kw)
                     times["cached"].append(time.perf_counter() - t0); times["cached_loop"].append(tokens / info["tokens_per_s"])
+                elif which == "bf16":
+                    _, binfo = heal(student, windows, steps=steps, lr=a.lr, objective="kd", teacher=teacher, train=train,
+                                    top_k=a.top_k, progress=False, compute_dtype="bfloat16", **kw)
+                    times["bf16"].append(time.perf_counter() - t0); times["bf16_loop"].append(tokens / binfo["tokens_per_s"])
                 else:
                     ref, wall = plain(student, teacher, windows, layers, steps, a.lr, a.top_k)
                     times["plain"].append(wall)
                 del student
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = {k: statistics.median(v) for k, v in times.items() if v}
         diff = max(abs(x - y) / abs(y) for x, y in zip(info["losses"], ref))
         run = dict(train=train, trained_layers=layers, trainable_params=info["trainable_params"], repeats=a.repeats,
                    wall_s=times, cached_loop_tok_s=tokens / med["cached_loop"], cached_end_to_end_tok_s=tokens / med["cached"],
@@ -124,6 +132,13 @@ def main():
                    loss_curve_max_rel_diff=diff, first_loss=info["losses"][0], last_loss=info["losses"][-1],
                    teacher_cache_mib=info["teacher_cache_mib"], state_cache_mib=info["state_cache_mib"],
                    losses_cached=info["losses"], losses_plain=ref)
+        if a.bf16:
+            from depthprune_nb.recover.heal import _heal_dtype
+            from depthprune_nb.parts import locate
+            run.update(bf16_loop_tok_s=tokens / med["bf16_loop"], bf16_loop_speedup_vs_float32=med["cached_loop"] / med["bf16_loop"],
+                       bf16_end_to_end_speedup_vs_float32=med["cached"] / med["bf16"], bf16_last_loss=binfo["losses"][-1],
+                       bf16_loss_curve_max_rel_diff=max(abs(x - y) / abs(y) for x, y in zip(binfo["losses"], info["losses"])),
+                       auto_decides=_heal_dtype(teacher, locate(teacher), "auto")[1], losses_bf16=binfo["losses"])
         rec["runs"].append(run)
         print(json.dumps({k: v for k, v in run.items() if not k.startswith("losses")}), flush=True)
     out = ROOT / "bench" / "results" / "heal_bench.jsonl"
@@ -148,6 +163,7 @@ def recover(a):
     student = delete_layers(copy.deepcopy(teacher), deleted)
     kw = dict(last_k=2) if a.train == "last_k" else dict(deleted=deleted)
     healed, info = heal(student, windows, steps=a.windows * a.epochs, lr=a.lr, objective="kd", teacher=teacher, train=a.train,
+                        compute_dtype=None if a.compute_dtype == "float32" else a.compute_dtype,
                         top_k=a.top_k, heldout=a.heldout, eval_every=10, progress=True, **kw)
     out = Path(a.recover); out.mkdir(parents=True, exist_ok=True)
     with serializable(healed): healed.save_pretrained(out)

@@ -101,6 +101,21 @@ def test_kd_trains_only_its_layers_as_a_plain_loop_would_and_never_touches_the_t
     assert info["losses"][-1] < info["losses"][0]
 
 
+def test_compute_dtype_bfloat16_trains_the_same_layers_near_the_float32_curve_and_auto_keeps_tiny_models_in_float32(tiny_dir):
+    teacher, ws = load(tiny_dir), windows(200, 5)
+    kw = dict(steps=6, lr=1e-3, objective="kd", teacher=teacher, train="last_k", top_k=8, progress=False)
+    _, f32 = heal(delete_layers(load(tiny_dir), [2, 3]), ws, compute_dtype=None, **kw)
+    _, auto = heal(delete_layers(load(tiny_dir), [2, 3]), ws, **kw)   # the default: a tiny model's layers are below the probe's floor
+    assert auto["compute_dtype"] == "float32" and auto["losses"] == f32["losses"], auto["compute_dtype_reason"]
+    bf, info = heal(delete_layers(load(tiny_dir), [2, 3]), ws, compute_dtype="bfloat16", **kw)
+    assert info["compute_dtype"] == "bfloat16" and info["compute_dtype_reason"]
+    assert all(p.dtype == torch.float32 for p in bf.parameters())   # autocast: the weights stay float32, the products do not
+    diffs = [abs(a - b) / b for a, b in zip(info["losses"], f32["losses"])]
+    assert 0 < max(diffs) < 0.05, diffs                           # close to float32's curve, and not the float32 run itself
+    with pytest.raises(ConfigError, match="compute_dtype='float16'.*'auto', 'bfloat16'"):
+        heal(delete_layers(load(tiny_dir), [2, 3]), ws, compute_dtype="float16", **kw)
+
+
 def test_kd_lora_and_the_mixed_objective_run_and_the_budget_is_in_tokens(tiny_dir):
     pytest.importorskip("peft")
     teacher, ws = load(tiny_dir), windows(200, 4)

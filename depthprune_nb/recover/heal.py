@@ -111,6 +111,17 @@ def _trainable(model, parts, train, layers, train_head, rank, alpha, seed)->tupl
         for p in m.parameters(): p.requires_grad_(True)
     return None, {n: p for n, p in model.named_parameters() if p.requires_grad}
 
+def _heal_dtype(model, parts, requested)->tuple:
+    """(torch.bfloat16 or None for the model's own float32, why) for the student's forward and backward. "auto" asks the
+    search's probe (`choose_compute_dtype`): bfloat16 only where this device multiplies the model's layer shapes much
+    faster in it. The teacher's targets stay in the model's own precision."""
+    if requested in (None, "float32", torch.float32): return None, "float32, as requested"
+    if requested not in ("auto", "bfloat16", torch.bfloat16):
+        raise ConfigError(f"compute_dtype={requested!r} is invalid for heal: give 'auto', 'bfloat16' or None (float32)")
+    from depthprune_nb.engine.dtype_choice import choose_compute_dtype
+    c = choose_compute_dtype(model, "auto" if requested == "auto" else "bfloat16", parts)
+    return (torch.bfloat16 if c.compute_dtype == "bfloat16" else None), c.reason
+
 def _window_loss(model, ids, target, objective, temperature, nll_weight)->torch.Tensor:
     "The training loss on one window: KL to the teacher, next-token loss, or their mix."
     logits = model(ids, use_cache=False).logits[0]
@@ -145,6 +156,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          eval_every:int=10,          # steps between held-out evaluations
          checkpoint_dir:str|Path|None=None, # save the heal's state here every checkpoint_every steps; a saved state is resumed
          checkpoint_every:int=10,    # steps between checkpoints
+         compute_dtype:str|None="auto", # the student's forward and backward: "auto" (bfloat16 where this device computes it much faster, measured), "bfloat16", or None/"float32"
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
     "Fine-tune the pruned model on `data` (adapters merged, or layers trained in place); the model comes back in eval mode."
     _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout)
@@ -165,6 +177,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     ntrain = min(ntrain, steps) # windows the budget never reaches are neither cached nor recorded
     windows = list(windows[:ntrain]) + list(windows[len(windows) - heldout:])
     layers = trained_layers(train, parts.num_layers, deleted, last_k)
+    low, dtype_reason = _heal_dtype(model, parts, compute_dtype)
     t0 = time.perf_counter()
     targets = _teacher_cache(teacher, windows, temperature, top_k, progress) if objective == "kd" else [None] * len(windows)
     teacher_s, grad = time.perf_counter() - t0, {n: p.requires_grad for n, p in model.named_parameters()}
@@ -174,7 +187,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
         states = states_entering(parts, windows, start) if start else [None] * len(windows)
         key = run_key(windows=windows, objective=objective, train=train, layers=layers, train_head=train_head, steps=steps,
                       lr=lr, rank=rank, alpha=alpha, seed=seed, temperature=temperature, top_k=top_k, nll_weight=nll_weight,
-                      heldout=heldout, eval_every=eval_every, params=sorted(params))
+                      heldout=heldout, eval_every=eval_every, params=sorted(params), compute_dtype=str(low))
         ck = Path(checkpoint_dir) / "heal_state.pt" if checkpoint_dir else None
         opt, losses, held = torch.optim.AdamW(list(params.values()), lr=lr), [], []
         saved, done = load_heal_state(ck, key) if ck else None, 0
@@ -186,7 +199,8 @@ def heal(model:nn.Module,            # a (pruned) causal LM
         dev, t1 = parts.input_device, time.perf_counter()
         def run(i):
             box["h"] = states[i]
-            return _window_loss(model, windows[i].to(dev), targets[i], objective, temperature, nll_weight)
+            with torch.autocast(dev.type, dtype=low or torch.bfloat16, enabled=low is not None):
+                return _window_loss(model, windows[i].to(dev), targets[i], objective, temperature, nll_weight)
         with started_at(parts, start, windows[0]) as box, \
              tqdm(total=steps * T, initial=done * T, unit="tok", unit_scale=True, desc="healing", disable=not progress) as bar:
             held_loss = lambda: sum(run(ntrain + j).item() for j in range(heldout)) / heldout
@@ -211,6 +225,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
                 train_head=train_head, steps=steps, tokens=steps * T, lr=lr, rank=rank, alpha=alpha, windows=ntrain,
                 heldout=heldout, seqlen=T, trainable_params=sum(p.numel() for p in params.values()),
                 temperature=temperature, top_k=top_k, nll_weight=nll_weight,
+                compute_dtype=str(low)[6:] if low is not None else "float32", compute_dtype_reason=dtype_reason,
                 teacher_cache_mib=mib(sum(t.nbytes for t in targets if t is not None)),
                 state_cache_mib=mib(sum(s.numel() * s.element_size() for s in states if s is not None)),
                 teacher_s=teacher_s, resumed_at=done, wall_s=time.perf_counter() - t0,
