@@ -118,7 +118,7 @@ def pair_runs(runs:dict):
         if today and today["n"] >= r["n"]: r["vs_today"] = mcnemar(passed(today)[:r["n"]], passed(r))
 
 
-def merge_save(out:Path, rec:dict, mine:set):
+def merge_save(out:Path, rec:dict, mine:set, mine_searches:set=frozenset()):
     """Write `rec` to `out` keeping the runs other processes saved there (only the runs in `mine` are this process's), with
     the paired tests of all of them made afresh (`pair_runs`); `rec` then holds them all."""
     import fcntl
@@ -127,6 +127,8 @@ def merge_save(out:Path, rec:dict, mine:set):
         fcntl.flock(lock, fcntl.LOCK_EX)
         disk = json.loads(out.read_text()) if out.exists() else {}
         rec["runs"] = {**disk.get("runs", {}), **{k: rec["runs"][k] for k in mine}}
+        if mine_searches or "searches" in disk:
+            rec["searches"] = {**disk.get("searches", {}), **{k: rec["searches"][k] for k in mine_searches}}
         pair_runs(rec["runs"])
         tmp = out.with_name(f".{out.name}.{os.getpid()}")
         tmp.write_text(json.dumps({**disk, **rec}, indent=1)); os.replace(tmp, out)
@@ -187,12 +189,12 @@ def main(argv=None):
         print(f"skipped: HumanEval file ({he}) or model ({a.model}) absent"); return 0
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     rec = json.loads(out.read_text()) if out.exists() else {}
-    mine = set()  # the runs this process measured: a save writes only these over what is on disk
+    mine, mine_searches = set(), set()  # the runs (searches) this process measured: a save writes only these over what is on disk
     rec.update(machine=f"{machine_summary()}, shared",
                torch_threads=a.threads, model=str(a.model), limit=a.limit, max_new_tokens=a.max_new_tokens,
                batch_size=a.batch_size, protections=sandbox_protections(allow_code_execution=True))
     rec.setdefault("runs", {})
-    def save(): merge_save(out, rec, mine)
+    def save(): merge_save(out, rec, mine, mine_searches)
 
     t0 = time.perf_counter()
     model, tok = load(a.model, a.cache_dir)
@@ -244,6 +246,8 @@ def main(argv=None):
         info.update(ppl_by_start={str(k): round(v, 4) for k, v in res.ppl_by_start.items()}, compute_dtype=res.stats.compute_dtype)
         print(f"n={n}: {a.method} on {a.calib} deletes {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> {res.best_ppl:.2f}, "
               f"search {info['search_s']:.0f} s", flush=True)
+        rec.setdefault("searches", {})[f"{a.method}/{a.calib}/n{n}"] = info
+        mine_searches.add(f"{a.method}/{a.calib}/n{n}"); save()
         if a.search_only: continue
         if tag: info["today_key"] = f"pruned_n{n}/{style}"
         prev = rec["runs"].get(f"pruned_{tag}n{n}/{style}")

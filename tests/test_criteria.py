@@ -343,10 +343,21 @@ def test_a_pruned_model_stays_in_eval_mode_and_can_be_searched_again(llama_dir):
     assert len(layer_importance(model, windows(2), 1, progress=False).deleted_layers) == 1
 
 
-def test_cli_refuses_to_copy_source_gguf_blocks_after_healing(tmp_path):
-    "The GGUF writer copies the kept blocks' bytes from the source; after healing they are not the model's weights."
+def test_cli_writes_a_healed_gguf_that_reloads_as_the_saved_healed_model(tmp_path):
+    "After healing the kept blocks are not the source's bytes: the GGUF holds the trained tensors in F32, not the source's copies."
+    from transformers import AutoModelForCausalLM
+    from depthprune_nb.io.gguf import read_gguf, load_gguf_model, resolve_gguf
     from depthprune_nb.testing import save_tiny_gguf
     src = save_tiny_gguf(tmp_path / "tiny.gguf")
-    r = depthprune("--model_dir", src, "--save_gguf", tmp_path / "out.gguf", "--heal_steps", 2, "--quiet")
-    assert r.returncode == 2 and "--heal_steps changes their weights" in r.stderr, r.stderr
-    assert not (tmp_path / "out.gguf").exists()
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"The tower number {i} is {3 * i + 24} metres tall, built in {1800 + 7 * i}." for i in range(200)))
+    r = depthprune("--model_dir", src, "--save_gguf", tmp_path / "out.gguf", "--save_dir", tmp_path / "out",
+                   "--heal_steps", 2, "--heal_train", "last_k", "--seqlen", 32, "--nsamples", 4, "--quiet", "--text_file", text)
+    assert r.returncode == 0, r.stderr
+    assert "the tensors healing trained in F32" in r.stdout, r.stdout
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    back, _ = load_gguf_model(*resolve_gguf(tmp_path / "out.gguf"))
+    ids = torch.randint(0, saved.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, saved(ids).logits)
+    healed = read_gguf(tmp_path / "out.gguf").get_field("depthprune.healed_tensors").contents()
+    assert healed and all(n.startswith("blk.") for n in healed), healed

@@ -84,29 +84,30 @@ def test_unknown_architecture_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("peft") is None, reason="peft is not installed (pip install peft)")
-def test_write_refuses_a_healed_model_and_writes_an_unhealed_one(tmp_path):
-    "A healed model's kept blocks are no longer the source's bytes: copying them would silently lose the fine-tune."
+def test_a_lora_healed_model_is_written_with_every_changed_tensor_and_reloads_as_healed(tmp_path):
+    "LoRA merged into every linear map: those tensors come from the model in F32; a heal record without trained_layers is refused."
     from depthprune_nb.config import ConfigError
     from depthprune_nb.recover.heal import heal
     from depthprune_nb.surgery import delete_layers
     src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=4)
     model, tok = load_model_and_tokenizer(src)
     delete_layers(model, [1, 2])
-    out = write_pruned_gguf(src, tmp_path / "pruned.gguf", [1, 2], model=model)  # unhealed: written
-    assert load_model_and_tokenizer(out)[0].config.num_hidden_layers == 2
     with pytest.raises(ConfigError, match=r"model has 2 decoder layers, but tiny.gguf has block_count=4 and deleted_layers=\[1\] leaves 3"):
         write_pruned_gguf(src, tmp_path / "wrong.gguf", [1], model=model)
     text = " ".join(f"The tower number {i} is {3 * i + 24} metres tall." for i in range(12))
     healed, _ = heal(model, text, tokenizer=tok, seqlen=16, steps=2, lr=1e-2, progress=False)
-    with pytest.raises(ConfigError, match="model was healed \\(2 LoRA steps.*silently lose the fine-tune.*save_pruned"):
-        write_pruned_gguf(src, tmp_path / "healed.gguf", [1, 2], model=healed)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned.gguf", "tiny.gguf"]  # nothing written, no temporary file
-    from depthprune_nb.pruner import save_pruned  # what the refusal says to do instead: it keeps the fine-tune
-    from transformers import AutoModelForCausalLM
-    back = AutoModelForCausalLM.from_pretrained(save_pruned(healed, tmp_path / "healed")).eval()
+    out = write_pruned_gguf(src, tmp_path / "healed.gguf", [1, 2], model=healed)
+    back = load_model_and_tokenizer(out)[0]
     ids = tok(text, return_tensors="pt").input_ids[:, :16]
-    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, healed(ids).logits)
-    assert back.config.depthprune_healed["steps"] == 2
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, healed(ids).logits, rtol=0, atol=0)
+    r = read_gguf(out)
+    linear = {f"blk.{b}.{k}.weight" for b in (0, 1) for k in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    assert set(r.get_field("depthprune.healed_tensors").contents()) == linear
+    assert {t.name: t.tensor_type.name for t in r.tensors if t.name in linear} == dict.fromkeys(linear, "F32")
+    healed.config.depthprune_healed = {"steps": 2}   # an older record: which layers changed is unknown
+    with pytest.raises(ConfigError, match="does not say which layers changed.*save_pruned"):
+        write_pruned_gguf(src, tmp_path / "unknown.gguf", [1, 2], model=healed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["healed.gguf", "tiny.gguf"]  # nothing else written, no temporary file
 
 # ---- the real model -------------------------------------------------------------------------------------------
 try: SMOL = smollm2_gguf_path()

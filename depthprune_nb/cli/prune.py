@@ -230,10 +230,6 @@ def run(args)->dict:
     gsrc = resolve_gguf(args.model_dir, args.gguf_file)
     if args.save_gguf: check_save_gguf(args.save_gguf, gsrc and Path(*gsrc), args.overwrite)
     heal_check(args)
-    if args.save_gguf and healing(args):
-        raise ConfigError("--save_gguf copies the kept blocks' bytes from the source GGUF, but "
-                          f"{'--heal_steps' if args.heal_steps else '--heal_tokens'} changes their "
-                          "weights: the file would silently lose the fine-tune. Save the healed model with --save_dir")
     # a GGUF source is one file (never a checkpoint file that a save replaces): its folder may hold the output
     local_src = args.model_dir if not gsrc and Path(args.model_dir).exists() else None
     extra = checkpoint_kwargs(args)
@@ -279,7 +275,8 @@ def run(args)->dict:
     if args.save_gguf:
         g = write_pruned_gguf(gguf_source(model), args.save_gguf, res.deleted_layers, args.overwrite, model=model)
         print(f"wrote the pruned GGUF {g} ({Path(gguf_source(model)).stat().st_size:,} -> {g.stat().st_size:,} bytes, "
-              "kept blocks copied in their own quantization" + (", the repaired down projection(s) in F32" if res.repair else "") + ")")
+              "kept blocks copied in their own quantization" + (", the repaired down projection(s) in F32" if res.repair else "")
+              + (", the tensors healing trained in F32" if "heal" in res.stats else "") + ")")
     if args.prompt:
         ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(parts.input_device)
         gen = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)

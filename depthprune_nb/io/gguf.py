@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'load_gguf_model', 'gguf_source', 'write_pruned_gguf',
            'resolve_gguf', 'find_gguf', 'smollm2_gguf_path', 'read_gguf', 'swa_key', 'swa_layer_pattern', 'gguf_config',
-           'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model',
-           'repaired_tensors']
+           'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'llama_cpp_order',
+           'changed_tensors', 'repaired_tensors']
 
 # %% ../../nbs/40_io.gguf.ipynb #01f08dc3
 def _hub_file(repo:str, name:str)->Path:
@@ -65,15 +65,15 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
                       dst:str|Path,        # the GGUF file to write
                       deleted_layers:list, # decoder layers to drop, in the source file's numbering
                       overwrite:bool=False,# allow replacing an existing `dst`
-                      model:nn.Module|None=None, # the pruned model the file is meant to hold: checked by check_gguf_model, and its repaired tensors written (pass it for a repaired model)
+                      model:nn.Module|None=None, # the pruned model the file is meant to hold: checked by check_gguf_model, and the tensors a repair or healing changed written (pass it for a repaired or healed model)
                      )->Path:
-    "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte (those a repair changed: F32 from `model`), metadata updated."
+    "Write `src` without `deleted_layers` to `dst`: kept tensors copied byte for byte (those a repair or healing changed: F32 from `model`), metadata updated."
     src, dst = Path(src), check_save_gguf(dst, src, overwrite)
     reader = read_gguf(src)
     layout = gguf_layout(reader)
     deleted = set(check_layer_indices(list(deleted_layers), layout["block_count"], "deleted_layers"))
     if model is not None: check_gguf_model(model, src, dst, layout["block_count"], deleted)
-    changed = {} if model is None else repaired_tensors(model, reader, layout, deleted)
+    changed = {} if model is None else changed_tensors(model, reader, layout, deleted)
     new_idx = {old: new for new, old in enumerate(i for i in range(layout["block_count"]) if i not in deleted)}
     dst.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(dst.parent, [dst.name]) # those of a writer killed before it could clean up
@@ -86,8 +86,11 @@ def write_pruned_gguf(src:str|Path,        # the source GGUF file (the model the
         if swa is not None: writer.add_array(swa_key(layout["arch"]), [v for i, v in enumerate(swa) if i not in deleted])
         writer.add_array("depthprune.deleted_layers", _original_numbering(sorted(deleted), layout))
         writer.add_uint32("depthprune.source_block_count", layout["source_block_count"])
-        kept = [(t, n, changed.get(t.name)) for t in reader.tensors if (n := _renamed(t.name, new_idx)) is not None]
-        if changed: writer.add_array("depthprune.repaired_tensors", [n for t, n, a in kept if a is not None])
+        kept = [(t, n, changed.get(t.name, (None, None))) for t in reader.tensors if (n := _renamed(t.name, new_idx)) is not None]
+        for kind in ("repair", "heal"):
+            if any(k == kind for _, _, (_, k) in kept):
+                writer.add_array(f"depthprune.{kind}ed_tensors", [n for t, n, (a, k) in kept if k == kind])
+        kept = [(t, n, a) for t, n, (a, k) in kept]
         for t, name, a in kept:
             if a is None: writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
             else: writer.add_tensor_info(name, a.shape, a.dtype, a.nbytes) # F32
@@ -281,14 +284,14 @@ def check_gguf_model(model,              # the pruned model the GGUF file is mea
                      block_count:int,    # the source file's block count
                      deleted:set,        # the blocks to drop, in the source file's numbering
                     ):
-    "Refuse a `model` that the pruned copy of `src` would not hold: a healed one, or one with another layer count."
+    "Refuse a `model` that the pruned copy of `src` would not hold: one with another layer count, or healed without a record of what changed."
     healed = getattr(getattr(model, "config", None), "depthprune_healed", None)
-    if healed:
+    if healed and not (isinstance(healed, dict) and healed.get("trained_layers") is not None):
         steps = healed.get("steps", "?") if isinstance(healed, dict) else "?"
-        raise ConfigError(f"model was healed ({steps} LoRA steps; config.depthprune_healed), so its kept blocks are no "
-                          f"longer the bytes of {src.name}: save_gguf={str(dst)!r} would copy those bytes and silently "
-                          "lose the fine-tune. Save the healed model with save_pruned(model, save_dir) (--save_dir on "
-                          "the command line) instead; llama.cpp's convert_hf_to_gguf.py makes a GGUF of that folder")
+        raise ConfigError(f"model was healed ({steps} steps; config.depthprune_healed) but the record does not say which "
+                          f"layers changed (no trained_layers), so save_gguf={str(dst)!r} cannot tell which blocks are "
+                          f"still the bytes of {src.name}: copying them would silently lose the fine-tune. Save the "
+                          "healed model with save_pruned(model, save_dir) (--save_dir on the command line) instead")
     have, want = locate(model).num_layers, block_count - len(deleted)
     if have != want:
         raise ConfigError(f"model has {have} decoder layers, but {src.name} has block_count={block_count} and "
@@ -296,33 +299,74 @@ def check_gguf_model(model,              # the pruned model the GGUF file is mea
                           "hold, and the layers deleted from it in the source file's numbering")
 
 # %% ../../nbs/40_io.gguf.ipynb #f94bbbb5
-def repaired_tensors(model:nn.Module,          # the pruned (and repaired) model the file is meant to hold
-                     reader:gguf.GGUFReader,   # the source GGUF file
-                     layout:dict,              # its gguf_layout
-                     deleted:set,              # the blocks to drop, in the source file's numbering
-                    )->dict:                   # source tensor name -> float32 array in the source tensor's (numpy) shape
-    "The tensors a folded repair changed, from `model`'s weights, named as in the source file; `GGUFError` where one has no match."
-    mods = folded_modules(model)
-    if not mods: return {}
-    parts, src = locate(model), {t.name: t for t in reader.tensors}
+def llama_cpp_order(w, # a query or key projection's weight, [out, in], in transformers' row order
+                    n_head:int, # the projection's heads (key/value heads for the key projection)
+                   ):
+    "Rows of a query/key projection in llama.cpp's order: what its converter writes and transformers undoes on load."
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+def _as_stored(a:np.ndarray, name:str, arch:str, config)->np.ndarray:
+    """`a` (a model tensor) as the GGUF file stores it: the candidate layouts (as is, llama.cpp's query/key row order, a norm
+    stored as 1 + w) tried against transformers' own GGUF reader for `arch`, so that loading gives back `a`."""
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    proc = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=dict(num_attention_heads=heads, num_key_value_heads=kv))
+    tries = [a]
+    if a.ndim == 2 and ".attn_q." in name: tries.append(llama_cpp_order(a, heads))
+    if a.ndim == 2 and ".attn_k." in name: tries.append(llama_cpp_order(a, kv))
+    if a.ndim == 1: tries.append(a + 1)
+    for c in tries:
+        back = proc.process(c.copy(), name).weights
+        if back.shape == a.shape and np.allclose(back, a, rtol=1e-6, atol=1e-6): return c
+    raise GGUFError(f"cannot write {name} for a {arch} GGUF file: transformers' reader would not load it back as the "
+                    "model's tensor in any layout tried; save the model with save_pruned")
+
+def _changed_parameters(model:nn.Module, parts)->dict:
+    "Parameters whose values are no longer the source file's: {id: 'repair' | 'heal'} (folded repairs, healed layers, adapters, head)."
+    out = {}
+    healed = getattr(model.config, "depthprune_healed", None)
+    trained = healed.get("trained_layers") if isinstance(healed, dict) else None
+    if isinstance(trained, str): # LoRA adapters merged into every linear map of every layer
+        out.update({id(p): "heal" for layer in parts.layers for m in layer.modules() if isinstance(m, nn.Linear)
+                    for p in m.parameters(recurse=False)})
+    elif trained is not None:
+        out.update({id(p): "heal" for j in trained for p in parts.layers[j].parameters()})
+    if isinstance(healed, dict) and healed.get("train_head"):
+        out.update({id(p): "heal" for m in (parts.norm, model.get_output_embeddings()) for p in m.parameters()})
+    out.update({id(p): "repair" for m in folded_modules(model) for p in m.parameters(recurse=False)})
+    return out
+
+def changed_tensors(model:nn.Module,          # the pruned (repaired, healed) model the file is meant to hold
+                    reader:gguf.GGUFReader,   # the source GGUF file
+                    layout:dict,              # its gguf_layout
+                    deleted:set,              # the blocks to drop, in the source file's numbering
+                   )->dict:                   # source tensor name -> (float32 array in the source tensor's (numpy) shape, "repair" | "heal")
+    "The tensors a folded repair or healing changed, from `model`'s weights, named as in the source file; `GGUFError` where one has no match."
+    changed = _changed_parameters(model, parts := locate(model))
+    if not changed: return {}
+    src = {t.name: t for t in reader.tensors}
     kept = [i for i in range(layout["block_count"]) if i not in deleted]
     arch = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[layout["arch"]]
-    names, out = gguf.get_tensor_name_map(arch, layout["block_count"]), {}
-    for m in mods:
-        where = [(j, p) for j, layer in enumerate(parts.layers) for p, sub in layer.named_modules() if sub is m]
-        if not where: continue # its layer was deleted afterwards: nothing of it is written
-        (j, path), = where
-        for kind, w in (("weight", m.weight), ("bias", m.bias)):
-            if w is None: continue
-            hf = f"{parts.layers_path}.{kept[j]}.{path}.{kind}"
-            name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
-            if name is None or name not in src:
-                raise GGUFError(f"the repair changed {hf}, but the {layout['arch']} GGUF file has no tensor for it "
-                                f"(looked for {name!r}): cannot write the repaired model as GGUF; save it with save_pruned")
-            a = w.detach().float().cpu().numpy()
-            if type(m).__name__ == "Conv1D": a = a.T # GPT-2's transposed Linear: GGUF holds the Linear layout
-            shape = tuple(int(x) for x in reversed(src[name].shape))
-            if a.shape != shape:
-                raise GGUFError(f"the repaired {hf} has shape {a.shape}, the GGUF tensor {name} {shape}: refusing to write it")
-            out[name] = np.ascontiguousarray(a, dtype=np.float32)
+    names, out, prefix = gguf.get_tensor_name_map(arch, layout["block_count"]), {}, parts.layers_path + "."
+    for hf, w in model.named_parameters():
+        if id(w) not in changed: continue
+        owner = model.get_submodule(hf.rsplit(".", 1)[0]) if "." in hf else model
+        if hf.startswith(prefix): # renumber the block to the source file's index
+            j, rest = hf[len(prefix):].split(".", 1)
+            hf = f"{prefix}{kept[int(j)]}.{rest}"
+        what = "the repair" if changed[id(w)] == "repair" else "healing"
+        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if name is None or name not in src:
+            raise GGUFError(f"{what} changed {hf}, but the {layout['arch']} GGUF file has no tensor for it "
+                            f"(looked for {name!r}): cannot write the model as GGUF; save it with save_pruned")
+        a = w.detach().float().cpu().numpy()
+        if type(owner).__name__ == "Conv1D": a = a.T # GPT-2's transposed Linear: GGUF holds the Linear layout
+        shape = tuple(int(x) for x in reversed(src[name].shape))
+        if a.shape != shape:
+            raise GGUFError(f"the changed {hf} has shape {a.shape}, the GGUF tensor {name} {shape}: refusing to write it")
+        out[name] = (np.ascontiguousarray(_as_stored(a, name, layout["arch"], model.config), dtype=np.float32), changed[id(w)])
     return out
+
+def repaired_tensors(model:nn.Module, reader:gguf.GGUFReader, layout:dict, deleted:set)->dict:
+    "The tensors a folded repair changed (`changed_tensors`' repair entries): source tensor name -> float32 array."
+    return {n: a for n, (a, kind) in changed_tensors(model, reader, layout, deleted).items() if kind == "repair"}
