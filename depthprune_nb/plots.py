@@ -15,7 +15,7 @@ from .result import PruneResult, layer_range
 
 
 # %% auto #0
-__all__ = ['ppl_grid', 'plot_heatmap', 'rank_agreement', 'plot_proxy', 'show_table']
+__all__ = ['ppl_grid', 'plot_heatmap', 'rank_agreement', 'plot_proxy']
 
 # %% ../nbs/52_plots.ipynb #ba3fe99f
 def _finite(d:dict)->dict: return {k: v for k, v in d.items() if v is not None and math.isfinite(v)}
@@ -189,13 +189,3 @@ def plot_proxy(result:PruneResult, # a result with proxy_by_start filled in
     name = result.model_name
     fig.suptitle(f"{name + ': ' if name else ''}proxy vs perplexity, deleting {result.delete_layer_num} of {result.num_layers_before} layers", fontsize=11)
     return fig
-
-# %% ../nbs/52_plots.ipynb #cc5cf17b
-class show_table:
-    "A results table: HTML without row numbers, in the docs' table style; plain text where HTML is not shown."
-    def __init__(self, df, # a pandas DataFrame, one row per model or setting
-                ): self.df = df
-    def _repr_html_(self)->str:
-        return (self.df.style.hide(axis="index").set_uuid("results").set_table_attributes('class="table table-sm"')
-                .set_table_styles([{"selector": "td, th", "props": "font-size: .85rem"}]).to_html())
-    def __repr__(self)->str: return self.df.to_string(index=False)

@@ -18,7 +18,8 @@ from .ppl import check_data, ppl_deleting, ppl_from_nlls
 
 # %% auto #0
 __all__ = ['SearchStats', 'PruneResult', 'format_ppl', 'layer_range', 'best_start', 'candidate_starts', 'runner_up_start',
-           'fill_runner_up', 'model_label', 'params_after_deleting', 'criterion_setup', 'criterion_result']
+           'fill_runner_up', 'model_label', 'params_after_deleting', 'criterion_setup', 'criterion_result',
+           'show_table']
 
 # %% ../nbs/05_result.ipynb #f4c9c20f
 @dataclass
@@ -343,3 +344,13 @@ def criterion_result(model:nn.Module,      # the causal LM (unchanged)
                  report_head_passes=N * (again + 1 + more), report_wall_s=time.perf_counter() - t0)
     return PruneResult.of(parts, deleted, base, {deleted[0]: pick}, proxy_by_start=proxy_by_start, stats=stats, method=method,
                           runner_up_layers=runner_up, runner_up_ppl=ru, scores=scores)
+
+# %% ../nbs/05_result.ipynb #cc5cf17b
+class show_table:
+    "A results table: HTML without row numbers, in the docs' table style; plain text where HTML is not shown."
+    def __init__(self, df, # a pandas DataFrame, one row per model or setting
+                ): self.df = df
+    def _repr_html_(self)->str:
+        return (self.df.style.hide(axis="index").set_uuid("results").set_table_attributes('class="table table-sm"')
+                .set_table_styles([{"selector": "td, th", "props": "font-size: .85rem"}]).to_html())
+    def __repr__(self)->str: return self.df.to_string(index=False)

@@ -148,6 +148,10 @@ def save_tiny_model(path:str|Path|None=None, # folder to write; `tiny-<family>` 
     return path
 
 # %% ../nbs/01_testing.ipynb #e5dcfa5d
+def _llama_cpp_order(w, n_head:int):
+    "Rows of a query/key projection in llama.cpp's order (as io.gguf.llama_cpp_order, which this module cannot import)."
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
 def _add_tokenizer(writer, tok):
     "The tokenizer as GGUF metadata: GPT-2-style vocabulary, token types, merges, special ids."
     import json
@@ -170,7 +174,6 @@ def save_tiny_gguf(path:str|Path,          # the `.gguf` file to write
                   )->Path:
     "Write a random tiny Llama with a local tokenizer as a GGUF file that `transformers` can load."
     import gguf
-    from depthprune_nb.io.gguf import llama_cpp_order as _llama_cpp_order
     path = Path(path)
     tok = train_tokenizer()
     cfg = tiny_config("llama", num_layers, vocab_size=len(tok), tie_word_embeddings=False)
