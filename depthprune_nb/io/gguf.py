@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'SWA_PATTERN_ARCHS', 'PRUNABLE_GGUF_ARCHS', 'load_gguf_model', 'gguf_source', 'write_pruned_gguf',
            'resolve_gguf', 'find_gguf', 'smollm2_gguf_path', 'read_gguf', 'swa_key', 'swa_layer_pattern', 'gguf_config',
            'is_gguf_quantized', 'serializable', 'gguf_layout', 'check_save_gguf', 'check_gguf_model', 'llama_cpp_order',
-           'changed_tensors', 'repaired_tensors']
+           'changed_tensors']
 
 # %% ../../nbs/40_io.gguf.ipynb #01f08dc3
 def _hub_file(repo:str, name:str)->Path:
@@ -366,7 +366,3 @@ def changed_tensors(model:nn.Module,          # the pruned (repaired, healed) mo
             raise GGUFError(f"the changed {hf} has shape {a.shape}, the GGUF tensor {name} {shape}: refusing to write it")
         out[name] = (np.ascontiguousarray(_as_stored(a, name, layout["arch"], model.config), dtype=np.float32), changed[id(w)])
     return out
-
-def repaired_tensors(model:nn.Module, reader:gguf.GGUFReader, layout:dict, deleted:set)->dict:
-    "The tensors a folded repair changed (`changed_tensors`' repair entries): source tensor name -> float32 array."
-    return {n: a for n, (a, kind) in changed_tensors(model, reader, layout, deleted).items() if kind == "repair"}
