@@ -170,6 +170,10 @@ def main(argv=None):
     ap.add_argument("--repair_windows", type=int, default=32)
     ap.add_argument("--repair_seqlen", type=int, default=256)
     ap.add_argument("--repair_only", action="store_true")
+    ap.add_argument("--repair_aware", action="store_true", help="with --repair_on: pick each n's window by its calibration "
+                    "PPL after its own repair (`repair_aware_search`: maps fitted on the --repair_on windows, scored on the "
+                    "search's --calib windows, apart from them), then measure that window repaired (run key "
+                    "repaired_aware_<text>_<tag>n<n>)")
     ap.add_argument("--method", default="ppl_window", help="the search's criterion (depthprune_nb.config.METHODS)")
     ap.add_argument("--calib", choices=("wikitext", "code"), default="wikitext", help="the search's calibration text: the "
                     "WikiText-2 test text's first windows, or the package's standard-library source (calib_eval_windows)")
@@ -215,6 +219,7 @@ def main(argv=None):
         mine.add(key); save()
         print(f"{key}: pass@1 {r['pass@1']:.3f} ({r['passed']}/{r['n']}), {time.perf_counter() - t:.0f} s (load {la:.1f})", flush=True)
         return rec["runs"][key]
+    one.mine = mine
 
     for style in [s for s in a.styles.split(",") if s]: one(f"unpruned/{style}", style)
     ns = [int(x) for x in a.prune.split(",") if x]
@@ -237,8 +242,13 @@ def main(argv=None):
         calib_desc = f"{a.nsamples} x {a.seqlen} WikiText-2 test tokens"
     tag = "" if (a.method, a.calib) == ("ppl_window", "wikitext") else f"{a.method.replace('_window', '')}_{a.calib}_"
     parts = locate(model)
+    if a.repair_aware and not (a.repair_on and a.method == "ppl_window"):
+        ap.error("--repair_aware needs --repair_on (the maps' text) and --method ppl_window (the repaired table is a PPL table)")
     for n in ns:
         t = time.perf_counter()
+        if a.repair_aware:
+            repair_aware_pick(a, model, tok, text, data, n, parts, style, calib_desc, tag, rec, mine_searches, save, one)
+            continue
         res = layer_importance(model, data, n, parts, method=a.method, progress=False)
         info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl, "calib_ppl_after": res.best_ppl,
                 "search_s": round(time.perf_counter() - t, 1), "calib": calib_desc, "method": a.method}
@@ -273,6 +283,40 @@ def main(argv=None):
     return 0
 
 
+def repair_aware_pick(a, model, tok, text, data, n, parts, style, calib_desc, tag, rec, mine_searches, save, one):
+    "Pick n layers by their calibration PPL once repaired (maps fitted on --repair_on's text, scored on `data`), measure that model repaired."
+    import tempfile
+    from depthprune_nb.data import get_wikitext_dataset
+    from depthprune_nb.recover.aware import repair_aware_search
+    if a.repair_on == "python": text, _ = python_code_text(tempfile.mkdtemp())
+    fit = get_wikitext_dataset(a.model, "cpu", a.repair_seqlen, text_file=text, tokenizer=tok, nsamples=a.repair_windows, progress=False)
+    t = time.perf_counter()
+    res = repair_aware_search(model, fit, n, parts, plain=False, score_data=data, progress=False)
+    info = {"delete_layer_num": n, "deleted_layers": res.deleted_layers, "calib_ppl_before": res.baseline_ppl,
+            "calib_ppl_after_repaired": res.best_ppl, "search_s": round(time.perf_counter() - t, 1), "calib": calib_desc,
+            "method": "ppl_window, each window scored after its own linear repair (repair_aware_search, plain=False)",
+            "repaired_ppl_by_start": {str(k): round(v, 4) for k, v in res.ppl_by_start.items()}}
+    print(f"n={n}: repair-aware pick on {a.calib} deletes {res.deleted_layers}, calib PPL {res.baseline_ppl:.2f} -> "
+          f"{res.best_ppl:.2f} repaired, search {info['search_s']:.0f} s", flush=True)
+    rec.setdefault("searches", {})[f"repair_aware_{a.repair_on}/{a.calib}/n{n}"] = info
+    mine_searches.add(f"repair_aware_{a.repair_on}/{a.calib}/n{n}"); save()
+    if a.search_only: return
+    runs, n_probs = rec["runs"], a.limit
+    plain = [k for k, r in runs.items() if k.startswith("pruned_") and k.endswith(f"/{style}")
+             and r.get("deleted_layers") == res.deleted_layers and r["n"] >= n_probs]
+    info.update(today_key=f"pruned_n{n}/{style}", **({"pruned_key": plain[0]} if plain else {}))
+    key = f"repaired_{a.repair_on}_aware_{tag}n{n}/{style}"
+    same = [k for k, r in runs.items() if k.startswith(f"repaired_{a.repair_on}_") and k != key and k.endswith(f"/{style}")
+            and r.get("deleted_layers") == res.deleted_layers and r["n"] >= n_probs and "same_layers_as" not in r]
+    if same:  # the repair is the same fit of the same layers on the same text: the same model, not measured again
+        r = runs[same[0]]
+        runs[key] = dict(info, same_layers_as=same[0], n=r["n"], passed=r["passed"], results=r["results"], **{"pass@1": r["pass@1"]})
+        one.mine.add(key); save()
+        print(f"{key}: the same repaired model as {same[0]}, not measured again", flush=True)
+        return
+    repair_and_measure(a, model, tok, text, res.deleted_layers, style, info, one, parts, f"aware_{tag}")
+
+
 def repair_and_measure(a, model, tok, text, layers, style, info, one, parts, tag=""):
     "The linear repair of deleting `layers`, fitted on --repair_on's text (never HumanEval's), folded in while HumanEval runs."
     import tempfile
@@ -288,7 +332,8 @@ def repair_and_measure(a, model, tok, text, layers, style, info, one, parts, tag
     print(f"repair ({a.repair_on}) of {layers}: {rep.tokens} positions, {100 * rep.unexplained:.1f}% unexplained, "
           f"{time.perf_counter() - t:.0f} s", flush=True)
     with temporarily_repaired(model, rep, parts):
-        one(f"repaired_{a.repair_on}_{tag}n{len(layers)}/{style}", style, dict(extra, pruned_key=f"pruned_{tag}n{len(layers)}/{style}"))
+        one(f"repaired_{a.repair_on}_{tag}n{len(layers)}/{style}", style,
+            dict(extra, pruned_key=info.get("pruned_key", f"pruned_{tag}n{len(layers)}/{style}")))
 
 
 def heal_and_measure(a, model, tok, text, layers, style, info, one):

@@ -39,6 +39,25 @@ def test_adjacent_layers_healed_on_the_standard_library(llama, tmp_path, wikitex
     assert res["stats"]["heal"]["trained_layers"] == [j for j in (cut - 1, cut) if 0 <= j < 4]
 
 
+@pytest.fixture(scope="module")
+def llama2(tmp_path_factory):  # seed 2: the search cuts after layer 1 (seed 0's cut at layer 0 leaves no layer for a patch)
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny-llama", family="llama", num_layers=6, seed=2)
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_a_patch_is_fitted_on_the_unpruned_model_or_kept_where_the_repair_folded_one(llama2, tmp_path, wikitext, repair):
+    "--heal_train patch with next-token loss still keeps the unpruned model for the fit; after --repair linear it trains the folded map."
+    r = depthprune("--model_dir", llama2, "--text_file", wikitext, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
+                   "--heal_train", "patch", "--heal_steps", 2, "--quiet", "--result_json", tmp_path / "r.json",
+                   *(["--repair", "linear"] if repair else []))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    heal, cut = res["stats"]["heal"], min(res["deleted_layers"])
+    assert cut > 0 and heal["trained_layers"] == [cut - 1] and heal["trained_modules"] == [f"{cut - 1}.mlp.down_proj"]
+    (patch,) = heal["patches"]
+    assert patch["fit"].startswith("kept") if repair else patch["fit"] == "linear repair", patch
+
+
 @pytest.mark.parametrize("flags,msg", [
     (["--heal_train", "last_k"], "--heal_train set, but neither --heal_steps nor --heal_tokens"),
     (["--heal_steps", 2, "--heal_tokens", 100], "give one budget, not both"),

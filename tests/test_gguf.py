@@ -207,3 +207,24 @@ def test_smollm2_repaired_gguf_reloads_with_the_repaired_logits(tmp_path, wikite
     assert {t.name: t.tensor_type.name for t in r.tensors}["blk.12.ffn_down.weight"] == "F32"
     back, _ = load_model_and_tokenizer(out)
     with torch.no_grad(): torch.testing.assert_close(back(data[3]).logits, model(data[3]).logits, rtol=0, atol=0)
+
+
+def test_a_patch_healed_model_is_written_with_only_its_down_projection_changed(tmp_path):
+    "heal(train='patch'): the one trained tensor (the down projection before the cut) from the model in F32; the file reloads as healed."
+    from depthprune_nb.recover.heal import heal
+    from depthprune_nb.surgery import delete_layers
+    src = save_tiny_gguf(tmp_path / "tiny.gguf", num_layers=4)
+    teacher, tok = load_model_and_tokenizer(src)
+    model = delete_layers(load_model_and_tokenizer(src)[0], [1, 2])
+    text = " ".join(f"The tower number {i} is {3 * i + 24} metres tall." for i in range(12))
+    healed, info = heal(model, text, tokenizer=tok, seqlen=16, steps=2, lr=1e-2, objective="kd", teacher=teacher,
+                        train="patch", deleted=[1, 2], progress=False)
+    assert info["trained_modules"] == ["0.mlp.down_proj"]
+    out = write_pruned_gguf(src, tmp_path / "healed.gguf", [1, 2], model=healed)
+    back = load_model_and_tokenizer(out)[0]
+    ids = tok(text, return_tensors="pt").input_ids[:, :16]
+    with torch.no_grad(): torch.testing.assert_close(back(ids).logits, healed(ids).logits, rtol=0, atol=0)
+    r = read_gguf(out)
+    assert list(r.get_field("depthprune.healed_tensors").contents()) == ["blk.0.ffn_down.weight"]
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["blk.0.ffn_down.weight"] == "F32" and types["blk.0.ffn_up.weight"] == {t.name: t.tensor_type.name for t in read_gguf(src).tensors}["blk.0.ffn_up.weight"]

@@ -217,3 +217,53 @@ def test_self_text_is_the_teachers_greedy_continuation_cached_per_teacher(tiny_d
     with torch.no_grad(): other.model.layers[0].mlp.down_proj.weight.mul_(2)
     heal_text("self", tok, other, prompts=prompts, max_new_tokens=6, cache_dir=tmp_path)
     assert len(list((tmp_path / "self").glob("*.json"))) == 2   # another teacher: its own continuations
+
+
+def test_a_patch_starts_from_the_folded_linear_repair_and_trains_only_that_down_projection(tiny_dir):
+    "train='patch': before any step the student is the repaired model of fit_linear_repair; then only mlp.down_proj of the layer before the cut moves."
+    from depthprune_nb.recover.heal import init_patches
+    from depthprune_nb.recover.repair import fit_linear_repair, temporarily_repaired
+    teacher, ws = load(tiny_dir), windows(200, 6)
+    before = weights_hash(teacher)
+    student = delete_layers(load(tiny_dir), [2, 3])
+    got = init_patches(student, locate(student), teacher, ws[:4], [2, 3])
+    rep = fit_linear_repair(teacher, ws[:4], 2, 2)
+    assert got == [dict(layer=1, path="mlp.down_proj", deleted=[2, 3], fit="linear repair", positions=rep.tokens,
+                        unexplained=rep.unexplained)]
+    with torch.no_grad(), temporarily_repaired(teacher, rep):
+        torch.testing.assert_close(student(ws[5]).logits, teacher(ws[5]).logits, rtol=0, atol=0)
+    assert weights_hash(teacher) == before  # the fit only read it; temporarily_repaired restored it
+    again = init_patches(student, locate(student), teacher, ws[:4], [2, 3])  # already changed: kept, not fitted again
+    assert again[0]["fit"].startswith("kept")
+
+    student = delete_layers(load(tiny_dir), [2, 3])
+    start = {n: p.detach().clone() for n, p in student.named_parameters()}
+    healed, info = heal(student, ws, steps=6, lr=1e-3, objective="kd", teacher=teacher, train="patch", deleted=[2, 3],
+                        top_k=None, heldout=1, eval_every=3, progress=False, patch_fit_windows=4)
+    assert weights_hash(teacher) == before
+    assert info["trained_layers"] == [1] and info["trained_modules"] == ["1.mlp.down_proj"]
+    assert info["patches"][0]["fit"] == "linear repair" and info["patches"][0]["positions"] == rep.tokens
+    changed = {n for n, p in healed.named_parameters() if not torch.equal(p, start[n])}
+    assert changed == {"model.layers.1.mlp.down_proj.weight"}, changed
+    assert info["trainable_params"] == healed.model.layers[1].mlp.down_proj.weight.numel()
+    plain_kl = kd_loss(delete_layers(load(tiny_dir), [2, 3])(ws[5]).logits[0], teacher_targets(teacher(ws[5]).logits[0])).item()
+    assert info["held"][0][1] < plain_kl      # the repair alone already beats plain deletion on the held-out window
+    assert info["held"][-1][1] < info["held"][0][1] and info["losses"][-1] < info["losses"][0]
+
+
+def test_a_patch_is_refused_where_it_cannot_start_or_fold(tiny_dir, tmp_path):
+    teacher, ws = load(tiny_dir), windows(200, 4)
+    student = delete_layers(load(tiny_dir), [2, 3])
+    h = weights_hash(student)
+    with pytest.raises(ConfigError, match="pass teacher=<the unpruned model>, or patch_init=False"):
+        heal(student, ws, steps=2, train="patch", deleted=[2, 3], progress=False)
+    with pytest.raises(ConfigError, match="no layer precedes that cut"):
+        heal(delete_layers(load(tiny_dir), [0, 1]), ws, steps=2, objective="kd", teacher=teacher, train="patch", deleted=[0, 1], progress=False)
+    gemma = save_tiny_model(tmp_path / "g", family="gemma3_text", num_layers=4)
+    with pytest.raises(ConfigError, match="post_feedforward_layernorm"):
+        heal(delete_layers(load(gemma), [2]), windows(200, 3), steps=2, objective="kd", teacher=load(gemma), train="patch",
+             deleted=[2], progress=False)
+    assert weights_hash(student) == h
+    # without a fit: next-token loss on the down projection as it is
+    healed, info = heal(student, ws, steps=2, lr=1e-3, train="patch", deleted=[2, 3], patch_init=False, progress=False)
+    assert info["patches"] is None and info["trained_modules"] == ["1.mlp.down_proj"]

@@ -107,8 +107,9 @@ def build_parser()->argparse.ArgumentParser:
       "unpruned model's next-token distributions (its top 64 a position, cached once). kd keeps a copy of the unpruned "
       "model in memory as the teacher: the model's size once more")
     a("--heal_train", default=None, choices=list(TRAIN_SETS), help="what healing trains: lora (default; adapters on every "
-      "layer, merged), adjacent (the layers on both sides of the cut, in full), last_k (the last 2 layers, in full); the "
-      "full-layer sets start each step at the lowest trained layer from cached states")
+      "layer, merged), adjacent (the layers on both sides of the cut, in full), last_k (the last 2 layers, in full), patch "
+      "(the down projection before each cut, starting from the linear repair fitted on the unpruned model, kept in memory "
+      "for it); the sets other than lora start each step at the lowest trained layer from cached states")
     a("--heal_on", default=None, help=f"healing text: {', '.join(HEAL_SOURCES)} (WikiText-2 train split, with --text_file "
       "if offline; the standard library's Python source; the unpruned model's own continuations of standard-library "
       "signatures and docstrings) or a text file (default: the calibration windows)")
@@ -248,7 +249,8 @@ def run(args)->dict:
     unpruned = {}
     if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
     he_unpruned = humaneval_eval(args, model, tokenizer, {}, "unpruned") if main_rank else {}
-    teacher = copy.deepcopy(model) if healing(args) and args.heal_objective == "kd" else None # the unpruned model, kept
+    needs_teacher = healing(args) and (args.heal_objective == "kd" or getattr(args, "heal_train", None) == "patch")
+    teacher = copy.deepcopy(model) if needs_teacher else None # the unpruned model, kept (kd's targets, patch's fit)
     pruner = pruner_class(args, tokenizer)(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
                          distributed=ranks.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)

@@ -329,6 +329,10 @@ def _changed_parameters(model:nn.Module, parts)->dict:
     if isinstance(trained, str): # LoRA adapters merged into every linear map of every layer
         out.update({id(p): "heal" for layer in parts.layers for m in layer.modules() if isinstance(m, nn.Linear)
                     for p in m.parameters(recurse=False)})
+    elif isinstance(healed, dict) and healed.get("trained_modules"): # a patch: one down projection in each of those layers
+        for name in healed["trained_modules"]:
+            j, path = name.split(".", 1)
+            out.update({id(p): "heal" for p in parts.layers[int(j)].get_submodule(path).parameters()})
     elif trained is not None:
         out.update({id(p): "heal" for j in trained for p in parts.layers[j].parameters()})
     if isinstance(healed, dict) and healed.get("train_head"):

@@ -17,13 +17,15 @@ from ..config import ConfigError
 from ..data import default_seqlen, text_windows
 from ..parts import ModelParts, locate
 from ..ppl import check_data
+from ..parts import get_module
+from .repair import fit_linear_repair, fold_target, _folded
 from .kd import (TRAIN_SETS, trained_layers, teacher_targets, kd_loss, states_entering, started_at,
                                       run_key, save_heal_state, load_heal_state)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'OBJECTIVES', 'lora_targets', 'heal']
+__all__ = ['log', 'OBJECTIVES', 'lora_targets', 'init_patches', 'heal']
 
 # %% ../../nbs/51_recover.heal.ipynb #7284718f
 def lora_targets(parts:ModelParts)->list:
@@ -62,10 +64,13 @@ def _training_windows(data, tokenizer, seqlen:int|None, model:nn.Module, bos="au
 # %% ../../nbs/51_recover.heal.ipynb #kd0c4e11
 OBJECTIVES = ("nll", "kd") # next-token loss on the text; KL to the teacher's next-token distributions
 
-def _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout)->None:
+def _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout, patch_init=False)->None:
     "Refuse settings `heal` cannot run, before anything is changed."
     if objective not in OBJECTIVES: raise ConfigError(f"objective={objective!r} is invalid: give one of {', '.join(OBJECTIVES)}")
     if train not in TRAIN_SETS: raise ConfigError(f"train={train!r} is invalid: give one of {', '.join(TRAIN_SETS)}")
+    if train == "patch" and patch_init and teacher is None:
+        raise ConfigError("train='patch' starts from the linear repair fitted on the unpruned model: pass teacher=<the "
+                          "unpruned model>, or patch_init=False to train the down projection from its weights as they are")
     if objective == "kd" and teacher is None:
         raise ConfigError("objective='kd' distils from the unpruned model: pass teacher=<the unpruned model> (a copy kept "
                           "before pruning, or loaded again from the source)")
@@ -94,10 +99,54 @@ def _teacher_cache(teacher, windows:list, temperature:float, top_k:int|None, pro
                  for ids in tqdm(windows, desc="teacher", disable=not progress)]
     finally: teacher.train(was)
 
+# %% ../../nbs/51_recover.heal.ipynb #f349d093
+def _fold_modules(parts:ModelParts, layers:list)->dict:
+    "{'j.path': module}: the down projection inside each layer `j` that a patch trains (a FoldError where a family has none)."
+    return {f"{j}.{(path := fold_target(parts, j))}": get_module(parts.layers[j], path) for j in layers}
+
+def _runs_after(deleted:list)->dict:
+    "{first layer of each run of `deleted`: its length}, original numbering."
+    d, out = sorted(set(deleted)), {}
+    for x in d:
+        if x - 1 in d: out[max(k for k in out if k <= x)] += 1
+        else: out[x] = 1
+    return out
+
+def init_patches(model:nn.Module,    # the pruned model (its fold layers are changed in place)
+                 parts:ModelParts,   # its parts
+                 teacher:nn.Module,  # the unpruned model the maps are fitted on (only read)
+                 windows:list,       # [1, T] windows the maps are fitted on
+                 deleted:list,       # deleted layers, original numbering
+                 ridge:float=1e-6,   # the fit's ridge (fit_linear_repair's)
+                )->list:             # per cut: the fold layer, its path, and the fit (or why it was kept)
+    "Fold, for every cut, the linear repair fitted on `teacher` into the pruned model's down projection before it: where `patch` starts."
+    tparts, out = locate(teacher), []
+    kept = [i for i in range(tparts.num_layers) if i not in set(deleted)]
+    for start, n in _runs_after(deleted).items():
+        j = kept.index(start - 1)   # the fold layer, pruned numbering
+        path = fold_target(parts, j)
+        mine, theirs = get_module(parts.layers[j], path), get_module(tparts.layers[start - 1], path)
+        rec = dict(layer=j, path=path, deleted=list(range(start, start + n)))
+        if not torch.equal(mine.weight.detach().cpu(), theirs.weight.detach().cpu()):
+            out.append(dict(rec, fit="kept: the down projection already differs from the unpruned model's (a repair folded before?)"))
+            continue
+        rep = fit_linear_repair(teacher, windows, start, n, ridge, tparts)
+        w, b = _folded(mine, rep.T)
+        with torch.no_grad():
+            mine.weight.copy_(w)
+            if b is not None: mine.bias.copy_(b)
+        out.append(dict(rec, fit="linear repair", positions=rep.tokens, unexplained=rep.unexplained))
+    return out
+
 # %% ../../nbs/51_recover.heal.ipynb #fa65e2e9
 def _trainable(model, parts, train, layers, train_head, rank, alpha, seed)->tuple:
     "Make only what `train` trains require grad (adapters for lora); (the peft wrapper or None, {name: parameter})."
     torch.manual_seed(seed)
+    if train == "patch":
+        for p in model.parameters(): p.requires_grad_(False)
+        for m in _fold_modules(parts, layers).values():
+            for p in m.parameters(recurse=False): p.requires_grad_(True)
+        return None, {n: p for n, p in model.named_parameters() if p.requires_grad}
     if train == "lora":
         from peft import LoraConfig, get_peft_model
         cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(parts), lora_dropout=0.0, bias="none")
@@ -144,8 +193,8 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          bos="auto",                 # text only: lead each window with BOS ("auto", True, False), as text_windows cuts
          objective:str="nll",        # "nll": next-token loss; "kd": KL to the teacher's next-token distributions
          teacher:nn.Module|None=None, # objective="kd": the unpruned model (only read, never changed)
-         train:str="lora",           # what is trained: "lora" (adapters everywhere), "adjacent" (the layers at the cut), "last_k"
-         deleted:list|None=None,     # train="adjacent": the deleted layers in the original numbering
+         train:str="lora",           # what is trained: "lora" (adapters everywhere), "adjacent" (the layers at the cut), "last_k", "patch" (the down projection before each cut)
+         deleted:list|None=None,     # train="adjacent" or "patch": the deleted layers in the original numbering
          last_k:int=2,               # train="last_k": how many of the last layers
          train_head:bool=False,      # train="last_k" or "adjacent": also train the final norm and output head (refused if tied)
          tokens:int|None=None,       # budget in training tokens instead of steps (rounded up to whole windows)
@@ -157,9 +206,11 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          checkpoint_dir:str|Path|None=None, # save the heal's state here every checkpoint_every steps; a saved state is resumed
          checkpoint_every:int=10,    # steps between checkpoints
          compute_dtype:str|None="auto", # the student's forward and backward: "auto" (bfloat16 where this device computes it much faster, measured), "bfloat16", or None/"float32"
+         patch_init:bool=True,       # train="patch": start from the linear repair fitted on `teacher` (else from the weights as they are)
+         patch_fit_windows:int=64,   # train="patch": training windows the repair is fitted on
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
     "Fine-tune the pruned model on `data` (adapters merged, or layers trained in place); the model comes back in eval mode."
-    _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout)
+    _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout, patch_init)
     if train == "lora":
         try: import peft
         except ImportError as e: raise ImportError("heal() needs peft, an optional dependency: pip install peft") from e
@@ -177,8 +228,11 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     ntrain = min(ntrain, steps) # windows the budget never reaches are neither cached nor recorded
     windows = list(windows[:ntrain]) + list(windows[len(windows) - heldout:])
     layers = trained_layers(train, parts.num_layers, deleted, last_k)
+    modules = _fold_modules(parts, layers) if train == "patch" else None  # refuses families a patch cannot fold into, before any work
     low, dtype_reason = _heal_dtype(model, parts, compute_dtype)
     t0 = time.perf_counter()
+    patches = init_patches(model, parts, teacher, windows[:min(ntrain, patch_fit_windows)], deleted) \
+              if train == "patch" and patch_init else None
     targets = _teacher_cache(teacher, windows, temperature, top_k, progress) if objective == "kd" else [None] * len(windows)
     teacher_s, grad = time.perf_counter() - t0, {n: p.requires_grad for n, p in model.named_parameters()}
     pm, params = _trainable(model, parts, train, layers, train_head, rank, alpha, seed)
@@ -187,7 +241,8 @@ def heal(model:nn.Module,            # a (pruned) causal LM
         states = states_entering(parts, windows, start) if start else [None] * len(windows)
         key = run_key(windows=windows, objective=objective, train=train, layers=layers, train_head=train_head, steps=steps,
                       lr=lr, rank=rank, alpha=alpha, seed=seed, temperature=temperature, top_k=top_k, nll_weight=nll_weight,
-                      heldout=heldout, eval_every=eval_every, params=sorted(params), compute_dtype=str(low))
+                      heldout=heldout, eval_every=eval_every, params=sorted(params), compute_dtype=str(low),
+                      **({"patch": [patch_init, patch_fit_windows]} if train == "patch" else {}))
         ck = Path(checkpoint_dir) / "heal_state.pt" if checkpoint_dir else None
         opt, losses, held = torch.optim.AdamW(list(params.values()), lr=lr), [], []
         saved, done = load_heal_state(ck, key) if ck else None, 0
@@ -222,6 +277,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
         for n, p in model.named_parameters(): p.requires_grad_(grad.get(n, True))
     mib = lambda b: round(b / 2**20, 2)
     info = dict(objective=objective, train=train, trained_layers=layers if train != "lora" else "all (adapters)",
+                **({"trained_modules": sorted(modules), "patches": patches} if modules else {}),
                 train_head=train_head, steps=steps, tokens=steps * T, lr=lr, rank=rank, alpha=alpha, windows=ntrain,
                 heldout=heldout, seqlen=T, trainable_params=sum(p.numel() for p in params.values()),
                 temperature=temperature, top_k=top_k, nll_weight=nll_weight,

@@ -71,7 +71,7 @@ def kd_loss(student_logits:torch.Tensor, # [T, V] student logits of the window
     return kl.mean() * temperature ** 2
 
 # %% ../../nbs/50a_recover.kd.ipynb #2698bd4f
-TRAIN_SETS = ("lora", "adjacent", "last_k") # what heal can train
+TRAIN_SETS = ("lora", "adjacent", "last_k", "patch") # what heal can train
 
 def cut_positions(deleted:list)->list:
     "Index, in the pruned numbering, of the first kept layer after each run of `deleted` (original numbering)."
@@ -80,10 +80,10 @@ def cut_positions(deleted:list)->list:
 
 def trained_layers(train:str,          # one of TRAIN_SETS
                    num_layers:int,     # decoder layers of the pruned model
-                   deleted:list|None=None, # deleted layers, original numbering (train="adjacent")
+                   deleted:list|None=None, # deleted layers, original numbering (train="adjacent" or "patch")
                    last_k:int=2,       # train="last_k": how many of the last layers
                   )->list:             # sorted layer indices in the pruned model
-    "The decoder layers `train` trains in full (all of them for lora, where adapters go)."
+    "The decoder layers `train` trains: in full (adjacent, last_k), where adapters go (lora: all), or holding the patch (patch)."
     if train not in TRAIN_SETS: raise ConfigError(f"train={train!r} is invalid: give one of {', '.join(TRAIN_SETS)}")
     if train == "lora": return list(range(num_layers))
     if train == "last_k":
@@ -91,9 +91,15 @@ def trained_layers(train:str,          # one of TRAIN_SETS
             raise ConfigError(f"last_k={last_k!r} is invalid: give an integer from 1 to the model's {num_layers} layers")
         return list(range(num_layers - last_k, num_layers))
     if not deleted:
-        raise ConfigError("train='adjacent' trains the layers on both sides of the cut: pass deleted=<the deleted layers, "
-                          "original numbering> (PruneResult.deleted_layers)")
-    return sorted({j for c in cut_positions(deleted) for j in (c - 1, c) if 0 <= j < num_layers})
+        raise ConfigError(f"train={train!r} trains at the cut: pass deleted=<the deleted layers, original numbering> "
+                          "(PruneResult.deleted_layers)")
+    cuts = cut_positions(deleted)
+    if train == "patch":
+        if 0 in cuts:
+            raise ConfigError(f"train='patch' trains the down projection of the layer before each cut, but deleted={sorted(deleted)} "
+                              "starts at layer 0: no layer precedes that cut. Use train='adjacent'")
+        return sorted({c - 1 for c in cuts})
+    return sorted({j for c in cuts for j in (c - 1, c) if 0 <= j < num_layers})
 
 # %% ../../nbs/50a_recover.kd.ipynb #7d470cf2
 class _Stop(Exception): "Raised to end a recording forward at the layer whose input was wanted."
