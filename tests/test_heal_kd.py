@@ -267,3 +267,21 @@ def test_a_patch_is_refused_where_it_cannot_start_or_fold(tiny_dir, tmp_path):
     # without a fit: next-token loss on the down projection as it is
     healed, info = heal(student, ws, steps=2, lr=1e-3, train="patch", deleted=[2, 3], patch_init=False, progress=False)
     assert info["patches"] is None and info["trained_modules"] == ["1.mlp.down_proj"]
+
+
+def test_the_states_at_the_lowest_trained_layer_come_from_the_teachers_forward_where_its_layers_below_are_the_students(tiny_dir, monkeypatch):
+    "One forward less a window: the same losses as the states recomputed by the student; a teacher that differs below is not used for them."
+    import depthprune_nb.recover.heal as H
+    teacher, ws = load(tiny_dir), windows(200, 5)
+    kw = dict(steps=6, lr=1e-3, objective="kd", teacher=teacher, train="adjacent", deleted=[3, 4], top_k=8, heldout=1, progress=False)
+    _, shared = heal(delete_layers(load(tiny_dir), [3, 4]), ws, **kw)
+    assert shared["states_from"] == "the teacher's forward" and shared["trained_layers"] == [2, 3]
+    monkeypatch.setattr(H, "_same_below", lambda *a: None)
+    _, own = heal(delete_layers(load(tiny_dir), [3, 4]), ws, **kw)
+    assert own["states_from"] == "a forward of the layers below"
+    assert own["losses"] == shared["losses"] and own["held"] == shared["held"]
+    monkeypatch.undo()
+    other = load(tiny_dir)
+    with torch.no_grad(): other.model.layers[1].mlp.up_proj.weight.mul_(1.01)  # the student's layer 1 is not this teacher's
+    assert H._same_below(delete_layers(load(tiny_dir), [3, 4]), other, locate(delete_layers(load(tiny_dir), [3, 4])), 2) is None
+    assert H._same_below(delete_layers(load(tiny_dir), [3, 4]), other, locate(delete_layers(load(tiny_dir), [3, 4])), 1) is not None

@@ -17,7 +17,7 @@ from ..config import ConfigError
 from ..data import default_seqlen, text_windows
 from ..parts import ModelParts, locate
 from ..ppl import check_data
-from ..parts import get_module
+from ..parts import get_module, _hidden_arg
 from .repair import fit_linear_repair, fold_target, _folded
 from .kd import (TRAIN_SETS, trained_layers, teacher_targets, kd_loss, states_entering, started_at,
                                       run_key, save_heal_state, load_heal_state)
@@ -90,14 +90,33 @@ def _tied_head(model)->bool:
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     return out is not None and inp is not None and out.weight is inp.weight
 
+def _same_below(model:nn.Module, teacher:nn.Module, parts:ModelParts, start:int)->ModelParts|None:
+    """The teacher's parts if its embedding and layers `0..start-1` hold exactly the student's weights (the states entering
+    layer `start` are then the same in both), else None."""
+    tparts = locate(teacher)
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if start > min(parts.num_layers, tparts.num_layers) or not same(model.get_input_embeddings().state_dict(),
+                                                                  teacher.get_input_embeddings().state_dict()):
+        return None
+    return tparts if all(same(parts.layers[j].state_dict(), tparts.layers[j].state_dict()) for j in range(start)) else None
+
 @torch.no_grad()
-def _teacher_cache(teacher, windows:list, temperature:float, top_k:int|None, progress:bool)->list:
-    "The teacher's targets for every window, one forward each; its weights are only read."
+def _teacher_cache(teacher, windows:list, temperature:float, top_k:int|None, progress:bool,
+                   record:tuple|None=None)->tuple:
+    """The teacher's targets for every window, one forward each; its weights are only read. `record=(teacher parts, j, device)`
+    also keeps the state entering the teacher's layer j of each window, on `device`: (targets, states or None)."""
     dev, was = teacher.get_input_embeddings().weight.device, teacher.training
     teacher.eval()
+    states, hook = [], None
+    if record:
+        tparts, j, to = record
+        hook = tparts.layers[j].register_forward_pre_hook(
+            lambda m, args, kwargs: states.append(_hidden_arg(args, kwargs).detach().to(to, copy=True)), with_kwargs=True)
     try: return [teacher_targets(teacher(ids.to(dev), use_cache=False).logits[0], temperature, top_k)
-                 for ids in tqdm(windows, desc="teacher", disable=not progress)]
-    finally: teacher.train(was)
+                 for ids in tqdm(windows, desc="teacher", disable=not progress)], (states if record else None)
+    finally:
+        teacher.train(was)
+        if hook is not None: hook.remove()
 
 # %% ../../nbs/51_recover.heal.ipynb #f349d093
 def _fold_modules(parts:ModelParts, layers:list)->dict:
@@ -230,15 +249,18 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     layers = trained_layers(train, parts.num_layers, deleted, last_k)
     modules = _fold_modules(parts, layers) if train == "patch" else None  # refuses families a patch cannot fold into, before any work
     low, dtype_reason = _heal_dtype(model, parts, compute_dtype)
-    t0 = time.perf_counter()
+    t0, start = time.perf_counter(), 0 if train == "lora" else min(layers)
+    # the states entering the lowest trained layer come from the teacher's forward where the layers below are its own
+    tparts = _same_below(model, teacher, parts, start) if objective == "kd" and start else None
+    targets, states = _teacher_cache(teacher, windows, temperature, top_k, progress,
+                                     (tparts, start, parts.input_device) if tparts else None) if objective == "kd" else ([None] * len(windows), None)
+    teacher_s, t_fit = time.perf_counter() - t0, time.perf_counter()
     patches = init_patches(model, parts, teacher, windows[:min(ntrain, patch_fit_windows)], deleted) \
               if train == "patch" and patch_init else None
-    targets = _teacher_cache(teacher, windows, temperature, top_k, progress) if objective == "kd" else [None] * len(windows)
-    teacher_s, grad = time.perf_counter() - t0, {n: p.requires_grad for n, p in model.named_parameters()}
+    fit_s, grad = time.perf_counter() - t_fit, {n: p.requires_grad for n, p in model.named_parameters()}
     pm, params = _trainable(model, parts, train, layers, train_head, rank, alpha, seed)
-    start = 0 if train == "lora" else min(layers)
     try:
-        states = states_entering(parts, windows, start) if start else [None] * len(windows)
+        if states is None: states = states_entering(parts, windows, start) if start else [None] * len(windows)
         key = run_key(windows=windows, objective=objective, train=train, layers=layers, train_head=train_head, steps=steps,
                       lr=lr, rank=rank, alpha=alpha, seed=seed, temperature=temperature, top_k=top_k, nll_weight=nll_weight,
                       heldout=heldout, eval_every=eval_every, params=sorted(params), compute_dtype=str(low),
@@ -277,13 +299,14 @@ def heal(model:nn.Module,            # a (pruned) causal LM
         for n, p in model.named_parameters(): p.requires_grad_(grad.get(n, True))
     mib = lambda b: round(b / 2**20, 2)
     info = dict(objective=objective, train=train, trained_layers=layers if train != "lora" else "all (adapters)",
-                **({"trained_modules": sorted(modules), "patches": patches} if modules else {}),
+                **({"trained_modules": sorted(modules), "patches": patches, "patch_fit_s": fit_s} if modules else {}),
                 train_head=train_head, steps=steps, tokens=steps * T, lr=lr, rank=rank, alpha=alpha, windows=ntrain,
                 heldout=heldout, seqlen=T, trainable_params=sum(p.numel() for p in params.values()),
                 temperature=temperature, top_k=top_k, nll_weight=nll_weight,
                 compute_dtype=str(low)[6:] if low is not None else "float32", compute_dtype_reason=dtype_reason,
                 teacher_cache_mib=mib(sum(t.nbytes for t in targets if t is not None)),
                 state_cache_mib=mib(sum(s.numel() * s.element_size() for s in states if s is not None)),
+                states_from="the teacher's forward" if tparts else ("a forward of the layers below" if start else "none"),
                 teacher_s=teacher_s, resumed_at=done, wall_s=time.perf_counter() - t0,
                 tokens_per_s=(steps - done) * T / max(train_s, 1e-9), first_loss=losses[0], last_loss=losses[-1])
     model.config.depthprune_healed = {k: v for k, v in info.items() if k not in ("first_loss", "last_loss")}
