@@ -79,6 +79,8 @@ def main():
                     "compute_dtype='bfloat16'; the float32 loops are the baseline) and record what compute_dtype='auto' decides")
     ap.add_argument("--compute_dtype", default="float32", help="--recover: heal's compute_dtype (float32, bfloat16 or auto)")
     ap.add_argument("--recover", default=None, help="heal once (--train, KD on code) and save the healed checkpoint in this folder")
+    ap.add_argument("--repair_init", action="store_true", help="--recover with --train adjacent: fold the linear repair fitted "
+                    "on the unpruned model into the layer before the cut first (patch does by default)")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
     ap.add_argument("--record", default=None, help="--recover: where the healing record goes (default "
                     "bench/results/heal_recover_<model>_<train>.json)")
@@ -164,7 +166,8 @@ def recover(a):
     kw = dict(last_k=2) if a.train == "last_k" else dict(deleted=deleted)
     healed, info = heal(student, windows, steps=a.windows * a.epochs, lr=a.lr, objective="kd", teacher=teacher, train=a.train,
                         compute_dtype=None if a.compute_dtype == "float32" else a.compute_dtype,
-                        top_k=a.top_k, heldout=a.heldout, eval_every=10, progress=True, **kw)
+                        top_k=a.top_k, heldout=a.heldout, eval_every=10, progress=True,
+                        **({"repair_init": True} if a.repair_init else {}), **kw)
     out = Path(a.recover); out.mkdir(parents=True, exist_ok=True)
     with serializable(healed): healed.save_pretrained(out)
     tok.save_pretrained(out)

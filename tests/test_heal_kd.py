@@ -239,7 +239,7 @@ def test_a_patch_starts_from_the_folded_linear_repair_and_trains_only_that_down_
     student = delete_layers(load(tiny_dir), [2, 3])
     start = {n: p.detach().clone() for n, p in student.named_parameters()}
     healed, info = heal(student, ws, steps=6, lr=1e-3, objective="kd", teacher=teacher, train="patch", deleted=[2, 3],
-                        top_k=None, heldout=1, eval_every=3, progress=False, patch_fit_windows=4)
+                        top_k=None, heldout=1, eval_every=3, progress=False, repair_fit_windows=4)
     assert weights_hash(teacher) == before
     assert info["trained_layers"] == [1] and info["trained_modules"] == ["1.mlp.down_proj"]
     assert info["patches"][0]["fit"] == "linear repair" and info["patches"][0]["positions"] == rep.tokens
@@ -255,7 +255,7 @@ def test_a_patch_is_refused_where_it_cannot_start_or_fold(tiny_dir, tmp_path):
     teacher, ws = load(tiny_dir), windows(200, 4)
     student = delete_layers(load(tiny_dir), [2, 3])
     h = weights_hash(student)
-    with pytest.raises(ConfigError, match="pass teacher=<the unpruned model>, or patch_init=False"):
+    with pytest.raises(ConfigError, match="pass teacher=<the unpruned model>, or repair_init=False"):
         heal(student, ws, steps=2, train="patch", deleted=[2, 3], progress=False)
     with pytest.raises(ConfigError, match="no layer precedes that cut"):
         heal(delete_layers(load(tiny_dir), [0, 1]), ws, steps=2, objective="kd", teacher=teacher, train="patch", deleted=[0, 1], progress=False)
@@ -265,7 +265,7 @@ def test_a_patch_is_refused_where_it_cannot_start_or_fold(tiny_dir, tmp_path):
              deleted=[2], progress=False)
     assert weights_hash(student) == h
     # without a fit: next-token loss on the down projection as it is
-    healed, info = heal(student, ws, steps=2, lr=1e-3, train="patch", deleted=[2, 3], patch_init=False, progress=False)
+    healed, info = heal(student, ws, steps=2, lr=1e-3, train="patch", deleted=[2, 3], repair_init=False, progress=False)
     assert info["patches"] is None and info["trained_modules"] == ["1.mlp.down_proj"]
 
 
@@ -285,3 +285,16 @@ def test_the_states_at_the_lowest_trained_layer_come_from_the_teachers_forward_w
     with torch.no_grad(): other.model.layers[1].mlp.up_proj.weight.mul_(1.01)  # the student's layer 1 is not this teacher's
     assert H._same_below(delete_layers(load(tiny_dir), [3, 4]), other, locate(delete_layers(load(tiny_dir), [3, 4])), 2) is None
     assert H._same_below(delete_layers(load(tiny_dir), [3, 4]), other, locate(delete_layers(load(tiny_dir), [3, 4])), 1) is not None
+
+
+def test_adjacent_layers_can_start_from_the_folded_repair_too(tiny_dir):
+    "repair_init=True with adjacent: the step-0 held-out KL is the repaired model's, as the patch's; the two layers at the cut train."
+    teacher, ws = load(tiny_dir), windows(200, 6)
+    kw = dict(steps=3, lr=1e-3, objective="kd", teacher=teacher, deleted=[2, 3], top_k=None, heldout=1, progress=False)
+    _, patch = heal(delete_layers(load(tiny_dir), [2, 3]), ws, train="patch", **kw)
+    _, adj = heal(delete_layers(load(tiny_dir), [2, 3]), ws, train="adjacent", repair_init=True, **kw)
+    _, plain = heal(delete_layers(load(tiny_dir), [2, 3]), ws, train="adjacent", **kw)
+    assert adj["held"][0] == patch["held"][0] != plain["held"][0]
+    assert adj["patches"] == patch["patches"] and "patches" not in plain and adj["trained_layers"] == [1, 2]
+    with pytest.raises(ConfigError, match="train='last_k' does not"):
+        heal(delete_layers(load(tiny_dir), [2, 3]), ws, train="last_k", repair_init=True, **kw)

@@ -64,13 +64,16 @@ def _training_windows(data, tokenizer, seqlen:int|None, model:nn.Module, bos="au
 # %% ../../nbs/51_recover.heal.ipynb #kd0c4e11
 OBJECTIVES = ("nll", "kd") # next-token loss on the text; KL to the teacher's next-token distributions
 
-def _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout, patch_init=False)->None:
+def _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout, repair_init=False)->None:
     "Refuse settings `heal` cannot run, before anything is changed."
     if objective not in OBJECTIVES: raise ConfigError(f"objective={objective!r} is invalid: give one of {', '.join(OBJECTIVES)}")
     if train not in TRAIN_SETS: raise ConfigError(f"train={train!r} is invalid: give one of {', '.join(TRAIN_SETS)}")
-    if train == "patch" and patch_init and teacher is None:
-        raise ConfigError("train='patch' starts from the linear repair fitted on the unpruned model: pass teacher=<the "
-                          "unpruned model>, or patch_init=False to train the down projection from its weights as they are")
+    if repair_init and train not in ("patch", "adjacent"):
+        raise ConfigError(f"repair_init=True folds the linear repair into the layer before the cut and trains from there: "
+                          f"train='patch' or 'adjacent' train that layer, train={train!r} does not")
+    if repair_init and teacher is None:
+        raise ConfigError(f"train={train!r} with repair_init starts from the linear repair fitted on the unpruned model: pass "
+                          "teacher=<the unpruned model>, or repair_init=False to train from the weights as they are")
     if objective == "kd" and teacher is None:
         raise ConfigError("objective='kd' distils from the unpruned model: pass teacher=<the unpruned model> (a copy kept "
                           "before pruning, or loaded again from the source)")
@@ -225,11 +228,12 @@ def heal(model:nn.Module,            # a (pruned) causal LM
          checkpoint_dir:str|Path|None=None, # save the heal's state here every checkpoint_every steps; a saved state is resumed
          checkpoint_every:int=10,    # steps between checkpoints
          compute_dtype:str|None="auto", # the student's forward and backward: "auto" (bfloat16 where this device computes it much faster, measured), "bfloat16", or None/"float32"
-         patch_init:bool=True,       # train="patch": start from the linear repair fitted on `teacher` (else from the weights as they are)
-         patch_fit_windows:int=64,   # train="patch": training windows the repair is fitted on
+         repair_init:bool|None=None, # train="patch" or "adjacent": first fold the linear repair fitted on `teacher` into the layer before each cut; None: for patch only
+         repair_fit_windows:int=64,  # repair_init: training windows the repair is fitted on
         )->tuple:                    # (the healed model, a dict of what it cost and the training losses)
     "Fine-tune the pruned model on `data` (adapters merged, or layers trained in place); the model comes back in eval mode."
-    _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout, patch_init)
+    repair_init = train == "patch" if repair_init is None else repair_init
+    _check_heal(objective, teacher, model, train, steps, tokens, nll_weight, temperature, top_k, heldout, repair_init)
     if train == "lora":
         try: import peft
         except ImportError as e: raise ImportError("heal() needs peft, an optional dependency: pip install peft") from e
@@ -248,6 +252,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     windows = list(windows[:ntrain]) + list(windows[len(windows) - heldout:])
     layers = trained_layers(train, parts.num_layers, deleted, last_k)
     modules = _fold_modules(parts, layers) if train == "patch" else None  # refuses families a patch cannot fold into, before any work
+    if repair_init and train != "patch": _fold_modules(parts, trained_layers("patch", parts.num_layers, deleted))  # likewise
     low, dtype_reason = _heal_dtype(model, parts, compute_dtype)
     t0, start = time.perf_counter(), 0 if train == "lora" else min(layers)
     # the states entering the lowest trained layer come from the teacher's forward where the layers below are its own
@@ -255,8 +260,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
     targets, states = _teacher_cache(teacher, windows, temperature, top_k, progress,
                                      (tparts, start, parts.input_device) if tparts else None) if objective == "kd" else ([None] * len(windows), None)
     teacher_s, t_fit = time.perf_counter() - t0, time.perf_counter()
-    patches = init_patches(model, parts, teacher, windows[:min(ntrain, patch_fit_windows)], deleted) \
-              if train == "patch" and patch_init else None
+    patches = init_patches(model, parts, teacher, windows[:min(ntrain, repair_fit_windows)], deleted) if repair_init else None
     fit_s, grad = time.perf_counter() - t_fit, {n: p.requires_grad for n, p in model.named_parameters()}
     pm, params = _trainable(model, parts, train, layers, train_head, rank, alpha, seed)
     try:
@@ -264,7 +268,7 @@ def heal(model:nn.Module,            # a (pruned) causal LM
         key = run_key(windows=windows, objective=objective, train=train, layers=layers, train_head=train_head, steps=steps,
                       lr=lr, rank=rank, alpha=alpha, seed=seed, temperature=temperature, top_k=top_k, nll_weight=nll_weight,
                       heldout=heldout, eval_every=eval_every, params=sorted(params), compute_dtype=str(low),
-                      **({"patch": [patch_init, patch_fit_windows]} if train == "patch" else {}))
+                      **({"repair_init": repair_fit_windows} if repair_init else {}))
         ck = Path(checkpoint_dir) / "heal_state.pt" if checkpoint_dir else None
         opt, losses, held = torch.optim.AdamW(list(params.values()), lr=lr), [], []
         saved, done = load_heal_state(ck, key) if ck else None, 0
@@ -299,7 +303,8 @@ def heal(model:nn.Module,            # a (pruned) causal LM
         for n, p in model.named_parameters(): p.requires_grad_(grad.get(n, True))
     mib = lambda b: round(b / 2**20, 2)
     info = dict(objective=objective, train=train, trained_layers=layers if train != "lora" else "all (adapters)",
-                **({"trained_modules": sorted(modules), "patches": patches, "patch_fit_s": fit_s} if modules else {}),
+                **({"trained_modules": sorted(modules)} if modules else {}),
+                **({"patches": patches, "repair_fit_s": fit_s} if train == "patch" or repair_init else {}),
                 train_head=train_head, steps=steps, tokens=steps * T, lr=lr, rank=rank, alpha=alpha, windows=ntrain,
                 heldout=heldout, seqlen=T, trainable_params=sum(p.numel() for p in params.values()),
                 temperature=temperature, top_k=top_k, nll_weight=nll_weight,
