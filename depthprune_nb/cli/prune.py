@@ -24,8 +24,7 @@ from ..engine.checkpoint import SearchCheckpoint
 from ..io.targets import SaveTargetError, writable_folder, safetensors_bytes, pruned_bytes, check_free_space
 from ..config import checkpoint_refusal, head_bound_refusal, REPAIRS
 from ..calib import CALIB_SOURCES, calib_source, calib_eval_windows
-from ..recover.kd import TRAIN_SETS, HEAL_SOURCES
-from ..recover.heal import OBJECTIVES
+from .heal import add_heal_args, healing, needs_teacher, heal_check, heal_from_args
 from .evaluation import (add_task_args, task_list, task_eval, task_table, pruner_class, add_humaneval_args,
                                     humaneval_check, humaneval_eval, humaneval_table)
 
@@ -33,9 +32,8 @@ log = logging.getLogger("depthprune_nb")
 
 # %% auto #0
 __all__ = ['log', 'WINDOW_BOS', 'build_parser', 'algo_config_from_args', 'load_model', 'calib_from_args', 'data_from_args',
-           'load_gguf_from_args', 'model_from_args', 'check_save_targets', 'check_save_room', 'run', 'healing',
-           'heal_check', 'heal_from_args', 'main', 'checkpoint_kwargs', 'config_for_plan', 'plan_from_args',
-           'tiny_model_main', 'gguf_path_main']
+           'load_gguf_from_args', 'model_from_args', 'check_save_targets', 'check_save_room', 'run', 'main',
+           'checkpoint_kwargs', 'config_for_plan', 'plan_from_args', 'tiny_model_main', 'gguf_path_main']
 
 # %% ../../nbs/61_cli.prune.ipynb #c8bc5808
 def build_parser()->argparse.ArgumentParser:
@@ -100,19 +98,7 @@ def build_parser()->argparse.ArgumentParser:
     a("--repair_score_windows", type=int, default=0, help="with --repair linear: choose the window by its PPL after its own "
       "repair, scored on this many of the --nsamples calibration windows (the rest fit the maps; method ppl_window); "
       "0: choose before repair")
-    a("--heal_steps", type=int, default=0, help="after pruning, fine-tune this many steps (one window each) on the calibration "
-      "windows (or --heal_on) and merge the adapters (LoRA needs `pip install peft`); 0: no healing")
-    a("--heal_tokens", type=int, default=None, help="healing budget in tokens instead of --heal_steps (whole windows)")
-    a("--heal_objective", default=None, choices=list(OBJECTIVES), help="nll (default): next-token loss; kd: KL to the "
-      "unpruned model's next-token distributions (its top 64 a position, cached once). kd keeps a copy of the unpruned "
-      "model in memory as the teacher: the model's size once more")
-    a("--heal_train", default=None, choices=list(TRAIN_SETS), help="what healing trains: lora (default; adapters on every "
-      "layer, merged), adjacent (the layers on both sides of the cut, in full), last_k (the last 2 layers, in full), patch "
-      "(the down projection before each cut, starting from the linear repair fitted on the unpruned model, kept in memory "
-      "for it); the sets other than lora start each step at the lowest trained layer from cached states")
-    a("--heal_on", default=None, help=f"healing text: {', '.join(HEAL_SOURCES)} (WikiText-2 train split, with --text_file "
-      "if offline; the standard library's Python source; the unpruned model's own continuations of standard-library "
-      "signatures and docstrings) or a text file (default: the calibration windows)")
+    add_heal_args(p)
     add_task_args(p)
     return p
 
@@ -249,8 +235,7 @@ def run(args)->dict:
     unpruned = {}
     if main_rank: task_eval(args, model, tokenizer, unpruned, "unpruned")
     he_unpruned = humaneval_eval(args, model, tokenizer, {}, "unpruned") if main_rank else {}
-    needs_teacher = healing(args) and (args.heal_objective == "kd" or getattr(args, "heal_train", None) == "patch")
-    teacher = copy.deepcopy(model) if needs_teacher else None # the unpruned model, kept (kd's targets, patch's fit)
+    teacher = copy.deepcopy(model) if needs_teacher(args) else None # the unpruned model, kept (kd's targets, patch's fit)
     pruner = pruner_class(args, tokenizer)(cfg, engine=args.engine, early_abort=args.early_abort, progress=not args.quiet and main_rank,
                          distributed=ranks.world_size() > 1, head_bound=getattr(args, "head_bound", False), **extra) # under torchrun: each rank sweeps its share
     model = pruner.pruning_model(model, data, eval_data=eval_data)
@@ -261,7 +246,8 @@ def run(args)->dict:
     res.stats["window_bos"] = window_bos(tokenizer, WINDOW_BOS[getattr(args, "window_bos", "auto")]) # the id leading each window, or None
     if main_rank: task_eval(args, model, tokenizer, res.stats, "pruned"); humaneval_eval(args, model, tokenizer, res.stats, "pruned")
     if healing(args):
-        model = heal_from_args(args, model, data, eval_data, res, tokenizer, teacher); teacher = None
+        model = heal_from_args(args, model, data, eval_data, res, tokenizer, teacher, WINDOW_BOS[getattr(args, "window_bos", "auto")])
+        teacher = None
         if main_rank: task_eval(args, model, tokenizer, res.stats, "healed"); humaneval_eval(args, model, tokenizer, res.stats, "healed")
     if ranks.world_size() > 1: res.stats.update(world_size=ranks.world_size(), passes_are_per_rank=True)
     if not main_rank: ranks.finish(); return res.to_dict()  # rank 0 alone prints, writes and saves
@@ -285,45 +271,6 @@ def run(args)->dict:
         print("generation:", tokenizer.decode(gen[0], skip_special_tokens=True))
     ranks.finish()
     return res.to_dict()
-
-def healing(args)->bool:
-    "True if the flags ask for healing after the cut (--heal_steps or --heal_tokens)."
-    return bool(args.heal_steps or getattr(args, "heal_tokens", None))
-
-def heal_check(args)->None:
-    "Refuse healing flags that cannot work, before the model loads."
-    given = [f"--{k}" for k in ("heal_objective", "heal_train", "heal_on") if getattr(args, k, None) is not None]
-    if given and not healing(args):
-        raise ConfigError(f"{', '.join(given)} set, but neither --heal_steps nor --heal_tokens: nothing would be healed")
-    if args.heal_steps and getattr(args, "heal_tokens", None):
-        raise ConfigError(f"--heal_steps {args.heal_steps} and --heal_tokens {args.heal_tokens}: give one budget, not both")
-    for k in ("heal_steps", "heal_tokens"):
-        v = getattr(args, k, None)
-        if v is not None and v < 0 or (k == "heal_tokens" and v is not None and v < 1):
-            raise ConfigError(f"--{k} {v} is invalid: give a positive number")
-    on = getattr(args, "heal_on", None)
-    if on is not None and on not in HEAL_SOURCES and not Path(on).is_file():
-        raise ConfigError(f"--heal_on {on!r} is neither a named source ({', '.join(HEAL_SOURCES)}) nor an existing text file")
-
-def heal_from_args(args, model, data:list, eval_data:list|None, res, tokenizer:object|None=None, teacher:object|None=None):
-    "Heal the pruned model (on --heal_on's text, else the calibration windows); record the cost and the evaluation PPL after in `res.stats`."
-    from depthprune_nb.recover.heal import heal
-    from depthprune_nb.recover.kd import heal_text
-    from depthprune_nb.ppl import perplexity
-    from depthprune_nb.data import text_windows
-    if getattr(args, "heal_on", None) is not None:
-        text = heal_text(args.heal_on, tokenizer, teacher, text_file=args.text_file, progress=not args.quiet)
-        data = text_windows(tokenizer, text, default_seqlen(model, args.seqlen), WINDOW_BOS[getattr(args, "window_bos", "auto")], progress=False)
-    model, info = heal(model, data, steps=args.heal_steps or None, tokens=getattr(args, "heal_tokens", None),
-                       objective=getattr(args, "heal_objective", None) or "nll", teacher=teacher,
-                       train=getattr(args, "heal_train", None) or "lora", deleted=res.deleted_layers, progress=not args.quiet)
-    res.stats["heal"] = {k: v for k, v in info.items() if k not in ("losses", "held")}
-    if getattr(args, "heal_on", None) is not None: res.stats["heal"]["on"] = str(args.heal_on)
-    if eval_data is not None: res.stats["heal"]["eval_ppl_after"] = perplexity(model, eval_data)
-    print(f"healed {info['steps']} steps ({info['tokens']:,} tokens, {info['objective']}, {info['train']}) in {info['wall_s']:.1f} s: training loss {info['first_loss']:.3f} -> "
-          f"{info['last_loss']:.3f}" + ("" if eval_data is None else f"; evaluation PPL {res.eval_ppl:.4f} -> "
-          f"{res.stats['heal']['eval_ppl_after']:.4f}"))
-    return model
 
 def main(argv:list|None=None)->int:
     "Entry point of the `depthprune` console script."
