@@ -60,7 +60,7 @@ def paired_words(t)->str:
     return f"lost {t.only_first}, gained {t.only_second}, p = {'< 0.001' if t.p_value < 0.001 else f'{t.p_value:.3f}'}"
 
 def task_table(stats:dict)->str:
-    "Every task and stage in `stats['tasks']` as a text table (acc ± standard error, chance, n), then each later stage paired with the unpruned model."
+    "Every task and stage in `stats['tasks']` as a text table (acc ± standard error, chance, n), then each later stage paired with the unpruned model, and the healed one with the pruned one."
     from depthprune_nb.eval.tasks import paired_test
     st = stats["tasks"]
     stages = [s for s in ("unpruned", "pruned", "healed") if s in st]
@@ -70,10 +70,11 @@ def task_table(stats:dict)->str:
         rows.append(f"{name:{w}s} {r0['n']:5d} {r0['chance']:7.3f} " +
                     " ".join(f"{st[s][name]['acc']:7.3f} ± {st[s][name]['acc_stderr']:.3f}" for s in stages))
     if stages[0] != "unpruned": return "\n".join(rows)
-    for s in stages[1:]:  # the same examples scored by both: the exact McNemar test (paired_test)
-        for name, r0 in st["unpruned"].items():
+    pairs = [(s, "unpruned") for s in stages[1:]] + ([("healed", "pruned")] if {"healed", "pruned"} <= set(stages) else [])
+    for s, base in pairs:  # the same examples scored by both: the exact McNemar test (paired_test)
+        for name, r0 in st[base].items():
             if "correct" in r0 and "correct" in st[s].get(name, {}):
-                rows.append(f"  {s} vs unpruned, {name}: {paired_words(paired_test(r0['correct'], st[s][name]['correct']))}")
+                rows.append(f"  {s} vs {base}, {name}: {paired_words(paired_test(r0['correct'], st[s][name]['correct']))}")
     return "\n".join(rows)
 
 # %% ../../nbs/60_cli.evaluation.ipynb #t16a0006
