@@ -59,6 +59,12 @@ def heal_check(args)->None:
     on = getattr(args, "heal_on", None)
     if on is not None and on not in HEAL_SOURCES and not Path(on).is_file():
         raise ConfigError(f"--heal_on {on!r} is neither a named source ({', '.join(HEAL_SOURCES)}) nor an existing text file")
+    heal_file = getattr(args, "text_file", None) if on == "wikitext" else on if on not in (None, *HEAL_SOURCES) else None
+    eval_file = getattr(args, "eval_text_file", None) or getattr(args, "text_file", None)
+    if heal_file and eval_file and getattr(args, "eval_nsamples", None) != 0 and Path(heal_file).resolve() == Path(eval_file).resolve():
+        raise ConfigError(f"--heal_on {on} trains on {heal_file}, the text the evaluation windows come from: the healed "
+                          "model would be judged on text it was trained on. Give --eval_text_file <another text>, heal on "
+                          "another text (--heal_on code or a file), or leave --heal_on out to heal on the calibration windows")
 
 def heal_from_args(args,                      # parsed `depthprune` arguments
                    model:nn.Module,           # the pruned model
