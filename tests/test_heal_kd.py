@@ -13,12 +13,12 @@ from depthprune_nb.recover.kd import kd_loss, teacher_targets, states_entering, 
 from depthprune_nb.surgery import delete_layers
 from depthprune_nb.testing import save_tiny_model
 
-FORK = mp.get_context("fork")
+SPAWN = mp.get_context("spawn")  # a fresh interpreter: a fork of a process with threads can hang on a lock one of them held
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    torch.set_num_threads(1)  # the forked child of the resume test runs one thread: the parent matches it
+    torch.set_num_threads(1)  # the child of the resume test runs one thread: the parent matches it
     return save_tiny_model(tmp_path_factory.mktemp("m") / "l", family="llama", num_layers=6, init_std=0.3)
 
 
@@ -183,9 +183,14 @@ def saved_step(folder):
 def test_a_heal_killed_at_a_random_step_resumes_to_the_uninterrupted_weights(tiny_dir, tmp_path):
     whole, info = run_heal(tiny_dir, tmp_path / "whole")
     at = random.Random(os.getpid()).randrange(3, STEPS - 5)
-    p = FORK.Process(target=run_heal, args=(tiny_dir, tmp_path / "ck", 0.05)); p.start()
-    while p.is_alive() and saved_step(tmp_path / "ck") < at: time.sleep(0.005)
-    os.kill(p.pid, signal.SIGKILL); p.join(30)
+    p = SPAWN.Process(target=run_heal, args=(tiny_dir, tmp_path / "ck", 0.05)); p.start()
+    deadline = time.monotonic() + 600
+    try:
+        while p.is_alive() and saved_step(tmp_path / "ck") < at:
+            assert time.monotonic() < deadline, f"the healing child saved no step {at} in 10 minutes"
+            time.sleep(0.005)
+    finally:
+        os.kill(p.pid, signal.SIGKILL); p.join(30)
     killed_at = saved_step(tmp_path / "ck")
     assert p.exitcode == -signal.SIGKILL and at <= killed_at < STEPS, (p.exitcode, at, killed_at)
     resumed, rinfo = run_heal(tiny_dir, tmp_path / "ck")

@@ -10,13 +10,13 @@ from depthprune_nb.config import ConfigError
 from depthprune_nb import fast_search
 from depthprune_nb.testing import save_tiny_model
 
-FORK = mp.get_context("fork")  # the child shares the loaded model: no second import of torch and transformers
+SPAWN = mp.get_context("spawn")  # a fresh interpreter for each child: a fork of a process with threads can hang on a lock one held
 N, CHUNK = 16, 1
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)  # the forked children run one thread (OpenMP is not fork-safe): the parent matches them
+    torch.set_num_threads(1)  # the children run one thread: the parent matches them
     model = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("m") / "l", family="llama",
                                                                  num_layers=6, init_std=0.3)).eval()
     data = [torch.randint(0, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(i)) for i in range(N)]
@@ -30,7 +30,7 @@ def child(model, data, folder):
 
 
 def start(model, data, folder):
-    p = FORK.Process(target=child, args=(model, data, folder)); p.start(); return p
+    p = SPAWN.Process(target=child, args=(model, data, folder)); p.start(); return p
 
 
 def chunks_done(folder):
@@ -183,7 +183,7 @@ def sleb_child(model, data, folder):
 
 def test_sleb_killed_in_round_2_resumes_without_recomputing_round_1(sleb_setup, tmp_path, monkeypatch):
     model, data, whole = sleb_setup
-    p = FORK.Process(target=sleb_child, args=(model, data, tmp_path)); p.start(); p.join(120)
+    p = SPAWN.Process(target=sleb_child, args=(model, data, tmp_path)); p.start(); p.join(120)
     assert p.exitcode == -signal.SIGKILL
     assert len(read_checkpoint(tmp_path / "sleb_state.json")["state"]["rounds"]) == 1
     assert read_checkpoint(tmp_path / "round2" / "search_state.json")["state"]["chunks_done"] == 2
