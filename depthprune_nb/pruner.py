@@ -14,7 +14,7 @@ from torch import nn
 from .config import ConfigError, LayerImportancePruneConfig, Config, as_algo_config, check_layer_indices, EngineOptions
 from .parts import ModelParts, locate
 from .ppl import check_data, perplexity
-from .result import PruneResult, candidate_starts, fill_runner_up
+from .result import PruneResult, candidate_starts, fill_runner_up, window_runs
 from .engine.reference import reference_search, evaluate_result
 from .engine.placement import layers_offloaded
 from .engine.precision import resolve_compute_dtype, mixed_precision_search
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'MODEL_FILES', 'RESULT_FILE', 'CHECKPOINT_FILES', 'ModelPruner', 'is_checkpoint_file', 'SaveDirError',
            'check_save_dir', 'source_folder', 'save_pruned', 'layer_importance', 'search_each_n', 'explicit_result',
-           'window_runs', 'check_repairable', 'repair_deleted']
+           'check_repairable', 'repair_deleted']
 
 # %% ../nbs/50_pruner.ipynb #e5c0de00
 import os, shutil, uuid, warnings
@@ -326,15 +326,6 @@ def explicit_result(model, data, layers:list, parts:ModelParts, save_gpu_memory:
                           method="explicit")
 
 # %% ../nbs/50_pruner.ipynb #bcbd77b8
-def window_runs(layers:list, # layer indices, any order
-               )->list:      # (start, n) of each run of consecutive layers, ascending
-    "Consecutive runs of `layers`: `[7, 2, 3]` -> `[(2, 2), (7, 1)]`."
-    runs = []
-    for i in sorted(int(i) for i in layers):
-        if runs and i == runs[-1][0] + runs[-1][1]: runs[-1][1] += 1
-        else: runs.append([i, 1])
-    return [tuple(r) for r in runs]
-
 def check_repairable(model:nn.Module,       # the causal LM, not yet pruned
                      data:list,             # calibration windows (the first one's first 16 tokens are used)
                      parts:ModelParts,      # where its layers live

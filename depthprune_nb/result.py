@@ -17,9 +17,9 @@ from .parts import ModelParts, locate
 from .ppl import check_data, ppl_deleting, ppl_from_nlls
 
 # %% auto #0
-__all__ = ['SearchStats', 'PruneResult', 'format_ppl', 'layer_range', 'best_start', 'candidate_starts', 'runner_up_start',
-           'fill_runner_up', 'model_label', 'params_after_deleting', 'criterion_setup', 'criterion_result',
-           'show_table']
+__all__ = ['SearchStats', 'PruneResult', 'format_ppl', 'layer_range', 'window_runs', 'best_start', 'candidate_starts',
+           'runner_up_start', 'fill_runner_up', 'model_label', 'params_after_deleting', 'criterion_setup',
+           'criterion_result', 'show_table']
 
 # %% ../nbs/05_result.ipynb #f4c9c20f
 @dataclass
@@ -242,6 +242,15 @@ def _repair_line(r:dict)->str:
 PruneResult.__str__ = _table
 PruneResult._repr_pretty_ = lambda self, p, cycle: p.text(_table(self))
 PruneResult._repr_html_ = _html
+
+def window_runs(layers:list, # layer indices, any order
+               )->list:      # (start, n) of each run of consecutive layers, ascending
+    "Consecutive runs of `layers`: `[7, 2, 3]` -> `[(2, 2), (7, 1)]`."
+    runs = []
+    for i in sorted(int(i) for i in layers):
+        if runs and i == runs[-1][0] + runs[-1][1]: runs[-1][1] += 1
+        else: runs.append([i, 1])
+    return [tuple(r) for r in runs]
 
 # %% ../nbs/05_result.ipynb #b50d9d50
 def best_start(ppl_by_start:dict, # window start -> PPL

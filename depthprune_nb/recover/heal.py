@@ -19,6 +19,7 @@ from ..parts import ModelParts, locate
 from ..ppl import check_data
 from ..parts import get_module, _hidden_arg
 from .repair import fit_linear_repair, fold_target, _folded
+from ..result import window_runs
 from .kd import (TRAIN_SETS, trained_layers, teacher_targets, kd_loss, states_entering, started_at,
                                       run_key, save_heal_state, load_heal_state)
 
@@ -126,14 +127,6 @@ def _fold_modules(parts:ModelParts, layers:list)->dict:
     "{'j.path': module}: the down projection inside each layer `j` that a patch trains (a FoldError where a family has none)."
     return {f"{j}.{(path := fold_target(parts, j))}": get_module(parts.layers[j], path) for j in layers}
 
-def _runs_after(deleted:list)->dict:
-    "{first layer of each run of `deleted`: its length}, original numbering."
-    d, out = sorted(set(deleted)), {}
-    for x in d:
-        if x - 1 in d: out[max(k for k in out if k <= x)] += 1
-        else: out[x] = 1
-    return out
-
 def init_patches(model:nn.Module,    # the pruned model (its fold layers are changed in place)
                  parts:ModelParts,   # its parts
                  teacher:nn.Module,  # the unpruned model the maps are fitted on (only read)
@@ -144,7 +137,7 @@ def init_patches(model:nn.Module,    # the pruned model (its fold layers are cha
     "Fold, for every cut, the linear repair fitted on `teacher` into the pruned model's down projection before it: where `patch` starts."
     tparts, out = locate(teacher), []
     kept = [i for i in range(tparts.num_layers) if i not in set(deleted)]
-    for start, n in _runs_after(deleted).items():
+    for start, n in window_runs(deleted):
         j = kept.index(start - 1)   # the fold layer, pruned numbering
         path = fold_target(parts, j)
         mine, theirs = get_module(parts.layers[j], path), get_module(tparts.layers[start - 1], path)
@@ -164,11 +157,6 @@ def init_patches(model:nn.Module,    # the pruned model (its fold layers are cha
 def _trainable(model, parts, train, layers, train_head, rank, alpha, seed)->tuple:
     "Make only what `train` trains require grad (adapters for lora); (the peft wrapper or None, {name: parameter})."
     torch.manual_seed(seed)
-    if train == "patch":
-        for p in model.parameters(): p.requires_grad_(False)
-        for m in _fold_modules(parts, layers).values():
-            for p in m.parameters(recurse=False): p.requires_grad_(True)
-        return None, {n: p for n, p in model.named_parameters() if p.requires_grad}
     if train == "lora":
         from peft import LoraConfig, get_peft_model
         cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(parts), lora_dropout=0.0, bias="none")
@@ -177,7 +165,8 @@ def _trainable(model, parts, train, layers, train_head, rank, alpha, seed)->tupl
             pm = get_peft_model(model, cfg)
         return pm, {n: p for n, p in pm.named_parameters() if p.requires_grad}
     for p in model.parameters(): p.requires_grad_(False)
-    mods = [parts.layers[j] for j in layers] + ([parts.norm, model.get_output_embeddings()] if train_head else [])
+    mods = list(_fold_modules(parts, layers).values()) if train == "patch" else [parts.layers[j] for j in layers]
+    mods += [parts.norm, model.get_output_embeddings()] if train_head else []
     for m in mods:
         for p in m.parameters(): p.requires_grad_(True)
     return None, {n: p for n, p in model.named_parameters() if p.requires_grad}
