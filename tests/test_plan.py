@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from depthprune_nb.engine.plan import plan_search, model_shape, layer_flops, head_flops
+from depthprune_nb.engine.plan import plan_search
+from depthprune_nb.engine.shape import model_shape, layer_flops, head_flops
 from depthprune_nb import fast_search
 from depthprune_nb.engine.reference import reference_search
 from depthprune_nb.testing import save_tiny_model

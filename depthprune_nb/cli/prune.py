@@ -299,7 +299,7 @@ def checkpoint_kwargs(args)->dict:
 # %% ../../nbs/61_cli.prune.ipynb #4cbc8850
 def config_for_plan(model_dir:str)->dict:
     "The model's config as a dict: from the local folder's config.json, or (a Hub id) `AutoConfig` alone."
-    from depthprune_nb.engine.plan import read_config
+    from depthprune_nb.engine.shape import read_config
     if Path(model_dir).exists(): return read_config(model_dir)
     from transformers import AutoConfig
     try: return AutoConfig.from_pretrained(model_dir).to_dict()

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..parts import ModelParts, locate
 from .placement import default_device
-from .plan import model_shape
+from .shape import model_shape
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def layer_shapes(layer:nn.Module, # one decoder layer
             counts[s] = counts.get(s, 0) + 1
     return tuple(sorted(counts.items(), key=lambda sc: (-sc[0][0] * sc[0][1], sc[0])))
 
-def config_shapes(config, # anything plan.read_config takes: a folder, a config.json path, a dict
+def config_shapes(config, # anything shape.read_config takes: a folder, a config.json path, a dict
                  )->tuple: # as layer_shapes
     "The matrix shapes of one decoder layer, from the model's config alone."
     s = model_shape(config)
@@ -260,7 +260,7 @@ def choose_compute_dtype(model:nn.Module,         # a causal LM
         log.info("%s%s", choice, "" if p is None else f" (probe {p['wall_s']:.2f} s{', cached' if p.get('cached') else ''})")
     return choice
 
-def choose_for_config(config,                  # anything plan.read_config takes: a folder, a config.json path, a dict
+def choose_for_config(config,                  # anything shape.read_config takes: a folder, a config.json path, a dict
                       requested="auto",        # as for choose_compute_dtype
                       own:str="float32",       # the dtype the model will be loaded in
                       device:str|torch.device|None=None, # where the search will compute; the default device if None

@@ -4,116 +4,16 @@
 
 # %% ../../nbs/16_engine.plan.ipynb #24857424
 from __future__ import annotations
-import json, math, textwrap
+import math, textwrap
 from dataclasses import dataclass, field, asdict
-from pathlib import Path
 
 from ..config import ConfigError, METHODS, REPAIRS
-from ..parts import LAYER_COUNT_FIELDS
+from .shape import read_config, ModelShape, model_shape, layer_flops, head_flops, layer_bytes
 from .sweeps import sweep_streams, default_chunk, halving_rounds
 
 # %% auto #0
-__all__ = ['UNGATED', 'ONE_PASS', 'read_config', 'ModelShape', 'model_shape', 'layer_flops', 'head_flops', 'layer_bytes',
-           'pass_counts', 'criterion_passes', 'report_passes', 'Plan', 'head_bound_passes', 'repair_passes',
+__all__ = ['ONE_PASS', 'pass_counts', 'criterion_passes', 'report_passes', 'Plan', 'head_bound_passes', 'repair_passes',
            'plan_search', 'call_count', 'fit_rate']
-
-# %% ../../nbs/16_engine.plan.ipynb #ce28c820
-_FIELDS = dict(
-    layers=tuple(LAYER_COUNT_FIELDS), # the fields surgery updates: one list of them, in parts
-    hidden=("hidden_size", "n_embd", "d_model"),
-    heads=("num_attention_heads", "n_head", "n_heads", "num_heads"),
-    kv_heads=("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"),
-    inter=("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size"),
-    vocab=("vocab_size", "padded_vocab_size"),
-    experts=("num_local_experts", "n_routed_experts", "num_experts"),
-    experts_per_tok=("num_experts_per_tok", "moe_topk"),
-    moe_inter=("moe_intermediate_size",),
-)
-# families whose MLP is two matrices (up, down); every other family is counted as gated (gate, up, down)
-UNGATED = {"opt", "gpt2", "gpt_bigcode", "gpt_neo", "gptj", "codegen", "gpt_neox", "falcon", "bloom", "mpt", "phi",
-           "starcoder2", "biogpt"}
-
-def read_config(src, # a model folder, a config.json or .gguf path, a dict or a PretrainedConfig
-               )->dict:
-    "The model's config as a plain dict, from `config.json` (or a GGUF header) alone: never the weights."
-    if hasattr(src, "to_dict"): d = src.to_dict()
-    elif isinstance(src, dict): d = dict(src)
-    elif str(src).endswith(".gguf"): # a GGUF file carries its config in its header: read that, not the tensors
-        from transformers import AutoConfig
-        d = AutoConfig.from_pretrained(Path(src).parent, gguf_file=Path(src).name).to_dict()
-    else:
-        p = Path(src)
-        p = p / "config.json" if p.is_dir() else p
-        if not p.is_file():
-            raise ConfigError(f"no config.json at {str(p)!r}: pass a local model folder, a config.json path or a dict "
-                              "(a Hub id: download its config.json first)")
-        d = json.loads(p.read_text())
-    return {**d, **d["text_config"]} if isinstance(d.get("text_config"), dict) else d
-
-def _get(d, key, default=None):
-    for k in _FIELDS[key]:
-        if d.get(k) is not None: return d[k]
-    return default
-
-# %% ../../nbs/16_engine.plan.ipynb #b07b6624
-@dataclass
-class ModelShape:
-    "What the cost of a decoder layer and of the head depends on, read from a config."
-    model_type:str; layers:int; hidden:int; heads:int; kv_heads:int; head_dim:int; inter:int; vocab:int
-    gated:bool             # MLP with a gate matrix (Llama-style) rather than two matrices (GPT-2-style)
-    experts:int=0          # routed experts per MoE layer (0: dense model)
-    experts_per_tok:int=0  # routed experts active per token
-    moe_inter:int=0        # intermediate size of one routed expert
-    shared_inter:int=0     # intermediate size of the always-active shared expert(s)
-    moe_layers:int=0       # how many layers are MoE layers
-    tied:bool=False        # the head shares the input embedding's weights
-
-def _moe_layers(d, L:int)->int:
-    if d.get("first_k_dense_replace") is not None: return max(0, L - d["first_k_dense_replace"])
-    step = d.get("interleave_moe_layer_step") or d.get("decoder_sparse_step") or 1
-    return len([i for i in range(L) if i not in set(d.get("mlp_only_layers") or []) and (i + 1) % step == 0])
-
-def model_shape(cfg, # anything read_config takes
-               )->ModelShape:
-    "The layer and head dimensions of a model, from its config alone."
-    d = read_config(cfg)
-    L, H, nh = _get(d, "layers"), _get(d, "hidden"), _get(d, "heads")
-    missing = [k for k, v in dict(num_hidden_layers=L, hidden_size=H, num_attention_heads=nh, vocab_size=_get(d, "vocab")).items() if v is None]
-    if missing: raise ConfigError(f"the config lacks {missing}: cannot size the model (model_type={d.get('model_type')!r})")
-    hd = d.get("head_dim") or H // nh
-    E, k = _get(d, "experts", 0) or 0, _get(d, "experts_per_tok", 0) or 0
-    moe_inter = _get(d, "moe_inter") or (_get(d, "inter") if E else 0) or 0
-    shared = d.get("shared_expert_intermediate_size") or (d.get("n_shared_experts") or 0) * moe_inter
-    return ModelShape(d.get("model_type", ""), L, H, nh, _get(d, "kv_heads") or nh, hd, _get(d, "inter") or 4 * H,
-                      _get(d, "vocab"), d.get("model_type") not in UNGATED, E, k, moe_inter, shared,
-                      _moe_layers(d, L) if E else 0,
-                      bool(d.get("tie_word_embeddings", False)))
-
-# %% ../../nbs/16_engine.plan.ipynb #c5aa0d7f
-def layer_flops(s:ModelShape, # the model's shape
-                seqlen:int,   # tokens per window
-               )->float:
-    "Forward FLOPs of one decoder layer on one window, averaged over the layers (dense and MoE)."
-    proj = s.hidden * s.head_dim * (2 * s.heads + 2 * s.kv_heads)         # q, o; k, v (GQA: fewer KV heads)
-    mats = 3 if s.gated else 2
-    dense = mats * s.hidden * s.inter
-    moe = mats * s.hidden * (s.experts_per_tok * s.moe_inter + s.shared_inter) + s.hidden * s.experts # + router
-    mlp = (moe * s.moe_layers + dense * (s.layers - s.moe_layers)) / s.layers
-    scores = s.heads * s.head_dim * (seqlen + 1)  # QK^T and AV, causal: each token sees (T+1)/2 positions on average
-    return 2.0 * seqlen * (proj + mlp + scores)   # 2 FLOPs per multiply-add
-
-def head_flops(s:ModelShape, seqlen:int,
-               kl:bool=False, # method 'kl': about 5 more operations per logit (log-softmax in place, p (log p - log q), its sum)
-              )->float:
-    "Forward FLOPs of the head on one window: the vocabulary projection and the softmax cross-entropy (and the KL)."
-    return seqlen * (2.0 * s.hidden * s.vocab + (10.0 if kl else 5.0) * s.vocab)
-
-def layer_bytes(s:ModelShape, dtype_bytes:int=2)->int:
-    "Bytes of one decoder layer's weights (every expert of an MoE layer counted)."
-    mats = 3 if s.gated else 2
-    mlp = (mats * s.hidden * (s.experts * s.moe_inter + s.shared_inter) * s.moe_layers
-           + mats * s.hidden * s.inter * (s.layers - s.moe_layers)) / s.layers
-    return int(dtype_bytes * (s.hidden * s.head_dim * (2 * s.heads + 2 * s.kv_heads) + mlp + 2 * s.hidden))  # + two norms
 
 # %% ../../nbs/16_engine.plan.ipynb #e41d0ea8
 def pass_counts(L:int, n:int, N:int, engine:str="fast", keep_exact:int=3)->dict:
