@@ -82,6 +82,9 @@ def main():
     ap.add_argument("--repair_init", action="store_true", help="--recover with --train adjacent: fold the linear repair fitted "
                     "on the unpruned model into the layer before the cut first (patch does by default)")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
+    ap.add_argument("--heal_on", default="code", choices=("code", "self"),
+                    help="--recover: train on the standard library's source, or on the teacher's own greedy continuations "
+                         "of function signatures and docstrings from it (`self_prompts`); held-out windows are code either way")
     ap.add_argument("--record", default=None, help="--recover: where the healing record goes (default "
                     "bench/results/heal_recover_<model>_<train>.json)")
     ap.add_argument("--pair", default=None, help="a humaneval_qwen.py result file of a healed checkpoint: add its paired tests")
@@ -149,7 +152,7 @@ def main():
 
 
 def recover(a):
-    "Delete --deleted, heal with KD on the standard library's source (--train, --windows x --epochs steps), save the checkpoint."
+    "Delete --deleted, heal with KD on --heal_on's text (--train, --windows x --epochs steps), save the checkpoint."
     torch.set_num_threads(1)
     from depthprune_nb.io.models import load_real_model
     from depthprune_nb.io.gguf import serializable
@@ -157,11 +160,14 @@ def recover(a):
     from depthprune_nb.data import text_windows
     from depthprune_nb.surgery import delete_layers
     from depthprune_nb.recover.heal import heal
+    from depthprune_nb.recover.kd import heal_text
     t0 = time.perf_counter()
     teacher, tok = load_real_model(a.model)
     deleted = [int(x) for x in a.deleted.split(",")]
-    windows = text_windows(tok, code_text(), a.seqlen, "auto", progress=False)
-    windows = windows[:a.windows] + windows[-a.heldout:]  # held-out windows from the far end of the text
+    code = text_windows(tok, code_text(), a.seqlen, "auto", progress=False)
+    train = code if a.heal_on == "code" else text_windows(tok, heal_text("self", tok, teacher, progress=True), a.seqlen, "auto", progress=False)
+    if len(train) < a.windows: raise SystemExit(f"--windows {a.windows}: the {a.heal_on} text makes only {len(train)} windows")
+    windows = train[:a.windows] + code[-a.heldout:]  # held-out windows from the far end of the code text
     student = delete_layers(copy.deepcopy(teacher), deleted)
     kw = dict(last_k=2) if a.train == "last_k" else dict(deleted=deleted)
     healed, info = heal(student, windows, steps=a.windows * a.epochs, lr=a.lr, objective="kd", teacher=teacher, train=a.train,
@@ -171,7 +177,9 @@ def recover(a):
     out = Path(a.recover); out.mkdir(parents=True, exist_ok=True)
     with serializable(healed): healed.save_pretrained(out)
     tok.save_pretrained(out)
-    rec = dict(model=a.model, deleted=deleted, data="Python standard-library source (depthprune_nb.calib.code_text)",
+    data = ("Python standard-library source (depthprune_nb.calib.code_text)" if a.heal_on == "code" else
+            "the unpruned model's greedy continuations of depthprune_nb.recover.kd.self_prompts() (heal_text('self'))")
+    rec = dict(model=a.model, deleted=deleted, data=data, heal_on=a.heal_on, train_windows_available=len(train),
                threads=torch.get_num_threads(), torch=torch.__version__, total_wall_s=time.perf_counter() - t0,
                **{k: v for k, v in info.items() if k != "losses"}, losses=info["losses"])
     Path(a.record or ROOT / "bench" / "results" / f"heal_recover_{a.model}_{a.train}.json").write_text(json.dumps(rec, indent=1))

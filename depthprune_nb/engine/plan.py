@@ -8,7 +8,7 @@ import math, textwrap
 from dataclasses import dataclass, field, asdict
 
 from ..config import ConfigError, METHODS, REPAIRS
-from .shape import read_config, ModelShape, model_shape, layer_flops, head_flops, layer_bytes
+from .shape import ModelShape, model_shape, layer_flops, head_flops, layer_bytes
 from .sweeps import sweep_streams, default_chunk, halving_rounds
 
 # %% auto #0

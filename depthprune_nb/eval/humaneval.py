@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data import shipped
+from ..generation import generate_texts
 from .sandbox import CodeExecutionRefused, require_code_execution, run_examined, run_program
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'HUMANEVAL_FIELDS', 'PLAIN_STOP', 'FENCE', 'CHAT_INSTRUCTION', 'PROMPT_STYLES', 'run_humaneval',
            'humaneval_path', 'read_problems', 'humaneval_program', 'humaneval_examinee', 'humaneval_examiner',
            'check_completion', 'check_completions', 'resolve_prompt_style', 'humaneval_prompt', 'truncate_at_stop',
-           'extract_completion', 'textwrap_indent', 'StopOnText', 'generate_texts', 'humaneval_summary']
+           'extract_completion', 'textwrap_indent', 'humaneval_summary']
 
 # %% ../../nbs/57_eval.humaneval.ipynb #c7888d54
 def run_humaneval(model,                           # a causal LM
@@ -205,49 +206,6 @@ def extract_completion(problem:dict,      # the HumanEval problem the text answe
 def textwrap_indent(code:str)->str:
     "Code that is not a function: indent it as a body (it will fail its tests if it is not one)."
     return textwrap.indent(code, "    ")
-
-# %% ../../nbs/57_eval.humaneval.ipynb #d5484485
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-
-class StopOnText(StoppingCriteria):
-    "Per sequence: done once its generated text (after `prompt_len` tokens) contains any of `stops`."
-    def __init__(self, tokenizer, prompt_len:int, stops):
-        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, tuple(stops)
-    def __call__(self, input_ids, scores, **kwargs):
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
-
-# %% ../../nbs/57_eval.humaneval.ipynb #a3411212
-def generate_texts(model,                     # a causal LM
-                   tokenizer,                 # its tokenizer
-                   prompts:list,              # texts to continue
-                   stops=(),                  # stop texts (each sequence stops at its first)
-                   max_new_tokens:int=512,    # the most tokens generated per prompt
-                   batch_size:int=8,          # prompts generated together (sorted by length to pad little)
-                   progress:bool=True,        # a tqdm bar over batches
-                  )->list[str]:               # the generated text of each prompt, in order (special tokens removed)
-    "Greedy continuations of `prompts`, in batches."
-    from tqdm.auto import tqdm
-    pad_side, pad_tok = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [None] * len(prompts)
-    dev = next(model.parameters()).device
-    try:
-        for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate"):
-            idx = order[b:b + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-            crit = StoppingCriteriaList([StopOnText(tokenizer, enc["input_ids"].shape[1], stops)]) if stops else None
-            with torch.inference_mode():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                     top_k=None, repetition_penalty=1.0, stopping_criteria=crit,
-                                     pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, t in zip(idx, texts): out[i] = t
-    finally: tokenizer.padding_side, tokenizer.pad_token = pad_side, pad_tok
-    return out
 
 # %% ../../nbs/57_eval.humaneval.ipynb #9b98a259
 def humaneval_summary(res:dict)->dict:

@@ -16,7 +16,8 @@ from ..config import ConfigError
 from ..parts import ModelParts
 from ..engine.replay import layers_replaced, probe_layer_calls, _passthrough, _split_call
 from ..data import wikitext_text
-from ..calib import code_text, default_cache_dir, _fingerprint
+from ..calib import code_text
+from ..generation import generate_texts, cached_texts, model_digest
 
 log = logging.getLogger(__name__)
 
@@ -157,33 +158,20 @@ def self_prompts(n:int=64, modules:tuple=SELF_MODULES)->list:
     return out
 
 # %% ../../nbs/50a_recover.kd.ipynb #ad965074
-@torch.inference_mode()
 def self_text(teacher:nn.Module, # the (unpruned) model whose continuations make the text
               tokenizer,         # its tokenizer
               prompts:list|None=None, # prompts to continue; None: self_prompts()
               max_new_tokens:int=128, # the longest continuation
               cache_dir:str|Path|None=None, # where continuations are cached; None: default_cache_dir(); False: none
-              progress:bool=False,  # a tqdm bar over the prompts
+              progress:bool=False,  # a tqdm bar over the batches
+              batch_size:int=8,     # prompts continued together
              )->str:                # prompt + continuation for each prompt, joined by blank lines
     "The teacher's greedy continuation of each prompt, cached per teacher."
-    from tqdm.auto import tqdm
     prompts = list(prompts or self_prompts())
-    key = hashlib.sha256(json.dumps([_fingerprint(teacher), prompts, max_new_tokens]).encode()).hexdigest()
-    path = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / "self" / f"{key[:24]}.json"
-    if path is not None and path.is_file(): outs = json.loads(path.read_text(encoding="utf-8"))["continuations"]
-    else:
-        dev, outs = teacher.get_input_embeddings().weight.device, []
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        for p in tqdm(prompts, desc="teacher continuations", disable=not progress):
-            ids = tokenizer(p, return_tensors="pt").input_ids.to(dev)
-            gen = teacher.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad)
-            outs.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp"); os.close(fd)
-            Path(tmp).write_text(json.dumps(dict(prompts=prompts, continuations=outs), indent=1), encoding="utf-8")
-            os.replace(tmp, path)
+    make = lambda: generate_texts(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  progress=progress, add_special_tokens=True, desc="teacher continuations")
+    outs, _, _ = cached_texts("self", [model_digest(teacher), prompts, max_new_tokens, batch_size], make, cache_dir,
+                              meta=dict(prompts=prompts, max_new_tokens=max_new_tokens))
     return "\n\n".join(p + c for p, c in zip(prompts, outs))
 
 def heal_text(source:str|Path,      # a name in HEAL_SOURCES, or the path of a text file
