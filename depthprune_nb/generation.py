@@ -33,7 +33,7 @@ def generate_texts(model,                     # a causal LM
                    batch_size:int=8,          # prompts generated together (sorted by length to pad little)
                    progress:bool=True,        # a tqdm bar over batches
                    add_special_tokens:bool=False, # let the tokenizer add its special tokens (BOS) to each prompt
-                   eos_token_id=None,         # the token(s) that end a sequence; None: the model's generation config
+                   eos_token_id:int|list|None=None, # the token(s) that end a sequence; None: the model's generation config
                    desc:str="generate",       # the progress bar's label
                   )->list[str]:               # the generated text of each prompt, in order (special tokens removed)
     "Greedy continuations of `prompts`, in batches."
