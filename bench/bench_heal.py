@@ -82,9 +82,10 @@ def main():
     ap.add_argument("--repair_init", action="store_true", help="--recover with --train adjacent: fold the linear repair fitted "
                     "on the unpruned model into the layer before the cut first (patch does by default)")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
-    ap.add_argument("--heal_on", default="code", choices=("code", "self"),
+    ap.add_argument("--heal_on", default="code", choices=("code", "self", "self_chat"),
                     help="--recover: train on the standard library's source, or on the teacher's own greedy continuations "
-                         "of function signatures and docstrings from it (`self_prompts`); held-out windows are code either way")
+                         "of function signatures and docstrings from it (`self_prompts`); self_chat: the same prompts asked "
+                         "through the chat template as HumanEval's chat style asks; held-out windows are code either way")
     ap.add_argument("--record", default=None, help="--recover: where the healing record goes (default "
                     "bench/results/heal_recover_<model>_<train>.json)")
     ap.add_argument("--pair", default=None, help="a humaneval_qwen.py result file of a healed checkpoint: add its paired tests")
@@ -165,7 +166,12 @@ def recover(a):
     teacher, tok = load_real_model(a.model)
     deleted = [int(x) for x in a.deleted.split(",")]
     code = text_windows(tok, code_text(), a.seqlen, "auto", progress=False)
-    train = code if a.heal_on == "code" else text_windows(tok, heal_text("self", tok, teacher, progress=True), a.seqlen, "auto", progress=False)
+    if a.heal_on == "self_chat":  # the self prompts as HumanEval's chat style asks (eval.humaneval.humaneval_prompt)
+        from depthprune_nb.eval.humaneval import humaneval_prompt
+        from depthprune_nb.recover.kd import self_prompts
+        kw = dict(prompts=[humaneval_prompt({"prompt": p}, tok, "chat") for p in self_prompts()])
+    else: kw = {}
+    train = code if a.heal_on == "code" else text_windows(tok, heal_text("self", tok, teacher, progress=True, **kw), a.seqlen, "auto", progress=False)
     if len(train) < a.windows: raise SystemExit(f"--windows {a.windows}: the {a.heal_on} text makes only {len(train)} windows")
     windows = train[:a.windows] + code[-a.heldout:]  # held-out windows from the far end of the code text
     student = delete_layers(copy.deepcopy(teacher), deleted)
@@ -177,8 +183,10 @@ def recover(a):
     out = Path(a.recover); out.mkdir(parents=True, exist_ok=True)
     with serializable(healed): healed.save_pretrained(out)
     tok.save_pretrained(out)
-    data = ("Python standard-library source (depthprune_nb.calib.code_text)" if a.heal_on == "code" else
-            "the unpruned model's greedy continuations of depthprune_nb.recover.kd.self_prompts() (heal_text('self'))")
+    data = {"code": "Python standard-library source (depthprune_nb.calib.code_text)",
+            "self": "the unpruned model's greedy continuations of depthprune_nb.recover.kd.self_prompts() (heal_text('self'))",
+            "self_chat": "the unpruned model's greedy answers to self_prompts() asked through the chat template as HumanEval's "
+                         "chat style asks (humaneval_prompt(..., 'chat'))"}[a.heal_on]
     rec = dict(model=a.model, deleted=deleted, data=data, heal_on=a.heal_on, train_windows_available=len(train),
                threads=torch.get_num_threads(), torch=torch.__version__, total_wall_s=time.perf_counter() - t0,
                **{k: v for k, v in info.items() if k != "losses"}, losses=info["losses"])
