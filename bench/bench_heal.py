@@ -169,9 +169,9 @@ def recover(a):
     if a.heal_on == "self_chat":  # the self prompts as HumanEval's chat style asks (eval.humaneval.humaneval_prompt)
         from depthprune_nb.eval.humaneval import humaneval_prompt
         from depthprune_nb.recover.kd import self_prompts
-        kw = dict(prompts=[humaneval_prompt({"prompt": p}, tok, "chat") for p in self_prompts()])
-    else: kw = {}
-    train = code if a.heal_on == "code" else text_windows(tok, heal_text("self", tok, teacher, progress=True, **kw), a.seqlen, "auto", progress=False)
+        asked = dict(prompts=[humaneval_prompt({"prompt": p}, tok, "chat") for p in self_prompts()])
+    else: asked = {}
+    train = code if a.heal_on == "code" else text_windows(tok, heal_text("self", tok, teacher, progress=True, **asked), a.seqlen, "auto", progress=False)
     if len(train) < a.windows: raise SystemExit(f"--windows {a.windows}: the {a.heal_on} text makes only {len(train)} windows")
     windows = train[:a.windows] + code[-a.heldout:]  # held-out windows from the far end of the code text
     student = delete_layers(copy.deepcopy(teacher), deleted)
