@@ -4,7 +4,7 @@
 
 # %% ../nbs/06c_calib.ipynb #65807019
 from __future__ import annotations
-import hashlib, logging, sys, sysconfig
+import ast, hashlib, logging, sys, sysconfig, textwrap
 from pathlib import Path
 
 import torch
@@ -18,14 +18,15 @@ from .data import (wikitext_text, text_windows, window_bos, get_calib_eval_datas
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'CALIB_SOURCES', 'CODE_MODULES', 'CHAT_PROMPTS', 'calib_source', 'code_text', 'has_chat_template',
-           'chat_answers', 'chat_text', 'calibration_text', 'calib_eval_windows']
+__all__ = ['log', 'CALIB_SOURCES', 'CODE_MODULES', 'CHAT_PROMPTS', 'FUNCTION_MODULES', 'CODE_CHAT_INSTRUCTION', 'calib_source',
+           'code_text', 'has_chat_template', 'chat_answers', 'chat_text', 'function_prompts', 'code_chat_prompt',
+           'own_continuations', 'code_chat_text', 'calibration_text', 'calib_eval_windows']
 
 # %% ../nbs/06c_calib.ipynb #6348b67a
-CALIB_SOURCES = ("wikitext", "code", "chat") # the named calibration sources; anything else is the path of a text file
+CALIB_SOURCES = ("wikitext", "code", "chat", "code_chat") # the named calibration sources; anything else is the path of a text file
 
 def calib_source(calib:str|Path, # a name in CALIB_SOURCES, or the path of a text file
-                )->tuple:        # ("wikitext" | "code" | "chat", None) or ("file", path)
+                )->tuple:        # ("wikitext" | "code" | "chat" | "code_chat", None) or ("file", path)
     "What `calib` names: a named source, or an existing text file; a `ConfigError` with the valid values otherwise."
     if isinstance(calib, str) and calib in CALIB_SOURCES: return calib, None
     if not isinstance(calib, (str, Path)) or str(calib) == "":
@@ -138,14 +139,76 @@ def chat_text(model,                 # the (unpruned) causal LM whose answers ma
     return "\n".join(tokenizer.apply_chat_template(_user(p) + [{"role": "assistant", "content": a}], tokenize=False)
                      for p, a in zip(prompts, answers))
 
+# %% ../nbs/06c_calib.ipynb #cc0de002
+FUNCTION_MODULES = ("textwrap.py", "heapq.py", "bisect.py", "statistics.py", "colorsys.py", "shlex.py", "fnmatch.py",
+                    "difflib.py", "calendar.py", "string.py", "fractions.py", "glob.py", "posixpath.py", "base64.py",
+                    "quopri.py", "html/__init__.py", "urllib/parse.py", "json/encoder.py") # where function_prompts come from
+CODE_CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the whole function, with any imports it needs, "
+                         "in one ```python code block.\n\n```python\n{prompt}```") # the user turn; {prompt}: the code
+
+def function_prompts(n:int=64, modules:tuple=FUNCTION_MODULES)->list:
+    "Up to `n` prompts: `def name(args):` and the docstring of public top-level functions with one, in module order."
+    root, out = Path(sysconfig.get_paths()["stdlib"]), []
+    for m in modules:
+        p = root / m
+        if not p.is_file(): continue
+        for node in ast.parse(p.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and (doc := ast.get_docstring(node)):
+                doc = textwrap.indent(doc.replace('"""', "'''"), "    ").lstrip()   # the body's indentation
+                out.append(f"def {node.name}({ast.unparse(node.args)}):\n    \"\"\"{doc}\n    \"\"\"\n")
+                if len(out) == n: return out
+    return out
+
+def code_chat_prompt(code:str,   # the code to complete (a signature and docstring)
+                     tokenizer,  # the model's tokenizer, with a chat template
+                    )->str:      # the rendered ask, ending inside an opened ```python block
+    "The chat-template text that asks the model to complete `code`, up to where its answer starts."
+    if not has_chat_template(tokenizer):
+        raise ConfigError("asking for code through the chat template needs a tokenizer with one; this one has none "
+                          "(chat_template is not set)")
+    ask = tokenizer.apply_chat_template(_user(CODE_CHAT_INSTRUCTION.format(prompt=code)), tokenize=False, add_generation_prompt=True)
+    return ask + "```python\n"
+
+def own_continuations(model,           # the (unpruned) model that continues
+                      tokenizer,       # its tokenizer
+                      prompts:list,    # the texts to continue
+                      max_new_tokens:int=128, # the longest continuation
+                      cache_dir:str|Path|None=None, # None: default_cache_dir(); False: no cache
+                      progress:bool=False,  # a tqdm bar over the batches
+                      batch_size:int=8,     # prompts continued together
+                      info:dict|None=None,  # if given, filled with the cache file and whether it was read
+                     )->list:               # one greedy continuation (str) per prompt
+    "The model's greedy continuation of each prompt, cached per model, prompts, length and batch size."
+    make = lambda: generate_texts(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  progress=progress, add_special_tokens=True, desc="own continuations")
+    outs, path, hit = cached_texts("self", [model_digest(model), list(prompts), max_new_tokens, batch_size], make, cache_dir,
+                                   meta=dict(prompts=list(prompts), max_new_tokens=max_new_tokens))
+    if info is not None: info.update(cache=None if path is None else str(path), cached=hit)
+    return outs
+
+def code_chat_text(model,          # the (unpruned) causal LM whose answers make the text
+                   tokenizer,      # its tokenizer; refused without a chat template
+                   prompts:list|None=None, # code to complete; None: function_prompts()
+                   max_new_tokens:int=128, # the longest answer, in tokens
+                   cache_dir:str|Path|None=None, # where answers are cached; None: default_cache_dir(); False: no cache
+                   progress:bool=False, # a tqdm bar while answering
+                   batch_size:int=8,    # prompts answered together
+                   info:dict|None=None, # if given, filled with the cache file and whether it was read
+                  )->str:               # each ask and the model's answer, joined by blank lines
+    "Each function asked to be completed through the chat template, followed by the model's own greedy answer."
+    if model is None: raise ConfigError("calib='code_chat' needs the model: its own answers make the text (pass model=...)")
+    asks = [code_chat_prompt(p, tokenizer) for p in (prompts or function_prompts())]
+    answers = own_continuations(model, tokenizer, asks, max_new_tokens, cache_dir, progress, batch_size, info)
+    return "\n\n".join(a + b for a, b in zip(asks, answers))
+
 # %% ../nbs/06c_calib.ipynb #feb51912
 def calibration_text(source:str|Path,       # a name in CALIB_SOURCES, or the path of a text file
-                     tokenizer:object=None, # calib="chat": the model's tokenizer (its chat template)
-                     model:object=None,     # calib="chat": the model whose answers make the text
+                     tokenizer:object=None, # calib="chat" or "code_chat": the model's tokenizer (its chat template)
+                     model:object=None,     # calib="chat" or "code_chat": the model whose answers make the text
                      split:str="train",     # calib="wikitext" without text_file: the Hub split
                      text_file:str|Path|None=None, # calib="wikitext": a local WikiText-2 text instead of the Hub
                      info:dict|None=None,   # if given, filled with what the source adds to the record
-                     **chat_kwargs,         # calib="chat": chat_text's prompts, max_new_tokens, cache_dir, progress
+                     **chat_kwargs,         # calib="chat" / "code_chat": chat_text's / code_chat_text's prompts, max_new_tokens, ...
                     )->str:
     "The calibration text `source` names."
     kind, path = calib_source(source)
@@ -154,10 +217,11 @@ def calibration_text(source:str|Path,       # a name in CALIB_SOURCES, or the pa
     if kind == "code":
         if info is not None: info.update(python=sys.version.split()[0], modules=len(CODE_MODULES))
         return code_text()
-    chat_info = {}
-    text = chat_text(model, tokenizer, info=chat_info, **chat_kwargs)
+    chat_info, code = {}, kind == "code_chat"
+    text = (code_chat_text if code else chat_text)(model, tokenizer, info=chat_info, **chat_kwargs)
     if info is not None:
-        info.update(chat_info, prompts=len(chat_kwargs.get("prompts", CHAT_PROMPTS)), max_new_tokens=chat_kwargs.get("max_new_tokens", 256))
+        n = len(chat_kwargs.get("prompts") or (function_prompts() if code else CHAT_PROMPTS))
+        info.update(chat_info, prompts=n, max_new_tokens=chat_kwargs.get("max_new_tokens", 128 if code else 256))
     return text
 
 # %% ../nbs/06c_calib.ipynb #8ea5bd84
@@ -165,7 +229,9 @@ def _sha(text:str)->str: return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 def _calib_name(kind:str, rec:dict)->str:
     "How the text line names a code or chat calibration text."
-    return ("Python standard-library source" if kind == "code" else "the model's own chat answers") + f" ({rec.get('sha256', '')[:12]})"
+    what = {"code": "Python standard-library source", "chat": "the model's own chat answers",
+            "code_chat": "the model's own answers to standard-library functions asked through its chat template"}[kind]
+    return what + f" ({rec.get('sha256', '')[:12]})"
 
 def calib_eval_windows(model_dir:str|Path|None, # model folder or Hub id whose tokenizer is used (None with tokenizer)
                        dev:str|torch.device|None=None, # device the windows are put on
@@ -174,13 +240,13 @@ def calib_eval_windows(model_dir:str|Path|None, # model folder or Hub id whose t
                        text_file:str|Path|None=None, # a local WikiText-2 text: calib="wikitext"'s, and the evaluation text
                        eval_text_file:str|Path|None=None, # a local text to evaluate on
                        tokenizer:object=None, # a tokenizer to use instead of loading one from model_dir
-                       model:object=None,    # calib="chat": the model whose answers make the text
+                       model:object=None,    # calib="chat" or "code_chat": the model whose answers make the text
                        nsamples:int|None=None,      # calibration windows (default: all the source gives)
                        eval_nsamples:int|None=None, # evaluation windows; 0: none (the reference's single dataset)
                        bos="auto",           # lead each window with BOS: "auto", True or False; see window_bos
                        calib_split:str="train", # calib="wikitext" without text_file: the Hub split to calibrate on
                        eval_split:str="test",   # without eval_text_file or text_file: the Hub split to evaluate on
-                       chat:dict|None=None,  # calib="chat": chat_text's prompts, max_new_tokens, cache_dir, progress
+                       chat:dict|None=None,  # calib="chat" / "code_chat": the text's prompts, max_new_tokens, cache_dir, progress
                        sources:dict|None=None, # if given, filled with where the calib and eval windows came from
                       )->tuple:              # (calibration windows, evaluation windows or None, record)
     "Calibration windows from `calib` and evaluation windows that share no token with them, and a record of the source."

@@ -125,7 +125,7 @@ def test_repair_refusal_comes_before_the_search_and_writes_nothing(tmp_path, wik
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--calib", "python"], "neither a named source (wikitext, code, chat) nor an existing text file"),
+    (["--calib", "python"], "neither a named source (wikitext, code, chat, code_chat) nor an existing text file"),
     (["--calib", "code", "--calib_text_file", "x.txt"], "both name the calibration text"),
     (["--repair", "lora"], "invalid choice: 'lora'"),
     (["--calib", "chat"], "has none (chat_template is not set)"),

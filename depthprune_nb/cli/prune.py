@@ -90,7 +90,8 @@ def build_parser()->argparse.ArgumentParser:
     a("--window_bos", default="auto", choices=list(WINDOW_BOS), help="lead every window with the tokenizer's BOS token: "
       "auto (where the tokenizer adds one by default, as the model was trained), on, or off (the reference's single cut)")
     a("--calib", default=None, help=f"calibration text: {', '.join(CALIB_SOURCES)} (the standard library's Python source; "
-      "the model's own answers through its chat template) or a text file (default wikitext: --calib_text_file, --text_file "
+      "the model's own answers through its chat template; the model's own completions of standard-library functions asked "
+      "through its chat template, for a code model) or a text file (default wikitext: --calib_text_file, --text_file "
       "or --calib_split)")
     a("--repair", default=None, choices=list(REPAIRS), help="linear: after the search, fit a least-squares map on the "
       "calibration windows for each deleted run and fold it into the layer before it (same architecture; refused before "

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..data import shipped
 from ..generation import generate_texts
+from ..calib import CODE_CHAT_INSTRUCTION, code_chat_prompt
 from .sandbox import CodeExecutionRefused, require_code_execution, run_examined, run_program
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,7 @@ def check_completions(problems:list,                   # HumanEval problems
 # %% ../../nbs/57_eval.humaneval.ipynb #d06c484c
 PLAIN_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 FENCE = "```"
-CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the whole function, with any imports it needs, "
-                    "in one ```python code block.\n\n```python\n{prompt}```")
+CHAT_INSTRUCTION = CODE_CHAT_INSTRUCTION # the user turn of the chat style (calib's, so calib="code_chat" asks alike)
 PROMPT_STYLES = ("plain", "chat", "auto")
 
 def resolve_prompt_style(style:str, tokenizer)->str:
@@ -157,8 +157,7 @@ def humaneval_prompt(problem:dict,     # a HumanEval problem
     if style == "plain": return problem["prompt"]
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("prompt_style='chat' needs a tokenizer with a chat template; this one has none (use 'plain')")
-    msgs = [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=problem["prompt"])}]
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + FENCE + "python\n"
+    return code_chat_prompt(problem["prompt"], tokenizer)
 
 # %% ../../nbs/57_eval.humaneval.ipynb #fc2ea80f
 def truncate_at_stop(text:str, stops=PLAIN_STOP)->str:

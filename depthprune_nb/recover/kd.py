@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50a_recover.kd.ipynb #f2f4f7c0
 from __future__ import annotations
-import ast, contextlib, hashlib, json, logging, os, sysconfig, tempfile, textwrap
+import contextlib, hashlib, json, logging, os, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +16,13 @@ from ..config import ConfigError
 from ..parts import ModelParts
 from ..engine.replay import layers_replaced, probe_layer_calls, _passthrough, _split_call
 from ..data import wikitext_text
-from ..calib import code_text
-from ..generation import generate_texts, cached_texts, model_digest
+from ..calib import code_text, function_prompts, own_continuations, FUNCTION_MODULES
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TRAIN_SETS', 'HEAL_SOURCES', 'SELF_MODULES', 'TeacherTargets', 'teacher_targets', 'kd_loss', 'cut_positions',
-           'trained_layers', 'states_entering', 'started_at', 'self_prompts', 'self_text', 'heal_text', 'run_key',
+__all__ = ['log', 'TRAIN_SETS', 'HEAL_SOURCES', 'SELF_MODULES', 'self_prompts', 'TeacherTargets', 'teacher_targets', 'kd_loss',
+           'cut_positions', 'trained_layers', 'states_entering', 'started_at', 'self_text', 'heal_text', 'run_key',
            'save_heal_state', 'load_heal_state']
 
 # %% ../../nbs/50a_recover.kd.ipynb #80d1860d
@@ -140,22 +139,8 @@ def started_at(parts:ModelParts, # the model's parts
 
 # %% ../../nbs/50a_recover.kd.ipynb #8a0c4991
 HEAL_SOURCES = ("wikitext", "code", "self") # the named healing texts; anything else is the path of a text file
-SELF_MODULES = ("textwrap.py", "heapq.py", "bisect.py", "statistics.py", "colorsys.py", "shlex.py", "fnmatch.py",
-                "difflib.py", "calendar.py", "string.py", "fractions.py", "glob.py", "posixpath.py", "base64.py",
-                "quopri.py", "html/__init__.py", "urllib/parse.py", "json/encoder.py") # where the self prompts come from
-
-def self_prompts(n:int=64, modules:tuple=SELF_MODULES)->list:
-    "Up to `n` prompts: `def name(args):` and the docstring of public top-level functions with one, in module order."
-    root, out = Path(sysconfig.get_paths()["stdlib"]), []
-    for m in modules:
-        p = root / m
-        if not p.is_file(): continue
-        for node in ast.parse(p.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and (doc := ast.get_docstring(node)):
-                doc = textwrap.indent(doc.replace('"""', "'''"), "    ").lstrip()   # the body's indentation
-                out.append(f"def {node.name}({ast.unparse(node.args)}):\n    \"\"\"{doc}\n    \"\"\"\n")
-                if len(out) == n: return out
-    return out
+SELF_MODULES = FUNCTION_MODULES # where the self prompts come from (calib's FUNCTION_MODULES)
+self_prompts = function_prompts # signature and docstring of public standard-library functions (calib.function_prompts)
 
 # %% ../../nbs/50a_recover.kd.ipynb #ad965074
 def self_text(teacher:nn.Module, # the (unpruned) model whose continuations make the text
@@ -168,10 +153,7 @@ def self_text(teacher:nn.Module, # the (unpruned) model whose continuations make
              )->str:                # prompt + continuation for each prompt, joined by blank lines
     "The teacher's greedy continuation of each prompt, cached per teacher."
     prompts = list(prompts or self_prompts())
-    make = lambda: generate_texts(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  progress=progress, add_special_tokens=True, desc="teacher continuations")
-    outs, _, _ = cached_texts("self", [model_digest(teacher), prompts, max_new_tokens, batch_size], make, cache_dir,
-                              meta=dict(prompts=prompts, max_new_tokens=max_new_tokens))
+    outs = own_continuations(teacher, tokenizer, prompts, max_new_tokens, cache_dir, progress, batch_size)
     return "\n\n".join(p + c for p, c in zip(prompts, outs))
 
 def heal_text(source:str|Path,      # a name in HEAL_SOURCES, or the path of a text file
