@@ -34,7 +34,7 @@ def add_heal_args(p:argparse.ArgumentParser):
       "for it); the sets other than lora start each step at the lowest trained layer from cached states")
     a("--heal_on", default=None, help=f"healing text: {', '.join(HEAL_SOURCES)} (WikiText-2 train split, with --text_file "
       "if offline; the standard library's Python source; the unpruned model's own continuations of standard-library "
-      "signatures and docstrings) or a text file (default: the calibration windows)")
+      "signatures and docstrings; its answers when they are asked through its chat template) or a text file (default: the calibration windows)")
 
 # %% ../../nbs/60a_cli.heal.ipynb #3b570088
 def healing(args)->bool:

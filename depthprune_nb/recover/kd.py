@@ -16,7 +16,7 @@ from ..config import ConfigError
 from ..parts import ModelParts
 from ..engine.replay import layers_replaced, probe_layer_calls, _passthrough, _split_call
 from ..data import wikitext_text
-from ..calib import code_text, function_prompts, own_continuations, FUNCTION_MODULES
+from ..calib import code_text, code_chat_text, function_prompts, own_continuations, FUNCTION_MODULES
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def started_at(parts:ModelParts, # the model's parts
     with layers_replaced(parts.layers, fn): yield box
 
 # %% ../../nbs/50a_recover.kd.ipynb #8a0c4991
-HEAL_SOURCES = ("wikitext", "code", "self") # the named healing texts; anything else is the path of a text file
+HEAL_SOURCES = ("wikitext", "code", "self", "code_chat") # the named healing texts; anything else is the path of a text file
 SELF_MODULES = FUNCTION_MODULES # where the self prompts come from (calib's FUNCTION_MODULES)
 self_prompts = function_prompts # signature and docstring of public standard-library functions (calib.function_prompts)
 
@@ -157,19 +157,19 @@ def self_text(teacher:nn.Module, # the (unpruned) model whose continuations make
     return "\n\n".join(p + c for p, c in zip(prompts, outs))
 
 def heal_text(source:str|Path,      # a name in HEAL_SOURCES, or the path of a text file
-              tokenizer:object|None=None, # source="self": the teacher's tokenizer
-              teacher:nn.Module|None=None, # source="self": the unpruned model
+              tokenizer:object|None=None, # source="self" or "code_chat": the teacher's tokenizer
+              teacher:nn.Module|None=None, # source="self" or "code_chat": the unpruned model
               text_file:str|Path|None=None, # source="wikitext": a local WikiText-2 train text instead of the Hub
-              **self_kwargs,        # source="self": self_text's prompts, max_new_tokens, cache_dir, progress
+              **self_kwargs,        # "self" / "code_chat": self_text's / code_chat_text's prompts, max_new_tokens, ...
              )->str:
     "The healing text `source` names."
     if source == "wikitext": return wikitext_text("train", text_file)
     if source == "code": return code_text()
-    if source == "self":
+    if source in ("self", "code_chat"):
         if teacher is None or tokenizer is None:
-            raise ConfigError("heal_on='self' trains on the teacher's own continuations: pass teacher=<the unpruned model> "
+            raise ConfigError(f"heal_on={source!r} trains on the teacher's own answers: pass teacher=<the unpruned model> "
                               "and tokenizer=<its tokenizer>")
-        return self_text(teacher, tokenizer, **self_kwargs)
+        return (self_text if source == "self" else code_chat_text)(teacher, tokenizer, **self_kwargs)
     if not isinstance(source, (str, os.PathLike)) or not Path(source).is_file():
         raise ConfigError(f"heal_on={str(source)!r} is neither a named source ({', '.join(HEAL_SOURCES)}) nor an existing text file")
     return Path(source).read_text(encoding="utf-8")
