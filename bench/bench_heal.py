@@ -24,7 +24,7 @@ first problems in bench/results/humaneval_qwen05_full.json:
         --batch_size 20 --max_new_tokens 256 --out bench/results/heal_qwen05_kd_humaneval.json
     PYTHONPATH=$PWD python bench/bench_heal.py --pair bench/results/heal_qwen05_kd_humaneval.json
 """
-import argparse, copy, json, platform, statistics, sys, time
+import argparse, copy, json, platform, statistics, time
 from pathlib import Path
 
 import torch
@@ -166,12 +166,8 @@ def recover(a):
     teacher, tok = load_real_model(a.model)
     deleted = [int(x) for x in a.deleted.split(",")]
     code = text_windows(tok, code_text(), a.seqlen, "auto", progress=False)
-    if a.heal_on == "self_chat":  # the self prompts as HumanEval's chat style asks (eval.humaneval.humaneval_prompt)
-        from depthprune_nb.eval.humaneval import humaneval_prompt
-        from depthprune_nb.recover.kd import self_prompts
-        asked = dict(prompts=[humaneval_prompt({"prompt": p}, tok, "chat") for p in self_prompts()])
-    else: asked = {}
-    train = code if a.heal_on == "code" else text_windows(tok, heal_text("self", tok, teacher, progress=True, **asked), a.seqlen, "auto", progress=False)
+    source = {"self": "self", "self_chat": "code_chat"}.get(a.heal_on)  # self_chat: the package's heal_on="code_chat" text
+    train = code if source is None else text_windows(tok, heal_text(source, tok, teacher, progress=True), a.seqlen, "auto", progress=False)
     if len(train) < a.windows: raise SystemExit(f"--windows {a.windows}: the {a.heal_on} text makes only {len(train)} windows")
     windows = train[:a.windows] + code[-a.heldout:]  # held-out windows from the far end of the code text
     student = delete_layers(copy.deepcopy(teacher), deleted)
