@@ -81,7 +81,7 @@ def test_wikitext_and_a_file_give_todays_windows(tiny, text):
 
 
 def test_bad_sources_are_named():
-    with pytest.raises(ConfigError, match=r"calib='python' is neither a named source \(wikitext, code, chat\)"): calib_source("python")
+    with pytest.raises(ConfigError, match=r"calib='python' is neither a named source \(wikitext, code, chat, code_chat\)"): calib_source("python")
     with pytest.raises(ConfigError, match="is invalid"): calib_source(3)
     assert [calib_source(s) for s in CALIB_SOURCES] == [(s, None) for s in CALIB_SOURCES]
 
