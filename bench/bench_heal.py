@@ -182,7 +182,7 @@ def recover(a):
     data = {"code": "Python standard-library source (depthprune_nb.calib.code_text)",
             "self": "the unpruned model's greedy continuations of depthprune_nb.recover.kd.self_prompts() (heal_text('self'))",
             "self_chat": "the unpruned model's greedy answers to self_prompts() asked through the chat template as HumanEval's "
-                         "chat style asks (humaneval_prompt(..., 'chat'))"}[a.heal_on]
+                         "chat style asks (heal_text('code_chat'), calib.code_chat_text)"}[a.heal_on]
     rec = dict(model=a.model, deleted=deleted, data=data, heal_on=a.heal_on, train_windows_available=len(train),
                threads=torch.get_num_threads(), torch=torch.__version__, total_wall_s=time.perf_counter() - t0,
                **{k: v for k, v in info.items() if k != "losses"}, losses=info["losses"])

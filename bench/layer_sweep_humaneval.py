@@ -20,7 +20,7 @@ answers (128 tokens) to `calib.function_prompts()` (signatures and docstrings of
 HumanEval) asked through the chat template with the words HumanEval's chat style uses, the text the model writes when it
 is used as HumanEval uses it.
 """
-import argparse, json, math, os, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,19 +110,9 @@ def screen(a, meta):
 
 
 def spearman(x:list, y:list)->float:
-    "Spearman's rank correlation (average ranks for ties)."
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i]); r = [0.0] * len(v); i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]: j += 1
-            for k in range(i, j + 1): r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((p - mx) * (q - my) for p, q in zip(rx, ry))
-    return cov / math.sqrt(sum((p - mx) ** 2 for p in rx) * sum((q - my) ** 2 for q in ry))
+    "Spearman's rank correlation (average ranks for ties), by pandas."
+    import pandas as pd
+    return pd.Series(x).corr(pd.Series(y), method="spearman")
 
 
 def analyse(a):

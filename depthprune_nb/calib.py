@@ -199,6 +199,7 @@ def code_chat_text(model,          # the (unpruned) causal LM whose answers make
     if model is None: raise ConfigError("calib='code_chat' needs the model: its own answers make the text (pass model=...)")
     asks = [code_chat_prompt(p, tokenizer) for p in (prompts or function_prompts())]
     answers = own_continuations(model, tokenizer, asks, max_new_tokens, cache_dir, progress, batch_size, info)
+    if info is not None: info["prompts"] = len(asks)
     return "\n\n".join(a + b for a, b in zip(asks, answers))
 
 # %% ../nbs/06c_calib.ipynb #feb51912
@@ -220,8 +221,8 @@ def calibration_text(source:str|Path,       # a name in CALIB_SOURCES, or the pa
     chat_info, code = {}, kind == "code_chat"
     text = (code_chat_text if code else chat_text)(model, tokenizer, info=chat_info, **chat_kwargs)
     if info is not None:
-        n = len(chat_kwargs.get("prompts") or (function_prompts() if code else CHAT_PROMPTS))
-        info.update(chat_info, prompts=n, max_new_tokens=chat_kwargs.get("max_new_tokens", 128 if code else 256))
+        info.update(dict(prompts=len(chat_kwargs.get("prompts", CHAT_PROMPTS))), **chat_info,  # code_chat_text counts its own
+                    max_new_tokens=chat_kwargs.get("max_new_tokens", 128 if code else 256))
     return text
 
 # %% ../nbs/06c_calib.ipynb #8ea5bd84
