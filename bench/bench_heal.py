@@ -82,10 +82,11 @@ def main():
     ap.add_argument("--repair_init", action="store_true", help="--recover with --train adjacent: fold the linear repair fitted "
                     "on the unpruned model into the layer before the cut first (patch does by default)")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
-    ap.add_argument("--heal_on", default="code", choices=("code", "self", "self_chat"),
+    ap.add_argument("--heal_on", default="code", choices=("code", "self", "self_chat", "student_chat"),
                     help="--recover: train on the standard library's source, or on the teacher's own greedy continuations "
                          "of function signatures and docstrings from it (`self_prompts`); self_chat: the same prompts asked "
-                         "through the chat template as HumanEval's chat style asks; held-out windows are code either way")
+                         "through the chat template as HumanEval's chat style asks; student_chat: the same asks answered by the pruned "
+                         "model (heal_on='code_chat_student', on-policy KD); held-out windows are code either way")
     ap.add_argument("--record", default=None, help="--recover: where the healing record goes (default "
                     "bench/results/heal_recover_<model>_<train>.json)")
     ap.add_argument("--pair", default=None, help="a humaneval_qwen.py result file of a healed checkpoint: add its paired tests")
@@ -166,11 +167,13 @@ def recover(a):
     teacher, tok = load_real_model(a.model)
     deleted = [int(x) for x in a.deleted.split(",")]
     code = text_windows(tok, code_text(), a.seqlen, "auto", progress=False)
-    source = {"self": "self", "self_chat": "code_chat"}.get(a.heal_on)  # self_chat: the package's heal_on="code_chat" text
-    train = code if source is None else text_windows(tok, heal_text(source, tok, teacher, progress=True), a.seqlen, "auto", progress=False)
+    student = delete_layers(copy.deepcopy(teacher), deleted)
+    # self_chat: the package's heal_on="code_chat" text; student_chat: heal_on="code_chat_student" (the pruned model answers)
+    source = {"self": "self", "self_chat": "code_chat", "student_chat": "code_chat_student"}.get(a.heal_on)
+    train = code if source is None else text_windows(tok, heal_text(source, tok, teacher, student=student, progress=True),
+                                                     a.seqlen, "auto", progress=False)
     if len(train) < a.windows: raise SystemExit(f"--windows {a.windows}: the {a.heal_on} text makes only {len(train)} windows")
     windows = train[:a.windows] + code[-a.heldout:]  # held-out windows from the far end of the code text
-    student = delete_layers(copy.deepcopy(teacher), deleted)
     kw = dict(last_k=2) if a.train == "last_k" else dict(deleted=deleted)
     healed, info = heal(student, windows, steps=a.windows * a.epochs, lr=a.lr, objective="kd", teacher=teacher, train=a.train,
                         compute_dtype=None if a.compute_dtype == "float32" else a.compute_dtype,
@@ -182,7 +185,9 @@ def recover(a):
     data = {"code": "Python standard-library source (depthprune_nb.calib.code_text)",
             "self": "the unpruned model's greedy continuations of depthprune_nb.recover.kd.self_prompts() (heal_text('self'))",
             "self_chat": "the unpruned model's greedy answers to self_prompts() asked through the chat template as HumanEval's "
-                         "chat style asks (heal_text('code_chat'), calib.code_chat_text)"}[a.heal_on]
+                         "chat style asks (heal_text('code_chat'), calib.code_chat_text)",
+            "student_chat": "the pruned model's own greedy answers to the code_chat asks, before healing, scored by the "
+                            "unpruned model (heal_text('code_chat_student'))"}[a.heal_on]
     rec = dict(model=a.model, deleted=deleted, data=data, heal_on=a.heal_on, train_windows_available=len(train),
                threads=torch.get_num_threads(), torch=torch.__version__, total_wall_s=time.perf_counter() - t0,
                **{k: v for k, v in info.items() if k != "losses"}, losses=info["losses"])

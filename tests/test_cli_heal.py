@@ -62,7 +62,7 @@ def test_a_patch_is_fitted_on_the_unpruned_model_or_kept_where_the_repair_folded
     (["--heal_train", "last_k"], "--heal_train set, but neither --heal_steps nor --heal_tokens"),
     (["--heal_steps", 2, "--heal_tokens", 100], "give one budget, not both"),
     (["--heal_tokens", 0], "--heal_tokens 0 is invalid"),
-    (["--heal_steps", 2, "--heal_on", "missing.txt"], "--heal_on 'missing.txt' is neither a named source (wikitext, code, self, code_chat)"),
+    (["--heal_steps", 2, "--heal_on", "missing.txt"], "--heal_on 'missing.txt' is neither a named source (wikitext, code, self, code_chat, code_chat_student)"),
 ])
 def test_healing_flags_that_cannot_work_are_refused_before_the_model_loads(llama, tmp_path, flags, msg):
     r = depthprune("--model_dir", tmp_path / "no-such-model", "--delete_layer_num", 2, "--quiet", *flags)

@@ -34,7 +34,8 @@ def add_heal_args(p:argparse.ArgumentParser):
       "for it); the sets other than lora start each step at the lowest trained layer from cached states")
     a("--heal_on", default=None, help=f"healing text: {', '.join(HEAL_SOURCES)} (WikiText-2 train split, with --text_file "
       "if offline; the standard library's Python source; the unpruned model's own continuations of standard-library "
-      "signatures and docstrings; its answers when they are asked through its chat template) or a text file (default: the calibration windows)")
+      "signatures and docstrings; its answers when they are asked through its chat template; the pruned model's answers to the same asks, scored by "
+      "the unpruned one: needs --heal_objective kd) or a text file (default: the calibration windows)")
 
 # %% ../../nbs/60a_cli.heal.ipynb #3b570088
 def healing(args)->bool:
@@ -59,6 +60,10 @@ def heal_check(args)->None:
     on = getattr(args, "heal_on", None)
     if on is not None and on not in HEAL_SOURCES and not Path(on).is_file():
         raise ConfigError(f"--heal_on {on!r} is neither a named source ({', '.join(HEAL_SOURCES)}) nor an existing text file")
+    if on == "code_chat_student" and getattr(args, "heal_objective", None) != "kd":
+        raise ConfigError(f"--heal_on code_chat_student with --heal_objective {getattr(args, 'heal_objective', None) or 'nll'}: "
+                          "next-token loss on the pruned model's own answers only repeats them back; give --heal_objective kd "
+                          "(the unpruned model scores the answers)")
     heal_file = getattr(args, "text_file", None) if on == "wikitext" else on if on not in (None, *HEAL_SOURCES) else None
     eval_file = getattr(args, "eval_text_file", None) or getattr(args, "text_file", None)
     if heal_file and eval_file and getattr(args, "eval_nsamples", None) != 0 and Path(heal_file).resolve() == Path(eval_file).resolve():
@@ -77,7 +82,7 @@ def heal_from_args(args,                      # parsed `depthprune` arguments
                   )->nn.Module:               # the healed model
     "Heal the pruned model (on --heal_on's text, else the calibration windows); record the cost and the evaluation PPL after in `res.stats`."
     if getattr(args, "heal_on", None) is not None:
-        text = heal_text(args.heal_on, tokenizer, teacher, text_file=args.text_file, progress=not args.quiet)
+        text = heal_text(args.heal_on, tokenizer, teacher, text_file=args.text_file, student=model, progress=not args.quiet)
         data = text_windows(tokenizer, text, default_seqlen(model, args.seqlen), bos, progress=False)
     model, info = heal(model, data, steps=args.heal_steps or None, tokens=getattr(args, "heal_tokens", None),
                        objective=getattr(args, "heal_objective", None) or "nll", teacher=teacher,

@@ -138,7 +138,7 @@ def started_at(parts:ModelParts, # the model's parts
     with layers_replaced(parts.layers, fn): yield box
 
 # %% ../../nbs/50a_recover.kd.ipynb #8a0c4991
-HEAL_SOURCES = ("wikitext", "code", "self", "code_chat") # the named healing texts; anything else is the path of a text file
+HEAL_SOURCES = ("wikitext", "code", "self", "code_chat", "code_chat_student") # the named healing texts; anything else is the path of a text file
 SELF_MODULES = FUNCTION_MODULES # where the self prompts come from (calib's FUNCTION_MODULES)
 self_prompts = function_prompts # signature and docstring of public standard-library functions (calib.function_prompts)
 
@@ -157,14 +157,20 @@ def self_text(teacher:nn.Module, # the (unpruned) model whose continuations make
     return "\n\n".join(p + c for p, c in zip(prompts, outs))
 
 def heal_text(source:str|Path,      # a name in HEAL_SOURCES, or the path of a text file
-              tokenizer:object|None=None, # source="self" or "code_chat": the teacher's tokenizer
+              tokenizer:object|None=None, # source="self", "code_chat" or "code_chat_student": the model's tokenizer
               teacher:nn.Module|None=None, # source="self" or "code_chat": the unpruned model
               text_file:str|Path|None=None, # source="wikitext": a local WikiText-2 train text instead of the Hub
-              **self_kwargs,        # "self" / "code_chat": self_text's / code_chat_text's prompts, max_new_tokens, ...
+              student:nn.Module|None=None, # source="code_chat_student": the pruned model, before healing
+              **self_kwargs,        # "self" / "code_chat" / "code_chat_student": self_text's / code_chat_text's prompts, max_new_tokens, ...
              )->str:
     "The healing text `source` names."
     if source == "wikitext": return wikitext_text("train", text_file)
     if source == "code": return code_text()
+    if source == "code_chat_student":
+        if student is None or tokenizer is None:
+            raise ConfigError("heal_on='code_chat_student' trains on the pruned model's own answers, scored by the teacher: "
+                              "pass student=<the pruned model> and tokenizer=<its tokenizer>")
+        return code_chat_text(student, tokenizer, **self_kwargs)
     if source in ("self", "code_chat"):
         if teacher is None or tokenizer is None:
             raise ConfigError(f"heal_on={source!r} trains on the teacher's own answers: pass teacher=<the unpruned model> "
