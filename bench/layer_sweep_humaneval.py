@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from humaneval_qwen import DEFAULT_MODEL, find_shared, mcnemar  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "layer_sweep_qwen05.json"
+FULL = ROOT / "bench" / "results" / "humaneval_qwen05_full.json"  # earlier sessions' 164-problem runs: unpruned, today's picks
 
 
 def merge(out:Path, section:str, entries:dict, meta:dict):
@@ -62,19 +63,37 @@ def sweep(a, meta):
     from depthprune_nb.surgery import temporarily_deleted
     lo, hi = map(int, a.problems.split(":"))
     problems = read_problems(find_shared("humaneval", "HumanEval.jsonl.gz"))[lo:hi]
+    from depthprune_nb.recover.repair import fit_linear_repair, temporarily_repaired
     model, tok = load_real_model(a.model)
     parts = locate(model)
+    fit = repair_windows(a, model, tok) if a.repair else None
     for layers in layer_list(a.layers):
-        key = f"{'-'.join(map(str, layers)) or 'none'}@{lo}:{hi}"
-        t = time.perf_counter()
-        with temporarily_deleted(model, layers, parts) if layers else torch.no_grad():
+        key = f"{'-'.join(map(str, layers)) or 'none'}{'+rep_' + a.repair if a.repair and layers else ''}@{lo}:{hi}"
+        extra, t = {}, time.perf_counter()
+        if a.repair and layers:  # the map fitted on the unpruned model, folded into the layer before the cut
+            rep = fit_linear_repair(model, fit, layers[0], len(layers), parts=parts)
+            extra = dict(repair=dict(text=a.repair, windows=len(fit), seqlen=a.seqlen, unexplained=rep.unexplained,
+                                     fit_s=round(time.perf_counter() - t, 1), fold=f"layers[{rep.fold_layer}].{rep.fold_path}"))
+            ctx = temporarily_repaired(model, rep, parts)
+        else: ctx = temporarily_deleted(model, layers, parts) if layers else torch.no_grad()
+        with ctx, torch.no_grad():
             r = run_humaneval(model, tok, problems=problems, prompt_style="chat", max_new_tokens=a.max_new_tokens,
                               batch_size=a.batch_size, allow_code_execution=True, progress=False)
         run = dict(deleted_layers=layers, problems=[lo, hi], passed=r["passed"], n=r["n"], wall_s=round(time.perf_counter() - t, 1),
-                   load_avg=round(os.getloadavg()[0], 1),
+                   load_avg=round(os.getloadavg()[0], 1), **extra,
                    results=[{k: x[k] for k in ("task_id", "passed", "result", "completion")} for x in r["results"]])
         merge(Path(a.out), "runs", {key: run}, meta)
         print(f"{key}: {r['passed']}/{r['n']} in {run['wall_s']:.0f} s", flush=True)
+
+
+def repair_windows(a, model, tok)->list:
+    "--repair's fitting windows: the first --repair_windows windows of --seqlen tokens of its text."
+    from depthprune_nb.calib import code_text
+    from depthprune_nb.data import text_windows
+    text = chat_code_text(model, tok) if a.repair == "chat_code" else code_text()
+    windows = text_windows(tok, text, a.seqlen, "auto", progress=False)
+    if len(windows) < a.repair_windows: raise SystemExit(f"--repair_windows {a.repair_windows}: the {a.repair} text makes {len(windows)}")
+    return windows[:a.repair_windows]
 
 
 def chat_code_text(model, tok)->str:
@@ -120,11 +139,12 @@ def analyse(a):
     d = json.loads(Path(a.out).read_text())
     runs, crit = d.get("runs", {}), d.get("criteria", {})
     spans = sorted({k.split("@")[1] for k in runs}, key=lambda s: int(s.split(":")[0]))
-    layers_all = sorted({k.split("@")[0] for k in runs}, key=lambda s: (s != "none", [int(x) for x in s.split("-")] if s != "none" else []))
+    base = lambda s: s.split("+")[0]  # "12+rep_chat_code" -> "12"
+    layers_all = sorted({k.split("@")[0] for k in runs}, key=lambda s: (s != "none", [int(x) for x in base(s).split("-")] if s != "none" else [], s))
     def run(l, s): return runs.get(f"{l}@{s}")
     def ok(r): return [x["passed"] for x in r["results"]]
     def score(l, c):  # a window's criterion entry: single layers by start in the n = 1 screens, pairs in the n = 2 ones
-        n = 1 if l.isdigit() else 2
+        l = base(l); n = 1 if l.isdigit() else 2
         e = crit.get(c if n == 1 else f"{c}/n2")
         return (e["ppl_by_start"].get(l.split("-")[0]), e["kl_by_start"].get(l.split("-")[0])) if e else (None, None)
     names = [c for c in crit if "/" not in c]
@@ -147,6 +167,27 @@ def analyse(a):
             if len(xs) > 2:  # lower criterion = better, so rho > 0: the criterion ranks the layers as HumanEval does
                 print(f"Spearman(-{kind} on {c}, HumanEval {first}) over {len(xs)} single layers: {spearman([-x for x, _ in xs], [p for _, p in xs]):+.3f}")
     for c, e in crit.items(): print(f"{c}: KL picks {e['kl_pick']}, PPL picks {e['ppl_pick']}")
+    whole(runs, base)
+
+
+def whole(runs:dict, base)->None:
+    "Deletions measured on all 164 problems (0:40 + 40:164), paired with the unpruned model and today's picks of FULL."
+    full = json.loads(FULL.read_text())["runs"] if FULL.exists() else {}
+    ref = {"unpruned": full.get("unpruned/chat"), "today n1 (10)": full.get("pruned_n1/chat"), "today n2 (10-11)": full.get("pruned_n2/chat")}
+    ok = lambda rs: [x["passed"] for x in rs]
+    for l in sorted({k.split("@")[0] for k in runs if k.endswith("@40:164") and f"{k.split('@')[0]}@0:40" in runs}):
+        rs = runs[f"{l}@0:40"]["results"] + runs[f"{l}@40:164"]["results"]
+        line = f"{l} on all 164: {sum(ok(rs))}/164"
+        plain = runs.get(f"{base(l)}@0:40"), runs.get(f"{base(l)}@40:164")
+        others = dict(ref, **({"plain deletion": {"results": plain[0]["results"] + plain[1]["results"]}} if "+" in l and all(plain) else {}))
+        n = len(runs[f"{l}@0:40"]["deleted_layers"])
+        for name, r in others.items():
+            if r is None or len(r["results"]) != len(rs) or (name.startswith("today") and f"n{n} " not in name): continue
+            assert [x["task_id"] for x in r["results"]] == [x["task_id"] for x in rs]
+            m = mcnemar(ok(r["results"]), ok(rs))
+            pv = "< 0.001" if m["p_value"] < 0.001 else f"= {m['p_value']:.2g}"
+            line += f"; vs {name} ({sum(ok(r['results']))}): -{m['only_first_passed']}/+{m['only_second_passed']}, p {pv}"
+        print(line)
 
 
 def main(argv=None):
@@ -162,6 +203,10 @@ def main(argv=None):
     ap.add_argument("--nsamples", type=int, default=8)
     ap.add_argument("--window_offset", type=int, default=0, help="--screen: skip this many windows first (a replicate on other windows)")
     ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--repair", default=None, choices=("chat_code", "code"), help="each deletion with the linear repair "
+                    "(recover.repair.fit_linear_repair on the unpruned model, folded into the layer before the cut) fitted on "
+                    "--repair_windows windows of --seqlen tokens of this text (run key '<layers>+rep_<text>')")
+    ap.add_argument("--repair_windows", type=int, default=48)
     ap.add_argument("--analyse", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
