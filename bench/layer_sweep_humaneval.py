@@ -6,11 +6,13 @@ can reach, and how well each criterion ranks the layers the way HumanEval does (
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/layer_sweep_humaneval.py --problems 0:40 --layers 10,12,14,...  &
     # the criteria: PPL and KL of every single-layer deletion on three calibration texts (none of them HumanEval)
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/layer_sweep_humaneval.py --screen
-    python bench/layer_sweep_humaneval.py --analyse          # the table, rank correlations, paired tests
+    # the same deletions with the linear repair fitted on 48 windows of the code_chat text, folded in
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/layer_sweep_humaneval.py --problems 0:40 --layers 12,11-12 --repair chat_code
+    python bench/layer_sweep_humaneval.py --analyse          # the table, rank correlations, paired tests, whole-164 totals
 
 Problems are a slice of ../shared/data/humaneval/HumanEval.jsonl.gz in file order (`--problems 40:164` measures the rest
 for the layers the first slice singles out: a layer chosen on problems 0-39 is then judged on problems it was not chosen
-on). Each layer is deleted with `temporarily_deleted` (no repair, no training). Results merge into --out under a lock
+on). Each layer is deleted with `temporarily_deleted` (no training; with --repair, `temporarily_repaired`). Results merge into --out under a lock
 (runs keyed "<layers>@<start>:<end>"). Model-written programs run in `depthprune_nb.eval.sandbox`.
 
 Criteria (`--screen`): `layer_importance(model, windows, 1, method="kl")` on 8 windows of 256 tokens of each text:
