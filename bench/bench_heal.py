@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--recover", default=None, help="heal once (--train, KD on code) and save the healed checkpoint in this folder")
     ap.add_argument("--repair_init", action="store_true", help="--recover with --train adjacent: fold the linear repair fitted "
                     "on the unpruned model into the layer before the cut first (patch does by default)")
+    ap.add_argument("--student_from", default=None, help="--recover: start from this healed checkpoint (--deleted already "
+                    "deleted) instead of deleting from the teacher; with --heal_on student_chat its own answers are the text")
     ap.add_argument("--heldout", type=int, default=2, help="--recover: held-out windows for the running KL")
     ap.add_argument("--heal_on", default="code", choices=("code", "self", "self_chat", "student_chat"),
                     help="--recover: train on the standard library's source, or on the teacher's own greedy continuations "
@@ -167,7 +169,13 @@ def recover(a):
     teacher, tok = load_real_model(a.model)
     deleted = [int(x) for x in a.deleted.split(",")]
     code = text_windows(tok, code_text(), a.seqlen, "auto", progress=False)
-    student = delete_layers(copy.deepcopy(teacher), deleted)
+    if a.student_from:  # a healed checkpoint (the same layers deleted) heals again: a second on-policy round
+        from transformers import AutoModelForCausalLM
+        student = AutoModelForCausalLM.from_pretrained(a.student_from, dtype=torch.float32).eval()
+        if student.config.num_hidden_layers != teacher.config.num_hidden_layers - len(deleted):
+            raise SystemExit(f"--student_from {a.student_from}: {student.config.num_hidden_layers} layers, not "
+                             f"{teacher.config.num_hidden_layers} - {len(deleted)} (--deleted {a.deleted})")
+    else: student = delete_layers(copy.deepcopy(teacher), deleted)
     # self_chat: the package's heal_on="code_chat" text; student_chat: heal_on="code_chat_student" (the pruned model answers)
     source = {"self": "self", "self_chat": "code_chat", "student_chat": "code_chat_student"}.get(a.heal_on)
     train = code if source is None else text_windows(tok, heal_text(source, tok, teacher, student=student, progress=True),
@@ -188,7 +196,7 @@ def recover(a):
                          "chat style asks (heal_text('code_chat'), calib.code_chat_text)",
             "student_chat": "the pruned model's own greedy answers to the code_chat asks, before healing, scored by the "
                             "unpruned model (heal_text('code_chat_student'))"}[a.heal_on]
-    rec = dict(model=a.model, deleted=deleted, data=data, heal_on=a.heal_on, train_windows_available=len(train),
+    rec = dict(model=a.model, deleted=deleted, data=data, student_from=a.student_from, heal_on=a.heal_on, train_windows_available=len(train),
                threads=torch.get_num_threads(), torch=torch.__version__, total_wall_s=time.perf_counter() - t0,
                **{k: v for k, v in info.items() if k != "losses"}, losses=info["losses"])
     Path(a.record or ROOT / "bench" / "results" / f"heal_recover_{a.model}_{a.train}.json").write_text(json.dumps(rec, indent=1))
