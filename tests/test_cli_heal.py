@@ -39,6 +39,25 @@ def test_adjacent_layers_healed_on_the_standard_library(llama, tmp_path, wikitex
     assert res["stats"]["heal"]["trained_layers"] == [j for j in (cut - 1, cut) if 0 <= j < 4]
 
 
+def test_kd_on_the_pruned_models_own_chat_answers(llama, tmp_path, wikitext):
+    from transformers import AutoTokenizer
+    chat = tmp_path / "tiny-chat"
+    AutoModelForCausalLM.from_pretrained(llama).save_pretrained(chat)
+    tok = AutoTokenizer.from_pretrained(llama)
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.save_pretrained(chat)
+    cache = tmp_path / "cache"
+    r = depthprune("--model_dir", chat, "--text_file", wikitext, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
+                   "--heal_objective", "kd", "--heal_train", "adjacent", "--heal_on", "code_chat_student", "--heal_steps", 2,
+                   "--quiet", "--result_json", tmp_path / "r.json", env={"DEPTHPRUNE_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    heal = json.loads((tmp_path / "r.json").read_text())["stats"]["heal"]
+    assert heal["on"] == "code_chat_student" and heal["steps"] == 2, heal
+    made = [json.loads(f.read_text()) for f in (cache / "self").glob("*.json")]  # the answers, made once and cached (the notebook checks they are the student's)
+    assert len(made) == 1 and len(made[0]["texts"]) == 64 and "<|im_start|>assistant" in made[0]["prompts"][0]
+
+
 @pytest.fixture(scope="module")
 def llama2(tmp_path_factory):  # seed 2: the search cuts after layer 1 (seed 0's cut at layer 0 leaves no layer for a patch)
     return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny-llama", family="llama", num_layers=6, seed=2)
