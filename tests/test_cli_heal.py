@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import depthprune
+from test_calib import CHATML
 from depthprune_nb.testing import save_tiny_model
 
 
@@ -44,8 +45,7 @@ def test_kd_on_the_pruned_models_own_chat_answers(llama, tmp_path, wikitext):
     chat = tmp_path / "tiny-chat"
     AutoModelForCausalLM.from_pretrained(llama).save_pretrained(chat)
     tok = AutoTokenizer.from_pretrained(llama)
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.chat_template = CHATML
     tok.save_pretrained(chat)
     cache = tmp_path / "cache"
     r = depthprune("--model_dir", chat, "--text_file", wikitext, "--delete_layer_num", 2, "--seqlen", 64, "--nsamples", 4,
